@@ -1,0 +1,38 @@
+"""Error types that minicaffe lets escape to users.
+
+Every problem with user-supplied input (prototxt text, weight files, images, CLI arguments,
+backend choice) is raised as a subclass of :class:`MinicaffeError` carrying one line of
+explanation that names the file and the problem. The command-line tools catch exactly this
+type and print that one line instead of a traceback; anything else escaping is a bug.
+"""
+
+
+class MinicaffeError(Exception):
+    """Base class: a clear, one-line, user-facing error."""
+
+
+class PrototxtError(MinicaffeError):
+    """Malformed or unsupported model definition text (carries line/column when known)."""
+
+    def __init__(self, msg, path=None, line=None, col=None):
+        self.path, self.line, self.col = path, line, col
+        where = str(path) if path else "<prototxt>"
+        if line is not None:
+            where += f":{line}:{col}"
+        super().__init__(f"{where}: {msg}")
+
+
+class WeightsError(MinicaffeError):
+    """Truncated, corrupt or mismatched weight file (names the layer and the shapes)."""
+
+
+class ModelError(MinicaffeError):
+    """A net that cannot be built: unknown layer type, bad parameter, wrong input shape."""
+
+
+class BackendError(MinicaffeError):
+    """A backend that was asked for but cannot run here (e.g. CUDA without a GPU)."""
+
+
+class ImageError(MinicaffeError):
+    """An image that cannot be decoded or used."""

@@ -1,0 +1,4 @@
+"""Layer types, one module each, registered by their Caffe type string in :data:`REGISTRY`."""
+from .base import REGISTRY, Layer, register  # noqa: F401
+from . import (concat, convolution, dropout, eltwise, flatten, inner_product, lrn,  # noqa: F401
+               pooling, relu, softmax)

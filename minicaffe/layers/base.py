@@ -1,0 +1,106 @@
+"""Layer base class, the type-string registry, and small parameter helpers.
+
+A layer is a small unit in Caffe's style: it is constructed from its prototxt ``LayerParameter``,
+``setup(bottom_shapes)`` returns the top shapes (and fixes ``param_shapes``), and
+``forward(bottoms, params, backend)`` returns the top arrays. Layers are registered by their
+Caffe type string (``@register("Convolution")``). Layers hold no timing or capture code: the
+net's hooks do that. Layers do not own their parameters; the net passes them in.
+"""
+from __future__ import annotations
+
+from ..errors import ModelError
+
+REGISTRY: dict[str, type] = {}
+
+
+def register(*type_names):
+    def deco(cls):
+        for t in type_names:
+            REGISTRY[t] = cls
+        cls.type = type_names[0]
+        return cls
+    return deco
+
+
+class Layer:
+    type = "?"
+    #: layers whose output may overwrite their input when top == bottom (Caffe in-place)
+    can_run_inplace = False
+
+    def __init__(self, name, lp, bottoms, tops):
+        self.name, self.lp, self.bottoms, self.tops = name, lp, list(bottoms), list(tops)
+        self.param_shapes: list[tuple] = []
+
+    @property
+    def inplace(self):
+        return len(self.bottoms) == 1 and self.bottoms == self.tops[:1]
+
+    def setup(self, bottom_shapes):  # -> list of top shapes
+        raise NotImplementedError
+
+    def forward(self, bottoms, params, backend, inplace=False):  # -> list of tops
+        raise NotImplementedError
+
+    def flops(self, bottom_shapes, top_shapes) -> int:
+        """Floating-point operations of one forward (multiply-add = 2)."""
+        return 0
+
+    def init_params(self, rng):
+        """Seeded random parameters (He-normal weights, small biases), for timing and tests."""
+        import numpy as np
+        out = []
+        for i, shp in enumerate(self.param_shapes):
+            if i == 0 and len(shp) >= 2:
+                fan_in = int(np.prod(shp[1:]))
+                out.append((rng.standard_normal(shp) * np.sqrt(2.0 / max(fan_in, 1))).astype(np.float32))
+            else:
+                out.append((rng.standard_normal(shp) * 0.01).astype(np.float32))
+        return out
+
+    def err(self, msg):
+        return ModelError(f"layer {self.name!r} ({self.type}): {msg}")
+
+    def pget(self, msg_name):
+        """The layer's ``<type>_param`` sub-message (an empty one when absent)."""
+        from ..io.prototxt import Message
+        m = self.lp.get(msg_name)
+        return m if m is not None else Message()
+
+
+def hw_param(layer, p, name, default=None, required=False):
+    """Caffe's ``kernel_size``/``kernel_h``+``kernel_w`` convention -> (h, w)."""
+    hv, wv = p.get(name + "_h"), p.get(name + "_w")
+    vals = p.getall(name + ("_size" if name == "kernel" else ""))
+    if hv is not None or wv is not None:
+        if hv is None or wv is None:
+            raise layer.err(f"both {name}_h and {name}_w must be given")
+        if vals:
+            raise layer.err(f"give either {name}{'_size' if name == 'kernel' else ''} or {name}_h/{name}_w, not both")
+        out = (hv, wv)
+    elif len(vals) == 0:
+        if required:
+            raise layer.err(f"{name}{'_size' if name == 'kernel' else ''} is required")
+        out = (default, default)
+    elif len(vals) == 1:
+        out = (vals[0], vals[0])
+    elif len(vals) == 2:
+        out = (vals[0], vals[1])
+    else:
+        raise layer.err(f"{name} given {len(vals)} times; 2-D layers take 1 or 2 values")
+    for v in out:
+        if not isinstance(v, int) or v < 0:
+            raise layer.err(f"{name} must be a non-negative integer, got {v!r}")
+    return out
+
+
+def as_bool(v, default):
+    if v is None:
+        return default
+    if isinstance(v, str):
+        if v.lower() in ("true", "1"):
+            return True
+        if v.lower() in ("false", "0"):
+            return False
+    if isinstance(v, int):
+        return bool(v)
+    raise ModelError(f"expected true/false, got {v!r}")

@@ -1,0 +1,291 @@
+"""Convolution layer (Caffe type ``Convolution``): grouped, strided, padded, dilated 2-D convolution.
+
+Shapes: ``x: (N, C, H, W)``, weight ``(M, C/group, kh, kw)`` (Caffe's blob order, NCHW / OIHW),
+bias ``(M,)``, output ``(N, M, Ho, Wo)`` with Caffe's *floor* rule
+``Ho = (H + pad_top + pad_bottom - (dilation*(kh-1)+1)) // stride + 1``. Padding is kept as four
+numbers so TF-"SAME" asymmetric padding can be expressed (prototxt extension fields
+``pad_top/pad_bottom/pad_left/pad_right`` inside ``convolution_param``; plain Caffe files use
+``pad``/``pad_h``/``pad_w``). Implementations: ``convolution_reference`` (NumPy, one tensordot per
+kernel tap), ``convolution_cpu`` (Numba im2col into a bounded buffer + BLAS GEMM per group, and a
+direct kernel for depthwise convs), ``convolution_cuda`` (one thread per output element).
+It does not implement Deconvolution or 3-D convolution.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, njit, prange
+
+from ..backend import blocks, device_empty, to_device
+from .base import Layer, as_bool, hw_param, register
+
+# ---------------------------------------------------------------------------------------------
+# shape rule
+
+
+def conv_out_size(size, k, stride, pad_lo, pad_hi, dilation=1):
+    """Caffe rounds convolution output sizes down."""
+    return (size + pad_lo + pad_hi - (dilation * (k - 1) + 1)) // stride + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy reference
+
+
+def convolution_reference(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
+    """x: (N, C, H, W), w: (M, C/group, kh, kw), b: (M,) or None -> (N, M, Ho, Wo).
+
+    pad = (top, bottom, left, right). Plain NumPy: one tensordot per kernel tap and group.
+    """
+    N, C, H, W = x.shape
+    M, Cg, kh, kw = w.shape
+    sh, sw = stride
+    dh, dw = dilation
+    pt, pb, pl, pr = pad
+    Ho = conv_out_size(H, kh, sh, pt, pb, dh)
+    Wo = conv_out_size(W, kw, sw, pl, pr, dw)
+    xp = np.zeros((N, C, H + pt + pb, W + pl + pr), dtype=np.float32)
+    xp[:, :, pt:pt + H, pl:pl + W] = x
+    Mg = M // group
+    y = np.zeros((N, M, Ho, Wo), dtype=np.float32)
+    for g in range(group):
+        xs = xp[:, g * Cg:(g + 1) * Cg]
+        wg = w[g * Mg:(g + 1) * Mg]
+        acc = np.zeros((N, Mg, Ho, Wo), dtype=np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, :, i * dh: i * dh + sh * (Ho - 1) + 1: sh, j * dw: j * dw + sw * (Wo - 1) + 1: sw]
+                # (N, Cg, Ho, Wo) x (Mg, Cg) -> (N, Ho, Wo, Mg) -> NCHW
+                acc += np.tensordot(patch, wg[:, :, i, j], axes=([1], [1])).transpose(0, 3, 1, 2)
+        y[:, g * Mg:(g + 1) * Mg] = acc
+    if b is not None:
+        y += b.reshape(1, M, 1, 1)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Numba CPU
+
+
+@njit(parallel=True, cache=True)
+def _im2col(x, n0, nb, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, col):
+    # col: (C*kh*kw, nb*Ho*Wo); row order (c, i, j) matches the OIHW weight rows
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    P = Ho * Wo
+    for r in prange(C * kh * kw):
+        c = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        for n in range(nb):
+            for oh in range(Ho):
+                ih = oh * sh - pt + i * dh
+                base = n * P + oh * Wo
+                if ih < 0 or ih >= H:
+                    for ow in range(Wo):
+                        col[r, base + ow] = 0.0
+                else:
+                    for ow in range(Wo):
+                        iw = ow * sw - pl + j * dw
+                        if iw >= 0 and iw < W:
+                            col[r, base + ow] = x[n0 + n, c, ih, iw]
+                        else:
+                            col[r, base + ow] = 0.0
+
+
+@njit(parallel=True, cache=True)
+def _scatter_bias(tmp, b, has_bias, y, n0, nb):
+    # tmp: (M, nb*P) GEMM result -> y[n0:n0+nb] in NCHW (y viewed as (N, M, P))
+    M = tmp.shape[0]
+    P = y.shape[2]
+    for t in prange(nb * M):
+        n = t // M
+        m = t % M
+        bias = b[m] if has_bias else np.float32(0.0)
+        for p in range(P):
+            y[n0 + n, m, p] = tmp[m, n * P + p] + bias
+
+
+@njit(parallel=True, cache=True)
+def _depthwise(x, w, b, has_bias, sh, sw, pt, pl, dh, dw, mult, y):
+    # x: (N, C, H, W), w: (C*mult, 1, kh, kw), y: (N, C*mult, Ho, Wo)
+    N, C, H, W = x.shape
+    M, _, kh, kw = w.shape
+    Ho, Wo = y.shape[2], y.shape[3]
+    for t in prange(N * M):
+        n = t // M
+        m = t % M
+        c = m // mult
+        bias = b[m] if has_bias else np.float32(0.0)
+        for oh in range(Ho):
+            for ow in range(Wo):
+                acc = np.float32(0.0)
+                for i in range(kh):
+                    ih = oh * sh - pt + i * dh
+                    if ih >= 0 and ih < H:
+                        for j in range(kw):
+                            iw = ow * sw - pl + j * dw
+                            if iw >= 0 and iw < W:
+                                acc += x[n, c, ih, iw] * w[m, 0, i, j]
+                y[n, m, oh, ow] = acc + bias
+
+
+#: bytes allowed for one im2col buffer; batches are processed in chunks that fit
+IM2COL_BUDGET = 64 << 20
+
+
+def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
+    """x: (N, C, H, W) -> (N, M, Ho, Wo); same contract as :func:`convolution_reference`."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    N, C, H, W = x.shape
+    M, Cg, kh, kw = w.shape
+    sh, sw = stride
+    dh, dw = dilation
+    pt, pb, pl, pr = pad
+    Ho = conv_out_size(H, kh, sh, pt, pb, dh)
+    Wo = conv_out_size(W, kw, sw, pl, pr, dw)
+    has_bias = b is not None
+    bb = b if has_bias else np.zeros(M, np.float32)
+    if group == C and Cg == 1:
+        y = np.empty((N, M, Ho, Wo), dtype=np.float32)
+        _depthwise(x, w, bb, has_bias, sh, sw, pt, pl, dh, dw, M // C, y)
+        return y
+    P = Ho * Wo
+    K = C * kh * kw
+    Kg, Mg = Cg * kh * kw, M // group
+    nb = int(max(1, min(N, IM2COL_BUDGET // max(1, K * P * 4))))
+    col = np.empty((K, nb * P), dtype=np.float32)
+    tmp = np.empty((M, nb * P), dtype=np.float32)
+    w2 = np.ascontiguousarray(w.reshape(M, Kg))  # OIHW -> (M, Cg*kh*kw), row-major like the col rows
+    y = np.empty((N, M, P), dtype=np.float32)
+    for n0 in range(0, N, nb):
+        cur = min(nb, N - n0)
+        c_ = col if cur == nb else np.empty((K, cur * P), dtype=np.float32)
+        t_ = tmp if cur == nb else np.empty((M, cur * P), dtype=np.float32)
+        _im2col(x, n0, cur, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, c_)
+        for g in range(group):
+            np.matmul(w2[g * Mg:(g + 1) * Mg], c_[g * Kg:(g + 1) * Kg], out=t_[g * Mg:(g + 1) * Mg])
+        _scatter_bias(t_, bb, has_bias, y, n0, cur)
+    return y.reshape(N, M, Ho, Wo)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numba CUDA
+
+
+@cuda.jit
+def _conv_kernel(x, w, b, y, sh, sw, pt, pl, dh, dw, group):
+    idx = cuda.grid(1)
+    N, M, Ho, Wo = y.shape
+    if idx >= N * M * Ho * Wo:
+        return
+    ow = idx % Wo
+    t = idx // Wo
+    oh = t % Ho
+    t = t // Ho
+    m = t % M
+    n = t // M
+    Cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    H, W = x.shape[2], x.shape[3]
+    g = m // (M // group)
+    acc = 0.0
+    for c in range(Cg):
+        ci = g * Cg + c
+        for i in range(kh):
+            ih = oh * sh - pt + i * dh
+            if ih >= 0 and ih < H:
+                for j in range(kw):
+                    iw = ow * sw - pl + j * dw
+                    if iw >= 0 and iw < W:
+                        acc += x[n, ci, ih, iw] * w[m, c, i, j]
+    y[n, m, oh, ow] = acc + b[m]
+
+
+def convolution_cuda(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
+    """x: device (N, C, H, W), w/b: device arrays -> device (N, M, Ho, Wo)."""
+    N, C, H, W = x.shape
+    M, Cg, kh, kw = w.shape
+    pt, pb, pl, pr = pad
+    Ho = conv_out_size(H, kh, stride[0], pt, pb, dilation[0])
+    Wo = conv_out_size(W, kw, stride[1], pl, pr, dilation[1])
+    if b is None:
+        b = to_device(np.zeros(M, np.float32))
+    y = device_empty((N, M, Ho, Wo))
+    n = N * M * Ho * Wo
+    _conv_kernel[blocks(n, 128), 128](x, w, b, y, stride[0], stride[1], pt, pl, dilation[0], dilation[1], group)
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# layer
+
+
+def conv_geometry(layer, p):
+    """Parse kernel/stride/pad/dilation from a convolution_param (Caffe field conventions)."""
+    kh, kw = hw_param(layer, p, "kernel", required=True)
+    if kh < 1 or kw < 1:
+        raise layer.err("kernel size must be >= 1")
+    sh, sw = hw_param(layer, p, "stride", default=1)
+    if sh < 1 or sw < 1:
+        raise layer.err("stride must be >= 1")
+    ph, pw = hw_param(layer, p, "pad", default=0)
+    pad = (ph, ph, pw, pw)
+    asym = [p.get(k) for k in ("pad_top", "pad_bottom", "pad_left", "pad_right")]
+    if any(v is not None for v in asym):
+        if p.has("pad") or p.has("pad_h"):
+            raise layer.err("give either pad/pad_h/pad_w or pad_top/pad_bottom/pad_left/pad_right")
+        pad = tuple(int(v or 0) for v in asym)
+    dil = p.getall("dilation")
+    if len(dil) == 0:
+        dh = dw = 1
+    elif len(dil) == 1:
+        dh = dw = dil[0]
+    else:
+        dh, dw = dil[0], dil[1]
+    if dh < 1 or dw < 1:
+        raise layer.err("dilation must be >= 1")
+    return (kh, kw), (sh, sw), pad, (dh, dw)
+
+
+@register("Convolution")
+class Convolution(Layer):
+    def __init__(self, name, lp, bottoms, tops):
+        super().__init__(name, lp, bottoms, tops)
+        p = self.pget("convolution_param")
+        self.num_output = p.get("num_output")
+        if not isinstance(self.num_output, int) or self.num_output < 1:
+            raise self.err("convolution_param.num_output must be a positive integer")
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, p)
+        self.group = p.get("group", 1)
+        if not isinstance(self.group, int) or self.group < 1 or self.num_output % self.group:
+            raise self.err(f"group {self.group!r} must be >= 1 and divide num_output {self.num_output}")
+        self.bias_term = as_bool(p.get("bias_term"), True)
+        if p.get("axis", 1) != 1:
+            raise self.err("only axis: 1 (NCHW) is supported")
+
+    def setup(self, shapes):
+        if len(shapes[0]) != 4:
+            raise self.err(f"expects a 4-D (N, C, H, W) input, got shape {shapes[0]}")
+        N, C, H, W = shapes[0]
+        if C % self.group:
+            raise self.err(f"input channels {C} not divisible by group {self.group}")
+        kh, kw = self.kernel
+        Ho = conv_out_size(H, kh, self.stride[0], self.pad[0], self.pad[1], self.dilation[0])
+        Wo = conv_out_size(W, kw, self.stride[1], self.pad[2], self.pad[3], self.dilation[1])
+        if Ho < 1 or Wo < 1:
+            raise self.err(f"input {H}x{W} is smaller than the kernel {kh}x{kw} (with padding)")
+        self.param_shapes = [(self.num_output, C // self.group, kh, kw)]
+        if self.bias_term:
+            self.param_shapes.append((self.num_output,))
+        return [(N, self.num_output, Ho, Wo)]
+
+    def flops(self, bshapes, tshapes):
+        N, M, Ho, Wo = tshapes[0]
+        _, Cg, kh, kw = self.param_shapes[0]
+        return 2 * N * M * Ho * Wo * Cg * kh * kw
+
+    def forward(self, bottoms, params, backend, inplace=False):
+        w = params[0]
+        b = params[1] if self.bias_term else None
+        f = {"numpy": convolution_reference, "cpu": convolution_cpu, "cuda": convolution_cuda}[backend]
+        return [f(bottoms[0], w, b, self.stride, self.pad, self.dilation, self.group)]

@@ -1,0 +1,106 @@
+"""Element-wise combination (Caffe type ``Eltwise``): SUM (with per-input ``coeff``), PROD, MAX.
+
+Shapes: every ``xs[i]`` has the same shape; output the same shape. SUM is what residual nets
+(EfficientNet's MBConv skips) use. Implementations: ``eltwise_reference`` (NumPy),
+``eltwise_cpu`` (Numba, parallel, one pass per input), ``eltwise_cuda`` (a thread per element).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda, njit, prange
+
+from ..backend import blocks, device_empty
+from .base import Layer, register
+
+PROD, SUM, MAX = 0, 1, 2
+
+
+def eltwise_reference(xs, op=SUM, coeffs=None):
+    if op == SUM:
+        coeffs = coeffs or [1.0] * len(xs)
+        y = np.zeros_like(xs[0], dtype=np.float32)
+        for c, x in zip(coeffs, xs):
+            y += np.float32(c) * x
+        return y
+    if op == PROD:
+        y = xs[0].copy()
+        for x in xs[1:]:
+            y *= x
+        return y
+    y = xs[0].copy()
+    for x in xs[1:]:
+        y = np.maximum(y, x)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def _combine(y, x, op, c, first):
+    for i in prange(y.size):
+        if first:
+            y[i] = x[i] * c if op == 1 else x[i]
+        elif op == 1:
+            y[i] += x[i] * c
+        elif op == 0:
+            y[i] *= x[i]
+        else:
+            y[i] = max(y[i], x[i])
+
+
+def eltwise_cpu(xs, op=SUM, coeffs=None):
+    coeffs = coeffs or [1.0] * len(xs)
+    y = np.empty(xs[0].shape, dtype=np.float32)
+    for k, x in enumerate(xs):
+        _combine(y.reshape(-1), np.ascontiguousarray(x).reshape(-1), op, np.float32(coeffs[k]), k == 0)
+    return y
+
+
+@cuda.jit
+def _combine_kernel(y, x, op, c, first):
+    i = cuda.grid(1)
+    if i < y.size:
+        if first:
+            y[i] = x[i] * c if op == 1 else x[i]
+        elif op == 1:
+            y[i] += x[i] * c
+        elif op == 0:
+            y[i] *= x[i]
+        else:
+            y[i] = max(y[i], x[i])
+
+
+def eltwise_cuda(xs, op=SUM, coeffs=None):
+    coeffs = coeffs or [1.0] * len(xs)
+    y = device_empty(xs[0].shape)
+    for k, x in enumerate(xs):
+        _combine_kernel[blocks(y.size, 256), 256](y.reshape(y.size), x.reshape(x.size), op,
+                                                   np.float32(coeffs[k]), k == 0)
+    return y
+
+
+@register("Eltwise")
+class Eltwise(Layer):
+    def __init__(self, name, lp, bottoms, tops):
+        super().__init__(name, lp, bottoms, tops)
+        p = self.pget("eltwise_param")
+        op = str(p.get("operation", "SUM"))
+        self.op = {"PROD": PROD, "SUM": SUM, "MAX": MAX, "0": PROD, "1": SUM, "2": MAX}.get(op)
+        if self.op is None:
+            raise self.err(f"unknown eltwise operation {op}")
+        self.coeffs = [float(c) for c in p.getall("coeff")] or None
+        if self.coeffs and (self.op != SUM or len(self.coeffs) != len(self.bottoms)):
+            raise self.err("coeff is for SUM only, one per bottom")
+
+    def setup(self, shapes):
+        if len(shapes) < 2:
+            raise self.err("needs at least two bottoms")
+        for s in shapes[1:]:
+            if tuple(s) != tuple(shapes[0]):
+                raise self.err(f"input shapes differ: {[tuple(x) for x in shapes]}")
+        return [tuple(shapes[0])]
+
+    def flops(self, bshapes, tshapes):
+        return int(np.prod(tshapes[0])) * len(bshapes)
+
+    def forward(self, bottoms, params, backend, inplace=False):
+        f = {"numpy": eltwise_reference, "cpu": eltwise_cpu, "cuda": eltwise_cuda}[backend]
+        return [f(bottoms, self.op, self.coeffs)]

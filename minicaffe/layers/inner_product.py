@@ -1,0 +1,122 @@
+"""Fully connected layer (Caffe type ``InnerProduct``).
+
+Shapes: ``x: (N, ...)`` is flattened from ``axis`` (default 1) to ``(N, K)`` in row-major
+(C, H, W) order — the order Caffe's fc6 weights expect after pool5, so no reorder is needed
+for Caffe weights (PyTorch and TF exports may need one; the converters say where). Weight is
+``(M, K)`` (``transpose: true`` stores ``(K, M)``), bias ``(M,)``; output ``(N, M)``.
+Implementations: ``inner_product_reference`` (NumPy ``x @ W.T``), ``inner_product_cpu`` (BLAS
+GEMM/GEMV through NumPy, bias added by a Numba kernel), ``inner_product_cuda`` (a shared-memory
+tiled matrix product, in the style of Numba's documentation example).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda, float32, njit, prange
+
+from ..backend import device_empty, to_device
+from .base import Layer, as_bool, register
+
+
+def inner_product_reference(x, w, b, transpose=False):
+    """x: (N, K), w: (M, K) (or (K, M) if transpose), b: (M,) or None -> (N, M)."""
+    y = x @ (w if transpose else w.T)
+    if b is not None:
+        y = y + b
+    return y.astype(np.float32, copy=False)
+
+
+@njit(parallel=True, cache=True)
+def _add_bias_rows(y, b):
+    N, M = y.shape
+    for n in prange(N):
+        for m in range(M):
+            y[n, m] += b[m]
+
+
+def inner_product_cpu(x, w, b, transpose=False):
+    """Same contract as :func:`inner_product_reference`."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.matmul(x, w if transpose else w.T)  # (N,K)x(K,M): BLAS sees W as a transposed operand, no copy
+    if b is not None:
+        _add_bias_rows(y, b)
+    return y
+
+
+TILE = 16
+
+
+@cuda.jit
+def _matmul_bt_kernel(x, w, b, y):
+    # y[n, m] = sum_k x[n, k] * w[m, k] + b[m]; tiles of x and w staged through shared memory
+    sx = cuda.shared.array((TILE, TILE), dtype=float32)
+    sw = cuda.shared.array((TILE, TILE), dtype=float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    m = cuda.blockIdx.x * TILE + tx
+    n = cuda.blockIdx.y * TILE + ty
+    N, K = x.shape
+    M = w.shape[0]
+    acc = float32(0.0)
+    for t in range((K + TILE - 1) // TILE):
+        k = t * TILE + tx
+        sx[ty, tx] = x[n, k] if (n < N and k < K) else 0.0
+        mw = cuda.blockIdx.x * TILE + ty
+        k2 = t * TILE + tx
+        sw[ty, tx] = w[mw, k2] if (mw < M and k2 < K) else 0.0
+        cuda.syncthreads()
+        for i in range(TILE):
+            acc += sx[ty, i] * sw[tx, i]
+        cuda.syncthreads()
+    if n < N and m < M:
+        y[n, m] = acc + b[m]
+
+
+def inner_product_cuda(x, w, b, transpose=False):
+    """x: device (N, K), w: device (M, K) -> device (N, M)."""
+    if transpose:
+        w = to_device(np.ascontiguousarray(w.copy_to_host().T))
+    N, K = x.shape
+    M = w.shape[0]
+    if b is None:
+        b = to_device(np.zeros(M, np.float32))
+    y = device_empty((N, M))
+    grid = ((M + TILE - 1) // TILE, (N + TILE - 1) // TILE)
+    _matmul_bt_kernel[grid, (TILE, TILE)](x, w, b, y)
+    return y
+
+
+@register("InnerProduct")
+class InnerProduct(Layer):
+    def __init__(self, name, lp, bottoms, tops):
+        super().__init__(name, lp, bottoms, tops)
+        p = self.pget("inner_product_param")
+        self.num_output = p.get("num_output")
+        if not isinstance(self.num_output, int) or self.num_output < 1:
+            raise self.err("inner_product_param.num_output must be a positive integer")
+        self.bias_term = as_bool(p.get("bias_term"), True)
+        self.transpose = as_bool(p.get("transpose"), False)
+        self.axis = p.get("axis", 1)
+
+    def setup(self, shapes):
+        shp = tuple(shapes[0])
+        ax = self.axis if self.axis >= 0 else len(shp) + self.axis
+        if not 0 < ax <= len(shp):
+            raise self.err(f"axis {self.axis} out of range for input shape {shp}")
+        self._ax = ax
+        K = int(np.prod(shp[ax:]))
+        self.K = K
+        self.param_shapes = [(K, self.num_output) if self.transpose else (self.num_output, K)]
+        if self.bias_term:
+            self.param_shapes.append((self.num_output,))
+        return [shp[:ax] + (self.num_output,)]
+
+    def flops(self, bshapes, tshapes):
+        return 2 * int(np.prod(tshapes[0])) * self.K
+
+    def forward(self, bottoms, params, backend, inplace=False):
+        x = bottoms[0]
+        lead = tuple(x.shape[:self._ax])
+        x2 = x.reshape(int(np.prod(lead)), -1)  # row-major flatten of (C, H, W): Caffe's order
+        b = params[1] if self.bias_term else None
+        f = {"numpy": inner_product_reference, "cpu": inner_product_cpu, "cuda": inner_product_cuda}[backend]
+        y = f(x2, params[0], b, self.transpose)
+        return [y.reshape(lead + (self.num_output,))]

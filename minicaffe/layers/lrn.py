@@ -1,0 +1,170 @@
+"""Local response normalisation (Caffe type ``LRN``), ACROSS_CHANNELS and WITHIN_CHANNEL.
+
+Shapes: ``x: (N, C, H, W)`` -> same shape. Caffe's convention (which differs from PyTorch's and
+TensorFlow's, a classic source of mismatches): ACROSS_CHANNELS uses
+``scale = k + (alpha / local_size) * sum(x[c']^2 for c' in [c - (n-1)/2, c + (n-1)/2])`` — alpha is
+divided by the window size — and ``y = x * scale^-beta``. WITHIN_CHANNEL ignores ``k`` and uses
+``scale = 1 + (alpha / local_size^2) * sum over the zero-padded local_size x local_size square``
+(Caffe builds it from AVE pooling with pad (n-1)/2, whose divisor counts the padding).
+Implementations: ``lrn_reference`` (NumPy), ``lrn_cpu`` (Numba, running window sum over channels,
+rows in parallel), ``lrn_cuda`` (a thread per element).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda, njit, prange
+
+from ..backend import blocks, device_empty
+from .base import Layer, register
+
+ACROSS, WITHIN = 0, 1
+
+
+def lrn_reference(x, size, alpha, beta, k, region=ACROSS):
+    """x: (N, C, H, W) -> (N, C, H, W), Caffe LRN semantics (see module docstring)."""
+    N, C, H, W = x.shape
+    sq = x.astype(np.float64) ** 2
+    pre = (size - 1) // 2
+    if region == ACROSS:
+        padded = np.zeros((N, C + size - 1, H, W))
+        padded[:, pre:pre + C] = sq
+        s = np.zeros((N, C, H, W))
+        for i in range(size):
+            s += padded[:, i:i + C]
+        scale = k + (alpha / size) * s
+    else:
+        padded = np.zeros((N, C, H + size - 1, W + size - 1))
+        padded[:, :, pre:pre + H, pre:pre + W] = sq
+        s = np.zeros((N, C, H, W))
+        for i in range(size):
+            for j in range(size):
+                s += padded[:, :, i:i + H, j:j + W]
+        scale = 1.0 + (alpha / (size * size)) * s
+    return (x * scale ** -beta).astype(np.float32)
+
+
+@njit(parallel=True, cache=True)
+def _lrn_across(x, size, alpha, beta, k, y):
+    N, C, H, W = x.shape
+    pre = (size - 1) // 2
+    a = alpha / size
+    for t in prange(N * H):
+        n = t // H
+        h = t % H
+        acc = np.zeros(W, dtype=np.float64)
+        # prime the window with channels [0, size-pre-1)
+        for c in range(min(size - pre - 1, C)):
+            for w in range(W):
+                v = np.float64(x[n, c, h, w])
+                acc[w] += v * v
+        for c in range(C):
+            head = c + size - pre - 1
+            if head < C:
+                for w in range(W):
+                    v = np.float64(x[n, head, h, w])
+                    acc[w] += v * v
+            tail = c - pre - 1
+            if tail >= 0:
+                for w in range(W):
+                    v = np.float64(x[n, tail, h, w])
+                    acc[w] -= v * v
+            for w in range(W):
+                s = max(acc[w], 0.0)  # running sums may dip below 0 by rounding
+                y[n, c, h, w] = np.float32(x[n, c, h, w] * (k + a * s) ** (-beta))
+
+
+@njit(parallel=True, cache=True)
+def _lrn_within(x, size, alpha, beta, y):
+    N, C, H, W = x.shape
+    pre = (size - 1) // 2
+    a = alpha / (size * size)
+    for t in prange(N * C):
+        n = t // C
+        c = t % C
+        for h in range(H):
+            for w in range(W):
+                s = 0.0
+                for i in range(max(0, h - pre), min(H, h - pre + size)):
+                    for j in range(max(0, w - pre), min(W, w - pre + size)):
+                        v = np.float64(x[n, c, i, j])
+                        s += v * v
+                y[n, c, h, w] = np.float32(x[n, c, h, w] * (1.0 + a * s) ** (-beta))
+
+
+def lrn_cpu(x, size, alpha, beta, k, region=ACROSS):
+    """Same contract as :func:`lrn_reference`."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.empty_like(x)
+    if region == ACROSS:
+        _lrn_across(x, size, float(alpha), float(beta), float(k), y)
+    else:
+        _lrn_within(x, size, float(alpha), float(beta), y)
+    return y
+
+
+@cuda.jit
+def _lrn_kernel(x, size, alpha, beta, k, region, y):
+    idx = cuda.grid(1)
+    N, C, H, W = x.shape
+    if idx >= N * C * H * W:
+        return
+    w = idx % W
+    t = idx // W
+    h = t % H
+    t = t // H
+    c = t % C
+    n = t // C
+    pre = (size - 1) // 2
+    s = 0.0
+    if region == 0:
+        for cc in range(max(0, c - pre), min(C, c - pre + size)):
+            v = x[n, cc, h, w]
+            s += v * v
+        scale = k + alpha / size * s
+    else:
+        for i in range(max(0, h - pre), min(H, h - pre + size)):
+            for j in range(max(0, w - pre), min(W, w - pre + size)):
+                v = x[n, c, i, j]
+                s += v * v
+        scale = 1.0 + alpha / (size * size) * s
+    y[n, c, h, w] = x[n, c, h, w] * scale ** (-beta)
+
+
+def lrn_cuda(x, size, alpha, beta, k, region=ACROSS):
+    """x: device (N, C, H, W) -> device, same shape."""
+    y = device_empty(x.shape)
+    _lrn_kernel[blocks(y.size, 128), 128](x, size, float(alpha), float(beta), float(k), region, y)
+    return y
+
+
+@register("LRN")
+class LRN(Layer):
+    def __init__(self, name, lp, bottoms, tops):
+        super().__init__(name, lp, bottoms, tops)
+        p = self.pget("lrn_param")
+        self.size = p.get("local_size", 5)
+        if not isinstance(self.size, int) or self.size < 1 or self.size % 2 == 0:
+            raise self.err(f"local_size must be a positive odd integer, got {self.size!r}")
+        self.alpha = float(p.get("alpha", 1.0))
+        self.beta = float(p.get("beta", 0.75))
+        self.k = float(p.get("k", 1.0))
+        region = str(p.get("norm_region", "ACROSS_CHANNELS"))
+        if region in ("ACROSS_CHANNELS", "0"):
+            self.region = ACROSS
+        elif region in ("WITHIN_CHANNEL", "1"):
+            self.region = WITHIN
+        else:
+            raise self.err(f"unknown norm_region {region}")
+
+    def setup(self, shapes):
+        if len(shapes[0]) != 4:
+            raise self.err(f"expects a 4-D (N, C, H, W) input, got shape {shapes[0]}")
+        return [tuple(shapes[0])]
+
+    def flops(self, bshapes, tshapes):
+        n = self.size if self.region == ACROSS else self.size * self.size
+        return int(np.prod(bshapes[0])) * (2 * n + 4)
+
+    def forward(self, bottoms, params, backend, inplace=False):
+        f = {"numpy": lrn_reference, "cpu": lrn_cpu, "cuda": lrn_cuda}[backend]
+        return [f(bottoms[0], self.size, self.alpha, self.beta, self.k, self.region)]

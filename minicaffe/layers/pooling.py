@@ -1,0 +1,210 @@
+"""Pooling layer (Caffe type ``Pooling``): MAX and AVE, padded, with Caffe's ceil-mode output size.
+
+Shapes: ``x: (N, C, H, W)`` -> ``(N, C, Ho, Wo)`` with Caffe's rule
+``Ho = ceil((H + 2*pad - k) / stride) + 1``, then, when padding is used, one fewer if the last
+window would start inside the bottom padding (``(Ho-1)*stride >= H + pad``). ``round_mode: FLOOR``
+(later Caffe) is honoured. MAX windows are clipped to the image; AVE divides by the window size
+clipped to the *padded* image (Caffe counts padding cells, but not cells beyond the padding).
+``global_pooling`` pools the whole plane. Implementations: ``pooling_reference`` (NumPy, a loop
+over output positions), ``pooling_cpu`` (Numba, prange over N*C), ``pooling_cuda`` (a thread per
+output). STOCHASTIC pooling (a training-time method) is not implemented.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda, njit, prange
+
+from ..backend import blocks, device_empty
+from .base import Layer, as_bool, hw_param, register
+
+MAX, AVE = 0, 1
+
+
+def pool_out_size(size, k, stride, pad, ceil_mode=True):
+    """Caffe rounds pooling output sizes up (ceil mode), and clips a window starting in padding."""
+    if ceil_mode:
+        out = int(math.ceil((size + 2 * pad - k) / stride)) + 1
+    else:
+        out = (size + 2 * pad - k) // stride + 1
+    if pad and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def pooling_reference(x, method, kernel, stride, pad, out_hw):
+    """x: (N, C, H, W) -> (N, C, Ho, Wo); method MAX=0 / AVE=1; out_hw from :func:`pool_out_size`."""
+    N, C, H, W = x.shape
+    kh, kw = kernel
+    sh, sw = stride
+    ph, pw = pad
+    Ho, Wo = out_hw
+    y = np.empty((N, C, Ho, Wo), dtype=np.float32)
+    for oh in range(Ho):
+        for ow in range(Wo):
+            hs, ws = oh * sh - ph, ow * sw - pw
+            if method == MAX:
+                he, we = min(hs + kh, H), min(ws + kw, W)
+                hs, ws = max(hs, 0), max(ws, 0)
+                y[:, :, oh, ow] = x[:, :, hs:he, ws:we].max(axis=(2, 3))
+            else:
+                he, we = min(hs + kh, H + ph), min(ws + kw, W + pw)
+                size = (he - hs) * (we - ws)
+                hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, H), min(we, W)
+                y[:, :, oh, ow] = x[:, :, hs:he, ws:we].sum(axis=(2, 3), dtype=np.float32) / np.float32(size)
+    return y
+
+
+@njit(parallel=True, cache=True)
+def _pool_cpu(x, method, kh, kw, sh, sw, ph, pw, y):
+    N, C, H, W = x.shape
+    Ho, Wo = y.shape[2], y.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t % C
+        for oh in range(Ho):
+            for ow in range(Wo):
+                hs = oh * sh - ph
+                ws = ow * sw - pw
+                if method == 0:
+                    he = min(hs + kh, H)
+                    we = min(ws + kw, W)
+                    hs = max(hs, 0)
+                    ws = max(ws, 0)
+                    m = np.float32(-3.402823466e38)
+                    for i in range(hs, he):
+                        for j in range(ws, we):
+                            v = x[n, c, i, j]
+                            if v > m:
+                                m = v
+                    y[n, c, oh, ow] = m
+                else:
+                    he = min(hs + kh, H + ph)
+                    we = min(ws + kw, W + pw)
+                    size = (he - hs) * (we - ws)
+                    hs = max(hs, 0)
+                    ws = max(ws, 0)
+                    he = min(he, H)
+                    we = min(we, W)
+                    s = np.float32(0.0)
+                    for i in range(hs, he):
+                        for j in range(ws, we):
+                            s += x[n, c, i, j]
+                    y[n, c, oh, ow] = s / np.float32(size)
+
+
+def pooling_cpu(x, method, kernel, stride, pad, out_hw):
+    """Same contract as :func:`pooling_reference`."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.empty(x.shape[:2] + tuple(out_hw), dtype=np.float32)
+    _pool_cpu(x, method, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], y)
+    return y
+
+
+@cuda.jit
+def _pool_kernel(x, method, kh, kw, sh, sw, ph, pw, y):
+    idx = cuda.grid(1)
+    N, C, Ho, Wo = y.shape
+    if idx >= N * C * Ho * Wo:
+        return
+    H, W = x.shape[2], x.shape[3]
+    ow = idx % Wo
+    t = idx // Wo
+    oh = t % Ho
+    t = t // Ho
+    c = t % C
+    n = t // C
+    hs = oh * sh - ph
+    ws = ow * sw - pw
+    if method == 0:
+        he = min(hs + kh, H)
+        we = min(ws + kw, W)
+        hs = max(hs, 0)
+        ws = max(ws, 0)
+        m = -3.402823466e38
+        for i in range(hs, he):
+            for j in range(ws, we):
+                m = max(m, x[n, c, i, j])
+        y[n, c, oh, ow] = m
+    else:
+        he = min(hs + kh, H + ph)
+        we = min(ws + kw, W + pw)
+        size = (he - hs) * (we - ws)
+        hs = max(hs, 0)
+        ws = max(ws, 0)
+        he = min(he, H)
+        we = min(we, W)
+        s = 0.0
+        for i in range(hs, he):
+            for j in range(ws, we):
+                s += x[n, c, i, j]
+        y[n, c, oh, ow] = s / size
+
+
+def pooling_cuda(x, method, kernel, stride, pad, out_hw):
+    """x: device (N, C, H, W) -> device (N, C, Ho, Wo)."""
+    y = device_empty(tuple(x.shape[:2]) + tuple(out_hw))
+    n = y.size
+    _pool_kernel[blocks(n, 128), 128](x, method, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], y)
+    return y
+
+
+@register("Pooling")
+class Pooling(Layer):
+    def __init__(self, name, lp, bottoms, tops):
+        super().__init__(name, lp, bottoms, tops)
+        p = self.pget("pooling_param")
+        method = str(p.get("pool", "MAX"))
+        if method in ("MAX", "0"):
+            self.method = MAX
+        elif method in ("AVE", "1"):
+            self.method = AVE
+        else:
+            raise self.err(f"pool: {method} is not supported (MAX and AVE are)")
+        self.global_pooling = as_bool(p.get("global_pooling"), False)
+        self.ceil_mode = str(p.get("round_mode", "CEIL")) in ("CEIL", "0")
+        if self.global_pooling:
+            if p.has("kernel_size") or p.has("kernel_h"):
+                raise self.err("with global_pooling, kernel size cannot be specified")
+            self.kernel = None
+        else:
+            self.kernel = hw_param(self, p, "kernel", required=True)
+            if min(self.kernel) < 1:
+                raise self.err("kernel size must be >= 1")
+        self.stride = hw_param(self, p, "stride", default=1)
+        self.pad = hw_param(self, p, "pad", default=0)
+        if min(self.stride) < 1:
+            raise self.err("stride must be >= 1")
+        if self.kernel and (self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]):
+            raise self.err("pad must be smaller than the kernel")
+
+    def geometry(self, shape):
+        N, C, H, W = shape
+        if self.global_pooling:
+            return (H, W), (1, 1), (0, 0)
+        return self.kernel, self.stride, self.pad
+
+    def setup(self, shapes):
+        if len(shapes[0]) != 4:
+            raise self.err(f"expects a 4-D (N, C, H, W) input, got shape {shapes[0]}")
+        N, C, H, W = shapes[0]
+        k, s, p = self.geometry(shapes[0])
+        Ho = pool_out_size(H, k[0], s[0], p[0], self.ceil_mode)
+        Wo = pool_out_size(W, k[1], s[1], p[1], self.ceil_mode)
+        if Ho < 1 or Wo < 1:
+            raise self.err(f"input {H}x{W} is smaller than the pooling kernel {k[0]}x{k[1]}")
+        self.out_hw = (Ho, Wo)
+        return [(N, C, Ho, Wo)]
+
+    def flops(self, bshapes, tshapes):
+        k, _, _ = self.geometry(bshapes[0])
+        return int(np.prod(tshapes[0])) * k[0] * k[1]
+
+    def forward(self, bottoms, params, backend, inplace=False):
+        x = bottoms[0]
+        k, s, p = self.geometry(x.shape)
+        out_hw = (pool_out_size(x.shape[2], k[0], s[0], p[0], self.ceil_mode),
+                  pool_out_size(x.shape[3], k[1], s[1], p[1], self.ceil_mode))
+        f = {"numpy": pooling_reference, "cpu": pooling_cpu, "cuda": pooling_cuda}[backend]
+        return [f(x, self.method, k, s, p, out_hw)]

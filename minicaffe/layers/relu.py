@@ -1,0 +1,129 @@
+"""Rectifiers: Caffe ``ReLU`` (with ``negative_slope``) and ``Clip`` (min/max; ReLU6 is Clip 0..6).
+
+Shapes: any ``x`` -> same shape. Both usually run in place (top == bottom), as in Caffe: after
+``relu1`` the blob ``conv1`` holds the rectified value. The net keeps the pre-activation array
+when asked (``keep_pre_activation``), so the kernels may overwrite their input when ``inplace``.
+Implementations: ``relu_reference``/``clip_reference`` (NumPy), ``relu_cpu``/``clip_cpu`` (Numba,
+parallel, in place when allowed), ``relu_cuda``/``clip_cuda`` (a thread per element).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda, njit, prange
+
+from ..backend import blocks, device_empty
+from .base import Layer, register
+
+
+def relu_reference(x, negative_slope=0.0):
+    """x: any shape -> same shape, ``max(x, 0) + negative_slope * min(x, 0)``."""
+    return np.where(x > 0, x, x * np.float32(negative_slope)).astype(np.float32)
+
+
+def clip_reference(x, lo, hi):
+    """x: any shape -> same shape, clipped to [lo, hi]."""
+    return np.clip(x, np.float32(lo), np.float32(hi)).astype(np.float32)
+
+
+@njit(parallel=True, cache=True)
+def _relu_flat(x, slope, y):
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = v if v > 0 else v * slope
+
+
+@njit(parallel=True, cache=True)
+def _clip_flat(x, lo, hi, y):
+    for i in prange(x.size):
+        y[i] = min(max(x[i], lo), hi)
+
+
+def relu_cpu(x, negative_slope=0.0, inplace=False):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = x if inplace else np.empty_like(x)
+    _relu_flat(x.reshape(-1), np.float32(negative_slope), y.reshape(-1))
+    return y
+
+
+def clip_cpu(x, lo, hi, inplace=False):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = x if inplace else np.empty_like(x)
+    _clip_flat(x.reshape(-1), np.float32(lo), np.float32(hi), y.reshape(-1))
+    return y
+
+
+@cuda.jit
+def _relu_kernel(x, slope, y):
+    i = cuda.grid(1)
+    if i < x.size:
+        v = x[i]
+        y[i] = v if v > 0 else v * slope
+
+
+@cuda.jit
+def _clip_kernel(x, lo, hi, y):
+    i = cuda.grid(1)
+    if i < x.size:
+        y[i] = min(max(x[i], lo), hi)
+
+
+def relu_cuda(x, negative_slope=0.0, inplace=False):
+    y = x if inplace else device_empty(x.shape)
+    _relu_kernel[blocks(x.size, 256), 256](x.reshape(x.size), np.float32(negative_slope), y.reshape(y.size))
+    return y
+
+
+def clip_cuda(x, lo, hi, inplace=False):
+    y = x if inplace else device_empty(x.shape)
+    _clip_kernel[blocks(x.size, 256), 256](x.reshape(x.size), np.float32(lo), np.float32(hi), y.reshape(y.size))
+    return y
+
+
+@register("ReLU")
+class ReLU(Layer):
+    can_run_inplace = True
+
+    def __init__(self, name, lp, bottoms, tops):
+        super().__init__(name, lp, bottoms, tops)
+        self.slope = float(self.pget("relu_param").get("negative_slope", 0.0))
+
+    def setup(self, shapes):
+        return [tuple(shapes[0])]
+
+    def flops(self, bshapes, tshapes):
+        return int(np.prod(bshapes[0]))
+
+    def forward(self, bottoms, params, backend, inplace=False):
+        if backend == "numpy":
+            return [relu_reference(bottoms[0], self.slope)]
+        f = relu_cpu if backend == "cpu" else relu_cuda
+        return [f(bottoms[0], self.slope, inplace)]
+
+
+@register("Clip", "ReLU6")
+class Clip(Layer):
+    can_run_inplace = True
+
+    def __init__(self, name, lp, bottoms, tops):
+        super().__init__(name, lp, bottoms, tops)
+        if self.lp.get("type") == "ReLU6":
+            self.lo, self.hi = 0.0, 6.0
+        else:
+            p = self.pget("clip_param")
+            if p.get("min") is None or p.get("max") is None:
+                raise self.err("clip_param needs both min and max")
+            self.lo, self.hi = float(p.get("min")), float(p.get("max"))
+            if self.lo > self.hi:
+                raise self.err("clip_param.min must not exceed max")
+
+    def setup(self, shapes):
+        return [tuple(shapes[0])]
+
+    def flops(self, bshapes, tshapes):
+        return int(np.prod(bshapes[0]))
+
+    def forward(self, bottoms, params, backend, inplace=False):
+        if backend == "numpy":
+            return [clip_reference(bottoms[0], self.lo, self.hi)]
+        f = clip_cpu if backend == "cpu" else clip_cuda
+        return [f(bottoms[0], self.lo, self.hi, inplace)]

@@ -1,0 +1,101 @@
+"""Softmax (Caffe type ``Softmax``) over one axis (default 1, the channels).
+
+Shapes: ``x: (outer, C, inner...)`` -> same shape; normalised over ``axis`` after subtracting the
+maximum, as Caffe does. Implementations: ``softmax_reference`` (NumPy), ``softmax_cpu`` (Numba,
+parallel over outer*inner positions), ``softmax_cuda`` (a thread per outer*inner position).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda, njit, prange
+
+from ..backend import blocks, device_empty
+from .base import Layer, register
+
+
+def softmax_reference(x, axis=1):
+    """x: any shape, normalised along ``axis``."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+@njit(parallel=True, cache=True)
+def _softmax3(x, y):
+    # x, y: (outer, C, inner)
+    O, C, I = x.shape
+    for t in prange(O * I):
+        o = t // I
+        i = t % I
+        m = x[o, 0, i]
+        for c in range(1, C):
+            m = max(m, x[o, c, i])
+        s = 0.0
+        for c in range(C):
+            e = np.exp(x[o, c, i] - m)
+            y[o, c, i] = e
+            s += e
+        for c in range(C):
+            y[o, c, i] = y[o, c, i] / s
+
+
+def _as3(shape, axis):
+    outer = int(np.prod(shape[:axis]))
+    inner = int(np.prod(shape[axis + 1:]))
+    return (outer, shape[axis], inner)
+
+
+def softmax_cpu(x, axis=1):
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.empty_like(x)
+    s3 = _as3(x.shape, axis)
+    _softmax3(x.reshape(s3), y.reshape(s3))
+    return y
+
+
+@cuda.jit
+def _softmax_kernel(x, y):
+    t = cuda.grid(1)
+    O, C, I = x.shape
+    if t >= O * I:
+        return
+    o = t // I
+    i = t % I
+    m = x[o, 0, i]
+    for c in range(1, C):
+        m = max(m, x[o, c, i])
+    s = 0.0
+    for c in range(C):
+        e = np.exp(x[o, c, i] - m)
+        y[o, c, i] = e
+        s += e
+    for c in range(C):
+        y[o, c, i] = y[o, c, i] / s
+
+
+def softmax_cuda(x, axis=1):
+    s3 = _as3(x.shape, axis)
+    y = device_empty(x.shape)
+    _softmax_kernel[blocks(s3[0] * s3[2], 128), 128](x.reshape(s3), y.reshape(s3))
+    return y
+
+
+@register("Softmax")
+class Softmax(Layer):
+    def __init__(self, name, lp, bottoms, tops):
+        super().__init__(name, lp, bottoms, tops)
+        self.axis = self.pget("softmax_param").get("axis", 1)
+
+    def setup(self, shapes):
+        n = len(shapes[0])
+        ax = self.axis if self.axis >= 0 else n + self.axis
+        if not 0 <= ax < n:
+            raise self.err(f"axis {self.axis} out of range for shape {shapes[0]}")
+        self._ax = ax
+        return [tuple(shapes[0])]
+
+    def flops(self, bshapes, tshapes):
+        return 5 * int(np.prod(bshapes[0]))
+
+    def forward(self, bottoms, params, backend, inplace=False):
+        f = {"numpy": softmax_reference, "cpu": softmax_cpu, "cuda": softmax_cuda}[backend]
+        return [f(bottoms[0], self._ax)]

@@ -1,0 +1,383 @@
+"""The net: a plain loop over Caffe layers, with every blob exposed and before/after hooks.
+
+``Net(prototxt, weights=None, backend="cpu")`` parses a deploy prototxt (current or legacy V1
+format), builds one layer object per ``layer``/``layers`` entry of the TEST phase, infers blob
+shapes, and loads weights from a ``.caffemodel`` or our ``.h5`` (or seeds random ones).
+``forward`` runs layers ``start..end`` in file order (a valid topological order in Caffe files,
+which is what makes GoogLeNet's branches and Concat work) and returns every blob by its Caffe
+name, with Caffe's in-place semantics: after ``relu1`` the blob ``conv1`` is post-ReLU. The
+pre-activation value can be kept under ``<blob>.pre``. Profiling and activation capture attach
+through :meth:`Net.add_hook`; no layer contains timing code. It does not train (no backward).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+
+import numpy as np
+
+from .backend import check_backend, is_device_array, synchronize, to_device, to_host
+from .errors import MinicaffeError, ModelError, PrototxtError, WeightsError
+from .io.prototxt import Enum, Message, parse, parse_file
+from .layers import REGISTRY
+
+#: suffix of the blob that keeps a value from before the in-place layers (ReLU, Dropout) ran
+PRE_SUFFIX = ".pre"
+
+# legacy V1 enum type names -> current type strings
+V1_TYPE_NAMES = {
+    "ABSVAL": "AbsVal", "ACCURACY": "Accuracy", "ARGMAX": "ArgMax", "BNLL": "BNLL",
+    "CONCAT": "Concat", "CONTRASTIVE_LOSS": "ContrastiveLoss", "CONVOLUTION": "Convolution",
+    "DATA": "Data", "DECONVOLUTION": "Deconvolution", "DROPOUT": "Dropout",
+    "DUMMY_DATA": "DummyData", "EUCLIDEAN_LOSS": "EuclideanLoss", "ELTWISE": "Eltwise",
+    "EXP": "Exp", "FLATTEN": "Flatten", "HDF5_DATA": "HDF5Data", "HDF5_OUTPUT": "HDF5Output",
+    "HINGE_LOSS": "HingeLoss", "IM2COL": "Im2col", "IMAGE_DATA": "ImageData",
+    "INFOGAIN_LOSS": "InfogainLoss", "INNER_PRODUCT": "InnerProduct", "LRN": "LRN",
+    "MEMORY_DATA": "MemoryData", "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
+    "MVN": "MVN", "POOLING": "Pooling", "POWER": "Power", "RELU": "ReLU", "SIGMOID": "Sigmoid",
+    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
+    "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split", "SLICE": "Slice",
+    "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
+}
+
+#: layers whose top may share memory with their bottom (so later in-place kernels must copy)
+_ALIASING_TYPES = {"Flatten", "Dropout"}
+
+
+def _phase_ok(lp, phase):
+    for rule in lp.getall("include"):
+        if rule.get("phase") is not None and str(rule.get("phase")) != phase:
+            return False
+    for rule in lp.getall("exclude"):
+        if rule.get("phase") is not None and str(rule.get("phase")) == phase:
+            return False
+    return True
+
+
+def load_net_definition(prototxt):
+    """Path, text or Message -> (Message, source path or None, text)."""
+    if isinstance(prototxt, Message):
+        return prototxt, None, None
+    if isinstance(prototxt, os.PathLike) or (isinstance(prototxt, str) and "{" not in prototxt
+                                               and "\n" not in prototxt):
+        path = os.fspath(prototxt)
+        msg = parse_file(path)
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+        return msg, path, text
+    return parse(prototxt), None, str(prototxt)
+
+
+class Net:
+    """A Caffe net for inference. See the module docstring.
+
+    Parameters
+    ----------
+    prototxt : path, prototxt text or parsed Message
+    weights : path to ``.caffemodel`` / ``.h5``, a mapping name -> [arrays], or None (seeded random)
+    backend : ``"numpy"`` (reference), ``"cpu"`` (Numba) or ``"cuda"``
+    seed : seed of the random weights when ``weights`` is None
+    """
+
+    def __init__(self, prototxt, weights=None, backend="cpu", seed=0, phase="TEST"):
+        self.backend = check_backend(backend)
+        self.phase = phase
+        self.proto, self.prototxt_path, self.prototxt_text = load_net_definition(prototxt)
+        self.name = str(self.proto.get("name", "net"))
+        self._build_layers()
+        self.blob_shapes = self._infer_shapes(self.input_shapes)
+        self.params: "OrderedDict[str, list[np.ndarray]]" = OrderedDict()
+        self.weights_path = None
+        self.weights_sha1 = None
+        if weights is None:
+            rng = np.random.default_rng(seed)
+            for layer in self.layers:
+                if layer.param_shapes:
+                    self.params[layer.name] = layer.init_params(rng)
+        else:
+            self.load_weights(weights)
+        self.blobs: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._hooks = []
+
+    # ------------------------------------------------------------------ building
+    def _where(self):
+        return self.prototxt_path or "<prototxt>"
+
+    def _build_layers(self):
+        proto = self.proto
+        v1 = proto.getall("layers")
+        cur = proto.getall("layer")
+        if v1 and cur:
+            raise PrototxtError("mixes 'layer' (current) and 'layers' (legacy V1) entries", self.prototxt_path)
+        entries = cur or v1
+        self.layers = []
+        self.input_names, self.input_shapes = [], {}
+        # legacy top-level inputs: input: "data" + input_dim x4 (or input_shape { dim })
+        names = [str(n) for n in proto.getall("input")]
+        dims = proto.getall("input_dim")
+        shapes = proto.getall("input_shape")
+        if names:
+            if shapes:
+                if len(shapes) != len(names):
+                    raise PrototxtError(f"{len(names)} inputs but {len(shapes)} input_shape entries", self.prototxt_path)
+                shp = [tuple(s.getall("dim")) for s in shapes]
+            else:
+                if len(dims) != 4 * len(names):
+                    raise PrototxtError(f"{len(names)} inputs need {4 * len(names)} input_dim values, found {len(dims)}",
+                                        self.prototxt_path)
+                shp = [tuple(dims[4 * i:4 * i + 4]) for i in range(len(names))]
+            for n, s in zip(names, shp):
+                self._add_input(n, s)
+        for lp in entries:
+            if not isinstance(lp, Message):
+                raise PrototxtError("a layer entry must be a message { ... }", self.prototxt_path)
+            if not _phase_ok(lp, self.phase):
+                continue
+            name = lp.get("name")
+            t = lp.get("type")
+            if name is None:
+                raise PrototxtError(f"layer on line {lp.line} has no name", self.prototxt_path, lp.line, 1)
+            if t is None:
+                raise PrototxtError(f"layer {name!r} has no type", self.prototxt_path, lp.line, 1)
+            t = str(t)
+            if isinstance(lp.get("type"), Enum) or (v1 and t.isupper()):
+                t = V1_TYPE_NAMES.get(t, t)
+            if t not in REGISTRY:
+                raise ModelError(f"{self._where()}: layer {name!r} has unknown or unsupported type {t!r} "
+                                 f"(supported: {', '.join(sorted(REGISTRY))})")
+            lp2 = Message(lp.line)
+            lp2.fields = [(k, v) for k, v in lp.fields if k != "type"] + [("type", t)]
+            layer = REGISTRY[t](str(name), lp2, [str(b) for b in lp.getall("bottom")],
+                                [str(x) for x in lp.getall("top")])
+            if t == "Input":
+                for top, s in zip(layer.tops, layer.shapes):
+                    self._add_input(top, s, layer=False)
+            self.layers.append(layer)
+        if not self.layers:
+            raise ModelError(f"{self._where()}: the net has no layers")
+        seen = set()
+        for layer in self.layers:
+            if layer.name in seen:
+                raise ModelError(f"{self._where()}: duplicate layer name {layer.name!r}")
+            seen.add(layer.name)
+        self._layer_index = {l.name: i for i, l in enumerate(self.layers)}
+
+    def _add_input(self, name, shape, layer=True):
+        if len(shape) == 0 or any((not isinstance(d, int)) or d < 1 for d in shape):
+            raise PrototxtError(f"input {name!r} has an invalid shape {shape}", self.prototxt_path)
+        self.input_names.append(name)
+        self.input_shapes[name] = tuple(shape)
+
+    def _infer_shapes(self, input_shapes):
+        shapes = OrderedDict((k, tuple(v)) for k, v in input_shapes.items())
+        for layer in self.layers:
+            if layer.type == "Input":
+                continue
+            for b in layer.bottoms:
+                if b not in shapes:
+                    raise ModelError(f"{self._where()}: layer {layer.name!r} reads blob {b!r}, "
+                                     "which no earlier layer produces")
+            tops = layer.setup([shapes[b] for b in layer.bottoms])
+            if len(tops) != len(layer.tops):
+                raise layer.err(f"produces {len(tops)} outputs but lists {len(layer.tops)} tops")
+            for t, s in zip(layer.tops, tops):
+                shapes[t] = tuple(int(d) for d in s)
+        return shapes
+
+    # ------------------------------------------------------------------ weights
+    def load_weights(self, weights):
+        """Load parameters by layer name from a ``.caffemodel``, ``.h5`` or a mapping."""
+        if isinstance(weights, (str, os.PathLike)):
+            path = os.fspath(weights)
+            if path.endswith((".h5", ".hdf5")):
+                from .io.h5weights import load_h5
+                source, _attrs = load_h5(path), None
+            else:
+                from .io.caffemodel import read_caffemodel
+                _, layers = read_caffemodel(path)
+                source = OrderedDict((k, v[1]) for k, v in layers.items())
+            self.weights_path = path
+            self.weights_sha1 = sha1_file(path)
+        else:
+            path = "<weights mapping>"
+            source = weights
+        for layer in self.layers:
+            if not layer.param_shapes:
+                continue
+            if layer.name not in source:
+                raise WeightsError(f"{path}: no weights for layer {layer.name!r} ({layer.type}); "
+                                   f"expected shapes {layer.param_shapes}")
+            blobs = list(source[layer.name])
+            if len(blobs) != len(layer.param_shapes):
+                raise WeightsError(f"{path}: layer {layer.name!r} has {len(blobs)} parameter blobs, "
+                                   f"expected {len(layer.param_shapes)} (shapes {layer.param_shapes})")
+            out = []
+            for i, (a, shp) in enumerate(zip(blobs, layer.param_shapes)):
+                a = np.asarray(a, dtype=np.float32)
+                if tuple(a.shape) != tuple(shp):
+                    # legacy V1 blobs are 4-D (num, channels, height, width): accept (1,1,M,K) for (M,K)
+                    squeeze = tuple(d for d in a.shape)
+                    while len(squeeze) > len(shp) and squeeze[0] == 1:
+                        squeeze = squeeze[1:]
+                    if squeeze != tuple(shp):
+                        raise WeightsError(f"{path}: layer {layer.name!r} blob {i} has shape {tuple(a.shape)}, "
+                                           f"expected {tuple(shp)}")
+                    a = a.reshape(shp)
+                out.append(np.ascontiguousarray(a))
+            self.params[layer.name] = out
+
+    def save_h5(self, path, **attrs):
+        from .io.h5weights import save_h5
+        save_h5(path, self.params, prototxt=self.prototxt_text or "", **attrs)
+
+    # ------------------------------------------------------------------ hooks
+    def add_hook(self, before=None, after=None):
+        """Register callables ``before(net, index, layer)`` / ``after(net, index, layer, tops)``.
+
+        Returns a handle; ``net.remove_hook(handle)`` detaches it.
+        """
+        h = (before, after)
+        self._hooks.append(h)
+        return h
+
+    def remove_hook(self, handle):
+        self._hooks.remove(handle)
+
+    def layer_index(self, name):
+        if name not in self._layer_index:
+            raise ModelError(f"{self._where()}: no layer named {name!r}")
+        return self._layer_index[name]
+
+    @property
+    def layer_names(self):
+        return [l.name for l in self.layers]
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, name, x):
+        want = self.input_shapes[name]
+        if x.ndim != len(want):
+            raise ModelError(f"input {name!r} must be {len(want)}-D like {want}, got shape {tuple(x.shape)}")
+        if x.ndim >= 2 and x.shape[1] != want[1]:
+            raise ModelError(f"input {name!r} has {x.shape[1]} channels but the net expects {want[1]} "
+                             f"(shape {want}); images must be (N, C, H, W)")
+        if x.shape[0] < 1:
+            raise ModelError(f"input {name!r} is an empty batch")
+
+    def forward(self, data=None, start=None, end=None, keep_pre_activation=False, fetch=None, **inputs):
+        """Run layers ``start``..``end`` (layer names, inclusive) and return blobs by name.
+
+        data : (N, C, H, W) float array for the first input (others by name in ``inputs``).
+        keep_pre_activation : also keep ``<blob>.pre`` = the value before in-place layers ran.
+        fetch : blob names to return (default: every blob); with the cuda backend only these
+            are copied back to the host.
+        Returns an OrderedDict name -> ndarray; ``net.blobs`` holds the same afterwards.
+        """
+        if data is not None:
+            if not self.input_names:
+                raise ModelError(f"{self._where()}: the net declares no input")
+            inputs = {self.input_names[0]: data, **inputs}
+        i0 = 0 if start is None else self.layer_index(start)
+        i1 = len(self.layers) - 1 if end is None else self.layer_index(end)
+        if i0 == 0 or start is None:
+            missing = [n for n in self.input_names if n not in inputs]
+            if missing:
+                raise ModelError(f"no array given for input(s) {missing}")
+            blobs = OrderedDict()
+            shapes = {}
+            for n, x in inputs.items():
+                if n not in self.input_shapes:
+                    raise ModelError(f"{n!r} is not an input of the net (inputs: {self.input_names})")
+                x = np.asarray(x)
+                self._check_input(n, x)
+                # always a private float32 copy: in-place layers must never touch the caller's array
+                blobs[n] = np.array(x, dtype=np.float32, order="C", copy=True)
+                shapes[n] = blobs[n].shape
+            if shapes != {k: self.blob_shapes[k] for k in shapes}:
+                self._reshape(shapes)
+        else:
+            blobs = self.blobs
+            for n, x in inputs.items():
+                blobs[n] = np.array(x, dtype=np.float32, order="C", copy=True)
+        backend = self.backend
+        if backend == "cuda":
+            blobs = OrderedDict((k, v if is_device_array(v) else to_device(v)) for k, v in blobs.items())
+            params = {k: [to_device(a) for a in v] for k, v in self.params.items()}
+        else:
+            params = self.params
+        aliased = set()
+        for i in range(i0, i1 + 1):
+            layer = self.layers[i]
+            if layer.type == "Input":
+                continue
+            for hb, _ in self._hooks:
+                if hb is not None:
+                    hb(self, i, layer)
+            bottoms = [blobs[b] for b in layer.bottoms]
+            inplace = layer.inplace and layer.can_run_inplace
+            if inplace and keep_pre_activation:
+                pre = layer.tops[0] + PRE_SUFFIX
+                if pre not in blobs:
+                    blobs[pre] = bottoms[0]
+                inplace = False
+            if inplace and layer.bottoms[0] in aliased:
+                inplace = False
+            try:
+                tops = layer.forward(bottoms, params.get(layer.name, []), backend, inplace=inplace)
+            except MinicaffeError:
+                raise
+            except (ValueError, IndexError) as e:
+                raise layer.err(f"forward failed on inputs {[tuple(b.shape) for b in bottoms]}: {e}") from e
+            for t, arr in zip(layer.tops, tops):
+                blobs[t] = arr
+                if layer.type in _ALIASING_TYPES and not layer.inplace:
+                    aliased.update((t, *layer.bottoms))
+            for _, ha in self._hooks:
+                if ha is not None:
+                    ha(self, i, layer, tops)
+        if backend == "cuda":
+            synchronize(backend)
+            names = list(blobs) if fetch is None else list(fetch)
+            host = OrderedDict((k, to_host(blobs[k])) for k in names if k in blobs)
+            self._device_blobs = blobs
+            self.blobs = host
+            return OrderedDict(host)
+        self.blobs = blobs
+        if fetch is not None:
+            return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
+        return OrderedDict(blobs)
+
+    def _reshape(self, shapes):
+        full = dict(self.input_shapes)
+        full.update(shapes)
+        try:
+            new = self._infer_shapes(full)
+        except ModelError as e:
+            raise ModelError(f"input shape {[tuple(s) for s in shapes.values()]} does not fit the net: {e}") from None
+        for layer in self.layers:
+            if layer.name in self.params:
+                for i, (a, shp) in enumerate(zip(self.params[layer.name], layer.param_shapes)):
+                    if tuple(a.shape) != tuple(shp):
+                        # undo: restore the shapes of the declared input before reporting
+                        self._infer_shapes(self.input_shapes)
+                        raise ModelError(
+                            f"input shape {[tuple(s) for s in shapes.values()]} does not fit the net: layer "
+                            f"{layer.name!r} would need parameter {i} of shape {tuple(shp)}, the weights are "
+                            f"{tuple(a.shape)}")
+        self.blob_shapes = new
+
+    def summary(self):
+        """Rows of (layer name, type, top shapes, parameter shapes)."""
+        rows = []
+        for layer in self.layers:
+            rows.append((layer.name, layer.type, [self.blob_shapes[t] for t in layer.tops],
+                         [tuple(s) for s in layer.param_shapes]))
+        return rows
+
+
+def sha1_file(path, algo="sha1"):
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
