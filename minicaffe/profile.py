@@ -334,7 +334,7 @@ def plot(report: dict, out_png: str):
     for b in batches:
         for r in report["runs"]:
             if r["batch"] == b:
-                bars.append((f"ours\nbatch {b}", b, {g: r["groups"][g]["median_ms"] for g in GROUPS}, False))
+                bars.append((f"minicaffe\nbatch {b}", b, {g: r["groups"][g]["median_ms"] for g in GROUPS}, False))
                 if r.get("caffe"):
                     bars.append((f"Caffe\nbatch {b}", b, {g: r["caffe"]["groups"][g]["ms"] for g in GROUPS}, True))
         if not any(r["batch"] == b for r in report["runs"]):
@@ -402,10 +402,17 @@ def profile(prototxt, weights=None, batches=(1,), backend="cpu", iterations=10, 
                 attach_caffe(run, log)
         runs.append(run)
     return OrderedDict(
-        schema=SCHEMA, net=net.name, model=model, prototxt=str(prototxt),
+        schema=SCHEMA, net=net.name, model=model, prototxt=_display_path(prototxt),
         weights=None if weights is None else str(weights), backend=backend,
         iterations=int(iterations), warmup=int(warmup), machine=machine_info(backend),
         runs=runs, caffe_logs=logs)
+
+
+def _display_path(path):
+    """Paths inside the working directory are stored relative (the JSON is committed to the repository)."""
+    p = os.path.abspath(str(path))
+    cwd = os.getcwd()
+    return os.path.relpath(p, cwd) if p.startswith(cwd + os.sep) else str(path)
 
 
 def _batches(text):
@@ -434,6 +441,8 @@ def build_parser():
     p.add_argument("--backend", default="cpu", choices=BACKENDS)
     p.add_argument("--iterations", type=int, default=10, help="timed forwards per batch size (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards first, >= 1 (default 2)")
+    p.add_argument("--threads", type=int, help="Numba threads for the cpu backend (default: Numba's, "
+                                               "NUMBA_NUM_THREADS or all cores)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     p.add_argument("--json", metavar="OUT", help="write the full report as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="write the stacked-bar chart (matplotlib)")
@@ -450,6 +459,12 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     batches = _batches(args.batch)
+    if args.threads is not None:
+        import numba
+        if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
+            raise MinicaffeError(f"--threads must be between 1 and {numba.config.NUMBA_NUM_THREADS} "
+                                 f"(NUMBA_NUM_THREADS), got {args.threads}")
+        numba.set_num_threads(args.threads)
     if args.model:
         from .models import get_model
         prototxt = get_model(args.model).prototxt
