@@ -1,0 +1,295 @@
+"""``python -m minicaffe.check``: compare every activation of minicaffe with a reference framework.
+
+Runs minicaffe on an input (``--input X.npy``, ``--image IMG...`` or ``--random N``) and one or
+more references (``--against``, repeatable): ``caffe-npz:BLOBS.npz`` (blobs saved from real
+Caffe), ``opencv`` (OpenCV DNN's Caffe importer), ``torch`` (our prototxt -> torch.nn
+translator) or ``pycaffe`` (Caffe itself). For every blob the reference has, it prints the
+shape, max |ref|, max abs error, relative error (max |ours - ref| / max |ref|, the project-wide
+measure), the index of the worst element and PASS/FAIL against ``--tol``, then a one-line
+verdict naming the first blob (in net order) that diverges. Exit status: 0 when every compared
+blob passes, 1 when any fails, 2 on a usage/file error (one line, no traceback). ``--json OUT``
+writes the same rows for machines. With ``caffe-npz`` and no input option, the npz's own input
+blob is used. It compares values only; it does not time anything, and it does not decide which
+of two disagreeing frameworks is right.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .cli import exit_with
+from .errors import ImageError, MinicaffeError
+from .reference import KINDS, npz_key, reference_blobs
+
+#: std of ``--random`` inputs: the spread of mean-subtracted 0..255 pixels
+RANDOM_SCALE = 50.0
+
+
+@dataclass
+class Row:
+    """One compared blob. ``rel`` = max |ours - ref| / max |ref|; ``worst`` indexes that element."""
+    blob: str
+    shape: list
+    max_ref: float
+    max_abs: float
+    rel: float
+    worst: list
+    ours_at_worst: float
+    ref_at_worst: float
+    ok: bool
+    note: str = ""
+
+
+def compare_blob(name, ours, ref, tol):
+    """ours, ref: arrays of one blob -> :class:`Row` (a shape mismatch or NaN is a failure)."""
+    ref = np.asarray(ref)
+    if ours is None:
+        return Row(name, list(ref.shape), float(np.abs(ref).max()) if ref.size else 0.0, float("nan"),
+                   float("nan"), [], float("nan"), float("nan"), False, "not produced by minicaffe")
+    ours = np.asarray(ours)
+    if ours.shape != ref.shape:
+        return Row(name, list(ref.shape), float(np.abs(ref).max()) if ref.size else 0.0, float("nan"),
+                   float("nan"), [], float("nan"), float("nan"), False,
+                   f"shape mismatch: minicaffe {tuple(ours.shape)} vs reference {tuple(ref.shape)}")
+    if ref.size == 0:
+        return Row(name, list(ref.shape), 0.0, 0.0, 0.0, [], 0.0, 0.0, True)
+    o64, r64 = ours.astype(np.float64), ref.astype(np.float64)
+    diff = np.abs(o64 - r64)
+    bad = ~np.isfinite(diff)
+    flat = int(np.argmax(bad)) if bad.any() else int(np.argmax(diff))
+    idx = tuple(int(i) for i in np.unravel_index(flat, diff.shape))
+    max_ref = float(np.abs(r64).max())
+    max_abs = float("nan") if bad.any() else float(diff.max())
+    if max_ref > 0:
+        rel = max_abs / max_ref
+    else:
+        rel = 0.0 if max_abs == 0 else float("inf")
+    ok = bool(rel <= tol)   # NaN compares False: a NaN anywhere fails
+    note = "non-finite value" if bad.any() else ""
+    return Row(name, list(ref.shape), max_ref, max_abs, rel, list(idx), float(o64[idx]), float(r64[idx]), ok, note)
+
+
+def compare_blobs(ours, ref, tol, order=None):
+    """ours: {blob: array} from minicaffe; ref: {blob or npz key: array} -> [Row] in net order.
+
+    Every reference blob gets a row (also when minicaffe lacks it: a failure); minicaffe blobs the
+    reference does not have are not compared. npz keys map back with '/' <-> '__'.
+    """
+    by_key = {npz_key(b): b for b in ours}
+    pairs = []
+    for key, r in ref.items():
+        blob = key if key in ours else by_key.get(key, key)
+        pairs.append((blob, r))
+    if order is not None:
+        rank = {b: i for i, b in enumerate(order)}
+        pairs.sort(key=lambda p: rank.get(p[0], len(rank)))
+    return [compare_blob(b, ours.get(b), r, tol) for b, r in pairs]
+
+
+def verdict(rows, against, tol, input_name=None):
+    """One line: PASS/FAIL, how many blobs, the worst or the first diverging blob."""
+    if not rows:
+        return f"FAIL: no blob in common with {against} (nothing was compared)"
+    failed = [r for r in rows if not r.ok]
+    if not failed:
+        w = max(rows, key=lambda r: r.rel)
+        return (f"PASS: all {len(rows)} blobs within {tol:g} relative error of {against} "
+                f"(worst: {w.blob} {w.rel:.2e})")
+    f = failed[0]
+    what = f.note or f"rel err {f.rel:.2e} at {tuple(f.worst)}"
+    hint = ""
+    if f.blob == input_name:
+        hint = " - the inputs differ: check preprocessing (channel order BGR/RGB, mean, scale, crop)"
+    return (f"FAIL: {len(failed)} of {len(rows)} blobs exceed {tol:g} relative error vs {against}; "
+            f"first divergence at blob {f.blob!r} ({what}){hint}")
+
+
+def format_table(rows):
+    head = ("blob", "shape", "max|ref|", "max abs err", "rel err", "worst index", "result")
+    body = []
+    for r in rows:
+        body.append((r.blob, "x".join(str(d) for d in r.shape), f"{r.max_ref:.4g}", f"{r.max_abs:.3e}",
+                     f"{r.rel:.3e}", str(tuple(r.worst)) if r.worst else "-",
+                     ("PASS" if r.ok else "FAIL") + (f" ({r.note})" if r.note else "")))
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    for b in body:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(b, widths)))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- inputs
+def _load_npy(path):
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise MinicaffeError(f"{path}: cannot read the input array (.npy expected): {e}") from None
+    if x.ndim == 3:
+        x = x[None]          # (C, H, W) -> a batch of one
+    if x.ndim != 4:
+        raise MinicaffeError(f"{path}: input must be (N, C, H, W) or (C, H, W), got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _preprocess_fallback(path, spec):
+    """Caffe-style preprocessing used until ``minicaffe.preprocess`` exists: decode, RGB,
+    resize to spec.resize (warp), RGB->BGR, subtract the mean image or values, center crop."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            size = spec.resize if isinstance(spec.resize, tuple) else (spec.resize, spec.resize)
+            im = im.resize((size[1], size[0]), Image.BILINEAR)   # PIL takes (W, H)
+            a = np.asarray(im, dtype=np.float32)                 # (H, W, 3) RGB
+    except (OSError, UnidentifiedImageError) as e:
+        raise ImageError(f"{path}: cannot decode image: {e}") from None
+    a = a.transpose(2, 0, 1)                                     # HWC -> CHW
+    if spec.channel_order == "BGR":
+        a = a[::-1]                                              # RGB -> BGR (Caffe models)
+    if spec.mean_image:
+        mean = np.load(spec.mean_image).astype(np.float32)
+        if mean.shape[1:] != a.shape[1:]:
+            raise ImageError(f"{spec.mean_image}: mean image {mean.shape} does not match the resize {a.shape}")
+        a = a - mean
+    elif spec.mean_values:
+        a = a - np.asarray(spec.mean_values, np.float32)[:, None, None]
+    if spec.std_values:
+        a = a / np.asarray(spec.std_values, np.float32)[:, None, None]
+    a = a * spec.input_scale
+    c = spec.crop
+    h0, w0 = (a.shape[1] - c) // 2, (a.shape[2] - c) // 2
+    return np.ascontiguousarray(a[:, h0:h0 + c, w0:w0 + c], dtype=np.float32)
+
+
+def load_images(paths, crop):
+    """Images -> (N, 3, crop, crop) float32 with Caffe's ILSVRC preprocessing (BGR, mean image)."""
+    import dataclasses
+    from .models import CAFFE_PREPROCESSING
+    spec = dataclasses.replace(CAFFE_PREPROCESSING, crop=crop)
+    try:
+        from .preprocess import preprocess_image
+    except ImportError:
+        preprocess_image = _preprocess_fallback
+    return np.stack([np.asarray(preprocess_image(p, spec), dtype=np.float32) for p in paths])
+
+
+def make_input(args, net, refs):
+    """Resolve --input / --image / --random (or the caffe-npz's own input blob) -> (x, description)."""
+    name = net.input_names[0]
+    shape = net.input_shapes[name]
+    if args.input:
+        return _load_npy(args.input), args.input
+    if args.image:
+        if len(shape) != 4 or shape[2] != shape[3]:
+            raise MinicaffeError(f"--image needs a square 4-D input, the net's is {shape}")
+        return load_images(args.image, shape[2]), f"{len(args.image)} image(s) " + ", ".join(args.image)
+    if args.random:
+        rng = np.random.default_rng(args.seed)
+        x = (rng.standard_normal((args.random,) + tuple(shape[1:])) * RANDOM_SCALE).astype(np.float32)
+        return x, f"random normal x{RANDOM_SCALE:g}, batch {args.random}, seed {args.seed}"
+    for r in refs:
+        if r.startswith("caffe-npz:"):
+            blobs = reference_blobs(r, None, None, None)
+            key = npz_key(name)
+            if key in blobs:
+                return np.ascontiguousarray(blobs[key], dtype=np.float32), f"{r.split(':', 1)[1]}[{key}]"
+    raise MinicaffeError("no input: give --input X.npy, --image IMG... or --random N "
+                         "(or a caffe-npz reference that stores the input blob)")
+
+
+# ---------------------------------------------------------------------------------- main
+def run_check(prototxt, weights, x, against, tol=1e-4, backend="cpu", net=None):
+    """Run minicaffe and each reference on x: (N, C, H, W). Returns (rows per reference, ours, net).
+
+    ``against``: list of reference names (see :func:`minicaffe.reference.reference_blobs`);
+    ``net``: an already built :class:`minicaffe.Net` of the same prototxt + weights (else built).
+    """
+    if net is None:
+        from .net import Net
+        net = Net(prototxt, weights, backend=backend)
+    ours = net.forward(x)
+    order = list(ours)
+    out = OrderedDict()
+    for kind in against:
+        ref = reference_blobs(kind, prototxt, weights, x)
+        out[kind] = compare_blobs(ours, ref, tol, order)
+    return out, ours, net
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m minicaffe.check",
+        description="Compare every blob of minicaffe's forward pass with a reference framework.")
+    p.add_argument("--prototxt", required=True, help="deploy prototxt (current or legacy V1 format)")
+    p.add_argument("--weights", required=True, help=".caffemodel or converted .h5")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--input", help="(N, C, H, W) or (C, H, W) float32 .npy, already preprocessed")
+    src.add_argument("--image", nargs="+", help="image file(s), Caffe ILSVRC preprocessing (BGR, mean image, crop)")
+    src.add_argument("--random", type=int, metavar="N", help=f"N seeded random inputs (normal x{RANDOM_SCALE:g})")
+    p.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
+    p.add_argument("--against", action="append", required=True, metavar="REF",
+                   help="caffe-npz:BLOBS.npz | opencv | torch | pycaffe (repeat to compare with several)")
+    p.add_argument("--tol", type=float, default=1e-4, help="max relative error per blob (default 1e-4)")
+    p.add_argument("--backend", default="cpu", choices=("numpy", "cpu", "cuda"), help="minicaffe backend")
+    p.add_argument("--json", metavar="OUT", help="also write the rows and verdicts as JSON ('-' = stdout)")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    for a in args.against:
+        if a not in KINDS and not a.startswith("caffe-npz:"):
+            raise MinicaffeError(f"--against {a!r}: choose caffe-npz:BLOBS.npz, opencv, torch or pycaffe")
+    if args.random is not None and args.random < 1:
+        raise MinicaffeError("--random N needs N >= 1")
+    if args.tol <= 0:
+        raise MinicaffeError("--tol must be > 0")
+    for path in (args.prototxt, args.weights):
+        if not os.path.isfile(path):
+            raise MinicaffeError(f"{path}: no such file")
+    from .net import Net
+    net = Net(args.prototxt, args.weights, backend=args.backend)
+    x, described = make_input(args, net, args.against)
+    results, ours, net = run_check(args.prototxt, args.weights, x, args.against, args.tol, args.backend, net)
+    input_name = net.input_names[0]
+    report = {"prototxt": args.prototxt, "weights": args.weights, "input": described,
+              "input_shape": list(x.shape), "backend": args.backend, "tol": args.tol, "references": []}
+    all_ok = True
+    to_stdout_json = args.json == "-"
+    out = sys.stderr if to_stdout_json else sys.stdout
+    print(f"minicaffe ({args.backend}) vs reference on {args.prototxt} + {args.weights}, input {described} "
+          f"{tuple(x.shape)}", file=out)
+    for kind, rows in results.items():
+        v = verdict(rows, kind, args.tol, input_name)
+        unmatched = [b for b in ours if b not in {r.blob for r in rows}]
+        all_ok &= v.startswith("PASS")
+        print(f"\n== against {kind} ==", file=out)
+        print(format_table(rows), file=out)
+        if unmatched:
+            print(f"(not in the reference, not compared: {', '.join(unmatched)})", file=out)
+        print(v, file=out)
+        report["references"].append({"against": kind, "pass": v.startswith("PASS"), "verdict": v,
+                                     "not_compared": unmatched, "rows": [asdict(r) for r in rows]})
+    report["pass"] = all_ok
+    if args.json:
+        text = json.dumps(report, indent=1, allow_nan=True)
+        if to_stdout_json:
+            print(text)
+        else:
+            try:
+                with open(args.json, "w") as f:
+                    f.write(text + "\n")
+            except OSError as e:
+                raise MinicaffeError(f"{args.json}: cannot write the JSON report: {e.strerror}") from None
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    exit_with(main)
