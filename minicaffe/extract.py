@@ -1,0 +1,575 @@
+"""``python -m minicaffe.extract``: DeCAF features of an image collection into one HDF5 (or .npz) file.
+
+Lists INPUTs (:mod:`minicaffe.datasets`), decodes and resizes images in worker processes
+(:mod:`minicaffe.preprocess`) while the main process normalises batches and runs the net up to the
+last requested layer, and writes every batch's features as an atomic checkpoint file in
+``OUT.parts/``. At the end the checkpoints are assembled, in input order, into ``OUT`` (written to
+a temporary name and renamed), so ``OUT`` is either absent or complete, and a run killed at any
+moment (even SIGKILL) continues with ``--resume`` to a file equal to an uninterrupted run's:
+batches are fixed windows of the input list, so a resumed run forwards exactly the same batches.
+Unusable images are listed in ``failed`` with a reason and one warning line; the exit status is 0
+when any image succeeded, 1 when none did, 2 on a usage error. It does not train or fine-tune.
+
+Output layout (HDF5; the .npz has the same keys)::
+
+    features/<blob>   (N, D) float32, the blob flattened in C order (pool5: D = 256*6*6, CHW)
+                      (blob names with '/' are stored with '__'; attrs: blob, pre_relu, shape)
+    features/concat   with --concat: the layers side by side (attrs: layers, dims)
+    paths             (N,) utf-8, in input order     labels (N,) int64 (-1 = none), if any
+    class_names       (K,) utf-8, if labels are class names
+    failed            (M, 2) utf-8 rows (path, reason)
+    attrs: model, prototxt, weights, weights_sha1, preprocessing (JSON), crop, layers,
+           minicaffe_version, backend, created
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+from .cli import exit_with
+from .datasets import NO_LABEL, InputError, list_inputs
+from .errors import MinicaffeError, ModelError
+from .images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
+from .models import CAFFE_PREPROCESSING, DECAF_ALIASES, MODELS, get_model
+from .preprocess import CROP_MODES, N_OVERSAMPLE, check_spec, normalize_batch, with_channel_means, worker_load
+
+PRE_SUFFIX = ".pre"
+PARTS_SUFFIX = ".parts"
+#: test hook: seconds to sleep after each checkpoint, so a test can SIGKILL a run mid-way
+_THROTTLE_ENV = "MINICAFFE_EXTRACT_THROTTLE"
+
+
+def default_model():
+    """The embedded model with real weights when registered, else CaffeNet."""
+    return "efficientnet-lite0" if "efficientnet-lite0" in MODELS else "caffenet"
+
+
+class UsageError(MinicaffeError):
+    """A command-line problem (exit status 2)."""
+
+
+# ---------------------------------------------------------------------------------- layers
+@dataclasses.dataclass
+class LayerRequest:
+    request: str      # what the user wrote (decaf6, fc6, fc6.pre)
+    blob: str         # the net's blob name (fc6)
+    pre: bool         # the value before in-place layers (ReLU) ran
+    end_index: int    # last layer index that writes the blob
+
+    @property
+    def key(self):
+        return self.blob + (PRE_SUFFIX if self.pre else "")
+
+    @property
+    def dataset(self):
+        return self.key.replace("/", "__")
+
+
+def resolve_layers(net, names, aliases=None, pre_relu=False):
+    """Requested names -> [LayerRequest]; aliases map decaf6 -> fc6; ``x.pre`` or pre_relu -> pre-ReLU."""
+    aliases = dict(aliases or {})
+    out = []
+    for raw in names:
+        name = raw.strip()
+        if not name:
+            continue
+        pre = pre_relu
+        if name.endswith(PRE_SUFFIX):
+            name, pre = name[:-len(PRE_SUFFIX)], True
+        blob = aliases.get(name, name)
+        if blob not in net.blob_shapes:
+            known = [b for b in net.blob_shapes if b not in net.input_names]
+            raise UsageError(f"--layers: {raw!r} is not a blob of the net (blobs: {', '.join(known)}; "
+                             f"aliases: {', '.join(f'{k}={v}' for k, v in aliases.items()) or 'none'})")
+        writers = [i for i, l in enumerate(net.layers) if blob in l.tops]
+        inplace = [i for i in writers if blob in net.layers[i].bottoms]
+        if pre and not inplace:
+            raise UsageError(f"--layers: {raw!r}: no in-place layer (ReLU) modifies blob {blob!r}, so it has no "
+                             f"pre-activation value; ask for {blob!r}")
+        req = LayerRequest(raw, blob, pre, max(writers))
+        if req.key not in {r.key for r in out}:
+            out.append(req)
+    if not out:
+        raise UsageError("--layers: no layer given")
+    return out
+
+
+def default_layers(aliases, net):
+    for cand in ("default", "decaf6"):
+        if cand in aliases and aliases[cand] in net.blob_shapes:
+            return [cand]
+    raise UsageError("this model has no default feature layer; choose one with --layers (blobs: "
+                     + ", ".join(b for b in net.blob_shapes if b not in net.input_names) + ")")
+
+
+class FeatureExtractor:
+    """Net + preprocessing + requested layers: batches of resized RGB uint8 images -> features.
+
+    Shared by the CLI and :class:`minicaffe.DeCAF`.
+    """
+
+    def __init__(self, net, spec, layers, crop="center", concat=False):
+        if crop not in CROP_MODES:
+            raise UsageError(f"--crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
+        self.net, self.spec, self.layers, self.crop, self.concat = net, spec, layers, crop, concat
+        inp = net.input_names[0]
+        check_spec(spec, net.input_shapes[inp][2:])
+        self.end = net.layers[max(r.end_index for r in layers)].name
+        self.keep_pre = any(r.pre for r in layers)
+        self.fetch = sorted({r.key for r in layers})
+
+    def feature_dims(self):
+        """dataset name -> (D, per-image blob shape)."""
+        dims = {}
+        for r in self.layers:
+            shp = tuple(self.net.blob_shapes[r.blob][1:])
+            dims[r.dataset] = (int(np.prod(shp)), shp)
+        if self.concat:
+            return {"concat": (sum(d for d, _ in dims.values()), (sum(d for d, _ in dims.values()),))}
+        return dims
+
+    def normalize(self, images):
+        """list of (H, W, 3) uint8 RGB (resized) -> (N or 10N, 3, c, c) float32."""
+        if len({im.shape for im in images}) == 1:
+            return normalize_batch(images, self.spec, self.crop)
+        return np.concatenate([normalize_batch([im], self.spec, self.crop) for im in images])
+
+    def forward(self, x, n):
+        """x: (n or 10n, 3, c, c) -> OrderedDict dataset name -> (n, D) float32."""
+        blobs = self.net.forward(x, end=self.end, keep_pre_activation=self.keep_pre, fetch=self.fetch)
+        out = collections.OrderedDict()
+        for r in self.layers:
+            f = np.asarray(blobs[r.key], np.float32).reshape(x.shape[0], -1)
+            if self.crop == "oversample":
+                # Caffe's Classifier: average the 10 crops' outputs per image (image-major order)
+                f = f.reshape(n, N_OVERSAMPLE, -1).mean(axis=1)
+            out[r.dataset] = np.ascontiguousarray(f, dtype=np.float32)
+        if self.concat:
+            return collections.OrderedDict(concat=np.concatenate(list(out.values()), axis=1))
+        return out
+
+    def features(self, images):
+        return self.forward(self.normalize(images), len(images))
+
+
+# ---------------------------------------------------------------------------------- decoding
+def iter_decoded(paths, spec, workers=0, prefetch=128, max_pixels=DEFAULT_MAX_PIXELS,
+                 min_size=DEFAULT_MIN_SIZE, pool=None):
+    """Yield (i, uint8 image | None, reason) in order of ``paths``; up to ``prefetch`` ahead in workers."""
+    tasks = ((i, p, spec, max_pixels, min_size) for i, p in enumerate(paths))
+    if pool is None:
+        for t in tasks:
+            yield worker_load(t)
+        return
+    pending = collections.deque()
+    for t in tasks:
+        pending.append(pool.apply_async(worker_load, (t,)))
+        if len(pending) >= prefetch:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def make_pool(workers):
+    """A process pool that does not inherit Numba's threads: forkserver where available, else spawn."""
+    import multiprocessing as mp
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    return mp.get_context(method).Pool(workers)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def _atomic_write(path, writer):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        writer(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_part(parts_dir, seq, index, paths, feats, failed):
+    arrays = {"index": np.asarray(index, np.int64), "paths": np.asarray(paths, dtype=str).reshape(-1),
+              "failed": np.asarray(failed, dtype=str).reshape(-1, 2)}
+    for k, v in feats.items():
+        arrays["f:" + k] = v
+    path = os.path.join(parts_dir, f"part-{seq:07d}.npz")
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    return path
+
+
+class Source:
+    """Rows already done: a checkpoint file or a finished output. Features load only when assembling."""
+
+    def __init__(self, paths, failed, load, seq=-1):
+        self.paths, self.failed, self._load, self.seq = paths, failed, load, seq
+
+    def feats(self):
+        return self._load()
+
+
+def _load_part_feats(path):
+    with np.load(path) as z:
+        return {k[2:]: z[k] for k in z.files if k.startswith("f:")}
+
+
+def read_parts(parts_dir):
+    """-> [Source] in checkpoint order (``*.tmp<pid>`` leftovers of a killed write are ignored)."""
+    out = []
+    for fn in sorted(os.listdir(parts_dir)):
+        if not (fn.startswith("part-") and fn.endswith(".npz")):
+            continue
+        path = os.path.join(parts_dir, fn)
+        with np.load(path) as z:
+            paths = [str(p) for p in z["paths"]]
+            failed = [tuple(map(str, r)) for r in z["failed"]]
+        out.append(Source(paths, failed, lambda path=path: _load_part_feats(path), int(fn[5:12])))
+    return out
+
+
+def read_output(path, fmt):
+    """A finished output -> (its run metadata, Source) for --resume on a complete file."""
+    if fmt == "npz":
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            paths = [str(p) for p in z["paths"]]
+            failed = [tuple(map(str, r)) for r in z["failed"].reshape(-1, 2)]
+
+        def load():
+            with np.load(path) as z:
+                return {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("features/")}
+        return meta, Source(paths, failed, load)
+    import h5py
+    with h5py.File(path, "r") as f:
+        meta = json.loads(f.attrs["run"])
+        paths = list(f["paths"].asstr()[()])
+        failed = [tuple(r) for r in f["failed"].asstr()[()].reshape(-1, 2)]
+
+    def load():
+        with h5py.File(path, "r") as f:
+            return {k: f["features"][k][()] for k in f["features"]}
+    return meta, Source(paths, failed, load)
+
+
+# ---------------------------------------------------------------------------------- output
+def assemble(out, fmt, listing, sources, meta, dims):
+    """Write the final file from checkpoint sources, rows in input-listing order (temp + rename)."""
+    pos = {p: i for i, p in enumerate(listing.paths)}
+    ok_rows, failed_rows = [], []     # (position, source index, row in source)
+    for si, src in enumerate(sources):
+        for j, p in enumerate(src.paths):
+            if p not in pos:
+                raise UsageError(f"{p}: in the interrupted run's checkpoints but not in the current inputs; "
+                                 "resume with the same INPUTs or start over with --force")
+            ok_rows.append((pos[p], si, j))
+        for p, reason in src.failed:
+            if p not in pos:
+                raise UsageError(f"{p}: in the interrupted run's checkpoints but not in the current inputs; "
+                                 "resume with the same INPUTs or start over with --force")
+            failed_rows.append((pos[p], p, reason))
+    ok_rows.sort()
+    failed_rows.sort()
+    n = len(ok_rows)
+    paths = [listing.paths[i] for i, _, _ in ok_rows]
+    labels = np.asarray([listing.labels[i] for i, _, _ in ok_rows], np.int64)
+    failed = np.asarray([[p, r] for _, p, r in failed_rows], dtype=object).reshape(-1, 2)
+    dest_row = {(si, j): k for k, (_, si, j) in enumerate(ok_rows)}
+    tmp = f"{out}.tmp{os.getpid()}"
+    def placements():
+        """(source features, sorted destination rows, order) per non-empty source, loading one at a time."""
+        for si, src in enumerate(sources):
+            if not src.paths:
+                continue
+            rows = np.asarray([dest_row[(si, j)] for j in range(len(src.paths))])
+            order = np.argsort(rows)
+            yield src.feats(), rows[order], order
+
+    if fmt == "npz":
+        arrays = {"features/" + name: np.empty((n, d), np.float32) for name, (d, _) in dims.items()}
+        for feats, rows, order in placements():
+            for name in dims:
+                arrays["features/" + name][rows] = feats[name][order]
+        arrays["paths"] = np.asarray(paths, dtype=str)
+        if listing.has_labels:
+            arrays["labels"] = labels
+        if listing.class_names:
+            arrays["class_names"] = np.asarray(listing.class_names, dtype=str)
+        arrays["failed"] = np.asarray(failed.astype(str) if len(failed) else np.empty((0, 2), str))
+        arrays["meta"] = np.asarray(json.dumps(meta))
+        _atomic_write(out, lambda f: np.savez(f, **arrays))
+        return n, len(failed_rows)
+    import h5py
+    strs = h5py.string_dtype("utf-8")
+    with h5py.File(tmp, "w") as f:
+        g = f.create_group("features")
+        dsets = {}
+        for name, (d, shp) in dims.items():
+            rows_per_chunk = max(1, min(max(n, 1), (1 << 20) // (4 * d)))   # ~1 MiB chunks of whole rows
+            ds = g.create_dataset(name, shape=(n, d), maxshape=(None, d), dtype=np.float32,
+                                  chunks=(rows_per_chunk, d))
+            ds.attrs["shape"] = list(shp)
+            for k, v in meta["layer_info"].get(name, {}).items():
+                ds.attrs[k] = json.dumps(v) if isinstance(v, list) else v
+            dsets[name] = ds
+        for feats, rows, order in placements():
+            for name, ds in dsets.items():
+                data = feats[name][order]
+                if rows[-1] - rows[0] + 1 == len(rows):       # contiguous: one slice write
+                    ds[rows[0]:rows[-1] + 1] = data
+                else:
+                    ds[rows] = data
+        f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=strs, maxshape=(None,),
+                         chunks=True)
+        if listing.has_labels:
+            f.create_dataset("labels", data=labels, maxshape=(None,), chunks=True)
+        if listing.class_names:
+            f.create_dataset("class_names", data=np.asarray(listing.class_names, dtype=object), dtype=strs)
+        fd = f.create_dataset("failed", data=failed if len(failed) else np.empty((0, 2), object),
+                              dtype=strs, maxshape=(None, 2), chunks=True)
+        fd.attrs["columns"] = ["path", "reason"]
+        for k, v in meta.items():
+            if k != "layer_info":
+                f.attrs[k] = v if isinstance(v, (str, int, float)) and v is not None else json.dumps(v)
+        f.attrs["run"] = json.dumps(meta)
+    os.replace(tmp, out)
+    return n, len(failed_rows)
+
+
+# ---------------------------------------------------------------------------------- CLI
+EXAMPLES = """examples:
+  python -m minicaffe.extract photos/ -o feats.h5
+  python -m minicaffe.extract train/ test/ -o caffenet.h5 --model caffenet --layers decaf6,decaf7 --crop oversample
+  python -m minicaffe.extract list.txt -o f.h5 --prototxt deploy.prototxt --weights net.caffemodel \\
+      --preprocess caffe --layers fc6.pre,fc7 --concat
+  python -m minicaffe.extract photos/ -o feats.h5 --resume      # after an interruption
+
+load:  import h5py; f = h5py.File("feats.h5"); X = f["features/fc6"][:]; paths = f["paths"].asstr()[:]
+"""
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m minicaffe.extract", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Extract DeCAF features of images into an HDF5 (or .npz) file.", epilog=EXAMPLES)
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image folders (recursive; root/class/*.jpg gives labels), image files, or text lists "
+                        "(.txt/.lst: 'path [int label]' or 'path<TAB>class name' per line). e.g. photos/")
+    p.add_argument("-o", "--output", required=True, help="output file, .h5 (default) or .npz. e.g. -o feats.h5")
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default=None,
+                   help=f"registered model: {', '.join(sorted(MODELS))} (default: {default_model()}). e.g. --model caffenet")
+    m.add_argument("--prototxt", help="a deploy prototxt instead of --model. e.g. --prototxt deploy.prototxt")
+    m.add_argument("--weights", help="weights for --prototxt (.caffemodel or .h5), or to override --model's. "
+                                     "e.g. --weights bvlc_reference_caffenet.caffemodel")
+    m.add_argument("--preprocess", default="caffe",
+                   help="preprocessing for --prototxt: 'caffe' (256x256 bilinear, BGR, ILSVRC mean image, crop 227) "
+                        "or a registered model's name. e.g. --preprocess caffe")
+    m.add_argument("--mean", choices=("model", "channel"), default="model",
+                   help="'channel' subtracts the mean image's per-channel means (104.0/116.7/122.7 for ILSVRC) "
+                        "instead of the mean image. e.g. --mean channel")
+    m.add_argument("--crop-size", type=int, help="crop side (default: the preprocessing's). e.g. --crop-size 224")
+    m.add_argument("--backend", default="cpu", choices=("numpy", "cpu", "cuda"), help="e.g. --backend cuda")
+    f = p.add_argument_group("features")
+    f.add_argument("--layers", help="comma-separated blob names or aliases (decaf5=pool5, decaf6=fc6, decaf7=fc7); "
+                                    "'NAME.pre' is the value before the in-place ReLU (default: decaf6). "
+                                    "e.g. --layers pool5,fc6.pre,fc7")
+    f.add_argument("--pre-relu", action="store_true", help="take every layer before its ReLU (same as NAME.pre)")
+    f.add_argument("--concat", action="store_true", help="store one features/concat (N, sum D) instead of one per layer")
+    f.add_argument("--crop", choices=CROP_MODES, default="center",
+                   help="center crop, or Caffe's 10-crop oversample (4 corners + center, mirrored; features averaged)")
+    r = p.add_argument_group("run")
+    r.add_argument("--batch-size", type=int, default=64, help="images per forward (x10 crops with oversample). e.g. 64")
+    r.add_argument("--workers", type=int, default=None,
+                   help="decoding processes; 0 decodes in the main process (default: CPU count - 1, at least 1)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run or add new images to OUT")
+    r.add_argument("--force", action="store_true", help="overwrite OUT and discard checkpoints of an interrupted run")
+    r.add_argument("--format", choices=("h5", "npz"), help="output format (default: from the extension)")
+    r.add_argument("--root", help="base folder for relative paths in text lists (default: the list's folder)")
+    r.add_argument("--no-labels", action="store_true", help="ignore ImageFolder layouts and list labels")
+    r.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse larger images as decompression bombs (default {DEFAULT_MAX_PIXELS})")
+    r.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
+                   help=f"refuse images with a side below this, e.g. 1x1 pixels (default {DEFAULT_MIN_SIZE}; 1 accepts all)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def load_model(args):
+    """-> (net, preprocessing, aliases, description dict)."""
+    if args.prototxt:
+        from .net import Net
+        if args.model:
+            raise UsageError("give either --model or --prototxt, not both")
+        if not args.weights:
+            raise UsageError("--prototxt needs --weights (a .caffemodel or converted .h5)")
+        if args.preprocess == "caffe":
+            spec = CAFFE_PREPROCESSING
+        elif args.preprocess in MODELS:
+            spec = MODELS[args.preprocess].preprocessing
+        else:
+            raise UsageError(f"--preprocess must be 'caffe' or a model name ({', '.join(sorted(MODELS))})")
+        net = Net(args.prototxt, args.weights, backend=args.backend)
+        aliases = {k: v for k, v in DECAF_ALIASES.items() if v in net.blob_shapes}
+        desc = {"model": os.path.basename(args.prototxt), "prototxt": os.path.abspath(args.prototxt)}
+    else:
+        spec_m = get_model(args.model or default_model())
+        net = spec_m.load(args.backend, weights=args.weights) if args.weights else spec_m.load(args.backend)
+        spec, aliases = spec_m.preprocessing, dict(spec_m.aliases)
+        desc = {"model": spec_m.name, "prototxt": spec_m.prototxt}
+    if args.mean == "channel":
+        spec = with_channel_means(spec)
+    if args.crop_size:
+        spec = dataclasses.replace(spec, crop=args.crop_size)
+    desc["weights"] = os.path.abspath(net.weights_path) if net.weights_path else ""
+    desc["weights_sha1"] = net.weights_sha1 or ""
+    return net, spec, aliases, desc
+
+
+def warn(msg, bar=None):
+    line = f"minicaffe: warning: {msg}"
+    if bar is not None:
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    out = args.output
+    fmt = args.format or ("npz" if out.lower().endswith(".npz") else "h5")
+    parts_dir = out + PARTS_SUFFIX
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.resume and args.force:
+        raise UsageError("--resume and --force contradict each other; choose one")
+    if not args.resume and not args.force:
+        if os.path.exists(parts_dir):
+            raise UsageError(f"{parts_dir} holds checkpoints of an interrupted run; continue it with --resume "
+                             "or discard it with --force")
+        if os.path.exists(out):
+            raise UsageError(f"{out} exists; add --resume to extend it or --force to overwrite it")
+    if os.path.isdir(out):
+        raise UsageError(f"{out} is a folder; -o needs a file name")
+
+    try:
+        listing = list_inputs(args.inputs, root=args.root, labels=not args.no_labels)
+    except InputError as e:
+        raise UsageError(str(e)) from None
+    if not listing.paths:
+        raise UsageError(f"no images found in {' '.join(args.inputs)} "
+                         "(folders are searched for image extensions; lists need one path per line)")
+    if listing.duplicates:
+        warn(f"{listing.duplicates} duplicate path(s) in the inputs were skipped")
+
+    net, spec, aliases, desc = load_model(args)
+    names = args.layers.split(",") if args.layers else default_layers(aliases, net)
+    layers = resolve_layers(net, names, aliases, args.pre_relu)
+    fx = FeatureExtractor(net, spec, layers, crop=args.crop, concat=args.concat)
+    dims = fx.feature_dims()
+    meta = dict(desc, preprocessing=json.dumps(spec.describe()), crop=args.crop,
+                layers=json.dumps([r.key for r in layers]), concat=bool(args.concat),
+                minicaffe_version=__version__, backend=args.backend, batch_size=args.batch_size,
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                layer_info={r.dataset: {"blob": r.blob, "pre_relu": r.pre, "requested": r.request} for r in layers})
+    if args.concat:
+        meta["layer_info"] = {"concat": {"layers": [r.key for r in layers],
+                                         "dims": [int(np.prod(net.blob_shapes[r.blob][1:])) for r in layers]}}
+    same_run = ("model", "weights_sha1", "preprocessing", "crop", "layers", "concat", "batch_size")
+
+    # ---- what is already done (--resume) -------------------------------------------------
+    if args.force:
+        if os.path.isdir(parts_dir):
+            shutil.rmtree(parts_dir)
+    sources = []
+    if args.resume and os.path.exists(out) and not os.path.isdir(parts_dir):
+        try:
+            old_meta, old = read_output(out, fmt)
+        except Exception as e:  # noqa: BLE001 - any reader failure means the file is not ours
+            raise UsageError(f"{out}: cannot read it to resume ({type(e).__name__}: {e}); use --force") from None
+        _check_same(old_meta, meta, same_run, out)
+        sources.append(old)
+    os.makedirs(parts_dir, exist_ok=True)
+    meta_path = os.path.join(parts_dir, "run.json")
+    if os.path.exists(meta_path):
+        with open(meta_path) as fh:
+            _check_same(json.load(fh), meta, same_run, parts_dir)
+    else:
+        _atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta).encode()))
+    parts = read_parts(parts_dir)
+    sources.extend(parts)
+    done = {p for s in sources for p in s.paths} | {p for s in sources for p, _ in s.failed}
+    todo = [i for i, p in enumerate(listing.paths) if p not in done]
+    if done:
+        print(f"minicaffe: resuming: {len(done)} image(s) already done, {len(todo)} to go", file=sys.stderr)
+
+    # ---- the run: windows of `batch_size` inputs -> one checkpoint each ---------------------
+    from tqdm import tqdm
+    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 2) - 1)
+    throttle = float(os.environ.get(_THROTTLE_ENV, "0") or 0)
+    seq = max([s.seq for s in parts], default=-1) + 1
+    n_ok = n_fail = 0
+    pool = make_pool(workers) if workers > 0 and todo else None
+    bar = tqdm(total=len(todo), unit="img", desc="extract", disable=args.quiet or not todo, file=sys.stderr,
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        todo_paths = [listing.paths[i] for i in todo]
+        decoded = iter_decoded(todo_paths, spec, workers, prefetch=2 * args.batch_size,
+                               max_pixels=args.max_pixels, min_size=args.min_size, pool=pool)
+        for w0 in range(0, len(todo), args.batch_size):
+            window = todo_paths[w0:w0 + args.batch_size]
+            images, ok_paths, failed = [], [], []
+            for _ in window:
+                i, img, reason = next(decoded)
+                p = todo_paths[i]
+                if img is None:
+                    failed.append((p, reason))
+                    warn(f"{p}: {reason}", bar)
+                else:
+                    images.append(img)
+                    ok_paths.append(p)
+            feats = fx.features(images) if images else {k: np.empty((0, d), np.float32) for k, (d, _) in dims.items()}
+            part = write_part(parts_dir, seq, [todo[w0 + k] for k in range(len(window))], ok_paths, feats, failed)
+            sources.append(Source(ok_paths, failed, lambda part=part: _load_part_feats(part), seq))
+            seq += 1
+            n_ok += len(ok_paths)
+            n_fail += len(failed)
+            bar.update(len(window))
+            bar.set_postfix(ok=n_ok, failed=n_fail)
+            if throttle:
+                time.sleep(throttle)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    elapsed = time.perf_counter() - t0
+
+    n, m = assemble(out, fmt, listing, sources, meta, dims)
+    shutil.rmtree(parts_dir)
+    rate = f" in {elapsed:.1f}s ({n_ok / elapsed:.1f} images/s)" if todo and elapsed > 0 else ""
+    print(f"minicaffe: wrote {out}: {n} image(s) x {', '.join(f'{k} ({d})' for k, (d, _) in dims.items())}, "
+          f"{m} failed{rate}", file=sys.stderr)
+    if n == 0:
+        print(f"minicaffe: error: no image could be used ({m} failed; see the warnings above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_same(old, new, keys, where):
+    for k in keys:
+        if str(old.get(k)) != str(new.get(k)):
+            raise UsageError(f"{where}: was made with {k}={old.get(k)!r}, this run has {new.get(k)!r}; "
+                             "use the same options to resume, or --force to start over")
+
+
+if __name__ == "__main__":
+    exit_with(main)
