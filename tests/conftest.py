@@ -34,3 +34,35 @@ def fixtures_dir():
     if not FIXTURES.is_dir():
         pytest.skip(f"shared fixtures not found at {FIXTURES}")
     return FIXTURES
+
+
+# ---- the CUDA-simulator run of the small CaffeNet fixture, overlapped with the rest of the suite
+_CUDASIM = {}
+
+
+def pytest_sessionstart(session):
+    import subprocess
+    import sys
+    import tempfile
+    if os.environ.get("MINICAFFE_SKIP_CUDASIM_NET") or not FIXTURES.is_dir():
+        return
+    wanted = [str(a) for a in session.config.args]
+    if wanted and not any("test_zz_cuda_sim_caffenet" in a or os.path.isdir(a) for a in wanted):
+        return
+    out = os.path.join(tempfile.mkdtemp(prefix="minicaffe-cudasim-"), "result.json")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    _CUDASIM["out"] = out
+    _CUDASIM["proc"] = subprocess.Popen([sys.executable, str(ROOT / "tests" / "cuda_sim_caffenet.py"),
+                                         str(FIXTURES), out], env=env, cwd=ROOT,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    p = _CUDASIM.get("proc")
+    if p is not None and p.poll() is None:
+        p.kill()
+
+
+@pytest.fixture(scope="session")
+def cudasim_caffenet():
+    return _CUDASIM

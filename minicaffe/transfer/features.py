@@ -147,26 +147,36 @@ def _preprocess_minimal(item, spec) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def preprocess(item, spec) -> np.ndarray:
-    """The project's preprocessing if available (minicaffe.preprocess), else the built-in one."""
+def _shared_preprocess():
+    """minicaffe.preprocess.preprocess_image, or None while that module is absent."""
     try:
         from ..preprocess import preprocess_image
     except ImportError:
+        return None
+    return preprocess_image
+
+
+def preprocess(item, spec) -> np.ndarray:
+    """item -> (3, crop, crop) float32: the project's preprocessing (minicaffe.preprocess) if
+    available, else the built-in one. An ImageRef box is cropped from the decoded image first."""
+    shared = _shared_preprocess()
+    if shared is None:
         return _preprocess_minimal(item, spec)
-    if isinstance(item, ImageRef) and item.box is not None:
-        item = load_rgb(item)                 # crop first, then hand the array over
-    elif isinstance(item, ImageRef):
-        item = item.path
-    elif isinstance(item, np.ndarray) and item.ndim == 2:
-        item = np.repeat(item[:, :, None], 3, axis=2)
-    out = preprocess_image(item, spec)
-    out = np.asarray(out, np.float32)
-    return out[0] if out.ndim == 4 and out.shape[0] == 1 else out
+    if isinstance(item, ImageRef):
+        if item.box is None:
+            item = item.path
+        else:
+            from ..images import load_image
+            x0, y0, x1, y1 = (int(round(v)) for v in item.box)
+            item = load_image(item.path)[y0:y1, x0:x1]     # (H, W, 3) uint8 RGB: rows are y
+    return np.asarray(shared(item, spec), np.float32)
 
 
 def preprocessing_key(spec) -> str:
     """A short stable hash of the preprocessing settings (part of the cache key)."""
     d = spec.describe() if hasattr(spec, "describe") else dict(spec)
+    # the two implementations round differently (uint8 resize vs float), so they never share entries
+    d["impl"] = "minicaffe.preprocess" if _shared_preprocess() is not None else "builtin"
     if d.get("mean_image"):
         # the mean file's content, not its path, decides the result
         d["mean_image"] = _sha1_file(d["mean_image"])[:16]

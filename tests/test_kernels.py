@@ -1,0 +1,171 @@
+"""Per-kernel tests: every Numba CPU kernel against its NumPy reference on odd shapes, and the
+references against plain nested-loop implementations written here (Caffe's test style)."""
+import numpy as np
+import pytest
+
+from minicaffe.layers import concat, convolution as C, eltwise, inner_product as ip, lrn as L
+from minicaffe.layers import pooling as P, relu, softmax
+from minicaffe.layers.pooling import pool_out_size
+
+from conftest import assert_close
+from kernel_cases import CONV, LRN, POOL, rnd
+
+
+def conv_naive(x, w, b, stride, pad, dil, group):
+    N, Cc, H, W = x.shape
+    M, Cg, kh, kw = w.shape
+    Ho = C.conv_out_size(H, kh, stride[0], pad[0], pad[1], dil[0])
+    Wo = C.conv_out_size(W, kw, stride[1], pad[2], pad[3], dil[1])
+    y = np.zeros((N, M, Ho, Wo))
+    for n in range(N):
+        for m in range(M):
+            g = m // (M // group)
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    s = 0.0 if b is None else float(b[m])
+                    for c in range(Cg):
+                        for i in range(kh):
+                            for j in range(kw):
+                                ih = oh * stride[0] - pad[0] + i * dil[0]
+                                iw = ow * stride[1] - pad[2] + j * dil[1]
+                                if 0 <= ih < H and 0 <= iw < W:
+                                    s += float(x[n, g * Cg + c, ih, iw]) * float(w[m, c, i, j])
+                    y[n, m, oh, ow] = s
+    return y
+
+
+@pytest.mark.parametrize("case", CONV, ids=[c[0] for c in CONV])
+def test_conv(case):
+    name, xs, ws, stride, pad, dil, group, bias = case
+    rng = np.random.default_rng(0)
+    x, w = rnd(rng, *xs), rnd(rng, *ws)
+    b = rnd(rng, ws[0]) if bias else None
+    ref = C.convolution_reference(x, w, b, stride, pad, dil, group)
+    assert_close(ref, conv_naive(x, w, b, stride, pad, dil, group), 1e-5, f"conv reference vs naive {name}")
+    assert_close(C.convolution_cpu(x, w, b, stride, pad, dil, group), ref, 1e-5, f"conv cpu {name}")
+
+
+def test_conv_cpu_chunked_batch(monkeypatch):
+    """The im2col buffer is bounded; batches larger than it are processed in chunks."""
+    monkeypatch.setattr(C, "IM2COL_BUDGET", 3 * 27 * 20 * 4)
+    rng = np.random.default_rng(1)
+    x, w, b = rnd(rng, 7, 3, 6, 7), rnd(rng, 4, 3, 3, 3), rnd(rng, 4)
+    assert_close(C.convolution_cpu(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+                 C.convolution_reference(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1), 1e-5, "chunked conv")
+
+
+def pool_naive(x, method, k, s, p, ceil):
+    N, Cc, H, W = x.shape
+    Ho, Wo = pool_out_size(H, k[0], s[0], p[0], ceil), pool_out_size(W, k[1], s[1], p[1], ceil)
+    y = np.zeros((N, Cc, Ho, Wo), np.float32)
+    for n in range(N):
+        for c in range(Cc):
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    hs, ws = oh * s[0] - p[0], ow * s[1] - p[1]
+                    if method == 0:
+                        vals = [x[n, c, i, j] for i in range(max(hs, 0), min(hs + k[0], H))
+                                for j in range(max(ws, 0), min(ws + k[1], W))]
+                        y[n, c, oh, ow] = max(vals)
+                    else:
+                        he, we = min(hs + k[0], H + p[0]), min(ws + k[1], W + p[1])
+                        size = (he - hs) * (we - ws)
+                        tot = sum(float(x[n, c, i, j]) for i in range(max(hs, 0), min(he, H))
+                                  for j in range(max(ws, 0), min(we, W)))
+                        y[n, c, oh, ow] = tot / size
+    return y
+
+
+def test_pool_sizes_match_caffe_rules():
+    assert pool_out_size(13, 3, 2, 0) == 6        # CaffeNet pool5
+    assert pool_out_size(54, 3, 2, 0) == 27       # conv1 at 224: ceil gives 27 (floor would give 26)
+    assert pool_out_size(54, 3, 2, 0, ceil_mode=False) == 26
+    assert pool_out_size(112, 3, 2, 0) == 56      # GoogLeNet pool1
+    assert pool_out_size(5, 2, 2, 1) == 3         # ceil gives 4, but the last window starts in the padding: clipped
+    assert C.conv_out_size(227, 11, 4, 0, 0) == 55 and C.conv_out_size(224, 11, 4, 0, 0) == 54
+
+
+@pytest.mark.parametrize("case", POOL, ids=[c[0] for c in POOL])
+def test_pool(case):
+    name, xs, method, k, s, p, ceil = case
+    x = rnd(np.random.default_rng(2), *xs)
+    out_hw = (pool_out_size(xs[2], k[0], s[0], p[0], ceil), pool_out_size(xs[3], k[1], s[1], p[1], ceil))
+    ref = P.pooling_reference(x, method, k, s, p, out_hw)
+    assert_close(ref, pool_naive(x, method, k, s, p, ceil), 1e-6, f"pool reference vs naive {name}")
+    assert_close(P.pooling_cpu(x, method, k, s, p, out_hw), ref, 1e-6, f"pool cpu {name}")
+
+
+def lrn_naive(x, size, alpha, beta, k, region):
+    N, Cc, H, W = x.shape
+    y = np.zeros_like(x, dtype=np.float64)
+    pre = (size - 1) // 2
+    for n in range(N):
+        for c in range(Cc):
+            for h in range(H):
+                for w in range(W):
+                    if region == 0:
+                        s = sum(float(x[n, cc, h, w]) ** 2 for cc in range(max(0, c - pre), min(Cc, c - pre + size)))
+                        scale = k + alpha / size * s
+                    else:
+                        s = sum(float(x[n, c, i, j]) ** 2 for i in range(max(0, h - pre), min(H, h - pre + size))
+                                for j in range(max(0, w - pre), min(W, w - pre + size)))
+                        scale = 1 + alpha / size ** 2 * s
+                    y[n, c, h, w] = x[n, c, h, w] * scale ** -beta
+    return y
+
+
+@pytest.mark.parametrize("case", LRN, ids=[c[0] for c in LRN])
+def test_lrn(case):
+    name, xs, size, alpha, beta, k, region = case
+    x = rnd(np.random.default_rng(3), *xs, scale=3.0)
+    ref = L.lrn_reference(x, size, alpha, beta, k, region)
+    assert_close(ref, lrn_naive(x, size, alpha, beta, k, region), 1e-6, f"lrn reference vs naive {name}")
+    assert_close(L.lrn_cpu(x, size, alpha, beta, k, region), ref, 1e-6, f"lrn cpu {name}")
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_inner_product(n, transpose):
+    rng = np.random.default_rng(4)
+    x, w, b = rnd(rng, n, 37), rnd(rng, 11, 37), rnd(rng, 11)
+    wt = np.ascontiguousarray(w.T) if transpose else w
+    ref = ip.inner_product_reference(x, wt, b, transpose)
+    naive = np.array([[sum(float(x[i, k]) * float(w[m, k]) for k in range(37)) + b[m] for m in range(11)] for i in range(n)])
+    assert_close(ref, naive, 1e-5, "ip reference vs naive")
+    assert_close(ip.inner_product_cpu(x, wt, b, transpose), ref, 1e-5, "ip cpu")
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_relu(slope):
+    x = rnd(np.random.default_rng(5), 3, 4, 5, 6)
+    ref = relu.relu_reference(x, slope)
+    assert_close(ref, np.maximum(x, 0) + slope * np.minimum(x, 0), 0, "relu reference")
+    assert_close(relu.relu_cpu(x, slope), ref, 0, "relu cpu")
+    y = x.copy()
+    out = relu.relu_cpu(y, slope, inplace=True)
+    assert out is y and np.array_equal(y, ref)
+
+
+def test_clip():
+    x = rnd(np.random.default_rng(6), 2, 3, 4, 5, scale=5)
+    ref = relu.clip_reference(x, 0, 6)
+    assert ref.min() == 0 and ref.max() == 6
+    assert_close(relu.clip_cpu(x, 0, 6), ref, 0, "clip cpu")
+
+
+@pytest.mark.parametrize("shape,axis", [((3, 10), 1), ((2, 5, 3, 4), 1), ((2, 3, 4), 2)])
+def test_softmax(shape, axis):
+    x = rnd(np.random.default_rng(7), *shape, scale=4)
+    ref = softmax.softmax_reference(x, axis)
+    assert np.allclose(ref.sum(axis=axis), 1, atol=1e-6)
+    assert_close(softmax.softmax_cpu(x, axis), ref, 1e-6, "softmax cpu")
+
+
+def test_concat_eltwise():
+    rng = np.random.default_rng(8)
+    xs = [rnd(rng, 2, c, 3, 4) for c in (1, 3, 2)]
+    assert_close(concat.concat_cpu(xs, 1), concat.concat_reference(xs, 1), 0, "concat")
+    ys = [rnd(rng, 2, 3, 4, 5) for _ in range(3)]
+    for op, coeffs in [(eltwise.SUM, None), (eltwise.SUM, [0.5, -1.0, 2.0]), (eltwise.PROD, None), (eltwise.MAX, None)]:
+        assert_close(eltwise.eltwise_cpu(ys, op, coeffs), eltwise.eltwise_reference(ys, op, coeffs), 1e-6, f"eltwise {op}")
+    assert_close(eltwise.eltwise_reference(ys, eltwise.SUM, [0.5, -1.0, 2.0]), 0.5 * ys[0] - ys[1] + 2 * ys[2], 1e-6, "sum")
