@@ -109,12 +109,12 @@ def load_image(path, max_pixels=DEFAULT_MAX_PIXELS, min_size=DEFAULT_MIN_SIZE):
     p = os.fspath(path)
     f = _open_checked(p)
     with f, warnings.catch_warnings():
-        # Pillow's own bomb check (a warning above its global limit, an error above twice that)
-        # is replaced by ours below, which names the limit and the flag to raise it.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        pil_limit = Image.MAX_IMAGE_PIXELS
         try:
-            if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-                Image.MAX_IMAGE_PIXELS = max_pixels  # let a user-raised limit through Image.open
+            # Pillow's check would refuse in Image.open without naming the size; ours (below, after
+            # the header is read and before any pixel is decoded) names both and the flag to change.
+            Image.MAX_IMAGE_PIXELS = None
             im = Image.open(f)
         except UnidentifiedImageError:
             head = f"{os.path.getsize(p)} bytes"
@@ -123,12 +123,14 @@ def load_image(path, max_pixels=DEFAULT_MAX_PIXELS, min_size=DEFAULT_MIN_SIZE):
             raise _fail(p, f"decompression bomb refused: {e}") from None
         except Exception as e:  # Pillow raises many types (SyntaxError, struct.error, ...) on corrupt headers
             raise _fail(p, f"corrupt image header ({type(e).__name__}: {e})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = pil_limit
         w, h = im.size
         if w * h > max_pixels:
             raise _fail(p, f"decompression bomb refused: {w}x{h} = {w * h} pixels > limit {max_pixels} "
                            "(raise --max-pixels if the image is genuine)")
         if min(w, h) < min_size:
-            raise _fail(p, f"image too small: {w}x{h} px, a side is below --min-size {min_size}")
+            raise _fail(p, f"image too small: {w}x{h} px, a side is below the minimum of {min_size} px (--min-size)")
         fmt = im.format
         try:
             # Animated GIF/APNG/multi-page TIFF: Image.open leaves frame 0 selected; loading it
