@@ -4,12 +4,19 @@
 legacy V1), checks every parameter blob against the shapes the prototxt implies (building the
 net, so a mismatch is one clear error naming the layer and both shapes), and writes the ordered
 ``[weight, bias]`` blobs per layer with provenance attributes (source file, sha1, sha256,
-prototxt text). Other source formats (PyTorch checkpoints) register extra sub-commands here.
+prototxt text). PyTorch checkpoints have sub-commands (read without torch, see
+``minicaffe.converters``)::
+
+    python -m minicaffe.convert efficientnet-lite efficientnet-lite0-57934424.pth -o lite0.h5 [--no-fold]
+    python -m minicaffe.convert torchvision-alexnet alexnet-owt-7be5be79.pth -o alexnet-tv.h5
+
+each writing the generated prototxt next to the ``.h5`` (``--prototxt`` to choose the path).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from .cli import exit_with
 from .errors import MinicaffeError
@@ -30,7 +37,8 @@ def build_parser():
         prog="python -m minicaffe.convert",
         description="Convert Caffe weights to minicaffe HDF5 (one group per layer, blobs 0=weight 1=bias).",
         epilog="example: python -m minicaffe.convert weights/bvlc_reference_caffenet.deploy.prototxt "
-               "bvlc_reference_caffenet.caffemodel -o weights/caffenet.h5")
+               "bvlc_reference_caffenet.caffemodel -o weights/caffenet.h5.  PyTorch checkpoints: "
+               "python -m minicaffe.convert {efficientnet-lite,torchvision-alexnet} CHECKPOINT.pth -o OUT.h5")
     p.add_argument("prototxt", help="deploy prototxt (current or legacy V1 text format)")
     p.add_argument("weights", help=".caffemodel (current or legacy V1 binary)")
     p.add_argument("-o", "--output", required=True, help="output .h5 path")
@@ -38,7 +46,49 @@ def build_parser():
     return p
 
 
+#: sub-commands for PyTorch checkpoints; anything else is the Caffe form (prototxt caffemodel -o out)
+SUBCOMMANDS = ("efficientnet-lite", "torchvision-alexnet")
+
+
+def build_torch_parser(kind):
+    p = argparse.ArgumentParser(
+        prog=f"python -m minicaffe.convert {kind}",
+        description=f"Convert a PyTorch {kind} state_dict (.pth, zip or legacy format; read without torch, "
+                    "no pickled code run) to a generated Caffe prototxt + minicaffe HDF5.")
+    p.add_argument("checkpoint", help=".pth state_dict")
+    p.add_argument("-o", "--output", required=True, help="output .h5 path")
+    p.add_argument("--prototxt", help="where to write the generated prototxt (default: next to the .h5, "
+                                      "<output stem>.prototxt)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    if kind == "efficientnet-lite":
+        p.add_argument("--variant", help="efficientnet-lite0..4 (default: from the file name)")
+        p.add_argument("--no-fold", action="store_true",
+                       help="keep batch norms as BatchNorm+Scale layers instead of folding them into the convs")
+    return p
+
+
+def main_torch(kind, argv):
+    args = build_torch_parser(kind).parse_args(argv)
+    proto = args.prototxt or os.path.splitext(args.output)[0] + ".prototxt"
+    for out in (args.output, proto):
+        if os.path.exists(out) and not args.force:
+            raise MinicaffeError(f"{out}: exists; pass --force to overwrite")
+    if kind == "efficientnet-lite":
+        from .converters import efficientnet_lite
+        _, net = efficientnet_lite.convert(args.checkpoint, args.output, variant=args.variant,
+                                           fold=not args.no_fold, prototxt_out=proto)
+    else:
+        from .converters import torchvision_alexnet
+        _, net = torchvision_alexnet.convert(args.checkpoint, args.output, prototxt_out=proto)
+    n = sum(a.size for v in net.params.values() for a in v)
+    print(f"wrote {args.output} and {proto}: {len(net.params)} layers, {n:,} parameters")
+    return 0
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return main_torch(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     if os.path.exists(args.output) and not args.force:
         raise MinicaffeError(f"{args.output}: exists; pass --force to overwrite")
