@@ -23,10 +23,18 @@ TOL = 1e-4
 PROTOTXTS = {"caffenet": "bvlc_reference_caffenet.deploy.prototxt", "alexnet": "bvlc_alexnet.deploy.prototxt"}
 
 
+_CACHE = {}
+
+
 @pytest.fixture(scope="module", params=sorted(PROTOTXTS))
 def seeded(request, tmp_path_factory):
     """(name, prototxt, caffemodel path, x (2, 3, 227, 227), minicaffe blobs)."""
-    name = request.param
+    return _seeded(request.param, tmp_path_factory)
+
+
+def _seeded(name, tmp_path_factory):
+    if name in _CACHE:
+        return _CACHE[name]
     proto = MODELS / PROTOTXTS[name]
     net = minicaffe.Net(proto, None, backend="numpy", seed=7)
     net.params["fc8"][0] *= np.float32(0.01)
@@ -38,7 +46,8 @@ def seeded(request, tmp_path_factory):
     x = (np.random.default_rng(11).standard_normal((2, 3, 227, 227)) * 50).astype(np.float32)
     ours = net.forward(x)
     assert ours["prob"].max() < 0.9, "prob should not be one-hot (see module docstring)"
-    return name, proto, path, x, ours
+    _CACHE[name] = name, proto, path, x, ours
+    return _CACHE[name]
 
 
 def _assert_all(ours, ref, what):
@@ -66,9 +75,8 @@ def test_fullsize_agrees_with_torch(seeded):
     _assert_all(ours, ref, f"{name} vs torch")
 
 
-@pytest.mark.parametrize("seeded", ["caffenet"], indirect=True)
-def test_opencv_and_torch_agree_via_check_cli(seeded, tmp_path):
-    name, proto, path, x, ours = seeded
+def test_opencv_and_torch_agree_via_check_cli(tmp_path_factory, tmp_path):
+    name, proto, path, x, ours = _seeded("caffenet", tmp_path_factory)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "report.json"
     rc = run(check.main, ["--prototxt", str(proto), "--weights", str(path), "--input", str(tmp_path / "x.npy"),
