@@ -41,6 +41,9 @@ V1_TYPE_NAMES = {
     "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
 }
 
+#: refuse nets larger than this many parameters (a corrupt prototxt must not exhaust memory)
+MAX_PARAMS = 4 * 10**9
+
 #: layers whose top may share memory with their bottom (so later in-place kernels must copy)
 _ALIASING_TYPES = {"Flatten", "Dropout"}
 
@@ -90,6 +93,10 @@ class Net:
         self.params: "OrderedDict[str, list[np.ndarray]]" = OrderedDict()
         self.weights_path = None
         self.weights_sha1 = None
+        n_params = sum(int(np.prod(s)) for l in self.layers for s in l.param_shapes)
+        if n_params > MAX_PARAMS:
+            raise ModelError(f"{self._where()}: the net would have {n_params:,} parameters "
+                             f"(more than {MAX_PARAMS:,}); check num_output and input shapes")
         if weights is None:
             rng = np.random.default_rng(seed)
             for layer in self.layers:
@@ -148,8 +155,13 @@ class Net:
                                  f"(supported: {', '.join(sorted(REGISTRY))})")
             lp2 = Message(lp.line)
             lp2.fields = [(k, v) for k, v in lp.fields if k != "type"] + [("type", t)]
-            layer = REGISTRY[t](str(name), lp2, [str(b) for b in lp.getall("bottom")],
-                                [str(x) for x in lp.getall("top")])
+            try:
+                layer = REGISTRY[t](str(name), lp2, [str(b) for b in lp.getall("bottom")],
+                                    [str(x) for x in lp.getall("top")])
+            except MinicaffeError:
+                raise
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as e:
+                raise ModelError(f"{self._where()}: layer {name!r} ({t}) has an invalid parameter: {e}") from None
             if t == "Input":
                 for top, s in zip(layer.tops, layer.shapes):
                     self._add_input(top, s, layer=False)
@@ -178,7 +190,13 @@ class Net:
                 if b not in shapes:
                     raise ModelError(f"{self._where()}: layer {layer.name!r} reads blob {b!r}, "
                                      "which no earlier layer produces")
-            tops = layer.setup([shapes[b] for b in layer.bottoms])
+            try:
+                tops = layer.setup([shapes[b] for b in layer.bottoms])
+            except MinicaffeError:
+                raise
+            except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError,
+                    ZeroDivisionError) as e:
+                raise layer.err(f"cannot set up for input shapes {[shapes[b] for b in layer.bottoms]}: {e}") from None
             if len(tops) != len(layer.tops):
                 raise layer.err(f"produces {len(tops)} outputs but lists {len(layer.tops)} tops")
             for t, s in zip(layer.tops, tops):

@@ -75,7 +75,7 @@ _TOKEN = re.compile(
   | (?P<nl>\n)
   | (?P<comment>\#[^\n]*)
   | (?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
-  | (?P<num>[-+]?(?:(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?[fF]?|0[xX][0-9a-fA-F]+|inf(?:inity)?|nan)(?![A-Za-z0-9_]))
+  | (?P<num>[-+]?(?:(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?[fF]?|0[xX][0-9a-fA-F]+|inf(?:inity)?|nan)(?![A-Za-z0-9_.]))
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
   | (?P<punct>[{}<>:\[\],;])
     """,
@@ -146,7 +146,7 @@ def _tokenize(text, path):
 def _number(tok, path, line, col):
     s = tok.lower()
     try:
-        if s.rstrip("f").lstrip("+-") in ("inf", "infinity"):
+        if s.lstrip("+-") in ("inf", "infinity", "inff", "infinityf"):
             return float("-inf") if s.startswith("-") else float("inf")
         if s.lstrip("+-") == "nan":
             return float("nan")

@@ -1,0 +1,84 @@
+"""Net behaviour: every blob exposed, Caffe in-place semantics, pre-activations, start/end,
+hooks, writable params, batch sizes, and the backend switch."""
+import numpy as np
+import pytest
+
+import minicaffe
+from minicaffe.errors import BackendError
+
+from conftest import assert_close
+
+
+@pytest.fixture(scope="module")
+def small(fixtures_dir):
+    net = minicaffe.Net(fixtures_dir / "caffenet_small.prototxt", fixtures_dir / "caffenet_small.caffemodel")
+    x = np.load(fixtures_dir / "caffenet_small_input_227.npy")
+    return net, x
+
+
+def test_every_blob_and_inplace(small):
+    net, x = small
+    out = net.forward(x, keep_pre_activation=True)
+    names = ["data", "conv1", "pool1", "norm1", "conv2", "pool2", "norm2", "conv3", "conv4", "conv5", "pool5",
+             "fc6", "fc7", "fc8", "prob"]
+    assert all(n in out for n in names) and list(net.blobs) == list(out)
+    for b in ["conv1", "conv5", "fc6", "fc7"]:
+        pre = out[b + ".pre"]
+        assert (pre < 0).any(), b
+        assert np.array_equal(out[b], np.maximum(pre, 0)), b
+    plain = net.forward(x)
+    assert "fc6.pre" not in plain
+    assert np.array_equal(plain["fc7"], out["fc7"])
+    assert x.dtype == np.float32 and not np.shares_memory(plain["data"], x)
+
+
+def test_end_and_start(small):
+    net, x = small
+    full = net.forward(x)
+    part = net.forward(x, end="fc6")
+    assert "fc7" not in part and (part["fc6"] < 0).any()  # stopped before relu6, as Caffe's forward(end=)
+    rest = net.forward(start="relu6")
+    assert_close(rest["prob"], full["prob"], 0, "resumed forward")
+
+
+def test_hooks_see_every_layer_in_order(small):
+    net, x = small
+    seen = []
+    h = net.add_hook(before=lambda n, i, l: seen.append(("b", l.name)),
+                     after=lambda n, i, l, tops: seen.append(("a", l.name, tops[0].shape)))
+    net.forward(x)
+    net.remove_hook(h)
+    layers = [l.name for l in net.layers if l.type != "Input"]
+    assert [s[1] for s in seen[::2]] == layers and [s[0] for s in seen] == ["b", "a"] * len(layers)
+    assert seen[-1] == ("a", "prob", (2, 10))
+    net.forward(x)
+    assert len(seen) == 2 * len(layers)
+
+
+def test_params_writable_and_batch_sizes(fixtures_dir):
+    net = minicaffe.Net(fixtures_dir / "caffenet_small.prototxt", fixtures_dir / "caffenet_small.caffemodel")
+    x = np.load(fixtures_dir / "caffenet_small_input_227.npy")
+    assert [p.shape for p in net.params["conv2"]] == [(32, 8, 5, 5), (32,)]
+    one = net.forward(x[:1])["fc7"]
+    three = net.forward(np.concatenate([x, x[:1]]))["fc7"]
+    assert_close(three[0], one[0], 1e-6, "batch 3 vs batch 1")
+    assert_close(three[2], one[0], 1e-6, "batch 3 vs batch 1")
+    net.params["fc8"][1][...] = 0
+    net.params["fc8"][0][...] = 0
+    assert np.allclose(net.forward(x)["prob"], 0.1)
+
+
+def test_backends_agree_and_cuda_is_explicit(fixtures_dir):
+    x = np.load(fixtures_dir / "googlenet" / "googlenet_input_224.npy")[:1]
+    p = fixtures_dir / "googlenet" / "googlenet.prototxt"
+    w = fixtures_dir / "googlenet" / "googlenet.caffemodel"
+    a = minicaffe.Net(p, w, backend="numpy").forward(x)
+    b = minicaffe.Net(p, w, backend="cpu").forward(x)
+    for k in a:
+        assert_close(b[k], a[k], 1e-5, f"googlenet cpu vs numpy {k}")
+    from numba import cuda
+    if not cuda.is_available():
+        with pytest.raises(BackendError, match="no usable CUDA GPU"):
+            minicaffe.Net(p, w, backend="cuda")
+    with pytest.raises(BackendError, match="unknown backend"):
+        minicaffe.Net(p, w, backend="tpu")
