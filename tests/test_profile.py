@@ -38,6 +38,7 @@ TINY = textwrap.dedent("""\
 LAYER_KEYS = {"name", "type", "group", "min_ms", "median_ms", "mean_ms", "share", "flops", "gflops_per_s",
               "param_bytes", "top_shapes", "samples_ms"}
 RUN_KEYS = {"batch", "input_shapes", "iterations", "warmup", "layers", "groups", "fc_layers", "fc_share",
+            "fc_share_of_minima",
             "sum_of_layer_medians_ms", "forward_ms", "forward_samples_ms", "images_per_s", "total_flops", "caffe"}
 REPORT_KEYS = {"schema", "net", "model", "prototxt", "weights", "backend", "iterations", "warmup", "machine",
                "runs", "caffe_logs"}
@@ -145,6 +146,7 @@ def test_json_schema_stable(small_prototxt, caffe_logs, tmp_path):
         assert set(r) == RUN_KEYS, sorted(set(r) ^ RUN_KEYS)
         assert set(r["forward_ms"]) == STATS_KEYS
         assert list(r["groups"]) == list(GROUPS)
+        assert all(set(g) == {"median_ms", "share", "min_ms", "layers"} for g in r["groups"].values())
         for l in r["layers"]:
             assert set(l) == LAYER_KEYS, sorted(set(l) ^ LAYER_KEYS)
         assert r["caffe"] is not None and set(r["caffe"]["groups"]) == set(GROUPS)
