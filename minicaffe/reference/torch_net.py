@@ -5,7 +5,9 @@ or legacy V1 text format) for the layer types minicaffe supports — Input, Conv
 dilation, pad, _h/_w forms, bias_term), ReLU (negative_slope), Pooling (MAX/AVE, pad,
 global_pooling, Caffe's ceil-mode output size and its clipping rule), LRN (ACROSS_CHANNELS and
 WITHIN_CHANNEL, Caffe's alpha convention), InnerProduct (axis, transpose), Dropout (identity at
-test time), Softmax, Concat, Eltwise (SUM with coeff, PROD, MAX) and Flatten — and its forward
+test time), Softmax, Concat, Eltwise (SUM with coeff, PROD, MAX), Flatten, Clip, BatchNorm
+(global statistics) and Scale (per channel), plus minicaffe's ``pad_top/pad_bottom/pad_left/
+pad_right`` extension of ``convolution_param`` (TF 'SAME' padding of converted models) — and its forward
 returns **every** Caffe blob by name with Caffe's in-place semantics (after ``relu1`` the blob
 ``conv1`` is post-ReLU). It reads layer parameters from the prototxt itself rather than from
 minicaffe's layer objects, and computes with PyTorch's own kernels (``conv2d``, ``linear``,
@@ -37,7 +39,7 @@ _V1 = {"CONVOLUTION": "Convolution", "RELU": "ReLU", "POOLING": "Pooling", "LRN"
        "INNER_PRODUCT": "InnerProduct", "DROPOUT": "Dropout", "SOFTMAX": "Softmax",
        "CONCAT": "Concat", "ELTWISE": "Eltwise", "FLATTEN": "Flatten"}
 SUPPORTED = ("Input", "Convolution", "ReLU", "Pooling", "LRN", "InnerProduct", "Dropout", "Softmax",
-             "Concat", "Eltwise", "Flatten")
+             "Concat", "Eltwise", "Flatten", "Clip", "BatchNorm", "Scale")
 
 
 def caffe_pool_size(size, k, stride, pad, ceil_mode=True):
@@ -252,15 +254,23 @@ def build_torch_net(prototxt, weights, seed=None):
             d = (int(dil[0]), int(dil[-1])) if dil else (1, 1)
             g = int(p.get("group", 1))
             bias = _bool(p.get("bias_term"), True)
+            asym = [p.get(f"pad_{side}") for side in ("top", "bottom", "left", "right")]
             b = blobs_of(name, 1 + bias)
             # Caffe's weight blob is (O, C/group, kh, kw), the same layout as torch's Conv2d; legacy
             # V1 blobs carry the same 4-D (num, channels, height, width) order
             w = b[0].reshape(O, -1, k[0], k[1])
-            m = nn.Conv2d(w.shape[1] * g, O, k, s, pad, d, g, bias=bias)
+            conv = nn.Conv2d(w.shape[1] * g, O, k, s, (0, 0) if any(v is not None for v in asym) else pad,
+                             d, g, bias=bias)
             with torch.no_grad():
-                m.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+                conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
                 if bias:
-                    m.bias.copy_(torch.from_numpy(b[1].reshape(-1)))
+                    conv.bias.copy_(torch.from_numpy(b[1].reshape(-1)))
+            if any(v is not None for v in asym):
+                t_, b_, l_, r_ = (int(v or 0) for v in asym)
+                # F.pad takes (left, right, top, bottom) for the last two axes (W then H)
+                m = nn.Sequential(Lambda(lambda x, q=(l_, r_, t_, b_): F.pad(x, q), f"pad{(t_, b_, l_, r_)}"), conv)
+            else:
+                m = conv
         elif t == "InnerProduct":
             p = _param(lp, "inner_product_param")
             O = int(p.get("num_output"))
@@ -290,6 +300,28 @@ def build_torch_net(prototxt, weights, seed=None):
             region = {"0": "ACROSS_CHANNELS", "1": "WITHIN_CHANNEL"}.get(region, region)
             m = CaffeLRN(int(p.get("local_size", 5)), float(p.get("alpha", 1.0)), float(p.get("beta", 0.75)),
                          float(p.get("k", 1.0)), region)
+        elif t == "Clip":
+            p = _param(lp, "clip_param")
+            lo, hi = float(p.get("min")), float(p.get("max"))
+            m = Lambda(lambda x, lo=lo, hi=hi: x.clamp(lo, hi), f"clip({lo}, {hi})")
+        elif t == "BatchNorm":
+            p = _param(lp, "batch_norm_param")
+            eps = float(p.get("eps", 1e-5))
+            mean, var, sf = blobs_of(name, 3)[:3]
+            # Caffe stores moving sums: the statistics are blob / scale_factor (0 when the factor is 0)
+            f = float(sf.reshape(-1)[0])
+            f = 0.0 if f == 0 else 1.0 / f
+            m = nn.BatchNorm2d(mean.size, eps=eps, affine=False)
+            with torch.no_grad():
+                m.running_mean.copy_(torch.from_numpy((mean.reshape(-1) * f).astype(np.float32)))
+                m.running_var.copy_(torch.from_numpy((var.reshape(-1) * f).astype(np.float32)))
+        elif t == "Scale":
+            p = _param(lp, "scale_param")
+            bias = _bool(p.get("bias_term"), False)
+            b = blobs_of(name, 1 + bias)
+            gamma = torch.from_numpy(b[0].reshape(1, -1, 1, 1).copy())
+            beta = torch.from_numpy(b[1].reshape(1, -1, 1, 1).copy()) if bias else None
+            m = Lambda(lambda x, g_=gamma, b_=beta: x * g_ + b_ if b_ is not None else x * g_, "scale")
         elif t == "Dropout":
             m = nn.Identity()   # TEST phase: Caffe's Dropout is the identity (no rescaling at test)
         elif t == "Softmax":
