@@ -1,0 +1,324 @@
+"""``python -m minicaffe.extract`` and ``minicaffe.DeCAF`` end to end on real photos and bad files.
+
+Real photos from scikit-image / scikit-learn are copied into a temp ImageFolder at test time; the
+net is the small CaffeNet-topology fixture with seeded random weights written to a temp .h5.
+Expected features come from ``preprocess_image`` + ``Net.forward`` directly (the pieces tested
+in test_preprocess.py / the fixture tests), never from an earlier run of the CLI. One test kills
+a real subprocess with SIGKILL mid-run and resumes it.
+"""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import FIXTURES, assert_close
+from minicaffe import Net
+from minicaffe.cli import run
+from minicaffe.datasets import list_inputs
+from minicaffe.extract import main
+from minicaffe.models import CAFFE_PREPROCESSING
+from minicaffe.preprocess import oversample, preprocess_image
+from test_images import BAD_INPUTS, make_bad_inputs, reads_despite_chmod
+
+skdata = pytest.importorskip("skimage.data")
+PROTO = str(FIXTURES / "caffenet_small.prototxt")
+PHOTOS = {  # class folder -> real photos
+    "animals": [("skimage", "chelsea.png"), ("skimage", "astronaut.png")],
+    "things": [("skimage", "coffee.png"), ("skimage", "rocket.jpg"), ("sklearn", "china.jpg"),
+               ("sklearn", "flower.jpg")],
+}
+
+
+def _source(kind, name):
+    if kind == "skimage":
+        return os.path.join(skdata.data_dir, name)
+    import sklearn.datasets
+    return os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", name)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    if not FIXTURES.is_dir():
+        pytest.skip(f"shared fixtures not found at {FIXTURES}")
+    root = tmp_path_factory.mktemp("extract")
+    weights = str(root / "small_seed3.h5")
+    Net(PROTO, seed=3).save_h5(weights)
+    photos = root / "photos"
+    for cls, items in PHOTOS.items():
+        os.makedirs(photos / cls)
+        for kind, name in items:
+            shutil.copy(_source(kind, name), photos / cls / name)
+    os.chdir(root)   # paths in outputs are as given on the command line: keep them relative
+    return {"root": root, "weights": weights, "photos": "photos", "net": Net(PROTO, weights, backend="cpu")}
+
+
+def extract(env, *args, capsys=None):
+    argv = [*args, "--prototxt", PROTO, "--weights", env["weights"], "-q"]
+    rc = run(main, argv)
+    err = capsys.readouterr().err if capsys is not None else ""
+    return rc, err
+
+
+def read(path):
+    with h5py.File(path, "r") as f:
+        out = {k: f["features"][k][()] for k in f["features"]}
+        out["paths"] = list(f["paths"].asstr()[()])
+        out["failed"] = [tuple(r) for r in f["failed"].asstr()[()]]
+        out["labels"] = f["labels"][()] if "labels" in f else None
+        out["class_names"] = list(f["class_names"].asstr()[()]) if "class_names" in f else None
+        out["attrs"] = dict(f.attrs)
+    return out
+
+
+def direct(env, paths, blob, pre=False, crop="center"):
+    """Features by hand: preprocess_image / oversample + one Net.forward, no extract code."""
+    if crop == "center":
+        x = np.stack([preprocess_image(p, CAFFE_PREPROCESSING) for p in paths])
+    else:
+        x = np.concatenate([oversample(p, CAFFE_PREPROCESSING) for p in paths])   # image-major, 10 each
+    b = env["net"].forward(x, keep_pre_activation=pre)
+    f = b[blob + (".pre" if pre else "")].reshape(len(x), -1)
+    return f if crop == "center" else f.reshape(len(paths), 10, -1).mean(1)
+
+
+def test_features_labels_and_attrs(env, capsys):
+    rc, err = extract(env, env["photos"], "-o", "a.h5", "--layers", "decaf5,fc6.pre,fc7", "--workers", "0",
+                      capsys=capsys)
+    assert rc == 0, err
+    r = read("a.h5")
+    want_paths = [os.path.join("photos", c, n) for c in sorted(PHOTOS) for n in sorted(n for _, n in PHOTOS[c])]
+    assert r["paths"] == want_paths
+    assert r["class_names"] == ["animals", "things"]
+    assert list(r["labels"]) == [0, 0, 1, 1, 1, 1]
+    assert r["failed"] == []
+    assert set(k for k in r if not k.islower() or k in ("pool5", "fc6.pre", "fc7")) >= {"pool5", "fc6.pre", "fc7"}
+    assert r["pool5"].shape == (6, 32 * 6 * 6) and r["pool5"].dtype == np.float32
+    assert_close(r["pool5"], direct(env, want_paths, "pool5"), 1e-5, "pool5 (decaf5)")
+    assert_close(r["fc6.pre"], direct(env, want_paths, "fc6", pre=True), 1e-5, "fc6.pre")
+    assert_close(r["fc7"], direct(env, want_paths, "fc7"), 1e-5, "fc7")
+    a = r["attrs"]
+    with open(env["weights"], "rb") as f:
+        assert a["weights_sha1"] == hashlib.sha1(f.read()).hexdigest()
+    assert json.loads(a["preprocessing"]) == CAFFE_PREPROCESSING.describe()
+    assert a["minicaffe_version"] and a["crop"] == "center"
+    assert "wrote a.h5: 6 image(s)" in err
+
+
+def test_pre_relu_flag_and_post_relu(env, capsys):
+    rc, err = extract(env, env["photos"], "-o", "pre.h5", "--layers", "fc6", "--pre-relu", "--workers", "0",
+                      capsys=capsys)
+    assert rc == 0, err
+    rc, err = extract(env, env["photos"], "-o", "post.h5", "--layers", "decaf6", "--workers", "0", capsys=capsys)
+    assert rc == 0, err
+    pre, post = read("pre.h5")["fc6.pre"], read("post.h5")["fc6"]
+    assert (pre < 0).any(), "pre-ReLU features must keep negative values"
+    assert_close(post, np.maximum(pre, 0), 0, "fc6 == relu(fc6.pre)")
+
+
+def test_bad_inputs_are_listed_and_the_run_finishes(env, capsys, tmp_path):
+    bad = make_bad_inputs(str(tmp_path / "bad"))
+    good = [os.path.join(env["photos"], "animals", "chelsea.png"), os.path.join(env["photos"], "things", "rocket.jpg")]
+    names = list(BAD_INPUTS)
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join([os.path.abspath(good[0])] + [bad[n] for n in names] +
+                             [str(tmp_path / "missing.jpg"), os.path.abspath(good[1])]) + "\n")
+    rc, err = extract(env, str(lst), "-o", "bad.h5", "--layers", "fc7", "--workers", "0", capsys=capsys)
+    assert rc == 0, err
+    r = read("bad.h5")
+    failed = dict(r["failed"])
+    root_reads = reads_despite_chmod(bad["unreadable.jpg"])
+    table = []
+    for n in names:
+        p = bad[n]
+        why = BAD_INPUTS[n]
+        if n == "unreadable.jpg" and root_reads:
+            why = None  # as root the chmod 000 file is readable: it must then succeed
+        if why is None:
+            assert p in r["paths"], f"{n} should have been accepted; failed with {failed.get(p)!r}"
+            table.append((n, "ok"))
+        else:
+            assert p in failed, f"{n} should be in failed"
+            assert why in failed[p], f"{n}: reason {failed[p]!r} lacks {why!r}"
+            table.append((n, failed[p]))
+            assert sum(1 for line in err.splitlines() if line.startswith("minicaffe: warning: " + p + ": ")) == 1
+    assert "no such file" in failed[str(tmp_path / "missing.jpg")]
+    assert len(r["paths"]) + len(r["failed"]) == len(names) + 3
+    assert r["paths"][0] == os.path.abspath(good[0]) and r["paths"][-1] == os.path.abspath(good[1])
+    assert_close(r["fc7"][[0, -1]], direct(env, [good[0], good[1]], "fc7"), 1e-5, "good rows among bad ones")
+    print("\n".join(f"{n:18s} {o}" for n, o in table))
+
+
+def test_exit_status_and_usage_errors(env, capsys, tmp_path):
+    (tmp_path / "x.jpg").write_text("not an image")
+    rc, err = extract(env, str(tmp_path / "x.jpg"), "-o", str(tmp_path / "none.h5"), "--workers", "0", capsys=capsys)
+    assert rc == 1 and "no image could be used" in err
+    assert read(str(tmp_path / "none.h5"))["failed"][0][0] == str(tmp_path / "x.jpg")
+    rc, err = extract(env, "no/such/folder", "-o", str(tmp_path / "u.h5"), capsys=capsys)
+    assert rc == 2 and err.count("\n") == 1 and "no/such/folder: no such file or folder" in err
+    rc, err = extract(env, env["photos"], "-o", str(tmp_path / "u.h5"), "--layers", "fc99", capsys=capsys)
+    assert rc == 2 and "'fc99' is not a blob" in err
+    rc, err = extract(env, env["photos"], "-o", str(tmp_path / "u.h5"), "--layers", "pool5.pre", capsys=capsys)
+    assert rc == 2 and "no pre-activation" in err
+    rc, err = extract(env, env["photos"], "-o", str(tmp_path / "none.h5"), capsys=capsys)
+    assert rc == 2 and "exists; add --resume" in err and "--force" in err
+    rc, err = extract(env, env["photos"], "-o", str(tmp_path / "none.h5"), "--force", "--layers", "fc7",
+                      "--workers", "0", capsys=capsys)
+    assert rc == 0 and len(read(str(tmp_path / "none.h5"))["paths"]) == 6
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    assert "--resume" in capsys.readouterr().out
+
+
+def test_oversample_concat_npz(env, capsys):
+    rc, err = extract(env, env["photos"], "-o", "o.npz", "--layers", "fc6,fc7", "--concat", "--crop",
+                      "oversample", "--workers", "0", "--batch-size", "4", capsys=capsys)
+    assert rc == 0, err
+    z = np.load("o.npz")
+    paths = [str(p) for p in z["paths"]]
+    want = np.concatenate([direct(env, paths, "fc6", crop="oversample"), direct(env, paths, "fc7", crop="oversample")], 1)
+    # the same by numbers: mean over the 10 crops of image 0, written out
+    x0 = oversample(paths[0], CAFFE_PREPROCESSING)
+    f0 = env["net"].forward(x0)["fc7"]
+    assert_close(z["features/concat"][0, 64:], f0.sum(0) / 10.0, 1e-5, "image 0 fc7 = sum of 10 crops / 10")
+    assert z["features/concat"].shape == (6, 128)
+    assert_close(z["features/concat"], want, 1e-5, "10-crop average, fc6|fc7 concatenated")
+    assert json.loads(str(z["meta"]))["crop"] == "oversample"
+
+
+def test_worker_processes_match_in_process(env, capsys):
+    rc, err = extract(env, env["photos"], "-o", "w0.h5", "--layers", "fc7", "--workers", "0", "--batch-size", "4",
+                      capsys=capsys)
+    assert rc == 0, err
+    rc, err = extract(env, env["photos"], "-o", "w2.h5", "--layers", "fc7", "--workers", "2", "--batch-size", "4",
+                      capsys=capsys)
+    assert rc == 0, err
+    a, b = read("w0.h5"), read("w2.h5")
+    assert a["paths"] == b["paths"]
+    assert_close(b["fc7"], a["fc7"], 0, "workers=2 vs in-process decoding")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(env, capsys, tmp_path):
+    """Kill a real extraction with SIGKILL after two checkpoints; --resume must finish it exactly."""
+    many = tmp_path / "many"
+    for rep in range(3):
+        for cls, items in PHOTOS.items():
+            os.makedirs(many / f"{cls}{rep}", exist_ok=True)
+            for _, n in items:
+                shutil.copy(os.path.join(env["photos"], cls, n), many / f"{cls}{rep}" / n)
+    out = str(tmp_path / "k.h5")
+    common = ["--prototxt", PROTO, "--weights", env["weights"], "--layers", "pool5,fc7", "--batch-size", "4",
+              "--workers", "1"]
+    cmd = [sys.executable, "-m", "minicaffe.extract", str(many), "-o", out, *common]
+    proc = subprocess.Popen(cmd, env={**os.environ, "MINICAFFE_EXTRACT_THROTTLE": "0.4"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    parts = out + ".parts"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if os.path.isdir(parts) and sum(f.endswith(".npz") for f in os.listdir(parts)) >= 2:
+            break
+        assert proc.poll() is None, f"extraction ended before it could be killed: {proc.communicate()[1][-2000:]}"
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("no checkpoint appeared within 120 s")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(out), "the output must not exist (complete or absent) after a kill"
+    # a kill may land inside a checkpoint write: its part-*.npz.tmp<pid> must be ignored on resume
+    n_parts = sum(f.endswith(".npz") for f in os.listdir(parts))
+    assert 2 <= n_parts < 5, f"killed with {n_parts} checkpoints of 5"
+
+    rc, err = run(main, [str(many), "-o", out, *common, "-q"]), capsys.readouterr().err
+    assert rc == 2 and "--resume" in err
+    rc, err = run(main, [str(many), "-o", out, *common, "-q", "--resume"]), capsys.readouterr().err
+    assert rc == 0, err
+    assert f"resuming: {4 * n_parts} image(s) already done" in err
+    assert not os.path.exists(parts)
+    rc, err = run(main, [str(many), "-o", str(tmp_path / "full.h5"), *common, "-q"]), capsys.readouterr().err
+    assert rc == 0, err
+    a, b = read(out), read(str(tmp_path / "full.h5"))
+    assert a["paths"] == b["paths"] and len(a["paths"]) == 18
+    assert list(a["labels"]) == list(b["labels"]) and a["class_names"] == b["class_names"]
+    for k in ("pool5", "fc7"):
+        assert_close(a[k], b[k], 0, f"{k}: resumed vs uninterrupted")
+
+
+def test_resume_complete_file_adds_new_images(env, capsys, tmp_path):
+    d = tmp_path / "grow"
+    os.makedirs(d)
+    photos = sorted(os.path.join(env["photos"], c, n) for c in PHOTOS for _, n in PHOTOS[c])
+    for p in photos[:3]:
+        shutil.copy(p, d)
+    common = ["--layers", "fc7", "--workers", "0", "--batch-size", "2"]
+    rc, err = extract(env, str(d), "-o", str(tmp_path / "g.h5"), *common, capsys=capsys)
+    assert rc == 0, err
+    for p in photos[3:]:
+        shutil.copy(p, d)
+    rc, err = extract(env, str(d), "-o", str(tmp_path / "g.h5"), *common, "--resume", capsys=capsys)
+    assert rc == 0 and "3 image(s) already done, 3 to go" in err, err
+    rc, err = extract(env, str(d), "-o", str(tmp_path / "g_full.h5"), *common, capsys=capsys)
+    a, b = read(str(tmp_path / "g.h5")), read(str(tmp_path / "g_full.h5"))
+    assert a["paths"] == b["paths"] and len(a["paths"]) == 6
+    assert_close(a["fc7"], b["fc7"], 1e-6, "grown file vs fresh run")
+    rc, err = extract(env, str(d), "-o", str(tmp_path / "g.h5"), "--layers", "fc6", "--workers", "0",
+                      "--batch-size", "2", "--resume", capsys=capsys)
+    assert rc == 2 and "layers" in err and "--force" in err
+
+
+def test_listing_rules(tmp_path):
+    (tmp_path / "flat" / "sub").mkdir(parents=True)
+    for n in ("b.JPG", "a.png", ".hidden.jpg", "notes.txt"):
+        (tmp_path / "flat" / n).write_bytes(b"x")
+    (tmp_path / "flat" / "sub" / "c.jpeg").write_bytes(b"x")
+    lst = list_inputs([str(tmp_path / "flat")])
+    assert [os.path.basename(p) for p in lst.paths] == ["a.png", "b.JPG", "c.jpeg"]
+    assert not lst.has_labels and lst.class_names is None   # images at the top: not an ImageFolder
+    (tmp_path / "l.txt").write_text("# comment\n\nflat/a.png 3\nflat/my photo.jpg\nflat/b.JPG\tcat\n")
+    with pytest.raises(Exception, match="mix integer labels and class names"):
+        list_inputs([str(tmp_path / "l.txt")])
+    (tmp_path / "l2.txt").write_text("flat/a.png\tdog\nflat/my photo.jpg\tcat\nflat/a.png\tdog\n")
+    lst = list_inputs([str(tmp_path / "l2.txt")])
+    assert lst.paths == [str(tmp_path / "flat" / "a.png"), str(tmp_path / "flat" / "my photo.jpg")]
+    assert lst.class_names == ["cat", "dog"] and lst.labels == [1, 0] and lst.duplicates == 1
+    (tmp_path / "l3.txt").write_text("flat/my photo.jpg 7\n")
+    assert list_inputs([str(tmp_path / "l3.txt")]).labels == [7]
+
+
+def test_decaf_transformer_pipeline(env):
+    from sklearn.base import clone
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import LinearSVC
+    from PIL import Image
+    import pickle
+
+    import minicaffe
+    paths = sorted(os.path.join(env["photos"], c, n) for c in PHOTOS for _, n in PHOTOS[c])
+    y = [0 if "animals" in p else 1 for p in paths]
+    dc = minicaffe.DeCAF(prototxt=PROTO, weights=env["weights"], layer="decaf7", batch_size=4)
+    pipe = make_pipeline(dc, LinearSVC(C=1.0, max_iter=5000))
+    pipe.fit(paths, y)
+    assert pipe.predict(paths).shape == (6,)
+    feats = pipe[0].transform(paths)
+    assert_close(feats, direct(env, paths, "fc7"), 1e-5, "DeCAF.transform(paths)")
+    pngs = [p for p in paths if p.endswith(".png")]
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in pngs]
+    assert_close(dc.transform(arrays), dc.transform(pngs), 0, "arrays vs PNG paths")
+    two = minicaffe.DeCAF(prototxt=PROTO, weights=env["weights"], layer=["fc6.pre", "fc7"]).fit()
+    assert two.transform(pngs[:1]).shape == (1, 128)
+    c = clone(dc)
+    assert c.get_params()["layer"] == "decaf7"
+    back = pickle.loads(pickle.dumps(pipe))
+    assert_close(back[0].transform(pngs[:1]), feats[[paths.index(pngs[0])]], 1e-6, "after pickling (batch of 1 vs 4)")
+    with pytest.raises(minicaffe.ImageError, match="no such file"):
+        dc.transform(["nope.jpg"])
