@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .cli import exit_with
-from .errors import ImageError, MinicaffeError
+from .errors import MinicaffeError
 from .reference import KINDS, npz_key, reference_blobs
 
 #: std of ``--random`` inputs: the spread of mean-subtracted 0..255 pixels
@@ -138,45 +138,14 @@ def _load_npy(path):
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _preprocess_fallback(path, spec):
-    """Caffe-style preprocessing used until ``minicaffe.preprocess`` exists: decode, RGB,
-    resize to spec.resize (warp), RGB->BGR, subtract the mean image or values, center crop."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            size = spec.resize if isinstance(spec.resize, tuple) else (spec.resize, spec.resize)
-            im = im.resize((size[1], size[0]), Image.BILINEAR)   # PIL takes (W, H)
-            a = np.asarray(im, dtype=np.float32)                 # (H, W, 3) RGB
-    except (OSError, UnidentifiedImageError) as e:
-        raise ImageError(f"{path}: cannot decode image: {e}") from None
-    a = a.transpose(2, 0, 1)                                     # HWC -> CHW
-    if spec.channel_order == "BGR":
-        a = a[::-1]                                              # RGB -> BGR (Caffe models)
-    if spec.mean_image:
-        mean = np.load(spec.mean_image).astype(np.float32)
-        if mean.shape[1:] != a.shape[1:]:
-            raise ImageError(f"{spec.mean_image}: mean image {mean.shape} does not match the resize {a.shape}")
-        a = a - mean
-    elif spec.mean_values:
-        a = a - np.asarray(spec.mean_values, np.float32)[:, None, None]
-    if spec.std_values:
-        a = a / np.asarray(spec.std_values, np.float32)[:, None, None]
-    a = a * spec.input_scale
-    c = spec.crop
-    h0, w0 = (a.shape[1] - c) // 2, (a.shape[2] - c) // 2
-    return np.ascontiguousarray(a[:, h0:h0 + c, w0:w0 + c], dtype=np.float32)
-
-
-def load_images(paths, crop):
-    """Images -> (N, 3, crop, crop) float32 with Caffe's ILSVRC preprocessing (BGR, mean image)."""
+def load_images(paths, crop, spec=None):
+    """Images -> (N, 3, crop, crop) float32 via :func:`minicaffe.preprocess.preprocess_image`, with
+    ``spec`` (a model's :class:`~minicaffe.models.Preprocessing`) or Caffe's ILSVRC recipe (resize
+    256x256, RGB->BGR, subtract the mean image, center crop)."""
     import dataclasses
     from .models import CAFFE_PREPROCESSING
-    spec = dataclasses.replace(CAFFE_PREPROCESSING, crop=crop)
-    try:
-        from .preprocess import preprocess_image
-    except ImportError:
-        preprocess_image = _preprocess_fallback
+    from .preprocess import preprocess_image
+    spec = dataclasses.replace(spec or CAFFE_PREPROCESSING, crop=crop)
     return np.stack([np.asarray(preprocess_image(p, spec), dtype=np.float32) for p in paths])
 
 
@@ -189,7 +158,8 @@ def make_input(args, net, refs):
     if args.image:
         if len(shape) != 4 or shape[2] != shape[3]:
             raise MinicaffeError(f"--image needs a square 4-D input, the net's is {shape}")
-        return load_images(args.image, shape[2]), f"{len(args.image)} image(s) " + ", ".join(args.image)
+        spec = args.model_spec.preprocessing if args.model_spec else None
+        return load_images(args.image, shape[2], spec), f"{len(args.image)} image(s) " + ", ".join(args.image)
     if args.random:
         rng = np.random.default_rng(args.seed)
         x = (rng.standard_normal((args.random,) + tuple(shape[1:])) * RANDOM_SCALE).astype(np.float32)
@@ -227,8 +197,10 @@ def build_parser():
     p = argparse.ArgumentParser(
         prog="python -m minicaffe.check",
         description="Compare every blob of minicaffe's forward pass with a reference framework.")
-    p.add_argument("--prototxt", required=True, help="deploy prototxt (current or legacy V1 format)")
-    p.add_argument("--weights", required=True, help=".caffemodel or converted .h5")
+    p.add_argument("--model", help="a registered model name (caffenet, alexnet, googlenet, ...): its prototxt, "
+                                   "converted weights and --image preprocessing become the defaults")
+    p.add_argument("--prototxt", help="deploy prototxt (current or legacy V1 format)")
+    p.add_argument("--weights", help=".caffemodel or converted .h5")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--input", help="(N, C, H, W) or (C, H, W) float32 .npy, already preprocessed")
     src.add_argument("--image", nargs="+", help="image file(s), Caffe ILSVRC preprocessing (BGR, mean image, crop)")
@@ -244,6 +216,19 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.model_spec = None
+    if args.model:
+        from .models import get_model
+        args.model_spec = spec = get_model(args.model)
+        args.prototxt = args.prototxt or spec.prototxt
+        if args.weights is None:
+            w = spec.weights_path()
+            if w is None:
+                raise MinicaffeError(f"model {args.model!r}: no converted weights ({spec.weights_name}) found; "
+                                     "give --weights or convert them first (weights/README.md)")
+            args.weights = str(w)
+    if not args.prototxt or not args.weights:
+        raise MinicaffeError("give --prototxt and --weights (or --model NAME)")
     for a in args.against:
         if a not in KINDS and not a.startswith("caffe-npz:"):
             raise MinicaffeError(f"--against {a!r}: choose caffe-npz:BLOBS.npz, opencv, torch or pycaffe")

@@ -79,7 +79,8 @@ def test_opencv_and_torch_agree_via_check_cli(tmp_path_factory, tmp_path):
     name, proto, path, x, ours = _seeded("caffenet", tmp_path_factory)
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "report.json"
-    rc = run(check.main, ["--prototxt", str(proto), "--weights", str(path), "--input", str(tmp_path / "x.npy"),
+    assert proto == MODELS / PROTOTXTS["caffenet"]   # --model caffenet picks the same prototxt
+    rc = run(check.main, ["--model", "caffenet", "--weights", str(path), "--input", str(tmp_path / "x.npy"),
                           "--against", "opencv", "--against", "torch", "--backend", "cpu", "--json", str(out)])
     rep = json.loads(out.read_text())
     assert rc == 0, [r["verdict"] for r in rep["references"]]
