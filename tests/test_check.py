@@ -226,3 +226,15 @@ def test_bad_arguments_are_one_line_errors(fixtures_dir, tmp_path):
     with pytest.raises(MinicaffeError, match="must be"):
         check.main(["--prototxt", str(proto), "--weights", str(model), "--input", str(tmp_path / "x.npy"),
                     "--against", "torch"])
+
+
+def test_h5_weights_reach_opencv_through_a_temporary_caffemodel(fixtures_dir, tmp_path):
+    import minicaffe
+    net = minicaffe.Net(fixtures_dir / "caffenet_small.prototxt", str(fixtures_dir / "caffenet_small.caffemodel"),
+                        backend="numpy")
+    net.save_h5(tmp_path / "w.h5")
+    rc, rep = run_check(tmp_path, fixtures_dir / "caffenet_small.prototxt", tmp_path / "w.h5",
+                        "--against", "opencv", "--against", "torch",
+                        "--against", f"caffe-npz:{fixtures_dir / 'caffenet_small_blobs_227.npz'}")
+    assert rc == 0, failed_blobs(rep)
+    assert len(all_rows(rep)) == 14 + 15 + 15
