@@ -184,8 +184,8 @@ def machine_info(backend) -> dict:
         from .backend import cuda_simulated
         info["cuda_simulator"] = cuda_simulated()
         if not cuda_simulated():
-            info["gpu"] = cuda.get_current_device().name.decode() if isinstance(
-                cuda.get_current_device().name, bytes) else str(cuda.get_current_device().name)
+            name = cuda.get_current_device().name
+            info["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
     return info
 
 
@@ -396,6 +396,8 @@ def profile(prototxt, weights=None, batches=(1,), backend="cpu", iterations=10, 
             caffe_logs=(), seed=0, model=None, progress=None) -> dict:
     """Profile one net at several batch sizes -> the full report dict (the JSON)."""
     from .net import Net
+    # other processes on the machine inflate timings: keep the load next to the numbers
+    load_before = _loadavg()
     net = Net(prototxt, weights, backend=backend, seed=seed)
     logs = [group_caffe_log(parse_caffe_log(p), net) for p in caffe_logs]
     runs = []
@@ -407,11 +409,21 @@ def profile(prototxt, weights=None, batches=(1,), backend="cpu", iterations=10, 
             if log["batch"] == b:
                 attach_caffe(run, log)
         runs.append(run)
+    machine = machine_info(backend)
+    machine["load_average_before"], machine["load_average_after"] = load_before, _loadavg()
     return OrderedDict(
         schema=SCHEMA, net=net.name, model=model, prototxt=_display_path(prototxt),
         weights=None if weights is None else str(weights), backend=backend,
-        iterations=int(iterations), warmup=int(warmup), machine=machine_info(backend),
+        iterations=int(iterations), warmup=int(warmup), machine=machine,
         runs=runs, caffe_logs=logs)
+
+
+def _loadavg():
+    """1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def _display_path(path):
