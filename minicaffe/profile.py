@@ -280,6 +280,11 @@ def format_table(report: dict, run: dict) -> str:
     head = (f"{report['net']}  backend {report['backend']}  batch {run['batch']}  "
             f"({run['iterations']} timed forwards after {run['warmup']} warm-up; "
             f"{report['machine']['numba_threads']} numba threads)")
+    m = report["machine"]
+    lb, la = m.get("load_average_before"), m.get("load_average_after")
+    if lb and la and max(lb[0], la[0]) > 0.5 * (m.get("cpu_count") or 1):
+        head += (f"\nnote: 1-min load average {lb[0]:.1f} before / {la[0]:.1f} after on {m.get('cpu_count')} cores: "
+                 "other processes shared the CPU; minima are the better estimate")
     cols = f"{'layer':<18}{'type':<13}{'min ms':>9}{'median ms':>11}{'share':>8}{'MFLOP':>10}{'GFLOP/s':>9}{'param MiB':>10}"
     if caffe:
         cols += f" | {'caffe ms':>9}{'caffe %':>8}"
