@@ -49,8 +49,10 @@ _THROTTLE_ENV = "MINICAFFE_EXTRACT_THROTTLE"
 
 
 def default_model():
-    """The embedded model with real weights when registered, else CaffeNet."""
-    return "efficientnet-lite0" if "efficientnet-lite0" in MODELS else "caffenet"
+    """The embedded model with real weights (``models.DEFAULT_MODEL``) when registered, else CaffeNet."""
+    from . import models
+    name = getattr(models, "DEFAULT_MODEL", "efficientnet-lite0")
+    return name if name in MODELS else "caffenet"
 
 
 class UsageError(MinicaffeError):
@@ -104,7 +106,8 @@ def resolve_layers(net, names, aliases=None, pre_relu=False):
 
 
 def default_layers(aliases, net):
-    for cand in ("default", "decaf6"):
+    # DeCAF6 for the Caffe models; "features" (the global pool) for the EfficientNets
+    for cand in ("default", "decaf6", "features"):
         if cand in aliases and aliases[cand] in net.blob_shapes:
             return [cand]
     raise UsageError("this model has no default feature layer; choose one with --layers (blobs: "
@@ -379,7 +382,8 @@ def build_parser():
     m.add_argument("--backend", default="cpu", choices=("numpy", "cpu", "cuda"), help="e.g. --backend cuda")
     f = p.add_argument_group("features")
     f.add_argument("--layers", help="comma-separated blob names or aliases (decaf5=pool5, decaf6=fc6, decaf7=fc7); "
-                                    "'NAME.pre' is the value before the in-place ReLU (default: decaf6). "
+                                    "'NAME.pre' is the value before the in-place ReLU (default: decaf6, or the model's "
+                                    "'features' alias, e.g. EfficientNet's global pool). "
                                     "e.g. --layers pool5,fc6.pre,fc7")
     f.add_argument("--pre-relu", action="store_true", help="take every layer before its ReLU (same as NAME.pre)")
     f.add_argument("--concat", action="store_true", help="store one features/concat (N, sum D) instead of one per layer")

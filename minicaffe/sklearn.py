@@ -25,7 +25,9 @@ class DeCAF(TransformerMixin, BaseEstimator):
     Parameters
     ----------
     model : registered model name (default: ``efficientnet-lite0`` when registered, else ``caffenet``)
-    layer : blob name or alias (``decaf6``), ``"fc6.pre"`` for pre-ReLU, or a list (concatenated)
+    layer : blob name or alias (``decaf6``), ``"fc6.pre"`` for pre-ReLU, or a list (concatenated);
+        None: the model's default feature layer (DeCAF6 = fc6 for Caffe models, ``features`` = the
+        global pool for EfficientNet)
     crop : ``"center"`` or ``"oversample"`` (10 crops, features averaged)
     prototxt, weights : a net of your own instead of ``model`` (weights also overrides a model's)
     preprocess : for ``prototxt``: ``"caffe"`` or a registered model's name
@@ -34,7 +36,7 @@ class DeCAF(TransformerMixin, BaseEstimator):
     workers : decoding processes for path inputs (0: decode in this process)
     """
 
-    def __init__(self, model=None, layer="fc6", crop="center", prototxt=None, weights=None,
+    def __init__(self, model=None, layer=None, crop="center", prototxt=None, weights=None,
                  preprocess="caffe", mean="model", batch_size=32, backend="cpu", workers=0,
                  max_pixels=DEFAULT_MAX_PIXELS, min_size=DEFAULT_MIN_SIZE):
         self.model = model
@@ -53,11 +55,14 @@ class DeCAF(TransformerMixin, BaseEstimator):
     def _build(self):
         from argparse import Namespace
 
-        from .extract import FeatureExtractor, load_model, resolve_layers
+        from .extract import FeatureExtractor, default_layers, load_model, resolve_layers
         args = Namespace(prototxt=self.prototxt, weights=self.weights, model=self.model,
                          preprocess=self.preprocess, mean=self.mean, crop_size=None, backend=self.backend)
         net, spec, aliases, desc = load_model(args)
-        layers = [self.layer] if isinstance(self.layer, str) else list(self.layer)
+        if self.layer is None:
+            layers = default_layers(aliases, net)
+        else:
+            layers = [self.layer] if isinstance(self.layer, str) else list(self.layer)
         reqs = resolve_layers(net, layers, aliases)
         self.extractor_ = FeatureExtractor(net, spec, reqs, crop=self.crop, concat=len(reqs) > 1)
         self.model_info_ = desc

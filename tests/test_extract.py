@@ -322,3 +322,20 @@ def test_decaf_transformer_pipeline(env):
     assert_close(back[0].transform(pngs[:1]), feats[[paths.index(pngs[0])]], 1e-6, "after pickling (batch of 1 vs 4)")
     with pytest.raises(minicaffe.ImageError, match="no such file"):
         dc.transform(["nope.jpg"])
+
+
+def test_default_model_quickstart(env, capsys):
+    """The README quickstart: no model flags -> the embedded EfficientNet-Lite0, global-pool features."""
+    from minicaffe.extract import default_model
+    from minicaffe.models import MODELS
+    if default_model() not in MODELS or not MODELS[default_model()].source.get("package"):
+        pytest.skip("no embedded default model registered")
+    pytest.importorskip(MODELS[default_model()].source["module"])
+    rc = run(main, [os.path.join(env["photos"], "animals"), "-o", "quick.h5", "-q", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    with h5py.File("quick.h5", "r") as f:
+        assert f.attrs["model"] == default_model()
+        (name,) = list(f["features"])
+        X = f["features"][name][()]
+    assert X.shape[0] == 2 and X.shape[1] > 100 and np.isfinite(X).all() and (X != 0).any()
