@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 
 from .cli import exit_with
-from .errors import MinicaffeError, WeightsError
+from .errors import WeightsError
 from .models import MODELS, get_model, weights_dirs
 
 

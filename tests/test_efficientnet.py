@@ -1,7 +1,6 @@
 """EfficientNet-Lite0/1/2 converted from the real ImageNet checkpoints against an independent
 PyTorch implementation (PyPI ``efficientnet-lite-pytorch``) on real photos, plus the layers they
 need (BatchNorm, Scale, depthwise convolution with TF-SAME padding) against plain references."""
-import importlib
 import os
 import subprocess
 import sys
@@ -34,11 +33,10 @@ def test_batchnorm_caffe_semantics(sf):
     x = rng.standard_normal((2, 5, 4, 3)).astype(np.float32)
     mean = rng.standard_normal(5).astype(np.float32)
     var = rng.uniform(0.2, 2.0, 5).astype(np.float32)
-    # Caffe stores running sums times scale_factor; the statistics are blob / scale_factor (0 -> 0)
-    eff_m, eff_v = (mean, var) if sf == 0 else (mean, var)
+    # Caffe stores running sums times scale_factor; the statistics are blob / scale_factor, and a
+    # zero scale_factor means zero statistics (Caffe: factor 0 instead of 1/0)
     blobs = (mean * sf, var * sf, np.array([sf], np.float32))
-    if sf == 0:
-        eff_m, eff_v = np.zeros(5, np.float32), np.zeros(5, np.float32)
+    eff_m, eff_v = (mean, var) if sf else (np.zeros(5, np.float32), np.zeros(5, np.float32))
     ref = torch_bn(x, eff_m, eff_v, 1e-3)
     assert_close(BN.batchnorm_reference(x, *blobs, eps=1e-3), ref, 1e-6, f"bn reference sf={sf}")
     assert_close(BN.batchnorm_cpu(x, *blobs, eps=1e-3), ref, 1e-6, f"bn cpu sf={sf}")

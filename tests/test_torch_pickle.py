@@ -1,6 +1,5 @@
 """The safe PyTorch checkpoint reader: both file formats against torch's own loader, and refusal
 of anything that is not a tensor or a plain container (a malicious pickle must run nothing)."""
-import io
 import os
 import pickle
 import subprocess

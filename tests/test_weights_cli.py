@@ -4,7 +4,6 @@ the embedded EfficientNet-Lite0 default, and ``python -m minicaffe.convert`` sub
 import functools
 import hashlib
 import http.server
-import os
 import threading
 
 import numpy as np
@@ -16,7 +15,7 @@ from minicaffe.io.caffemodel import read_caffemodel
 from minicaffe.io.h5weights import load_h5
 from minicaffe.models import MODELS, MODELS_DIR, ModelSpec, Preprocessing, get_model, register_model
 
-from conftest import FIXTURES, assert_close
+from conftest import assert_close
 
 
 @pytest.fixture
