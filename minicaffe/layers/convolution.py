@@ -107,6 +107,18 @@ def _scatter_bias(tmp, b, has_bias, y, n0, nb):
 
 
 @njit(parallel=True, cache=True)
+def _add_bias_planes(y, b):
+    # y: (N, M, P) += b[m]
+    N, M, P = y.shape
+    for t in prange(N * M):
+        m = t % M
+        n = t // M
+        bm = b[m]
+        for p in range(P):
+            y[n, m, p] += bm
+
+
+@njit(parallel=True, cache=True)
 def _depthwise(x, w, b, has_bias, sh, sw, pt, pl, dh, dw, mult, y):
     # x: (N, C, H, W), w: (C*mult, 1, kh, kw), y: (N, C*mult, Ho, Wo)
     N, C, H, W = x.shape
@@ -150,6 +162,12 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
         y = np.empty((N, M, Ho, Wo), dtype=np.float32)
         _depthwise(x, w, bb, has_bias, sh, sw, pt, pl, dh, dw, M // C, y)
         return y
+    if kh == kw == 1 and sh == sw == 1 and pad == (0, 0, 0, 0) and group == 1:
+        # 1x1 conv is a plain GEMM per image: (M, C) @ (C, H*W); no im2col copy needed
+        y = np.matmul(w.reshape(M, C), x.reshape(N, C, H * W))
+        if has_bias:
+            _add_bias_planes(y, bb)
+        return y.reshape(N, M, Ho, Wo)
     P = Ho * Wo
     K = C * kh * kw
     Kg, Mg = Cg * kh * kw, M // group
@@ -325,3 +343,158 @@ class Convolution(Layer):
         b = params[1] if self.bias_term else None
         f = {"numpy": convolution_reference, "cpu": convolution_cpu, "cuda": convolution_cuda}[backend]
         return [f(bottoms[0], w, b, self.stride, self.pad, self.dilation, self.group)]
+
+
+# ---------------------------------------------------------------------------------------------
+# backward (training): gradients w.r.t. the input, the weight and the bias
+
+
+def convolution_backward_reference(dy, x, w, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
+    """dy: (N, M, Ho, Wo), x: (N, C, H, W), w: (M, C/group, kh, kw) -> (dx, dw, db).
+
+    dx: (N, C, H, W), dw: (M, C/group, kh, kw), db: (M,). Plain NumPy, one tensordot per kernel
+    tap and group (the transpose of :func:`convolution_reference`); keeps the inputs' dtype, so
+    float64 inputs give a float64 gradient for finite-difference checks.
+    """
+    N, C, H, W = x.shape
+    M, Cg, kh, kw = w.shape
+    sh, sw = stride
+    dh, dw_ = dilation
+    pt, pb, pl, pr = pad
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    dt = np.result_type(dy, x, w)
+    xp = np.zeros((N, C, H + pt + pb, W + pl + pr), dtype=dt)
+    xp[:, :, pt:pt + H, pl:pl + W] = x
+    dxp = np.zeros_like(xp)
+    dw = np.zeros(w.shape, dtype=dt)
+    Mg = M // group
+    for g in range(group):
+        dyg = dy[:, g * Mg:(g + 1) * Mg]                      # (N, Mg, Ho, Wo)
+        wg = w[g * Mg:(g + 1) * Mg]
+        for i in range(kh):
+            for j in range(kw):
+                hs = slice(i * dh, i * dh + sh * (Ho - 1) + 1, sh)
+                ws = slice(j * dw_, j * dw_ + sw * (Wo - 1) + 1, sw)
+                patch = xp[:, g * Cg:(g + 1) * Cg, hs, ws]     # (N, Cg, Ho, Wo)
+                dw[g * Mg:(g + 1) * Mg, :, i, j] = np.tensordot(dyg, patch, axes=([0, 2, 3], [0, 2, 3]))
+                # (N, Mg, Ho, Wo) x (Mg, Cg) -> (N, Ho, Wo, Cg) -> NCHW
+                dxp[:, g * Cg:(g + 1) * Cg, hs, ws] += np.tensordot(dyg, wg[:, :, i, j],
+                                                                    axes=([1], [0])).transpose(0, 3, 1, 2)
+    dx = np.ascontiguousarray(dxp[:, :, pt:pt + H, pl:pl + W])
+    return dx, dw, dy.sum(axis=(0, 2, 3)).astype(dt)
+
+
+@njit(parallel=True, cache=True)
+def _col2im(col, n0, nb, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, dx):
+    # col: (C*kh*kw, nb*Ho*Wo), rows (c, i, j) as in _im2col; adds into dx[n0:n0+nb].
+    # One channel per iteration: rows of channel c only ever write dx[:, c], so no races.
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    P = Ho * Wo
+    for c in prange(C):
+        for i in range(kh):
+            for j in range(kw):
+                r = (c * kh + i) * kw + j
+                for n in range(nb):
+                    for oh in range(Ho):
+                        ih = oh * sh - pt + i * dh
+                        if ih < 0 or ih >= H:
+                            continue
+                        base = n * P + oh * Wo
+                        for ow in range(Wo):
+                            iw = ow * sw - pl + j * dw
+                            if iw >= 0 and iw < W:
+                                dx[n0 + n, c, ih, iw] += col[r, base + ow]
+
+
+@njit(parallel=True, cache=True)
+def _gather_dy(dy, n0, nb, out):
+    # dy: (N, M, P) -> out: (M, nb*P), the column layout of the forward GEMM result
+    M, P = dy.shape[1], dy.shape[2]
+    for m in prange(M):
+        for n in range(nb):
+            for p in range(P):
+                out[m, n * P + p] = dy[n0 + n, m, p]
+
+
+@njit(parallel=True, cache=True)
+def _depthwise_backward(dy, x, w, sh, sw, pt, pl, dh, dw, mult, dx, dwt):
+    # dy: (N, C*mult, Ho, Wo); dx: (N, C, H, W) zeroed; dwt: (N, C*mult, kh, kw) per-sample
+    # weight gradients (summed by the caller), so each (n, c) iteration writes only its own cells
+    N, C, H, W = x.shape
+    kh, kw = w.shape[2], w.shape[3]
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t % C
+        for q in range(mult):
+            m = c * mult + q
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    g = dy[n, m, oh, ow]
+                    for i in range(kh):
+                        ih = oh * sh - pt + i * dh
+                        if ih >= 0 and ih < H:
+                            for j in range(kw):
+                                iw = ow * sw - pl + j * dw
+                                if iw >= 0 and iw < W:
+                                    dx[n, c, ih, iw] += g * w[m, 0, i, j]
+                                    dwt[n, m, i, j] += g * x[n, c, ih, iw]
+
+
+def convolution_backward_cpu(dy, x, w, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
+    """Same contract as :func:`convolution_backward_reference`, float32.
+
+    im2col per batch chunk (Numba), the two GEMMs per group through NumPy's BLAS
+    (``dW_g = dY_g col_g^T``, ``dcol_g = W_g^T dY_g``), col2im back (Numba). Depthwise convs use a
+    direct kernel.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    dy = np.ascontiguousarray(dy, dtype=np.float32)
+    N, C, H, W = x.shape
+    M, Cg, kh, kw = w.shape
+    sh, sw = stride
+    dh, dw_ = dilation
+    pt, pb, pl, pr = pad
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    db = dy.sum(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)
+    dx = np.zeros((N, C, H, W), dtype=np.float32)
+    if group == C and Cg == 1:
+        dwt = np.zeros((N, M, kh, kw), dtype=np.float32)
+        _depthwise_backward(dy, x, np.ascontiguousarray(w, np.float32), sh, sw, pt, pl, dh, dw_, M // C, dx, dwt)
+        return dx, dwt.sum(axis=0).reshape(w.shape), db
+    if kh == kw == 1 and sh == sw == 1 and pad == (0, 0, 0, 0) and group == 1:
+        # 1x1 conv is a plain GEMM per image: (M, C) @ (C, H*W); no im2col copy needed
+        y = np.matmul(w.reshape(M, C), x.reshape(N, C, H * W))
+        if has_bias:
+            _add_bias_planes(y, bb)
+        return y.reshape(N, M, Ho, Wo)
+    P = Ho * Wo
+    K = C * kh * kw
+    Kg, Mg = Cg * kh * kw, M // group
+    nb = int(max(1, min(N, IM2COL_BUDGET // max(1, K * P * 4))))
+    w2 = np.ascontiguousarray(w.reshape(M, Kg), dtype=np.float32)   # OIHW -> (M, Cg*kh*kw)
+    dw2 = np.zeros((M, Kg), dtype=np.float32)
+    dy3 = dy.reshape(N, M, P)
+    for n0 in range(0, N, nb):
+        cur = min(nb, N - n0)
+        col = np.empty((K, cur * P), dtype=np.float32)
+        _im2col(x, n0, cur, kh, kw, sh, sw, pt, pl, dh, dw_, Ho, Wo, col)
+        dyc = np.empty((M, cur * P), dtype=np.float32)
+        _gather_dy(dy3, n0, cur, dyc)
+        dcol = np.empty((K, cur * P), dtype=np.float32)
+        for g in range(group):
+            dw2[g * Mg:(g + 1) * Mg] += dyc[g * Mg:(g + 1) * Mg] @ col[g * Kg:(g + 1) * Kg].T
+            np.matmul(w2[g * Mg:(g + 1) * Mg].T, dyc[g * Mg:(g + 1) * Mg], out=dcol[g * Kg:(g + 1) * Kg])
+        _col2im(dcol, n0, cur, kh, kw, sh, sw, pt, pl, dh, dw_, Ho, Wo, dx)
+    return dx, dw2.reshape(w.shape), db
+
+
+def _convolution_layer_backward(self, top_diffs, bottoms, tops, params, backend):
+    """-> ([dx], [dw, db]) for the layer's bottom and parameters (numpy/cpu backends)."""
+    f = {"numpy": convolution_backward_reference, "cpu": convolution_backward_cpu}[backend]
+    dx, dw, db = f(top_diffs[0], bottoms[0], params[0], self.stride, self.pad, self.dilation, self.group)
+    return [dx], ([dw, db] if self.bias_term else [dw])
+
+
+# attached here, after the forward code, so the backward lives beside it in this module
+Convolution.backward = _convolution_layer_backward
