@@ -7,7 +7,8 @@ shapes, and loads weights from a ``.caffemodel`` or our ``.h5`` (or seeds random
 which is what makes GoogLeNet's branches and Concat work) and returns every blob by its Caffe
 name, with Caffe's in-place semantics: after ``relu1`` the blob ``conv1`` is post-ReLU. The
 pre-activation value can be kept under ``<blob>.pre``. Profiling and activation capture attach
-through :meth:`Net.add_hook`; no layer contains timing code. It does not train (no backward).
+through :meth:`Net.add_hook`; no layer contains timing code. Training (the TRAIN phase and the
+backward pass) lives in :mod:`minicaffe.train`; ``set_phase``/``backward`` here are thin entries.
 """
 from __future__ import annotations
 
@@ -106,6 +107,8 @@ class Net:
             self.load_weights(weights)
         self.blobs: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self._hooks = []
+        if phase == "TRAIN":
+            self.set_phase("TRAIN", seed)
 
     # ------------------------------------------------------------------ building
     def _where(self):
@@ -295,6 +298,8 @@ class Net:
             if not self.input_names:
                 raise ModelError(f"{self._where()}: the net declares no input")
             inputs = {self.input_names[0]: data, **inputs}
+        if self.phase == "TRAIN":  # backward needs every bottom: nothing may run in place
+            keep_pre_activation = True
         i0 = 0 if start is None else self.layer_index(start)
         i1 = len(self.layers) - 1 if end is None else self.layer_index(end)
         if i0 == 0 or start is None:
@@ -364,6 +369,17 @@ class Net:
         if fetch is not None:
             return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
         return OrderedDict(blobs)
+
+    # ------------------------------------------------------------------ training
+    def set_phase(self, phase, seed=0):
+        """"TRAIN" (Dropout draws seeded masks; forwards are recorded for backward) or "TEST"."""
+        from .train import set_phase
+        set_phase(self, phase, seed)
+
+    def backward(self, top_diffs=None, end=None):
+        """Gradients of the last TRAIN forward; see :func:`minicaffe.train.backward`."""
+        from .train import backward
+        return backward(self, top_diffs, end=end)
 
     def _reshape(self, shapes):
         full = dict(self.input_shapes)

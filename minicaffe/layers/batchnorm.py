@@ -130,3 +130,32 @@ class BatchNorm(Layer):
             return [batchnorm_cpu(bottoms[0], mean, var, sf, self.eps, inplace)]
         x = bottoms[0] if is_device_array(bottoms[0]) else to_device(bottoms[0])
         return [batchnorm_cuda(x, mean, var, sf, self.eps, inplace)]
+
+
+# ---------------------------------------------------------------------------------------------
+# backward (training). Only the global-statistics mode exists, so BatchNorm is a fixed
+# per-channel affine map during fine-tuning (as Caffe with use_global_stats: true, where its
+# three blobs have lr_mult 0): dx = dy / sqrt(var/s + eps), and its blobs get no gradient.
+
+
+def batchnorm_backward_reference(dy, mean, var, scale_factor, eps=1e-5):
+    """dy: (N, C, ...) -> dx (same shape and dtype)."""
+    sf = float(np.asarray(scale_factor, np.float64).reshape(-1)[0])
+    s = 0.0 if sf == 0 else 1.0 / sf
+    a64 = 1.0 / np.sqrt(np.asarray(var, np.float64) * s + eps)
+    shp = (1, -1) + (1,) * (dy.ndim - 2)
+    return (dy * a64.reshape(shp)).astype(dy.dtype)
+
+
+def batchnorm_backward_cpu(dy, mean, var, scale_factor, eps=1e-5):
+    a, _ = bn_coefficients(mean, var, scale_factor, eps)
+    return channel_affine_cpu(dy, a, np.zeros_like(a))
+
+
+def _batchnorm_layer_backward(self, top_diffs, bottoms, tops, params, backend):
+    mean, var, sf = params
+    f = batchnorm_backward_reference if backend == "numpy" else batchnorm_backward_cpu
+    return [f(top_diffs[0], mean, var, sf, self.eps)], [None, None, None]
+
+
+BatchNorm.backward = _batchnorm_layer_backward

@@ -81,3 +81,22 @@ class Concat(Layer):
     def forward(self, bottoms, params, backend, inplace=False):
         f = {"numpy": concat_reference, "cpu": concat_cpu, "cuda": concat_cuda}[backend]
         return [f(bottoms, self._ax)]
+
+
+# ---------------------------------------------------------------------------------------------
+# backward (training): the gradient of a concatenation is the matching slice for each input
+
+
+def concat_backward_reference(dy, sizes, axis=1):
+    """dy: (N, sum C_i, H, W), sizes: [C_i] -> [dx_i] (copies of the slices)."""
+    return [np.ascontiguousarray(a) for a in np.split(dy, np.cumsum(sizes)[:-1], axis=axis)]
+
+
+concat_backward_cpu = concat_backward_reference  # memory copies: NumPy already runs at bandwidth
+
+
+def _concat_layer_backward(self, top_diffs, bottoms, tops, params, backend):
+    return concat_backward_reference(top_diffs[0], [b.shape[self._ax] for b in bottoms], self._ax), []
+
+
+Concat.backward = _concat_layer_backward

@@ -104,3 +104,70 @@ class Eltwise(Layer):
     def forward(self, bottoms, params, backend, inplace=False):
         f = {"numpy": eltwise_reference, "cpu": eltwise_cpu, "cuda": eltwise_cuda}[backend]
         return [f(bottoms, self.op, self.coeffs)]
+
+
+# ---------------------------------------------------------------------------------------------
+# backward (training)
+
+
+def eltwise_max_index(xs):
+    """xs: list of same-shape arrays -> int array: the input each MAX output came from, by
+    Caffe's eltwise_layer.cpp rule (bottom 1 wins a tie with bottom 0; later bottoms must be
+    strictly greater)."""
+    idx = np.where(xs[0] > xs[1], 0, 1)
+    m = np.maximum(xs[0], xs[1])
+    for k in range(2, len(xs)):
+        upd = xs[k] > m
+        idx = np.where(upd, k, idx)
+        m = np.where(upd, xs[k], m)
+    return idx
+
+
+def eltwise_backward_reference(dy, xs, op=SUM, coeffs=None):
+    """dy: shape S, xs: list of shape-S inputs -> list of dx_i (shape S).
+
+    SUM: coeff_i * dy; PROD: dy times the product of the other inputs (Caffe's default
+    ``stable_prod_grad``); MAX: dy where input i was the maximum."""
+    if op == SUM:
+        coeffs = coeffs or [1.0] * len(xs)
+        return [dy * c for c in coeffs]
+    if op == PROD:
+        out = []
+        for i in range(len(xs)):
+            g = dy.copy()
+            for j, x in enumerate(xs):
+                if j != i:
+                    g = g * x
+            out.append(g)
+        return out
+    idx = eltwise_max_index(xs)
+    return [np.where(idx == i, dy, np.zeros_like(dy)) for i in range(len(xs))]
+
+
+@njit(parallel=True, cache=True)
+def _scaled_copy(dy, c, out):
+    for i in prange(dy.size):
+        out[i] = dy[i] * c
+
+
+def eltwise_backward_cpu(dy, xs, op=SUM, coeffs=None):
+    """Same contract as :func:`eltwise_backward_reference`, float32; SUM (the residual-net case)
+    is a Numba kernel, PROD and MAX use the reference (NumPy is already element-wise)."""
+    dy = np.ascontiguousarray(dy, dtype=np.float32)
+    if op != SUM:
+        return [g.astype(np.float32, copy=False) for g in eltwise_backward_reference(dy, xs, op, coeffs)]
+    coeffs = coeffs or [1.0] * len(xs)
+    out = []
+    for c in coeffs:
+        g = np.empty_like(dy)
+        _scaled_copy(dy.reshape(-1), np.float32(c), g.reshape(-1))
+        out.append(g)
+    return out
+
+
+def _eltwise_layer_backward(self, top_diffs, bottoms, tops, params, backend):
+    f = eltwise_backward_reference if backend == "numpy" else eltwise_backward_cpu
+    return f(top_diffs[0], bottoms, self.op, self.coeffs), []
+
+
+Eltwise.backward = _eltwise_layer_backward

@@ -61,3 +61,22 @@ class Input(Layer):
 
     def forward(self, bottoms, params, backend, inplace=False):  # the net fills input blobs
         raise RuntimeError("Input layers are not run")
+
+
+# ---------------------------------------------------------------------------------------------
+# backward (training)
+
+
+def flatten_backward_reference(dy, bottom_shape):
+    """dy: the flattened shape -> the bottom's shape (the same row-major order)."""
+    return dy.reshape(bottom_shape)
+
+
+flatten_backward_cpu = flatten_backward_reference
+
+
+def _flatten_layer_backward(self, top_diffs, bottoms, tops, params, backend):
+    return [flatten_backward_reference(top_diffs[0], bottoms[0].shape)], []
+
+
+Flatten.backward = _flatten_layer_backward

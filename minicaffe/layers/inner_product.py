@@ -120,3 +120,41 @@ class InnerProduct(Layer):
         f = {"numpy": inner_product_reference, "cpu": inner_product_cpu, "cuda": inner_product_cuda}[backend]
         y = f(x2, params[0], b, self.transpose)
         return [y.reshape(lead + (self.num_output,))]
+
+
+# ---------------------------------------------------------------------------------------------
+# backward (training)
+
+
+def inner_product_backward_reference(dy, x, w, transpose=False):
+    """dy: (N, M), x: (N, K), w: (M, K) (or (K, M) if transpose) -> (dx (N, K), dw like w, db (M,)).
+
+    Keeps the inputs' dtype (float64 in finite-difference checks)."""
+    if transpose:
+        return dy @ w.T, x.T @ dy, dy.sum(axis=0)
+    return dy @ w, dy.T @ x, dy.sum(axis=0)
+
+
+def inner_product_backward_cpu(dy, x, w, transpose=False):
+    """Same contract as :func:`inner_product_backward_reference`, float32: the products are BLAS
+    GEMMs through NumPy (nothing a Numba loop would do faster)."""
+    dy = np.ascontiguousarray(dy, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if transpose:
+        dx, dw = np.matmul(dy, w.T), np.matmul(x.T, dy)
+    else:
+        dx, dw = np.matmul(dy, w), np.matmul(dy.T, x)
+    return dx, dw, dy.sum(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _inner_product_layer_backward(self, top_diffs, bottoms, tops, params, backend):
+    x = bottoms[0]
+    lead = tuple(x.shape[:self._ax])
+    n = int(np.prod(lead))
+    f = {"numpy": inner_product_backward_reference, "cpu": inner_product_backward_cpu}[backend]
+    # the same row-major flatten as the forward: (C, H, W) order
+    dx, dw, db = f(top_diffs[0].reshape(n, -1), x.reshape(n, -1), params[0], self.transpose)
+    return [dx.reshape(x.shape)], ([dw, db] if self.bias_term else [dw])
+
+
+InnerProduct.backward = _inner_product_layer_backward

@@ -168,3 +168,114 @@ class LRN(Layer):
     def forward(self, bottoms, params, backend, inplace=False):
         f = {"numpy": lrn_reference, "cpu": lrn_cpu, "cuda": lrn_cuda}[backend]
         return [f(bottoms[0], self.size, self.alpha, self.beta, self.k, self.region)]
+
+
+# ---------------------------------------------------------------------------------------------
+# backward (training)
+#
+# With y_j = x_j * s_j^-beta and s_j = k + a * sum_{i in win(j)} x_i^2 (a = alpha/n ACROSS,
+# alpha/n^2 WITHIN; windows are symmetric, so i in win(j) <=> j in win(i)):
+#   dx_j = dy_j * s_j^-beta - 2 a beta x_j * sum_{i in win(j)} dy_i y_i / s_i
+# which is Caffe's lrn_layer.cpp CrossChannelBackward, used here for both regions.
+
+
+def _window_sum_reference(v, size, region):
+    N, C, H, W = v.shape
+    pre = (size - 1) // 2
+    if region == ACROSS:
+        padded = np.zeros((N, C + size - 1, H, W), dtype=v.dtype)
+        padded[:, pre:pre + C] = v
+        return sum(padded[:, i:i + C] for i in range(size))
+    padded = np.zeros((N, C, H + size - 1, W + size - 1), dtype=v.dtype)
+    padded[:, :, pre:pre + H, pre:pre + W] = v
+    return sum(padded[:, :, i:i + H, j:j + W] for i in range(size) for j in range(size))
+
+
+def lrn_backward_reference(dy, x, size, alpha, beta, k, region=ACROSS):
+    """dy, x: (N, C, H, W) -> dx: (N, C, H, W) (float64 inside; float64 inputs stay float64)."""
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    if region == ACROSS:
+        a, kk = alpha / size, k
+    else:
+        a, kk = alpha / (size * size), 1.0
+    scale = kk + a * _window_sum_reference(x64 * x64, size, region)
+    y = x64 * scale ** -beta
+    acc = _window_sum_reference(dy64 * y / scale, size, region)
+    dx = dy64 * scale ** -beta - 2.0 * a * beta * x64 * acc
+    return dx.astype(np.result_type(dy, x))
+
+
+@njit(parallel=True, cache=True)
+def _lrn_across_back(dy, x, size, alpha, beta, k, dx):
+    N, C, H, W = x.shape
+    pre = (size - 1) // 2
+    a = alpha / size
+    for t in prange(N * H):
+        n = t // H
+        h = t % H
+        scale = np.empty((C, W))
+        ratio = np.empty((C, W))
+        for w in range(W):
+            for c in range(C):
+                s = 0.0
+                for cc in range(max(0, c - pre), min(C, c - pre + size)):
+                    v = np.float64(x[n, cc, h, w])
+                    s += v * v
+                scale[c, w] = k + a * s
+            for c in range(C):
+                ratio[c, w] = np.float64(dy[n, c, h, w]) * np.float64(x[n, c, h, w]) * scale[c, w] ** (-beta - 1.0)
+            for c in range(C):
+                acc = 0.0
+                for cc in range(max(0, c - pre), min(C, c - pre + size)):
+                    acc += ratio[cc, w]
+                dx[n, c, h, w] = np.float32(dy[n, c, h, w] * scale[c, w] ** (-beta)
+                                            - 2.0 * a * beta * x[n, c, h, w] * acc)
+
+
+@njit(parallel=True, cache=True)
+def _lrn_within_back(dy, x, size, alpha, beta, dx):
+    N, C, H, W = x.shape
+    pre = (size - 1) // 2
+    a = alpha / (size * size)
+    for t in prange(N * C):
+        n = t // C
+        c = t % C
+        scale = np.empty((H, W))
+        ratio = np.empty((H, W))
+        for h in range(H):
+            for w in range(W):
+                s = 0.0
+                for i in range(max(0, h - pre), min(H, h - pre + size)):
+                    for j in range(max(0, w - pre), min(W, w - pre + size)):
+                        v = np.float64(x[n, c, i, j])
+                        s += v * v
+                scale[h, w] = 1.0 + a * s
+                ratio[h, w] = np.float64(dy[n, c, h, w]) * np.float64(x[n, c, h, w]) * scale[h, w] ** (-beta - 1.0)
+        for h in range(H):
+            for w in range(W):
+                acc = 0.0
+                for i in range(max(0, h - pre), min(H, h - pre + size)):
+                    for j in range(max(0, w - pre), min(W, w - pre + size)):
+                        acc += ratio[i, j]
+                dx[n, c, h, w] = np.float32(dy[n, c, h, w] * scale[h, w] ** (-beta)
+                                            - 2.0 * a * beta * x[n, c, h, w] * acc)
+
+
+def lrn_backward_cpu(dy, x, size, alpha, beta, k, region=ACROSS):
+    """Same contract as :func:`lrn_backward_reference`, float32 out (float64 accumulation, Numba)."""
+    dy = np.ascontiguousarray(dy, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    dx = np.empty_like(x)
+    if region == ACROSS:
+        _lrn_across_back(dy, x, size, float(alpha), float(beta), float(k), dx)
+    else:
+        _lrn_within_back(dy, x, size, float(alpha), float(beta), dx)
+    return dx
+
+
+def _lrn_layer_backward(self, top_diffs, bottoms, tops, params, backend):
+    f = lrn_backward_reference if backend == "numpy" else lrn_backward_cpu
+    return [f(top_diffs[0], bottoms[0], self.size, self.alpha, self.beta, self.k, self.region)], []
+
+
+LRN.backward = _lrn_layer_backward

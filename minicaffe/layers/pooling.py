@@ -208,3 +208,94 @@ class Pooling(Layer):
                   pool_out_size(x.shape[3], k[1], s[1], p[1], self.ceil_mode))
         f = {"numpy": pooling_reference, "cpu": pooling_cpu, "cuda": pooling_cuda}[backend]
         return [f(x, self.method, k, s, p, out_hw)]
+
+
+# ---------------------------------------------------------------------------------------------
+# backward (training)
+
+
+def pooling_backward_reference(dy, x, method, kernel, stride, pad):
+    """dy: (N, C, Ho, Wo), x: (N, C, H, W) -> dx: (N, C, H, W).
+
+    MAX sends each output's gradient to the first maximum of its (image-clipped) window in
+    row-major scan order — the cell Caffe's forward records in its mask; AVE spreads it evenly,
+    divided by the same padded-window size as the forward. Keeps the inputs' dtype.
+    """
+    N, C, H, W = x.shape
+    kh, kw = kernel
+    sh, sw = stride
+    ph, pw = pad
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    dx = np.zeros(x.shape, dtype=np.result_type(dy, x))
+    nn, cc = np.meshgrid(np.arange(N), np.arange(C), indexing="ij")
+    for oh in range(Ho):
+        for ow in range(Wo):
+            hs, ws = oh * sh - ph, ow * sw - pw
+            if method == MAX:
+                he, we = min(hs + kh, H), min(ws + kw, W)
+                hs, ws = max(hs, 0), max(ws, 0)
+                win = x[:, :, hs:he, ws:we].reshape(N, C, -1)
+                k = win.argmax(axis=2)                     # first maximum, row-major
+                dx[nn, cc, hs + k // (we - ws), ws + k % (we - ws)] += dy[:, :, oh, ow]
+            else:
+                he, we = min(hs + kh, H + ph), min(ws + kw, W + pw)
+                size = (he - hs) * (we - ws)
+                hs, ws, he, we = max(hs, 0), max(ws, 0), min(he, H), min(we, W)
+                dx[:, :, hs:he, ws:we] += (dy[:, :, oh, ow] / size)[:, :, None, None]
+    return dx
+
+
+@njit(parallel=True, cache=True)
+def _pool_back_cpu(dy, x, method, kh, kw, sh, sw, ph, pw, dx):
+    N, C, H, W = x.shape
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    for t in prange(N * C):              # a (n, c) plane per iteration: writes never overlap
+        n = t // C
+        c = t % C
+        for oh in range(Ho):
+            for ow in range(Wo):
+                hs = oh * sh - ph
+                ws = ow * sw - pw
+                g = dy[n, c, oh, ow]
+                if method == 0:
+                    he = min(hs + kh, H)
+                    we = min(ws + kw, W)
+                    hs = max(hs, 0)
+                    ws = max(ws, 0)
+                    m = np.float32(-3.402823466e38)
+                    bi = hs
+                    bj = ws
+                    for i in range(hs, he):
+                        for j in range(ws, we):
+                            v = x[n, c, i, j]
+                            if v > m:
+                                m = v
+                                bi = i
+                                bj = j
+                    dx[n, c, bi, bj] += g
+                else:
+                    he = min(hs + kh, H + ph)
+                    we = min(ws + kw, W + pw)
+                    g = g / np.float32((he - hs) * (we - ws))
+                    for i in range(max(hs, 0), min(he, H)):
+                        for j in range(max(ws, 0), min(we, W)):
+                            dx[n, c, i, j] += g
+
+
+def pooling_backward_cpu(dy, x, method, kernel, stride, pad):
+    """Same contract as :func:`pooling_backward_reference`, float32 (Numba, prange over N*C)."""
+    dy = np.ascontiguousarray(dy, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    dx = np.zeros(x.shape, dtype=np.float32)
+    _pool_back_cpu(dy, x, method, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], dx)
+    return dx
+
+
+def _pooling_layer_backward(self, top_diffs, bottoms, tops, params, backend):
+    x = bottoms[0]
+    k, s, p = self.geometry(x.shape)
+    f = pooling_backward_reference if backend == "numpy" else pooling_backward_cpu
+    return [f(top_diffs[0], x, self.method, k, s, p)], []
+
+
+Pooling.backward = _pooling_layer_backward

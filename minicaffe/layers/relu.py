@@ -127,3 +127,60 @@ class Clip(Layer):
             return [clip_reference(bottoms[0], self.lo, self.hi)]
         f = clip_cpu if backend == "cpu" else clip_cuda
         return [f(bottoms[0], self.lo, self.hi, inplace)]
+
+
+# ---------------------------------------------------------------------------------------------
+# backward (training): both need the *bottom* (pre-activation) value, which the training
+# forward keeps because it never runs these layers in place
+
+
+def relu_backward_reference(dy, x, negative_slope=0.0):
+    """dy, x: same shape -> dx = dy * (1 if x > 0 else negative_slope) (Caffe's rule at x == 0)."""
+    return np.where(x > 0, dy, dy * negative_slope)
+
+
+def clip_backward_reference(dy, x, lo, hi):
+    """dy, x: same shape -> dx = dy where lo <= x <= hi, else 0 (Caffe's clip_layer: closed interval)."""
+    return np.where((x >= lo) & (x <= hi), dy, np.zeros_like(dy))
+
+
+@njit(parallel=True, cache=True)
+def _relu_back_flat(dy, x, slope, dx):
+    for i in prange(x.size):
+        dx[i] = dy[i] if x[i] > 0 else dy[i] * slope
+
+
+@njit(parallel=True, cache=True)
+def _clip_back_flat(dy, x, lo, hi, dx):
+    for i in prange(x.size):
+        dx[i] = dy[i] if (x[i] >= lo and x[i] <= hi) else np.float32(0.0)
+
+
+def relu_backward_cpu(dy, x, negative_slope=0.0):
+    dy = np.ascontiguousarray(dy, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    dx = np.empty_like(dy)
+    _relu_back_flat(dy.reshape(-1), x.reshape(-1), np.float32(negative_slope), dx.reshape(-1))
+    return dx
+
+
+def clip_backward_cpu(dy, x, lo, hi):
+    dy = np.ascontiguousarray(dy, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    dx = np.empty_like(dy)
+    _clip_back_flat(dy.reshape(-1), x.reshape(-1), np.float32(lo), np.float32(hi), dx.reshape(-1))
+    return dx
+
+
+def _relu_layer_backward(self, top_diffs, bottoms, tops, params, backend):
+    f = relu_backward_reference if backend == "numpy" else relu_backward_cpu
+    return [f(top_diffs[0], bottoms[0], self.slope)], []
+
+
+def _clip_layer_backward(self, top_diffs, bottoms, tops, params, backend):
+    f = clip_backward_reference if backend == "numpy" else clip_backward_cpu
+    return [f(top_diffs[0], bottoms[0], self.lo, self.hi)], []
+
+
+ReLU.backward = _relu_layer_backward
+Clip.backward = _clip_layer_backward

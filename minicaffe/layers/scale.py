@@ -77,3 +77,53 @@ class Scale(Layer):
             return [scale_cpu(bottoms[0], gamma, beta, inplace)]
         x = bottoms[0] if is_device_array(bottoms[0]) else to_device(bottoms[0])
         return [scale_cuda(x, gamma, beta, inplace)]
+
+
+# ---------------------------------------------------------------------------------------------
+# backward (training)
+
+from numba import njit, prange  # noqa: E402
+
+
+def scale_backward_reference(dy, x, gamma, bias_term=True):
+    """dy, x: (N, C, ...), gamma: (C,) -> (dx like x, dgamma (C,), dbeta (C,) or None)."""
+    shp = (1, -1) + (1,) * (x.ndim - 2)
+    axes = (0,) + tuple(range(2, x.ndim))
+    dx = dy * gamma.reshape(shp)
+    return dx, (dy * x).sum(axis=axes), (dy.sum(axis=axes) if bias_term else None)
+
+
+@njit(parallel=True, cache=True)
+def _channel_sums(dy, x, dg, db):
+    # dy, x: (N, C, P) -> dg[c] = sum dy*x, db[c] = sum dy (float64 accumulation per channel)
+    N, C, P = dy.shape
+    for c in prange(C):
+        sg = 0.0
+        sb = 0.0
+        for n in range(N):
+            for p in range(P):
+                sg += dy[n, c, p] * x[n, c, p]
+                sb += dy[n, c, p]
+        dg[c] = sg
+        db[c] = sb
+
+
+def scale_backward_cpu(dy, x, gamma, bias_term=True):
+    """Same contract as :func:`scale_backward_reference`, float32 (Numba)."""
+    dy = np.ascontiguousarray(dy, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    N, C = x.shape[0], x.shape[1]
+    dg = np.empty(C, np.float32)
+    db = np.empty(C, np.float32)
+    _channel_sums(dy.reshape(N, C, -1), x.reshape(N, C, -1), dg, db)
+    dx = channel_affine_cpu(dy, gamma, np.zeros_like(gamma))
+    return dx, dg, (db if bias_term else None)
+
+
+def _scale_layer_backward(self, top_diffs, bottoms, tops, params, backend):
+    f = scale_backward_reference if backend == "numpy" else scale_backward_cpu
+    dx, dg, db = f(top_diffs[0], bottoms[0], params[0], self.bias_term)
+    return [dx], ([dg, db] if self.bias_term else [dg])
+
+
+Scale.backward = _scale_layer_backward

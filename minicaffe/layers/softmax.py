@@ -99,3 +99,42 @@ class Softmax(Layer):
     def forward(self, bottoms, params, backend, inplace=False):
         f = {"numpy": softmax_reference, "cpu": softmax_cpu, "cuda": softmax_cuda}[backend]
         return [f(bottoms[0], self._ax)]
+
+
+# ---------------------------------------------------------------------------------------------
+# backward (training)
+
+
+def softmax_backward_reference(dy, y, axis=1):
+    """dy, y (the softmax output): same shape -> dx = y * (dy - sum(dy * y, axis))."""
+    return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
+
+
+@njit(parallel=True, cache=True)
+def _softmax3_back(dy, y, dx):
+    O, C, I = y.shape
+    for t in prange(O * I):
+        o = t // I
+        i = t % I
+        s = 0.0
+        for c in range(C):
+            s += dy[o, c, i] * y[o, c, i]
+        for c in range(C):
+            dx[o, c, i] = y[o, c, i] * (dy[o, c, i] - s)
+
+
+def softmax_backward_cpu(dy, y, axis=1):
+    dy = np.ascontiguousarray(dy, dtype=np.float32)
+    y = np.ascontiguousarray(y, dtype=np.float32)
+    dx = np.empty_like(y)
+    s3 = _as3(y.shape, axis)
+    _softmax3_back(dy.reshape(s3), y.reshape(s3), dx.reshape(s3))
+    return dx
+
+
+def _softmax_layer_backward(self, top_diffs, bottoms, tops, params, backend):
+    f = softmax_backward_reference if backend == "numpy" else softmax_backward_cpu
+    return [f(top_diffs[0], tops[0], self._ax)], []
+
+
+Softmax.backward = _softmax_layer_backward
