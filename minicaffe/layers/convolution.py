@@ -463,11 +463,12 @@ def convolution_backward_cpu(dy, x, w, stride=(1, 1), pad=(0, 0, 0, 0), dilation
         _depthwise_backward(dy, x, np.ascontiguousarray(w, np.float32), sh, sw, pt, pl, dh, dw_, M // C, dx, dwt)
         return dx, dwt.sum(axis=0).reshape(w.shape), db
     if kh == kw == 1 and sh == sw == 1 and pad == (0, 0, 0, 0) and group == 1:
-        # 1x1 conv is a plain GEMM per image: (M, C) @ (C, H*W); no im2col copy needed
-        y = np.matmul(w.reshape(M, C), x.reshape(N, C, H * W))
-        if has_bias:
-            _add_bias_planes(y, bb)
-        return y.reshape(N, M, Ho, Wo)
+        # 1x1 conv: the column matrix is the input itself, (C, H*W) per image; no im2col/col2im
+        x3, dy3 = x.reshape(N, C, H * W), dy.reshape(N, M, H * W)
+        w2 = np.ascontiguousarray(w.reshape(M, C), dtype=np.float32)
+        dx = np.matmul(w2.T, dy3)                                  # (C, M) @ (N, M, P) -> (N, C, P)
+        dw = np.matmul(dy3, x3.transpose(0, 2, 1)).sum(axis=0)    # sum_n (M, P) @ (P, C)
+        return dx.reshape(N, C, H, W), dw.reshape(w.shape), db
     P = Ho * Wo
     K = C * kh * kw
     Kg, Mg = Cg * kh * kw, M // group
