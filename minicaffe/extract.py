@@ -403,6 +403,9 @@ def build_parser():
     r.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
                    help=f"refuse images with a side below this, e.g. 1x1 pixels (default {DEFAULT_MIN_SIZE}; 1 accepts all)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--cluster", help="run shards on Dask workers (docs/distributed.md): local[:N] for N worker "
+                                     "processes here, or a scheduler address. e.g. --cluster tcp://10.0.0.5:8786")
+    r.add_argument("--shard-size", type=int, help="images per Dask task and part file (default 256). e.g. 512")
     return p
 
 
@@ -509,6 +512,9 @@ def main(argv=None):
         _atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta).encode()))
     parts = read_parts(parts_dir)
     sources.extend(parts)
+    if args.cluster:   # shards on Dask workers, merged here (issue 10: minicaffe/distributed.py)
+        from .distributed import run as run_on_cluster
+        return run_on_cluster(args, listing, fx, meta, sources, parts_dir, out, fmt)
     done = {p for s in sources for p in s.paths} | {p for s in sources for p, _ in s.failed}
     todo = [i for i, p in enumerate(listing.paths) if p not in done]
     if done:

@@ -1,0 +1,456 @@
+"""``python -m minicaffe.extract ... --cluster local[:N] | tcp://HOST:PORT``: extraction on Dask workers.
+
+The driver (:func:`run`, called by ``minicaffe.extract.main`` once it has listed the inputs, loaded
+the net and read what an interrupted run left) splits the images still to do into shards of
+``--shard-size`` inputs and submits one ``dask.distributed`` task per shard. A worker process
+loads the net once (:func:`worker_extractor` keeps it in a module-level cache) and for its shard
+decodes, preprocesses and forwards the images with the very functions of the single-machine run
+(``preprocess.worker_load``, ``extract.FeatureExtractor``), then writes one HDF5 part file
+``OUT.parts/shard-<run id>-<seq>.h5`` under a temporary name and renames it, so a part that exists
+is complete. The driver then merges every finished part (and the checkpoints or finished output an
+earlier run left) with ``extract.assemble`` into OUT: the same layout, provenance attributes and
+``failed`` list as a single-machine run, rows in input order, each path exactly once.
+
+Fault tolerance is Dask's plus the part files: when a worker process dies mid-shard the scheduler
+reruns the task on another worker (the rerun writes the same part name); when the driver dies,
+``--resume`` skips every path found in a finished part and gives the rest new shards under a new
+run id, and a part written late by an orphaned task of the dead driver is dropped at merge time
+(first finished part wins per path). Workers must see the output folder and the images at the same
+absolute paths as the driver (a shared file system). This module does not start remote machines,
+copy files between them, or balance GPUs itself: start ``dask scheduler`` / ``dask worker`` (one
+worker process per GPU with ``--backend cuda``) as docs/distributed.md shows.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+
+from . import __version__
+from .errors import MinicaffeError
+
+SHARD_PREFIX = "shard-"
+SHARD_SUFFIX = ".h5"
+DEFAULT_SHARD_SIZE = 256
+#: how long the driver waits for a first worker on an existing scheduler
+WORKER_WAIT_S = 60
+#: what the last :func:`run` in this process did (for scripts/bench_dask.py and the tests)
+LAST_RUN: dict = {}
+
+
+class ClusterError(MinicaffeError):
+    """The Dask cluster cannot be reached or used, or a shard task failed."""
+
+
+# ---------------------------------------------------------------------------------- worker side
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """What a worker needs to rebuild the driver's FeatureExtractor: paths and options, never arrays."""
+    model: str | None
+    prototxt: str | None
+    weights: str | None
+    preprocess: str
+    mean: str
+    crop_size: int | None
+    backend: str
+    layers: tuple
+    pre_relu: bool
+    concat: bool
+    crop: str
+    weights_sha1: str
+    version: str
+
+    @classmethod
+    def from_args(cls, args, fx, weights_sha1):
+        ab = lambda p: os.path.abspath(p) if p else p      # workers may run in another folder
+        return cls(args.model, ab(args.prototxt), ab(args.weights), args.preprocess, args.mean, args.crop_size,
+                   args.backend, tuple(r.request for r in fx.layers), bool(args.pre_relu), bool(args.concat),
+                   fx.crop, weights_sha1, __version__)
+
+
+_CACHE: dict = {}                 # ModelConfig -> (FeatureExtractor, lock, seconds it took to load)
+_CACHE_LOCK = threading.Lock()
+
+
+def worker_extractor(cfg: ModelConfig):
+    """-> (FeatureExtractor, forward lock, load seconds): built on this process's first shard, then reused."""
+    with _CACHE_LOCK:
+        if cfg in _CACHE:
+            return _CACHE[cfg]
+        from .extract import FeatureExtractor, load_model, resolve_layers
+        if cfg.version != __version__:
+            raise ClusterError(f"worker {socket.gethostname()} runs minicaffe {__version__}, the driver "
+                               f"{cfg.version}; install the same version everywhere")
+        t0 = time.perf_counter()
+        ns = argparse.Namespace(model=cfg.model, prototxt=cfg.prototxt, weights=cfg.weights,
+                                preprocess=cfg.preprocess, mean=cfg.mean, crop_size=cfg.crop_size,
+                                backend=cfg.backend)
+        net, spec, aliases, desc = load_model(ns)
+        if desc["weights_sha1"] != cfg.weights_sha1:
+            raise ClusterError(f"worker {socket.gethostname()}: weights {desc['weights'] or cfg.model} have sha1 "
+                               f"{desc['weights_sha1']}, the driver's {cfg.weights_sha1}; every machine needs the "
+                               "same weights file")
+        layers = resolve_layers(net, cfg.layers, aliases, cfg.pre_relu)
+        fx = FeatureExtractor(net, spec, layers, crop=cfg.crop, concat=cfg.concat)
+        # one forward at a time per process: Net keeps its blobs between layers; decoding runs outside the lock
+        _CACHE[cfg] = (fx, threading.Lock(), time.perf_counter() - t0)
+        return _CACHE[cfg]
+
+
+@dataclasses.dataclass
+class ShardJob:
+    """One task: ``paths`` as listed (written to the output) and ``files`` (absolute, opened by the worker)."""
+    seq: int
+    part: str                     # absolute final path of the part file
+    paths: list
+    files: list
+    batch_size: int
+    max_pixels: int
+    min_size: int
+    throttle: float = 0.0         # test hook: seconds to sleep after each batch
+
+
+def run_shard(cfg: ModelConfig, job: ShardJob):
+    """Runs on a worker: the shard's images -> one part file. Returns timings and the failed rows."""
+    from .preprocess import worker_load
+    t_start = time.time()
+    was_cached = cfg in _CACHE
+    fx, lock, load_s = worker_extractor(cfg)
+    dims = fx.feature_dims()
+    chunks = {k: [] for k in dims}
+    ok_paths, failed = [], []
+    decode_s = forward_s = 0.0
+    for w0 in range(0, len(job.paths), job.batch_size):
+        t0 = time.perf_counter()
+        images = []
+        for k in range(w0, min(w0 + job.batch_size, len(job.paths))):
+            _, img, reason = worker_load((k, job.files[k], fx.spec, job.max_pixels, job.min_size))
+            if img is None:
+                failed.append((job.paths[k], reason))
+            else:
+                images.append(img)
+                ok_paths.append(job.paths[k])
+        t1 = time.perf_counter()
+        decode_s += t1 - t0
+        if images:
+            x = fx.normalize(images)
+            with lock:
+                feats = fx.forward(x, len(images))
+            for k, v in feats.items():
+                chunks[k].append(v)
+        forward_s += time.perf_counter() - t1
+        if job.throttle:
+            time.sleep(job.throttle)
+    t0 = time.perf_counter()
+    feats = {k: np.concatenate(v) if v else np.empty((0, dims[k][0]), np.float32) for k, v in chunks.items()}
+    write_shard(job.part, ok_paths, failed, feats, seq=job.seq)
+    write_s = time.perf_counter() - t0
+    return {"seq": job.seq, "part": job.part, "n": len(job.paths), "n_ok": len(ok_paths), "failed": failed,
+            "host": socket.gethostname(), "pid": os.getpid(), "net_load_s": 0.0 if was_cached else load_s,
+            "decode_s": decode_s, "forward_s": forward_s, "write_s": write_s, "start": t_start, "end": time.time(),
+            "threads": _threads()}
+
+
+def _threads():
+    try:
+        import numba
+        return int(numba.get_num_threads())
+    except Exception:  # noqa: BLE001 - only informative
+        return 0
+
+
+def _probe(parts_dir, first_file):
+    """Runs on every worker before submitting: can it see the shared folders?"""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "parts": os.path.isdir(parts_dir),
+            "input": os.path.exists(first_file), "version": __version__}
+
+
+# ---------------------------------------------------------------------------------- part files
+def write_shard(path, paths, failed, feats, seq=-1):
+    """One shard -> HDF5 ``path`` (temp name + fsync + rename: the final name only ever holds a whole file).
+
+    paths: (n,) written rows; failed: [(path, reason)]; feats: dataset name -> (n, D) float32.
+    """
+    import h5py
+    strs = h5py.string_dtype("utf-8")
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("paths", data=np.asarray(paths, dtype=object).reshape(-1), dtype=strs)
+        f.create_dataset("failed", data=np.asarray(failed, dtype=object).reshape(-1, 2), dtype=strs)
+        g = f.create_group("features")
+        for k, v in feats.items():
+            g.create_dataset(k, data=np.asarray(v, np.float32))
+        f.attrs.update(seq=seq, host=socket.gethostname(), pid=os.getpid(), created=time.time())
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_shards(parts_dir, warn=None):
+    """-> [extract.Source] of every finished part in ``parts_dir``, oldest run first; temp files ignored."""
+    import h5py
+    from .extract import Source
+    out = []
+    if not os.path.isdir(parts_dir):
+        return out
+    for fn in sorted(os.listdir(parts_dir)):
+        if not (fn.startswith(SHARD_PREFIX) and fn.endswith(SHARD_SUFFIX)):
+            continue
+        path = os.path.join(parts_dir, fn)
+        try:
+            with h5py.File(path, "r") as f:
+                paths = list(f["paths"].asstr()[()])
+                failed = [tuple(r) for r in f["failed"].asstr()[()].reshape(-1, 2)]
+                seq = int(f.attrs.get("seq", -1))
+        except Exception as e:  # noqa: BLE001 - a damaged part is redone, never trusted
+            if warn:
+                warn(f"{path}: unreadable part ({type(e).__name__}: {e}); its images will be extracted again")
+            continue
+
+        def load(path=path):
+            with h5py.File(path, "r") as f:
+                return {k: f["features"][k][()] for k in f["features"]}
+        out.append(Source(paths, failed, load, seq))
+    return out
+
+
+def dedupe(sources):
+    """Keep each path's first occurrence over ``sources`` (in order) -> (sources, number of rows dropped).
+
+    A path is in two parts only when an orphaned task of a killed driver finished after the resumed
+    driver had listed the parts; both rows come from the same net and image, so either is right.
+    """
+    from .extract import Source
+    seen, out, dropped = set(), [], 0
+    for s in sources:
+        keep = [j for j, p in enumerate(s.paths) if p not in seen]
+        fail = [r for r in s.failed if r[0] not in seen]
+        seen.update(s.paths[j] for j in keep)
+        seen.update(p for p, _ in fail)
+        if len(keep) == len(s.paths) and len(fail) == len(s.failed):
+            out.append(s)
+            continue
+        dropped += len(s.paths) - len(keep) + len(s.failed) - len(fail)
+        if keep or fail:
+            idx = np.asarray(keep, np.int64)
+            out.append(Source([s.paths[j] for j in keep], fail,
+                              lambda s=s, idx=idx: {k: v[idx] for k, v in s.feats().items()}, s.seq))
+    return out, dropped
+
+
+# ---------------------------------------------------------------------------------- cluster
+def parse_cluster(spec):
+    """``local``, ``local:N`` or a scheduler address -> ("local", N) or ("address", str)."""
+    s = (spec or "").strip()
+    if s == "local" or s.startswith("local:"):
+        n = s[6:] if s != "local" else str(max(1, os.cpu_count() or 1))
+        if not n.isdigit() or int(n) < 1:
+            raise _usage(f"--cluster {spec!r}: local:N needs a number of worker processes >= 1, e.g. local:2")
+        return "local", int(n)
+    if "://" in s and s.split("://", 1)[1]:
+        return "address", s
+    raise _usage(f"--cluster {spec!r}: expected local, local:N or a scheduler address such as tcp://10.0.0.5:8786")
+
+
+def _usage(msg):
+    from .extract import UsageError
+    return UsageError(msg)
+
+
+def _threads_env(n):
+    # dask's nanny pins OMP/MKL/OpenBLAS to 1 thread per worker process; a local cluster of N
+    # processes on C cores gets C // N BLAS and Numba threads each instead, so 1 worker uses every core
+    t = str(max(1, (os.cpu_count() or 1) // n))
+    return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "NUMBA_NUM_THREADS": t,
+            "MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+def connect(spec):
+    """-> (Client, LocalCluster or None). A local cluster listens on 127.0.0.1 only."""
+    try:
+        import dask
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ClusterError("--cluster needs Dask: pip install 'dask[distributed]' (or minicaffe[dask])") from None
+    kind, val = parse_cluster(spec)
+    if kind == "local":
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": _threads_env(val)}):
+            cluster = LocalCluster(n_workers=val, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+        return Client(cluster), cluster
+    try:
+        client = Client(val, timeout="20s")
+    except (OSError, TimeoutError) as e:
+        raise ClusterError(f"--cluster {val}: cannot reach the Dask scheduler ({e}); start it with "
+                           "`dask scheduler` and give its tcp://HOST:PORT") from None
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except (TimeoutError, OSError):
+        client.close()
+        raise ClusterError(f"--cluster {val}: no worker joined within {WORKER_WAIT_S} s; start some with "
+                           f"`dask worker {val} --nthreads 1`") from None
+    return client, None
+
+
+def dashboard(client):
+    """The dashboard's URL, or None: without bokeh the scheduler's HTTP port serves no dashboard pages."""
+    try:
+        if not client.run_on_scheduler(_has_bokeh):
+            return None
+        if "dashboard" in client.scheduler_info().get("services", {}):
+            return client.dashboard_link
+    except Exception:  # noqa: BLE001 - only informative
+        pass
+    return None
+
+
+def _has_bokeh():
+    import importlib.util
+    return importlib.util.find_spec("bokeh") is not None
+
+
+# ---------------------------------------------------------------------------------- driver
+def run(args, listing, fx, meta, sources, parts_dir, out, fmt):
+    """The extract CLI's run on a cluster -> exit status (0 some images done, 1 none).
+
+    sources: what extract.main found already done (a finished OUT, single-machine checkpoints);
+    finished shard parts in ``parts_dir`` are added here.
+    """
+    from tqdm import tqdm
+    from .extract import _THROTTLE_ENV, assemble, warn
+
+    shard_size = args.shard_size if args.shard_size is not None else DEFAULT_SHARD_SIZE
+    if shard_size < 1:
+        raise _usage("--shard-size must be at least 1")
+    parse_cluster(args.cluster)                     # a bad spelling is a usage error before any work
+    dims = fx.feature_dims()
+    done_parts = read_shards(parts_dir, warn)
+    done = {p for s in [*sources, *done_parts] for p in [*s.paths, *(q for q, _ in s.failed)]}
+    todo = [i for i, p in enumerate(listing.paths) if p not in done]
+    if done:
+        print(f"minicaffe: resuming: {len(done)} image(s) already done, {len(todo)} to go", file=sys.stderr)
+
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]   # sorts oldest run first
+    parts_abs = os.path.abspath(parts_dir)
+    jobs = []
+    for seq, s0 in enumerate(range(0, len(todo), shard_size)):
+        idx = todo[s0:s0 + shard_size]
+        paths = [listing.paths[i] for i in idx]
+        jobs.append(ShardJob(seq, os.path.join(parts_abs, f"{SHARD_PREFIX}{run_id}-{seq:07d}{SHARD_SUFFIX}"),
+                             paths, [os.path.abspath(p) for p in paths], args.batch_size, args.max_pixels,
+                             args.min_size, float(os.environ.get(_THROTTLE_ENV, "0") or 0)))
+    results, elapsed, n_workers = [], 0.0, 0
+    if jobs:
+        results, elapsed, n_workers = _submit(args, fx, meta, jobs, parts_abs, tqdm, warn)
+
+    # the part files on disk are the truth: rows of a shard the driver saw finish, and any late ones
+    merged, dropped = dedupe([*sources, *read_shards(parts_dir, warn)])
+    missing = set(listing.paths) - {p for s in merged for p in [*s.paths, *(q for q, _ in s.failed)]}
+    if missing:
+        raise ClusterError(f"{len(missing)} image(s) (e.g. {sorted(missing)[0]}) are in no finished part; "
+                           "rerun with --resume")
+    n, m = assemble(out, fmt, listing, merged, meta, dims)
+    shutil.rmtree(parts_dir, ignore_errors=True)   # a late orphaned write may race with the removal
+    n_new = sum(r["n"] for r in results)
+    LAST_RUN.clear()
+    LAST_RUN.update(results=results, elapsed=elapsed, workers=n_workers, shards=len(jobs), images=n_new,
+                    resumed=len(done), dropped_duplicates=dropped, run_id=run_id)
+    rate = f" in {elapsed:.1f}s ({n_new / elapsed:.1f} images/s on {n_workers} worker(s))" if n_new and elapsed else ""
+    print(f"minicaffe: wrote {out}: {n} image(s) x {', '.join(f'{k} ({d})' for k, (d, _) in dims.items())}, "
+          f"{m} failed{rate}", file=sys.stderr)
+    if results and not args.quiet:
+        print("minicaffe: " + summarize(results, elapsed), file=sys.stderr)
+    if n == 0:
+        print(f"minicaffe: error: no image could be used ({m} failed; see the warnings above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _submit(args, fx, meta, jobs, parts_abs, tqdm, warn):
+    """Submit every shard, follow them to the end -> (results, seconds, workers seen)."""
+    from distributed import as_completed
+    from distributed.client import FutureCancelledError
+    try:
+        from distributed.scheduler import KilledWorker
+    except ImportError:  # pragma: no cover - moved in some versions
+        from distributed import KilledWorker
+
+    client, cluster = connect(args.cluster)
+    total = sum(len(j.paths) for j in jobs)
+    try:
+        probes = client.run(_probe, parts_abs, jobs[0].files[0])
+        for addr, pr in probes.items():
+            if not pr["parts"]:
+                raise ClusterError(f"worker {addr} ({pr['host']}) cannot see {parts_abs}; the output folder must "
+                                   "be on a file system every worker mounts at the same path")
+            if not pr["input"]:
+                raise ClusterError(f"worker {addr} ({pr['host']}) cannot see {jobs[0].files[0]}; the images must "
+                                   "be on a file system every worker mounts at the same path")
+        link = dashboard(client)
+        print(f"minicaffe: {len(jobs)} shard(s) of <= {len(jobs[0].paths)} image(s) on {len(probes)} Dask "
+              f"worker(s) at {client.scheduler.address}; dashboard: "
+              f"{link or 'not available (pip install bokeh>=3.1 where the scheduler runs)'}", file=sys.stderr)
+        cfg = ModelConfig.from_args(args, fx, meta["weights_sha1"])
+        t0 = time.perf_counter()
+        futures = [client.submit(run_shard, cfg, j, key=f"minicaffe-shard-{os.path.basename(j.part)[6:-3]}",
+                                 pure=False) for j in jobs]
+        results, n_img = [], 0
+        bar = tqdm(total=total, unit="img", desc="extract", disable=args.quiet, file=sys.stderr,
+                   dynamic_ncols=True)
+        try:
+            for fut in as_completed(futures):
+                try:
+                    r = fut.result()
+                except KilledWorker as e:
+                    raise ClusterError(f"a shard was running on workers that died {_allowed_failures()} times "
+                                       f"({e}); finished shards are kept: rerun with --resume") from None
+                except FutureCancelledError:
+                    raise ClusterError("the scheduler cancelled the shards (was it restarted?); finished shards "
+                                       "are kept: rerun with --resume") from None
+                except MinicaffeError as e:
+                    raise ClusterError(f"on a worker: {e}") from None
+                results.append(r)
+                for p, reason in r["failed"]:
+                    warn(f"{p}: {reason}", bar)
+                n_img += r["n"]
+                bar.update(r["n"])
+                el = time.perf_counter() - t0
+                bar.set_postfix_str(f"shards {len(results)}/{len(jobs)}, {n_img / el:.1f} images/s", refresh=False)
+        except BaseException:
+            client.cancel(futures)
+            raise
+        finally:
+            bar.close()
+        elapsed = time.perf_counter() - t0
+        n_workers = len({(r["host"], r["pid"]) for r in results})
+        return results, elapsed, max(n_workers, len(probes))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _allowed_failures():
+    import dask
+    return dask.config.get("distributed.scheduler.allowed-failures", 3) + 1
+
+
+def summarize(results, elapsed):
+    """Where the workers' time went: net loading, decode+resize, normalise+forward, part writing, the rest."""
+    busy = sum(r["end"] - r["start"] for r in results)
+    parts = {k: sum(r[k] for r in results) for k in ("net_load_s", "decode_s", "forward_s", "write_s")}
+    other = busy - sum(parts.values())
+    shares = ", ".join(f"{k[:-2].replace('_', ' ')} {v / busy:.0%}" for k, v in parts.items()) if busy else ""
+    threads = sorted({r["threads"] for r in results})
+    return (f"{len(results)} shard(s), worker busy time {busy:.1f}s over {elapsed:.1f}s wall: {shares}, "
+            f"other {other / busy if busy else 0:.0%}; {json.dumps(threads)} Numba thread(s) per worker")
