@@ -172,7 +172,7 @@ def _threads():
 def _probe(parts_dir, first_file):
     """Runs on every worker before submitting: can it see the shared folders?"""
     return {"host": socket.gethostname(), "pid": os.getpid(), "parts": os.path.isdir(parts_dir),
-            "input": os.path.exists(first_file), "version": __version__}
+            "input": first_file is None or os.path.exists(first_file), "version": __version__}
 
 
 # ---------------------------------------------------------------------------------- part files
@@ -284,9 +284,21 @@ def connect(spec):
         raise ClusterError("--cluster needs Dask: pip install 'dask[distributed]' (or minicaffe[dask])") from None
     kind, val = parse_cluster(spec)
     if kind == "local":
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": _threads_env(val)}):
-            cluster = LocalCluster(n_workers=val, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                   dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
+        env = _threads_env(val)
+        # the nanny takes these from os.environ over its config, and copies its config into os.environ:
+        # set them here for the spawn, pass them to the worker too, and restore ours afterwards
+        saved = {k: os.environ.get(k) for k in env}
+        try:
+            os.environ.update(env)
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+                cluster = LocalCluster(n_workers=val, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, env=env)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         return Client(cluster), cluster
     try:
         client = Client(val, timeout="20s")
@@ -359,12 +371,14 @@ def run(args, listing, fx, meta, sources, parts_dir, out, fmt):
     if missing:
         raise ClusterError(f"{len(missing)} image(s) (e.g. {sorted(missing)[0]}) are in no finished part; "
                            "rerun with --resume")
+    t_merge = time.perf_counter()
     n, m = assemble(out, fmt, listing, merged, meta, dims)
+    merge_s = time.perf_counter() - t_merge
     shutil.rmtree(parts_dir, ignore_errors=True)   # a late orphaned write may race with the removal
     n_new = sum(r["n"] for r in results)
     LAST_RUN.clear()
     LAST_RUN.update(results=results, elapsed=elapsed, workers=n_workers, shards=len(jobs), images=n_new,
-                    resumed=len(done), dropped_duplicates=dropped, run_id=run_id)
+                    resumed=len(done), dropped_duplicates=dropped, run_id=run_id, merge_s=merge_s)
     rate = f" in {elapsed:.1f}s ({n_new / elapsed:.1f} images/s on {n_workers} worker(s))" if n_new and elapsed else ""
     print(f"minicaffe: wrote {out}: {n} image(s) x {', '.join(f'{k} ({d})' for k, (d, _) in dims.items())}, "
           f"{m} failed{rate}", file=sys.stderr)
@@ -388,13 +402,15 @@ def _submit(args, fx, meta, jobs, parts_abs, tqdm, warn):
     client, cluster = connect(args.cluster)
     total = sum(len(j.paths) for j in jobs)
     try:
-        probes = client.run(_probe, parts_abs, jobs[0].files[0])
+        # an input the driver sees, to check that the workers see it too (a missing one is just a failed row)
+        seen = next((f for j in jobs for f in j.files[:1] if os.path.exists(f)), None)
+        probes = client.run(_probe, parts_abs, seen)
         for addr, pr in probes.items():
             if not pr["parts"]:
                 raise ClusterError(f"worker {addr} ({pr['host']}) cannot see {parts_abs}; the output folder must "
                                    "be on a file system every worker mounts at the same path")
             if not pr["input"]:
-                raise ClusterError(f"worker {addr} ({pr['host']}) cannot see {jobs[0].files[0]}; the images must "
+                raise ClusterError(f"worker {addr} ({pr['host']}) cannot see {seen}; the images must "
                                    "be on a file system every worker mounts at the same path")
         link = dashboard(client)
         print(f"minicaffe: {len(jobs)} shard(s) of <= {len(jobs[0].paths)} image(s) on {len(probes)} Dask "
