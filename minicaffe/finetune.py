@@ -130,17 +130,19 @@ def predict(net, feats, train_from, out_blob, batch=64, fetch=()):
 
 
 def train(net, feats, labels, train_from, out_layer, iters=200, batch=32, base_lr=0.01, momentum=0.9,
-          weight_decay=5e-4, lr_policy="step", gamma=0.1, stepsize=None, seed=0, log=None):
+          weight_decay=5e-4, lr_policy="step", gamma=0.1, stepsize=None, seed=0, log=None, lr_mult=None):
     """SGD on the layers from ``train_from`` on, with softmax loss on ``out_layer``'s top.
 
-    feats: (N, ...) cached cut blob; labels: (N,) ints. Returns the per-iteration losses.
+    feats: (N, ...) cached cut blob; labels: (N,) ints; lr_mult: {layer: multiplier} (e.g. 10 for
+    the new classifier, as Caffe's fine-tuning examples). Returns the per-iteration losses.
     """
     from .layers.loss import softmax_loss_backward_cpu, softmax_loss_cpu
     from .solver import SGDSolver
     i0 = net.layer_index(train_from)
     frozen = [l.name for l in net.layers[:i0] if l.param_shapes]
     solver = SGDSolver(net, base_lr=base_lr, momentum=momentum, weight_decay=weight_decay, lr_policy=lr_policy,
-                       gamma=gamma, stepsize=stepsize or max(1, int(iters * 0.75)), max_iter=iters, freeze=frozen)
+                       gamma=gamma, stepsize=stepsize or max(1, int(iters * 0.75)), max_iter=iters, freeze=frozen,
+                       lr_mult=lr_mult)
     out_blob = net.layers[net.layer_index(out_layer)].tops[0]
     net.set_phase("TRAIN", seed=seed)
     rng = np.random.default_rng(seed)
