@@ -328,7 +328,10 @@ def status(key):
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return None
+maxrss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+after_load = maxrss()              # peak so far: imports + weights (+ Net's own set-up)
 net.forward(x)                     # JIT (or cache load) and first-call allocations
+after_first = maxrss()
 before = status("VmRSS")
 try:
     with open("/proc/self/clear_refs", "w") as f:
@@ -338,7 +341,8 @@ except OSError:
     reset = False
 net.forward(x)
 out = {"rss_before_forward": before, "peak_rss_during_forward": status("VmHWM") if reset else None,
-       "process_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "hwm_reset": reset}
+       "process_maxrss": maxrss(), "maxrss_after_load": after_load, "maxrss_after_first_forward": after_first,
+       "hwm_reset": reset}
 print("RESULT " + json.dumps(out), flush=True)
 """
 
@@ -574,7 +578,9 @@ def main(argv=None):
                 what = "peak RSS during" if memory["hwm_reset"] else "process peak RSS (HWM reset refused) around"
                 print(f"minicaffe cpu memory: {what} a batch-{max(args.batches)} forward "
                       f"{mb(memory['peak_rss_during_forward'] or memory['process_maxrss'])}; RSS before it "
-                      f"{mb(memory['rss_before_forward'])}; whole-process peak {mb(memory['process_maxrss'])}")
+                      f"{mb(memory['rss_before_forward'])}; process peak after loading the weights "
+                      f"{mb(memory['maxrss_after_load'])}, after the first (JIT/cache-loading) forward "
+                      f"{mb(memory['maxrss_after_first_forward'])}")
                 memory["batch"] = max(args.batches)
             except MinicaffeError as e:
                 print(f"minicaffe cpu memory: failed: {e}")
