@@ -464,10 +464,15 @@ def convolution_backward_cpu(dy, x, w, stride=(1, 1), pad=(0, 0, 0, 0), dilation
         return dx, dwt.sum(axis=0).reshape(w.shape), db
     if kh == kw == 1 and sh == sw == 1 and pad == (0, 0, 0, 0) and group == 1:
         # 1x1 conv: the column matrix is the input itself, (C, H*W) per image; no im2col/col2im
-        x3, dy3 = x.reshape(N, C, H * W), dy.reshape(N, M, H * W)
+        # two plain 2-D GEMMs over all images at once (batched matmul with a transposed operand
+        # leaves BLAS): NCHW -> (C, N*H*W) and (M, N*H*W) copies
+        P = H * W
+        xc = np.ascontiguousarray(x.reshape(N, C, P).transpose(1, 0, 2)).reshape(C, N * P)
+        dyc = np.ascontiguousarray(dy.reshape(N, M, P).transpose(1, 0, 2)).reshape(M, N * P)
         w2 = np.ascontiguousarray(w.reshape(M, C), dtype=np.float32)
-        dx = np.matmul(w2.T, dy3)                                  # (C, M) @ (N, M, P) -> (N, C, P)
-        dw = np.matmul(dy3, x3.transpose(0, 2, 1)).sum(axis=0)    # sum_n (M, P) @ (P, C)
+        dw = dyc @ xc.T                                            # (M, N*P) @ (N*P, C)
+        dxc = w2.T @ dyc                                           # (C, M) @ (M, N*P)
+        dx = np.ascontiguousarray(dxc.reshape(C, N, P).transpose(1, 0, 2))   # back to NCHW
         return dx.reshape(N, C, H, W), dw.reshape(w.shape), db
     P = Ho * Wo
     K = C * kh * kw
