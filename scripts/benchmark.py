@@ -593,6 +593,9 @@ def main(argv=None):
             except MinicaffeError as e:
                 print(f"minicaffe cpu start-up: failed: {e}")
 
+    if "minicaffe-cpu" not in args.frameworks and not (args.no_memory and args.no_startup):
+        print("memory / start-up: not measured (they are for minicaffe-cpu, which --frameworks left out)")
+
     if args.json:
         out = {"machine": info, "blas": blas_info(), "load_average_before": load0, "load_average_after": load1,
                "settings": {"prototxt": args.prototxt, "batches": args.batches, "repeats": args.repeats,
