@@ -267,16 +267,19 @@ def _usage(msg):
     return UsageError(msg)
 
 
-def _threads_env(n):
+def _threads_env(n, threads=None):
     # dask's nanny pins OMP/MKL/OpenBLAS to 1 thread per worker process; a local cluster of N
     # processes on C cores gets C // N BLAS and Numba threads each instead, so 1 worker uses every core
-    t = str(max(1, (os.cpu_count() or 1) // n))
+    t = str(threads or max(1, (os.cpu_count() or 1) // n))
     return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "NUMBA_NUM_THREADS": t,
             "MALLOC_TRIM_THRESHOLD_": "65536"}
 
 
-def connect(spec):
-    """-> (Client, LocalCluster or None). A local cluster listens on 127.0.0.1 only."""
+def connect(spec, threads=None):
+    """-> (Client, LocalCluster or None). A local cluster listens on 127.0.0.1 only.
+
+    threads: BLAS/Numba threads per local worker process (default: cores // N).
+    """
     try:
         import dask
         from distributed import Client, LocalCluster
@@ -284,7 +287,7 @@ def connect(spec):
         raise ClusterError("--cluster needs Dask: pip install 'dask[distributed]' (or minicaffe[dask])") from None
     kind, val = parse_cluster(spec)
     if kind == "local":
-        env = _threads_env(val)
+        env = _threads_env(val, threads)
         # the nanny takes these from os.environ over its config, and copies its config into os.environ:
         # set them here for the spawn, pass them to the worker too, and restore ours afterwards
         saved = {k: os.environ.get(k) for k in env}
@@ -435,6 +438,9 @@ def _submit(args, fx, meta, jobs, parts_abs, tqdm, warn):
                                        "are kept: rerun with --resume") from None
                 except MinicaffeError as e:
                     raise ClusterError(f"on a worker: {e}") from None
+                except Exception as e:  # noqa: BLE001 - e.g. the shared disk is full: one line, then --resume
+                    raise ClusterError(f"a shard failed on a worker ({type(e).__name__}: {e}); finished shards "
+                                       "are kept: rerun with --resume") from None
                 results.append(r)
                 for p, reason in r["failed"]:
                     warn(f"{p}: {reason}", bar)

@@ -2,21 +2,24 @@
 
 Builds full-size CaffeNet with seeded weights (or uses the embedded EfficientNet-Lite0 with
 ``--model efficientnet-lite0``), writes N JPEGs from the real photos shipped with scikit-image /
-scikit-learn (``bench_extract.make_jpegs``), then for 1 and 2 worker processes (a LocalCluster on
-127.0.0.1 made by ``minicaffe.distributed.connect``: C cores / N BLAS+Numba threads each):
+scikit-learn (``bench_extract.make_jpegs``), then for each ``--configs`` entry WxT (a LocalCluster
+on 127.0.0.1 from ``minicaffe.distributed.connect``: W worker processes, T BLAS+Numba threads each;
+default 1x2 = what ``local:1`` gives on 2 cores, 1x1 and 2x1 = one core per worker, the fair
+1-vs-2-workers comparison):
 
-* cold start: cluster start-up + every worker loading the net and running one warm-up forward;
-* steady throughput, alternating 1 and 2 workers ``--repeat`` times: ``extract --cluster ADDR``
+* cold start: cluster start-up + every worker loading the net and running a first forward;
+* steady throughput, the configurations alternating ``--repeat`` times: ``extract --cluster ADDR``
   over the N JPEGs with warm workers; images/s of the shard phase (submit -> last part written) and
   of the whole command (listing, the driver's own net load, merge included); the workers' time
   split into net load, decode+resize, normalise+forward, part writing, other;
-* per-shard overhead: on 1 warm worker, ``--shard-size 1`` over K paths that do not exist (each shard
-  fails its one image at once, then writes its part, returns, is merged): wall / K is the fixed cost
-  of a shard (schedule, run, part file, result, bookkeeping); next to it a Dask no-op task round trip.
+* per-shard overhead: on the first configuration, ``--shard-size 1`` over K paths that do not exist
+  (each shard fails its one image at once, then writes its part, returns, is merged): wall / K is
+  the fixed cost of a shard; next to it a Dask no-op task round trip.
 
 The single-machine extractor (no ``--cluster``, its default decoding processes) runs in the same
-rounds as the peer the ratios refer to. Not a test: numbers depend on the machine and its load,
-which is printed. Prints a table and an estimate for 1.3M images on M machines.
+rounds as the peer the ratios refer to. Not a test: numbers depend on the machine and its load
+(other processes sharing the cores hurt a multi-threaded worker most), which is printed. Prints a
+table and an estimate for 1.3M images on M machines.
 """
 from __future__ import annotations
 
@@ -43,7 +46,8 @@ def main(argv=None):
     ap.add_argument("--layers", default=None, help="default: decaf6 (fc6) for CaffeNet, the model's default otherwise")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--overhead-shards", type=int, default=100)
-    ap.add_argument("--workers", default="1,2", help="worker-process counts to compare")
+    ap.add_argument("--configs", default="1x2,1x1,2x1",
+                    help="local clusters to compare, WORKERSxTHREADS (BLAS/Numba threads per worker process)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -76,7 +80,7 @@ def main(argv=None):
     warm = os.path.join(tmp, "warm.txt")      # a few images: one-image shards so every worker gets one
     with open(warm, "w") as f:
         f.writelines(os.path.join(jpegs, fn) + "\n" for fn in sorted(os.listdir(jpegs))[:2 * max(
-            int(c) for c in args.workers.split(","))])
+            int(c.split("x")[0]) for c in args.configs.split(","))])
 
     def extract(extra, out, quiet_stderr=False, inputs=jpegs):
         argv_ = [inputs, "-o", os.path.join(tmp, out), *common, *extra]
@@ -90,11 +94,12 @@ def main(argv=None):
         return wall
 
     # ---- clusters: start, warm every worker (net load + first forward) ------------------------
-    counts = [int(c) for c in args.workers.split(",")]
+    counts = args.configs.split(",")        # "1x2": 1 worker process with 2 threads
     clusters, cold = {}, {}
     for n in counts:
         t0 = time.perf_counter()
-        client, cluster = mdist.connect(f"local:{n}")
+        w, th = (int(v) for v in n.split("x"))
+        client, cluster = mdist.connect(f"local:{w}", threads=th)
         t1 = time.perf_counter()
         extract(["--cluster", cluster.scheduler_address, "--shard-size", "1"], f"warm{n}.h5", quiet_stderr=True,
                 inputs=warm)
@@ -102,7 +107,7 @@ def main(argv=None):
         client.run(_noop)
         cold[n] = (t1 - t0, time.perf_counter() - t1, loads)
         clusters[n] = (client, cluster)
-        print(f"  {n} worker(s): cluster start {t1 - t0:.1f}s, warm-up run {cold[n][1]:.1f}s "
+        print(f"  {n}: cluster start {t1 - t0:.1f}s, warm-up run {cold[n][1]:.1f}s "
               f"(net load per worker {', '.join(f'{v:.1f}s' for v in loads)})", flush=True)
 
     # ---- steady throughput, alternating ---------------------------------------------------------
@@ -121,11 +126,11 @@ def main(argv=None):
             rates[n].append(lr["images"] / lr["elapsed"])
             walls[n].append(args.n_images / wall)
             shares[n].append(mdist.summarize(lr["results"], lr["elapsed"]))
-            line.append(f"{n}w {rates[n][-1]:.2f} (cmd {walls[n][-1]:.2f}, merge {lr['merge_s']:.2f}s)")
+            line.append(f"{n} {rates[n][-1]:.2f} (cmd {walls[n][-1]:.2f}, merge {lr['merge_s']:.2f}s)")
         print(f"  repeat {r}: images/s " + ", ".join(line), flush=True)
 
     # ---- per-shard overhead on 1 warm worker --------------------------------------------------
-    n1 = min(counts)
+    n1 = counts[0]
     addr = clusters[n1][1].scheduler_address
     t0 = time.perf_counter()
     wall = extract_missing(run, extract_main, missing, tmp, addr, common)
@@ -149,18 +154,20 @@ def main(argv=None):
     print(f"{'single-machine extract':<26s} {s:9.2f} {1:9.2f} {s:13.2f}")
     for n in counts:
         m, w = statistics.median(rates[n]), statistics.median(walls[n])
-        print(f"{f'--cluster local:{n}':<26s} {m:9.2f} {m / s:9.2f} {w:13.2f}")
-    if len(counts) > 1:
-        a, b = counts[0], counts[-1]
-        print(f"{b} vs {a} worker(s): x{statistics.median(rates[b]) / statistics.median(rates[a]):.2f}")
+        print(f"{f'workers x threads {n}':<26s} {m:9.2f} {m / s:9.2f} {w:13.2f}")
+    med = {n: statistics.median(rates[n]) for n in counts}
+    for a in counts:
+        for b in counts:
+            if a < b:
+                print(f"{b} vs {a}: x{med[b] / med[a]:.2f}")
     for n in counts:
-        print(f"  {n} worker(s), last repeat: {shares[n][-1]}")
-    print(f"per-shard overhead (1 warm worker, {args.overhead_shards} one-image shards that fail at once): "
+        print(f"  {n}, last repeat: {shares[n][-1]}")
+    print(f"per-shard overhead ({n1} warm, {args.overhead_shards} one-image shards that fail at once): "
           f"{1000 * per_shard:.1f} ms/shard in the shard phase, {1000 * per_cmd:.1f} ms with listing+merge; "
           f"of it part write {write_ms:.1f} ms; a Dask no-op task round trip {noop_ms:.1f} ms")
     for n in counts:
         st, wu, loads = cold[n]
-        print(f"cold start, {n} worker(s): cluster {st:.1f}s + first shards {wu:.1f}s "
+        print(f"cold start, {n}: cluster {st:.1f}s + first shards {wu:.1f}s "
               f"(net load {max(loads, default=0):.1f}s per worker)")
     best = max(statistics.median(rates[n]) for n in counts)
     frac = per_shard / (per_shard + args.shard_size / best)
