@@ -145,18 +145,18 @@ def test_layer_backward_vs_finite_differences(case):
                 gf[i] = (lp - lm) / 2e-6
             return g
 
-        checked = 0
+        checked, errs = 0, []
         for k, (x, dx) in enumerate(zip(xs, dxs)):
             if "labels" in extra and k == 1:
                 assert dx is None, f"{name}: labels must get no gradient"
                 continue
-            assert_close(dx, fd(x), FD_TOL, f"{name}: d/d bottom {k}")
+            errs = [assert_close(dx, fd(x), FD_TOL, f"{name}: d/d bottom {k}")]
             checked += 1
         for k, (p, dp) in enumerate(zip(ps, dps)):
             if dp is None:  # not learned (BatchNorm statistics): Caffe gives them lr_mult 0
                 assert layer.type == "BatchNorm", f"{name}: parameter {k} has no gradient"
                 continue
-            assert_close(dp, fd(p), FD_TOL, f"{name}: d/d param {k}")
+            errs.append(assert_close(dp, fd(p), FD_TOL, f"{name}: d/d param {k}"))
             checked += 1
         assert checked >= 1
 
@@ -165,13 +165,15 @@ def test_layer_backward_vs_finite_differences(case):
     ps32 = [p.astype(np.float32) for p in ps]
     tops32 = _run(layer, xs32, ps32, "cpu", train)
     dxs32, dps32 = layer.backward([R.astype(np.float32)], xs32, tops32, ps32, "cpu")
+    cpu_errs = []
     for k, (a, b) in enumerate(zip(dxs32, dxs)):
         if b is not None:
             assert a.dtype == np.float32, f"{name}: cpu gradient of bottom {k} is {a.dtype}"
-            assert_close(a, b, CPU_TOL, f"{name}: cpu d/d bottom {k}")
+            cpu_errs.append(assert_close(a, b, CPU_TOL, f"{name}: cpu d/d bottom {k}"))
     for k, (a, b) in enumerate(zip(dps32, dps)):
         if b is not None:
-            assert_close(a, b, CPU_TOL, f"{name}: cpu d/d param {k}")
+            cpu_errs.append(assert_close(a, b, CPU_TOL, f"{name}: cpu d/d param {k}"))
+    print(f"\nGRADERR | {name} | {max(errs):.1e} | {max(cpu_errs):.1e} |")
 
 
 def test_max_pool_gradient_goes_to_first_maximum():
