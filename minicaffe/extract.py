@@ -165,28 +165,80 @@ class FeatureExtractor:
 
 
 # ---------------------------------------------------------------------------------- decoding
+class DecodePool:
+    """Worker processes that decode + resize images, surviving a worker that dies.
+
+    A decoder that crashes its process (a segfault in a codec, the OOM killer) breaks a
+    ``ProcessPoolExecutor`` and every pending task with it. :func:`iter_decoded` then restarts the
+    pool, runs the task at the head of the queue alone in a fresh one-worker pool to find out
+    whether it is the culprit (it becomes a failed row: "decoder process died"), and resubmits
+    the rest. Processes start by forkserver (or spawn), never fork: the parent runs Numba threads.
+    """
+
+    def __init__(self, workers):
+        self.workers = workers
+        self.ex = self._new(workers)
+
+    @staticmethod
+    def _new(n):
+        import concurrent.futures as cf
+        import multiprocessing as mp
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        return cf.ProcessPoolExecutor(n, mp_context=mp.get_context(method))
+
+    def submit(self, task):
+        return self.ex.submit(worker_load, task)
+
+    def restart(self):
+        self.ex.shutdown(wait=False, cancel_futures=True)
+        self.ex = self._new(self.workers)
+
+    def run_isolated(self, task):
+        from concurrent.futures.process import BrokenProcessPool
+        ex = self._new(1)
+        try:
+            return ex.submit(worker_load, task).result()
+        except BrokenProcessPool:
+            return task[0], None, "decoder process died while reading this file (crash or out of memory)"
+        finally:
+            ex.shutdown(wait=False, cancel_futures=True)
+
+    def close(self):
+        self.ex.shutdown(wait=True, cancel_futures=True)
+
+
+def make_pool(workers):
+    return DecodePool(workers)
+
+
 def iter_decoded(paths, spec, workers=0, prefetch=128, max_pixels=DEFAULT_MAX_PIXELS,
                  min_size=DEFAULT_MIN_SIZE, pool=None):
-    """Yield (i, uint8 image | None, reason) in order of ``paths``; up to ``prefetch`` ahead in workers."""
+    """Yield (i, uint8 image | None, reason) in order of ``paths``; up to ``prefetch`` ahead in ``pool``."""
+    from concurrent.futures.process import BrokenProcessPool
     tasks = ((i, p, spec, max_pixels, min_size) for i, p in enumerate(paths))
     if pool is None:
         for t in tasks:
             yield worker_load(t)
         return
-    pending = collections.deque()
+    pending = collections.deque()          # (task, future), in input order
+
+    def head():
+        task, fut = pending.popleft()
+        try:
+            return fut.result()
+        except BrokenProcessPool:
+            pool.restart()
+            result = pool.run_isolated(task)
+            for k, (t, _) in enumerate(pending):
+                pending[k] = (t, pool.submit(t))
+            return result
+
     for t in tasks:
-        pending.append(pool.apply_async(worker_load, (t,)))
+        pending.append((t, pool.submit(t)))
         if len(pending) >= prefetch:
-            yield pending.popleft().get()
+            yield head()
     while pending:
-        yield pending.popleft().get()
-
-
-def make_pool(workers):
-    """A process pool that does not inherit Numba's threads: forkserver where available, else spawn."""
-    import multiprocessing as mp
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    return mp.get_context(method).Pool(workers)
+        yield head()
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -559,8 +611,7 @@ def main(argv=None):
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()
-            pool.join()
+            pool.close()
     elapsed = time.perf_counter() - t0
 
     n, m = assemble(out, fmt, listing, sources, meta, dims)

@@ -96,8 +96,7 @@ class DeCAF(TransformerMixin, BaseEstimator):
                 return out
             finally:
                 if pool is not None:
-                    pool.terminate()
-                    pool.join()
+                    pool.close()
         return [load_resized(x, spec, self.max_pixels, self.min_size) for x in items]
 
     def transform(self, X):

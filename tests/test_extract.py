@@ -339,3 +339,25 @@ def test_default_model_quickstart(env, capsys):
         (name,) = list(f["features"])
         X = f["features"][name][()]
     assert X.shape[0] == 2 and X.shape[1] > 100 and np.isfinite(X).all() and (X != 0).any()
+
+
+def test_decoder_process_death_is_one_failed_row(env, tmp_path):
+    """A worker killed while decoding one file (codec crash, OOM killer) fails that file only."""
+    d = tmp_path / "crashy"
+    os.makedirs(d)
+    for c in PHOTOS:
+        for _, n in PHOTOS[c]:
+            shutil.copy(os.path.join(env["photos"], c, n), d / n)
+    shutil.copy(d / "coffee.png", d / "killer.png")
+    out = str(tmp_path / "c.h5")
+    cmd = [sys.executable, "-m", "minicaffe.extract", str(d), "-o", out, "--prototxt", PROTO, "--weights",
+           env["weights"], "--layers", "fc7", "--workers", "2", "--batch-size", "3", "-q"]
+    p = subprocess.run(cmd, env={**os.environ, "MINICAFFE_TEST_CRASH_ON": "killer"}, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = read(out)
+    assert [f for f, _ in r["failed"]] == [str(d / "killer.png")]
+    assert "decoder process died" in r["failed"][0][1]
+    assert len(r["paths"]) == 6
+    want = direct(env, r["paths"], "fc7")
+    assert_close(r["fc7"], want, 1e-5, "the other images after a worker death")
