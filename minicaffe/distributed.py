@@ -396,7 +396,10 @@ def run(args, listing, fx, meta, sources, parts_dir, out, fmt):
 def _submit(args, fx, meta, jobs, parts_abs, tqdm, warn):
     """Submit every shard, follow them to the end -> (results, seconds, workers seen)."""
     from distributed import as_completed
-    from distributed.client import FutureCancelledError
+    try:
+        from distributed.client import FutureCancelledError
+    except ImportError:  # pragma: no cover - older distributed: the plain CancelledError
+        from concurrent.futures import CancelledError as FutureCancelledError
     try:
         from distributed.scheduler import KilledWorker
     except ImportError:  # pragma: no cover - moved in some versions
