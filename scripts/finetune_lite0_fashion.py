@@ -3,7 +3,7 @@
 Per seed: K labelled images per class (drawn from a fixed pool), a fixed held-out set of 15 per
 class. Frozen features: Lite0's ``pool`` (1280-d) + logistic regression (the transfer protocol's
 classifier, C by CV). Refined: replace ``fc`` with a 10-way layer, train ``--train-from`` onward
-(last MBConv stage + head + fc) with Caffe-style SGD, then (a) the refined net's own accuracy and
+(default: the 1x1 head conv + fc; ``block15/expand`` adds the last MBConv block) with Caffe-style SGD, then (a) the refined net's own accuracy and
 (b) refined ``pool`` features + the same logistic regression. Images are 28x28 grey, upsampled to
 --size (default 128, not the native 224: 2 shared CPU cores; stated in the docs). Prints a JSON
 summary and writes docs/finetune_loss.png. Run: python scripts/finetune_lite0_fashion.py
@@ -27,8 +27,8 @@ def main():
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--per-class", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--train-from", default="block15/expand")
-    ap.add_argument("--iters", type=int, default=150)
+    ap.add_argument("--train-from", default="conv_head")
+    ap.add_argument("--iters", type=int, default=60)
     ap.add_argument("--lr", type=float, default=0.005)
     ap.add_argument("--png", default="docs/finetune_loss.png")
     a = ap.parse_args()
