@@ -33,6 +33,7 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import LinearSVC
+from threadpoolctl import threadpool_limits
 
 #: the C grid searched by cross-validation (log-spaced, as is usual for linear models)
 DEFAULT_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
@@ -118,6 +119,12 @@ class CVClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
 
     def fit(self, X, y):
+        # These problems are small (hundreds of rows): multi-threaded BLAS costs more in thread
+        # start-up and contention than it gains (measured 15-50x slower on a busy 2-core box).
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._fit(X, y)
+
+    def _fit(self, X, y):
         y = np.asarray(y)
         counts = np.unique(y, return_counts=True)[1]
         folds = int(min(self.cv, counts.min()))
@@ -142,10 +149,12 @@ class CVClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def predict(self, X):
-        return self.best_.predict(X)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self.best_.predict(X)
 
     def decision_function(self, X):
-        return self.best_.decision_function(X)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self.best_.decision_function(X)
 
 
 def mean_per_class_accuracy(y_true, y_pred) -> float:

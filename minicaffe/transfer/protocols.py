@@ -368,6 +368,8 @@ class Result:
     name: str
     per_split: list
     notes: list = field(default_factory=list)
+    features: str = ""
+    classifier: str = ""
 
     @property
     def mean(self):
@@ -395,10 +397,12 @@ def fit_score(Xtr, ytr, Xte, yte, kind="lr", scale="standardize", dropout=0.0, s
     return mean_per_class_accuracy(yte, clf.predict(Xte)), clf.cv_note_
 
 
-def evaluate(X, y, splits, kind="lr", scale="standardize", dropout=0.0, name=None, seed=0, **kw) -> Result:
+def evaluate(X, y, splits, kind="lr", scale="standardize", dropout=0.0, name=None, seed=0, features="",
+             **kw) -> Result:
     """X: (N, D) features, y: (N,) labels, splits: [Split] -> Result over the splits."""
     X, y = np.asarray(X), np.asarray(y)
-    res = Result(name or classifier_name(kind, dropout), [])
+    clf = classifier_name(kind, dropout)
+    res = Result(name or f"{features} {clf}".strip(), [], features=features, classifier=clf)
     for sp in splits:
         acc, note = fit_score(X[sp.train], y[sp.train], X[sp.test], y[sp.test], kind, scale, dropout, seed, **kw)
         res.per_split.append(acc)
@@ -407,9 +411,10 @@ def evaluate(X, y, splits, kind="lr", scale="standardize", dropout=0.0, name=Non
 
 
 def evaluate_office(Xs, ys, Xt, yt, splits, setting, kind="svm", scale="standardize", dropout=0.0,
-                    name=None, seed=0, **kw) -> Result:
+                    name=None, seed=0, features="", **kw) -> Result:
     """One Office setting over OfficeSplits -> Result (accuracy on the unlabelled target images)."""
-    res = Result(name or f"{setting} ({classifier_name(kind, dropout)})", [])
+    clf = f"{setting} ({classifier_name(kind, dropout)})"
+    res = Result(name or f"{features} {clf}".strip(), [], features=features, classifier=clf)
     for sp in splits:
         acc, note = fit_score(*office_train_test(Xs, ys, Xt, yt, sp, setting), kind, scale, dropout, seed, **kw)
         res.per_split.append(acc)
