@@ -184,7 +184,8 @@ class DecodePool:
         import concurrent.futures as cf
         import multiprocessing as mp
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        return cf.ProcessPoolExecutor(n, mp_context=mp.get_context(method))
+        return cf.ProcessPoolExecutor(n, mp_context=mp.get_context(method), initializer=_exit_with_parent,
+                                      initargs=(os.getpid(),))
 
     def submit(self, task):
         return self.ex.submit(worker_load, task)
@@ -205,6 +206,33 @@ class DecodePool:
 
     def close(self):
         self.ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _exit_with_parent(pid, period=0.5):
+    """Decoder-process initializer: exit when the extracting process ``pid`` is gone.
+
+    A worker blocks on its task queue forever if the driver is SIGKILLed (its parent is the
+    forkserver, which lives on as long as any worker holds its pipe), so without this a killed
+    extraction would leave idle decoders behind and the terminal's pipes open."""
+    import threading
+
+    def alive():
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):   # PermissionError: pid reused by another user
+            return False
+        try:    # a killed driver stays a zombie until its parent reaps it: that is dead too
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        except OSError:
+            return True                 # no /proc (macOS): os.kill's answer stands
+
+    def watch():
+        while alive():
+            time.sleep(period)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="minicaffe-parent-watch").start()
 
 
 def make_pool(workers):
