@@ -20,15 +20,16 @@ import sys
 
 from .cli import exit_with
 from .errors import MinicaffeError
-from .net import Net, sha1_file
+from .io import file_digest
+from .net import Net
 
 
 def convert_caffemodel(prototxt, caffemodel, out):
     """Convert and return the built Net (weights validated against the prototxt)."""
     net = Net(prototxt, caffemodel, backend="numpy")
     types = {l.name: l.type for l in net.layers}
-    net.save_h5(out, source=os.path.basename(str(caffemodel)), source_sha1=sha1_file(caffemodel),
-                source_sha256=sha1_file(caffemodel, "sha256"), types=types)
+    net.save_h5(out, source=os.path.basename(str(caffemodel)), source_sha1=file_digest(caffemodel),
+                source_sha256=file_digest(caffemodel, "sha256"), types=types)
     return net
 
 

