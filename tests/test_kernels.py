@@ -54,6 +54,51 @@ def test_conv_cpu_chunked_batch(monkeypatch):
                  C.convolution_reference(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1), 1e-5, "chunked conv")
 
 
+@pytest.mark.parametrize("nb", [1, 2])
+def test_conv_cpu_chunks_with_a_single_image_tail(monkeypatch, nb):
+    """nb images per im2col chunk; 3 images leave a one-image tail that takes the in-place path."""
+    rng = np.random.default_rng(2)
+    x, w, b = rnd(rng, 3, 4, 7, 6), rnd(rng, 6, 2, 3, 2), rnd(rng, 6)
+    monkeypatch.setattr(C, "IM2COL_BUDGET", nb * (4 * 3 * 2) * (7 * 5) * 4)
+    assert_close(C.convolution_cpu(x, w, b, (1, 1), (1, 1, 0, 0), (1, 1), 2),
+                 C.convolution_reference(x, w, b, (1, 1), (1, 1, 0, 0), (1, 1), 2), 1e-5, f"chunks of {nb}")
+
+
+# Winograd F(2x2,3x3): (id, x shape, w shape, pad(t,b,l,r), group, bias, chunk budget or None)
+WINOGRAD = [
+    ("odd_13x13_pad1", (2, 16, 13, 13), (24, 16, 3, 3), (1, 1, 1, 1), 1, True, None),
+    ("even_12x10_group2", (3, 32, 12, 10), (32, 16, 3, 3), (1, 1, 1, 1), 2, True, None),
+    ("no_pad_odd_out", (1, 16, 8, 7), (16, 16, 3, 3), (0, 0, 0, 0), 1, False, None),
+    ("asym_pad", (2, 16, 9, 10), (20, 16, 3, 3), (1, 0, 2, 1), 1, True, None),
+    ("pad2_tiny", (1, 16, 3, 4), (16, 16, 3, 3), (2, 2, 2, 2), 1, True, None),
+    ("chunked_tail", (5, 16, 7, 7), (16, 16, 3, 3), (1, 1, 1, 1), 1, True, 2 * 16 * 16 * 16 * 4),
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD, ids=[c[0] for c in WINOGRAD])
+def test_conv_winograd_vs_reference(case, monkeypatch):
+    name, xs, ws, pad, group, bias, budget = case
+    if budget:
+        monkeypatch.setattr(C, "WINOGRAD_BUDGET", budget)
+    rng = np.random.default_rng(3)
+    x, w = rnd(rng, *xs, scale=10), rnd(rng, *ws)
+    b = rnd(rng, ws[0]) if bias else None
+    ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64),
+                                  None if b is None else b.astype(np.float64), (1, 1), pad, (1, 1), group)
+    assert_close(C.convolution_winograd_cpu(x, w, b, pad, group), ref, 1e-5, f"winograd {name}")
+    assert C.winograd_applies(w, (1, 1), (1, 1), group, xs)
+    monkeypatch.setattr(C, "WINOGRAD", True)
+    assert_close(C.convolution_cpu(x, w, b, (1, 1), pad, (1, 1), group), ref, 1e-5, f"cpu dispatch {name}")
+
+
+def test_winograd_not_used_where_it_does_not_apply():
+    w = np.zeros((16, 16, 3, 3), np.float32)
+    assert not C.winograd_applies(w, (2, 2), (1, 1), 1, (1, 16, 9, 9))       # strided
+    assert not C.winograd_applies(w, (1, 1), (2, 2), 1, (1, 16, 9, 9))       # dilated
+    assert not C.winograd_applies(np.zeros((16, 16, 5, 5), np.float32), (1, 1), (1, 1), 1, (1, 16, 9, 9))
+    assert not C.winograd_applies(np.zeros((16, 1, 3, 3), np.float32), (1, 1), (1, 1), 16, (1, 16, 9, 9))
+
+
 def pool_naive(x, method, k, s, p, ceil):
     N, Cc, H, W = x.shape
     Ho, Wo = pool_out_size(H, k[0], s[0], p[0], ceil), pool_out_size(W, k[1], s[1], p[1], ceil)

@@ -13,6 +13,7 @@ It does not implement Deconvolution or 3-D convolution.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from numba import cuda, njit, prange
@@ -142,8 +143,169 @@ def _depthwise(x, w, b, has_bias, sh, sw, pt, pl, dh, dw, mult, y):
                 y[n, m, oh, ow] = acc + bias
 
 
-#: bytes allowed for one im2col buffer; batches are processed in chunks that fit
-IM2COL_BUDGET = 64 << 20
+# ---- Winograd F(2x2, 3x3) (Lavin & Gray, 2016) for 3x3 stride-1 convolutions (CaffeNet conv3-5)
+# Each 2x2 output tile is computed from a 4x4 input tile with 16 multiplies per (m, c) pair
+# instead of 36: Y = A^T [ (G g G^T) * (B^T d B) ] A, the elementwise products summed over c as
+# 16 GEMMs (M x C) @ (C x tiles). 2.25x fewer FLOPs in the GEMMs; the transforms are adds.
+
+
+@njit(parallel=True, cache=True)
+def _winograd_filter(w):
+    # w: (M, Cg, 3, 3) -> U: (16, M, Cg) = G g G^T, G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]]
+    M, Cg = w.shape[0], w.shape[1]
+    U = np.empty((16, M, Cg), dtype=np.float32)
+    for m in prange(M):
+        t = np.empty((4, 3), dtype=np.float32)
+        for c in range(Cg):
+            for j in range(3):
+                g0, g1, g2 = w[m, c, 0, j], w[m, c, 1, j], w[m, c, 2, j]
+                t[0, j] = g0
+                t[1, j] = 0.5 * (g0 + g1 + g2)
+                t[2, j] = 0.5 * (g0 - g1 + g2)
+                t[3, j] = g2
+            for i in range(4):
+                g0, g1, g2 = t[i, 0], t[i, 1], t[i, 2]
+                U[i * 4 + 0, m, c] = g0
+                U[i * 4 + 1, m, c] = 0.5 * (g0 + g1 + g2)
+                U[i * 4 + 2, m, c] = 0.5 * (g0 - g1 + g2)
+                U[i * 4 + 3, m, c] = g2
+    return U
+
+
+@njit(parallel=True, cache=True)
+def _winograd_input(xp, n0, nb, th, tw, V):
+    # xp: (N, C, 2*th+2, 2*tw+2) zero-padded input -> V: (16, C, nb*th*tw) = B^T d B per 4x4 tile,
+    # B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]; scalars only (no scratch arrays)
+    C = xp.shape[1]
+    T = th * tw
+    for t in prange(nb * C):
+        n = t // C
+        c = t % C
+        img = xp[n0 + n, c]
+        for a in range(th):
+            r = 2 * a
+            for b in range(tw):
+                q = 2 * b
+                col = n * T + a * tw + b
+                # columns j of B^T d
+                u00 = img[r, q] - img[r + 2, q]
+                u01 = img[r, q + 1] - img[r + 2, q + 1]
+                u02 = img[r, q + 2] - img[r + 2, q + 2]
+                u03 = img[r, q + 3] - img[r + 2, q + 3]
+                u10 = img[r + 1, q] + img[r + 2, q]
+                u11 = img[r + 1, q + 1] + img[r + 2, q + 1]
+                u12 = img[r + 1, q + 2] + img[r + 2, q + 2]
+                u13 = img[r + 1, q + 3] + img[r + 2, q + 3]
+                u20 = img[r + 2, q] - img[r + 1, q]
+                u21 = img[r + 2, q + 1] - img[r + 1, q + 1]
+                u22 = img[r + 2, q + 2] - img[r + 1, q + 2]
+                u23 = img[r + 2, q + 3] - img[r + 1, q + 3]
+                u30 = img[r + 1, q] - img[r + 3, q]
+                u31 = img[r + 1, q + 1] - img[r + 3, q + 1]
+                u32 = img[r + 1, q + 2] - img[r + 3, q + 2]
+                u33 = img[r + 1, q + 3] - img[r + 3, q + 3]
+                V[0, c, col] = u00 - u02
+                V[1, c, col] = u01 + u02
+                V[2, c, col] = u02 - u01
+                V[3, c, col] = u01 - u03
+                V[4, c, col] = u10 - u12
+                V[5, c, col] = u11 + u12
+                V[6, c, col] = u12 - u11
+                V[7, c, col] = u11 - u13
+                V[8, c, col] = u20 - u22
+                V[9, c, col] = u21 + u22
+                V[10, c, col] = u22 - u21
+                V[11, c, col] = u21 - u23
+                V[12, c, col] = u30 - u32
+                V[13, c, col] = u31 + u32
+                V[14, c, col] = u32 - u31
+                V[15, c, col] = u31 - u33
+
+
+@njit(parallel=True, cache=True)
+def _winograd_output(Mt, b, has_bias, n0, nb, th, tw, y):
+    # Mt: (16, M, nb*th*tw) -> y[n0:n0+nb]: (N, M, Ho, Wo) = A^T m A (+ bias), A^T = [[1,1,1,0],[0,1,-1,-1]]
+    M = Mt.shape[1]
+    Ho, Wo = y.shape[2], y.shape[3]
+    T = th * tw
+    for t in prange(nb * M):
+        n = t // M
+        m = t % M
+        bias = b[m] if has_bias else np.float32(0.0)
+        for a in range(th):
+            for bb in range(tw):
+                col = n * T + a * tw + bb
+                # rows of A^T m, then columns
+                s00 = Mt[0, m, col] + Mt[4, m, col] + Mt[8, m, col]
+                s01 = Mt[1, m, col] + Mt[5, m, col] + Mt[9, m, col]
+                s02 = Mt[2, m, col] + Mt[6, m, col] + Mt[10, m, col]
+                s03 = Mt[3, m, col] + Mt[7, m, col] + Mt[11, m, col]
+                s10 = Mt[4, m, col] - Mt[8, m, col] - Mt[12, m, col]
+                s11 = Mt[5, m, col] - Mt[9, m, col] - Mt[13, m, col]
+                s12 = Mt[6, m, col] - Mt[10, m, col] - Mt[14, m, col]
+                s13 = Mt[7, m, col] - Mt[11, m, col] - Mt[15, m, col]
+                oh = 2 * a
+                ow = 2 * bb
+                y[n0 + n, m, oh, ow] = s00 + s01 + s02 + bias
+                if ow + 1 < Wo:
+                    y[n0 + n, m, oh, ow + 1] = s01 - s02 - s03 + bias
+                if oh + 1 < Ho:
+                    y[n0 + n, m, oh + 1, ow] = s10 + s11 + s12 + bias
+                    if ow + 1 < Wo:
+                        y[n0 + n, m, oh + 1, ow + 1] = s11 - s12 - s13 + bias
+
+
+#: use Winograd for eligible 3x3 layers in ``convolution_cpu`` (False: always im2col + GEMM)
+WINOGRAD = os.environ.get("MINICAFFE_WINOGRAD", "1") != "0"
+#: bytes allowed for the transformed input of one Winograd chunk
+WINOGRAD_BUDGET = 4 << 20
+
+
+def winograd_applies(w, stride, dilation, group, x_shape):
+    """3x3, stride 1, no dilation, not depthwise, and enough channels for the GEMMs to dominate."""
+    M, Cg, kh, kw = w.shape
+    return (kh == kw == 3 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and Cg >= 16 and M // group >= 16)
+
+
+def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1):
+    """x: (N, C, H, W), w: (M, C/group, 3, 3) -> (N, M, Ho, Wo); 3x3 stride-1 convolution by
+    Winograd F(2x2, 3x3) (same contract as :func:`convolution_reference` for those layers)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    N, C, H, W = x.shape
+    M, Cg, kh, kw = w.shape
+    assert kh == kw == 3, "Winograd F(2x2,3x3) needs a 3x3 kernel"
+    pt, pb, pl, pr = pad
+    Ho, Wo = H + pt + pb - 2, W + pl + pr - 2
+    th, tw = (Ho + 1) // 2, (Wo + 1) // 2
+    T = th * tw
+    Mg = M // group
+    U = _winograd_filter(np.ascontiguousarray(w, dtype=np.float32))
+    has_bias = b is not None
+    bb = b if has_bias else np.zeros(M, np.float32)
+    nb = int(max(1, min(N, WINOGRAD_BUDGET // max(1, 16 * C * T * 4))))
+    V = np.empty((16, C, nb * T), dtype=np.float32)
+    Mt = np.empty((16, M, nb * T), dtype=np.float32)
+    y = np.empty((N, M, Ho, Wo), dtype=np.float32)
+    # zero-pad once to whole 4x4 tiles (rows 2*th+2): the tile loops then need no bounds checks
+    xp = np.zeros((N, C, 2 * th + 2, 2 * tw + 2), dtype=np.float32)
+    h1, w1 = min(H, 2 * th + 2 - pt), min(W, 2 * tw + 2 - pl)
+    xp[:, :, pt:pt + h1, pl:pl + w1] = x[:, :, :h1, :w1]
+    for n0 in range(0, N, nb):
+        cur = min(nb, N - n0)
+        V_ = V if cur == nb else np.empty((16, C, cur * T), dtype=np.float32)
+        M_ = Mt if cur == nb else np.empty((16, M, cur * T), dtype=np.float32)
+        _winograd_input(xp, n0, cur, th, tw, V_)
+        for g in range(group):   # 16 GEMMs per group: (Mg, Cg) @ (Cg, cur*T)
+            np.matmul(U[:, g * Mg:(g + 1) * Mg], V_[:, g * Cg:(g + 1) * Cg], out=M_[:, g * Mg:(g + 1) * Mg])
+        _winograd_output(M_, bb, has_bias, n0, cur, th, tw, y)
+    return y
+
+
+#: bytes allowed for one im2col buffer; batches are processed in chunks that fit. Small enough
+#: for the buffer to stay in cache between im2col and the GEMM that reads it (measured: 64 MB
+#: -> 8 MB made CaffeNet conv1 at batch 64 ~25% faster single-threaded)
+IM2COL_BUDGET = 8 << 20
 
 
 def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
@@ -162,6 +324,8 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
         y = np.empty((N, M, Ho, Wo), dtype=np.float32)
         _depthwise(x, w, bb, has_bias, sh, sw, pt, pl, dh, dw, M // C, y)
         return y
+    if WINOGRAD and winograd_applies(w, stride, dilation, group, x.shape):
+        return convolution_winograd_cpu(x, w, b, pad, group)
     if kh == kw == 1 and sh == sw == 1 and pad == (0, 0, 0, 0) and group == 1:
         # 1x1 conv is a plain GEMM per image: (M, C) @ (C, H*W); no im2col copy needed
         y = np.matmul(w.reshape(M, C), x.reshape(N, C, H * W))
@@ -173,7 +337,7 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
     Kg, Mg = Cg * kh * kw, M // group
     nb = int(max(1, min(N, IM2COL_BUDGET // max(1, K * P * 4))))
     col = np.empty((K, nb * P), dtype=np.float32)
-    tmp = np.empty((M, nb * P), dtype=np.float32)
+    tmp = np.empty((M, nb * P) if nb > 1 else (0, 0), dtype=np.float32)
     w2 = np.ascontiguousarray(w.reshape(M, Kg))  # OIHW -> (M, Cg*kh*kw), row-major like the col rows
     y = np.empty((N, M, P), dtype=np.float32)
     for n0 in range(0, N, nb):
@@ -181,6 +345,12 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
         c_ = col if cur == nb else np.empty((K, cur * P), dtype=np.float32)
         t_ = tmp if cur == nb else np.empty((M, cur * P), dtype=np.float32)
         _im2col(x, n0, cur, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, c_)
+        if cur == 1:   # one image: the GEMM writes its (M, P) output plane in place, no scatter
+            for g in range(group):
+                np.matmul(w2[g * Mg:(g + 1) * Mg], c_[g * Kg:(g + 1) * Kg], out=y[n0, g * Mg:(g + 1) * Mg])
+            if has_bias:
+                _add_bias_planes(y[n0:n0 + 1], bb)
+            continue
         for g in range(group):
             np.matmul(w2[g * Mg:(g + 1) * Mg], c_[g * Kg:(g + 1) * Kg], out=t_[g * Mg:(g + 1) * Mg])
         _scatter_bias(t_, bb, has_bias, y, n0, cur)
