@@ -2,13 +2,15 @@
 references against plain nested-loop implementations written here (Caffe's test style)."""
 import numpy as np
 import pytest
-
-from minicaffe.layers import concat, convolution as C, eltwise, inner_product as ip, lrn as L
-from minicaffe.layers import pooling as P, relu, softmax
-from minicaffe.layers.pooling import pool_out_size
-
 from conftest import assert_close
 from kernel_cases import CONV, LRN, POOL, rnd
+
+from minicaffe.layers import concat, eltwise, relu, softmax
+from minicaffe.layers import convolution as C
+from minicaffe.layers import inner_product as ip
+from minicaffe.layers import lrn as L
+from minicaffe.layers import pooling as P
+from minicaffe.layers.pooling import pool_out_size
 
 
 def conv_naive(x, w, b, stride, pad, dil, group):

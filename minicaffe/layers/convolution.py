@@ -12,7 +12,6 @@ It does not implement Deconvolution or 3-D convolution.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
