@@ -68,9 +68,17 @@ def _lrn_across(x, size, alpha, beta, k, y):
                 for w in range(W):
                     v = np.float64(x[n, tail, h, w])
                     acc[w] -= v * v
-            for w in range(W):
-                s = max(acc[w], 0.0)  # running sums may dip below 0 by rounding
-                y[n, c, h, w] = np.float32(x[n, c, h, w] * (k + a * s) ** (-beta))
+            if beta == 0.75:
+                # CaffeNet/AlexNet's beta: t^-0.75 = r*sqrt(r), r = 1/sqrt(t); two square roots
+                # instead of pow() (measured: norm1 at batch 64 went from longer than conv1 to ~1/4)
+                for w in range(W):
+                    s = max(acc[w], 0.0)  # running sums may dip below 0 by rounding
+                    r = 1.0 / np.sqrt(k + a * s)
+                    y[n, c, h, w] = np.float32(x[n, c, h, w] * (r * np.sqrt(r)))
+            else:
+                for w in range(W):
+                    s = max(acc[w], 0.0)
+                    y[n, c, h, w] = np.float32(x[n, c, h, w] * (k + a * s) ** (-beta))
 
 
 @njit(parallel=True, cache=True)
