@@ -93,6 +93,27 @@ def test_conv_winograd_vs_reference(case, monkeypatch):
     assert_close(C.convolution_cpu(x, w, b, (1, 1), pad, (1, 1), group), ref, 1e-5, f"cpu dispatch {name}")
 
 
+# space-to-depth for strided convs: (id, x shape, w shape, stride, pad(t,b,l,r))
+S2D = [
+    ("caffenet_conv1_small", (2, 3, 35, 35), (16, 3, 11, 11), 4, (0, 0, 0, 0)),
+    ("k7s3_pad", (1, 4, 30, 31), (16, 4, 7, 7), 3, (1, 1, 1, 1)),
+    ("k11s4_asym_pad", (1, 3, 50, 43), (16, 3, 11, 11), 4, (2, 1, 0, 3)),
+]
+
+
+@pytest.mark.parametrize("case", S2D, ids=[c[0] for c in S2D])
+def test_conv_space_to_depth_vs_reference(case, monkeypatch):
+    name, xs, ws, s, pad = case
+    rng = np.random.default_rng(4)
+    x, w, b = rnd(rng, *xs, scale=50), rnd(rng, *ws), rnd(rng, ws[0])
+    ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), (s, s), pad,
+                                  (1, 1), 1)
+    assert C.space_to_depth_applies(w, (s, s), (1, 1), 1)
+    assert_close(C.convolution_s2d_cpu(x, w, b, (s, s), pad), ref, 1e-5, f"space-to-depth {name}")
+    monkeypatch.setattr(C, "WINOGRAD", True)
+    assert_close(C.convolution_cpu(x, w, b, (s, s), pad, (1, 1), 1), ref, 1e-5, f"cpu dispatch {name}")
+
+
 def test_winograd_not_used_where_it_does_not_apply():
     w = np.zeros((16, 16, 3, 3), np.float32)
     assert not C.winograd_applies(w, (2, 2), (1, 1), 1, (1, 16, 9, 9))       # strided

@@ -85,12 +85,17 @@ def _im2col(x, n0, nb, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, col):
                     for ow in range(Wo):
                         col[r, base + ow] = 0.0
                 else:
-                    for ow in range(Wo):
-                        iw = ow * sw - pl + j * dw
-                        if iw >= 0 and iw < W:
-                            col[r, base + ow] = x[n0 + n, c, ih, iw]
-                        else:
-                            col[r, base + ow] = 0.0
+                    # valid ow: 0 <= ow*sw - pl + j*dw < W, found once per row so the copy loop
+                    # has no branch (vectorises; stride 1 is a plain contiguous copy)
+                    off = j * dw - pl
+                    lo = 0 if off >= 0 else min(Wo, (-off + sw - 1) // sw)
+                    hi = max(lo, min(Wo, (W - 1 - off) // sw + 1)) if W - 1 - off >= 0 else lo
+                    for ow in range(lo):
+                        col[r, base + ow] = 0.0
+                    for ow in range(lo, hi):
+                        col[r, base + ow] = x[n0 + n, c, ih, ow * sw + off]
+                    for ow in range(hi, Wo):
+                        col[r, base + ow] = 0.0
 
 
 @njit(parallel=True, cache=True)
@@ -301,6 +306,42 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1):
     return y
 
 
+# ---- space-to-depth for strided convolutions (CaffeNet conv1: 11x11 stride 4 over 3 channels)
+# A stride-s convolution equals a stride-1 convolution over s*s*C channels of s x s pixel blocks
+# with a ceil(k/s) kernel (the weight zero-padded to a multiple of s). conv1 becomes a 3x3
+# stride-1 convolution over 48 channels: Winograd applies and the expensive stride-4 im2col goes.
+
+
+def space_to_depth_applies(w, stride, dilation, group):
+    M, Cg, kh, kw = w.shape
+    sh, sw = stride
+    return (sh == sw and sh > 1 and tuple(dilation) == (1, 1) and group == 1 and kh >= sh and kw >= sw
+            and -(-kh // sh) == 3 and -(-kw // sw) == 3 and Cg * sh * sw >= 16)
+
+
+def convolution_s2d_cpu(x, w, b, stride, pad=(0, 0, 0, 0)):
+    """x: (N, C, H, W), w: (M, C, kh, kw), stride (s, s) -> (N, M, Ho, Wo) by space-to-depth and a
+    stride-1 convolution (same contract as :func:`convolution_reference`, group 1, no dilation)."""
+    N, C, H, W = x.shape
+    M, _, kh, kw = w.shape
+    s = stride[0]
+    pt, pb, pl, pr = pad
+    Ho = conv_out_size(H, kh, s, pt, pb)
+    Wo = conv_out_size(W, kw, s, pl, pr)
+    ks, ls = -(-kh // s), -(-kw // s)
+    Hs, Ws = Ho + ks - 1, Wo + ls - 1
+    # padded input cut/extended to exactly Hs*s x Ws*s rows/cols (beyond that is never read)
+    xp = np.zeros((N, C, Hs * s, Ws * s), dtype=np.float32)
+    h1, w1 = min(H, Hs * s - pt), min(W, Ws * s - pl)
+    xp[:, :, pt:pt + h1, pl:pl + w1] = x[:, :, :h1, :w1]
+    # (N, C, Hs, s, Ws, s) -> (N, C, s_h, s_w, Hs, Ws): channel c*s*s + a*s + b holds x[c, p*s+a, q*s+b]
+    xs = np.ascontiguousarray(xp.reshape(N, C, Hs, s, Ws, s).transpose(0, 1, 3, 5, 2, 4)).reshape(N, C * s * s, Hs, Ws)
+    wp = np.zeros((M, C, ks * s, ls * s), dtype=np.float32)
+    wp[:, :, :kh, :kw] = w
+    ws = np.ascontiguousarray(wp.reshape(M, C, ks, s, ls, s).transpose(0, 1, 3, 5, 2, 4)).reshape(M, C * s * s, ks, ls)
+    return convolution_cpu(xs, ws, b, (1, 1), (0, 0, 0, 0), (1, 1), 1)
+
+
 #: bytes allowed for one im2col buffer; batches are processed in chunks that fit. Small enough
 #: for the buffer to stay in cache between im2col and the GEMM that reads it (measured: 64 MB
 #: -> 8 MB made CaffeNet conv1 at batch 64 ~25% faster single-threaded)
@@ -325,6 +366,8 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
         return y
     if WINOGRAD and winograd_applies(w, stride, dilation, group, x.shape):
         return convolution_winograd_cpu(x, w, b, pad, group)
+    if WINOGRAD and space_to_depth_applies(w, stride, dilation, group):
+        return convolution_s2d_cpu(x, w, b, stride, pad)
     if kh == kw == 1 and sh == sw == 1 and pad == (0, 0, 0, 0) and group == 1:
         # 1x1 conv is a plain GEMM per image: (M, C) @ (C, H*W); no im2col copy needed
         y = np.matmul(w.reshape(M, C), x.reshape(N, C, H * W))
