@@ -74,6 +74,9 @@ WINOGRAD = [
     ("asym_pad", (2, 16, 9, 10), (20, 16, 3, 3), (1, 0, 2, 1), 1, True, None),
     ("pad2_tiny", (1, 16, 3, 4), (16, 16, 3, 3), (2, 2, 2, 2), 1, True, None),
     ("chunked_tail", (5, 16, 7, 7), (16, 16, 3, 3), (1, 1, 1, 1), 1, True, 2 * 16 * 16 * 16 * 4),
+    ("5x5_group2_conv2like", (8, 32, 13, 13), (32, 16, 5, 5), (2, 2, 2, 2), 2, True, None),
+    ("5x5_nopad_chunked", (9, 16, 9, 8), (16, 16, 5, 5), (0, 0, 0, 0), 1, False, 2 * 16 * 16 * 4 * 9 * 4),
+    ("7x7_asym_pad", (8, 16, 10, 11), (16, 16, 7, 7), (3, 2, 1, 3), 1, True, None),
 ]
 
 
@@ -119,6 +122,8 @@ def test_winograd_not_used_where_it_does_not_apply():
     assert not C.winograd_applies(w, (2, 2), (1, 1), 1, (1, 16, 9, 9))       # strided
     assert not C.winograd_applies(w, (1, 1), (2, 2), 1, (1, 16, 9, 9))       # dilated
     assert not C.winograd_applies(np.zeros((16, 16, 5, 5), np.float32), (1, 1), (1, 1), 1, (1, 16, 9, 9))
+    assert not C.winograd_applies(np.zeros((16, 16, 4, 4), np.float32), (1, 1), (1, 1), 1, (8, 16, 9, 9))
+    assert not C.winograd_applies(np.zeros((16, 16, 3, 5), np.float32), (1, 1), (1, 1), 1, (8, 16, 9, 9))
     assert not C.winograd_applies(np.zeros((16, 1, 3, 3), np.float32), (1, 1), (1, 1), 16, (1, 16, 9, 9))
 
 

@@ -266,42 +266,65 @@ WINOGRAD_BUDGET = 4 << 20
 
 
 def winograd_applies(w, stride, dilation, group, x_shape):
-    """3x3, stride 1, no dilation, not depthwise, and enough channels for the GEMMs to dominate."""
+    """Square kernel, stride 1, no dilation, not depthwise, enough channels for the GEMMs to
+    dominate, and (for k > 3) fewer multiplies than direct: a k x k kernel is split into
+    ceil(k/3)^2 3x3 pieces, 16 multiplies each per 2x2 tile against 4*k*k direct (5x5: 64 vs 100)."""
     M, Cg, kh, kw = w.shape
-    return (kh == kw == 3 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
-            and Cg >= 16 and M // group >= 16)
+    if not (kh == kw >= 3 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and Cg >= 16 and M // group >= 16):
+        return False
+    ks = -(-kh // 3)
+    # k > 3 only from batch 8: at batch 1 its small stacked GEMMs lost to im2col (conv2: 6.8 vs
+    # 5.1 ms single-threaded), at batch 64 they win (~360 vs ~490 ms)
+    return kh == 3 or (16 * ks * ks < 0.8 * 4 * kh * kh and x_shape[0] >= 8)
 
 
 def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1):
-    """x: (N, C, H, W), w: (M, C/group, 3, 3) -> (N, M, Ho, Wo); 3x3 stride-1 convolution by
-    Winograd F(2x2, 3x3) (same contract as :func:`convolution_reference` for those layers)."""
+    """x: (N, C, H, W), w: (M, C/group, k, k) -> (N, M, Ho, Wo); stride-1 convolution by Winograd
+    F(2x2, 3x3) (same contract as :func:`convolution_reference` for those layers).
+
+    k > 3 (CaffeNet conv2: 5x5) is zero-padded to 3*ks and split into ks*ks 3x3 pieces at offsets
+    (3a, 3b); their transformed inputs are stacked along the GEMM's K axis, so each 2x2 tile
+    still needs a single GEMM and a single output transform: y = sum over pieces."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
-    M, Cg, kh, kw = w.shape
-    assert kh == kw == 3, "Winograd F(2x2,3x3) needs a 3x3 kernel"
+    M, Cg, k, _ = w.shape
+    ks = -(-k // 3)
+    S = ks * ks
     pt, pb, pl, pr = pad
-    Ho, Wo = H + pt + pb - 2, W + pl + pr - 2
+    Ho, Wo = H + pt + pb - k + 1, W + pl + pr - k + 1
     th, tw = (Ho + 1) // 2, (Wo + 1) // 2
     T = th * tw
     Mg = M // group
-    U = _winograd_filter(np.ascontiguousarray(w, dtype=np.float32))
+    wp = np.zeros((M, Cg, 3 * ks, 3 * ks), dtype=np.float32)
+    wp[:, :, :k, :k] = w
+    offsets = [(3 * a, 3 * c) for a in range(ks) for c in range(ks)]
+    # U: (16, M, S*Cg); a group's K axis runs over (piece, channel), matching V's layout below
+    U = np.empty((16, M, S * Cg), dtype=np.float32)
+    for s, (oa, ob) in enumerate(offsets):
+        U[:, :, s * Cg:(s + 1) * Cg] = _winograd_filter(np.ascontiguousarray(wp[:, :, oa:oa + 3, ob:ob + 3]))
     has_bias = b is not None
     bb = b if has_bias else np.zeros(M, np.float32)
-    nb = int(max(1, min(N, WINOGRAD_BUDGET // max(1, 16 * C * T * 4))))
-    V = np.empty((16, C, nb * T), dtype=np.float32)
+    nb = int(max(1, min(N, WINOGRAD_BUDGET // max(1, 16 * C * S * T * 4))))
+    V = np.empty((16, C * S, nb * T), dtype=np.float32)     # K rows ordered (group, piece, channel)
     Mt = np.empty((16, M, nb * T), dtype=np.float32)
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
-    # zero-pad once to whole 4x4 tiles (rows 2*th+2): the tile loops then need no bounds checks
-    xp = np.zeros((N, C, 2 * th + 2, 2 * tw + 2), dtype=np.float32)
-    h1, w1 = min(H, 2 * th + 2 - pt), min(W, 2 * tw + 2 - pl)
+    # zero-pad once to whole 4x4 tiles for every piece's offset: the tile loops need no bounds checks
+    hp, wq = 2 * th + 2, 2 * tw + 2
+    xp = np.zeros((N, C, hp + 3 * (ks - 1), wq + 3 * (ks - 1)), dtype=np.float32)
+    h1, w1 = min(H, xp.shape[2] - pt), min(W, xp.shape[3] - pl)
     xp[:, :, pt:pt + h1, pl:pl + w1] = x[:, :, :h1, :w1]
     for n0 in range(0, N, nb):
         cur = min(nb, N - n0)
-        V_ = V if cur == nb else np.empty((16, C, cur * T), dtype=np.float32)
+        V_ = V if cur == nb else np.empty((16, C * S, cur * T), dtype=np.float32)
         M_ = Mt if cur == nb else np.empty((16, M, cur * T), dtype=np.float32)
-        _winograd_input(xp, n0, cur, th, tw, V_)
-        for g in range(group):   # 16 GEMMs per group: (Mg, Cg) @ (Cg, cur*T)
-            np.matmul(U[:, g * Mg:(g + 1) * Mg], V_[:, g * Cg:(g + 1) * Cg], out=M_[:, g * Mg:(g + 1) * Mg])
+        for g in range(group):
+            for s, (oa, ob) in enumerate(offsets):
+                r = (g * S + s) * Cg
+                _winograd_input(xp[:, g * Cg:(g + 1) * Cg, oa:oa + hp, ob:ob + wq], n0, cur, th, tw,
+                                V_[:, r:r + Cg])
+            # 16 GEMMs per group: (Mg, S*Cg) @ (S*Cg, cur*T)
+            np.matmul(U[:, g * Mg:(g + 1) * Mg], V_[:, g * S * Cg:(g + 1) * S * Cg], out=M_[:, g * Mg:(g + 1) * Mg])
         _winograd_output(M_, bb, has_bias, n0, cur, th, tw, y)
     return y
 
