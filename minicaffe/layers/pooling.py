@@ -94,10 +94,52 @@ def _pool_cpu(x, method, kh, kw, sh, sw, ph, pw, y):
                     y[n, c, oh, ow] = s / np.float32(size)
 
 
+@njit(parallel=True, cache=True)
+def _maxpool3_cpu(x, sh, sw, y):
+    # MAX 3x3, no padding (CaffeNet's pool1/2/5): windows wholly inside the image take an unrolled
+    # 9-load path; only the last row/column (ceil mode may clip them) go through the bounds checks.
+    N, C, H, W = x.shape
+    Ho, Wo = y.shape[2], y.shape[3]
+    for t in prange(N * C):
+        n = t // C
+        c = t % C
+        full_h = min(Ho, (H - 3) // sh + 1)
+        full_w = min(Wo, (W - 3) // sw + 1)
+        for oh in range(Ho):
+            hs = oh * sh
+            if oh < full_h:
+                r0 = x[n, c, hs]
+                r1 = x[n, c, hs + 1]
+                r2 = x[n, c, hs + 2]
+                for ow in range(full_w):
+                    q = ow * sw
+                    m = max(max(r0[q], r0[q + 1]), r0[q + 2])
+                    m = max(m, max(max(r1[q], r1[q + 1]), r1[q + 2]))
+                    m = max(m, max(max(r2[q], r2[q + 1]), r2[q + 2]))
+                    y[n, c, oh, ow] = m
+                start = full_w
+            else:
+                start = 0
+            he = min(hs + 3, H)
+            for ow in range(start, Wo):
+                ws = ow * sw
+                we = min(ws + 3, W)
+                m = np.float32(-3.402823466e38)
+                for i in range(hs, he):
+                    for j in range(ws, we):
+                        v = x[n, c, i, j]
+                        if v > m:
+                            m = v
+                y[n, c, oh, ow] = m
+
+
 def pooling_cpu(x, method, kernel, stride, pad, out_hw):
     """Same contract as :func:`pooling_reference`."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.empty(x.shape[:2] + tuple(out_hw), dtype=np.float32)
+    if method == 0 and tuple(kernel) == (3, 3) and tuple(pad) == (0, 0):
+        _maxpool3_cpu(x, stride[0], stride[1], y)
+        return y
     _pool_cpu(x, method, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], y)
     return y
 
