@@ -81,6 +81,8 @@ def main(argv=None):
     p.add_argument("--offline", action="store_true", help="also run lfw_subset and Fashion-MNIST (EfficientNet-Lite0)")
     p.add_argument("--offline-model", default="efficientnet-lite0")
     p.add_argument("--splits", type=int, default=5)
+    p.add_argument("--n-train", type=int, default=30, help="Caltech-101 training images per class (default 30)")
+    p.add_argument("--curve", default="1,5,10,15,20", help="Caltech-101 curve points (default 1,5,10,15,20)")
     p.add_argument("--cache", default=None, help="feature cache folder")
     p.add_argument("--backend", default="cpu", choices=("numpy", "cpu", "cuda"))
     p.add_argument("--out", default="decaf_report.md", help="report path; plots go next to it")
@@ -102,7 +104,7 @@ def main(argv=None):
         runs.append(("caltech101", ["caltech101", roots["caltech101"], "--model", a.model,
                                     "--layers", a.layers or ("decaf5,decaf6,decaf7,pool5+fc6" if deep else "features"),
                                     "--baselines", "hog", "--classifiers", "lr,svm,svm+dropout",
-                                    "--curve", "1,5,10,15,20"]))
+                                    "--n-train", str(a.n_train), "--curve", a.curve]))
     if "sun397" in roots:
         runs.append(("sun397", ["sun397", roots["sun397"], "--model", a.model, "--layers",
                                 a.layers or ("decaf6" if deep else "features"), "--classifiers", "lr"]))

@@ -263,26 +263,26 @@ def run_command(args):
                 markdown_table(["N / class", "mean per-class acc. (%)"],
                                [[k, f"{100 * r.mean:.2f} ± {100 * r.std:.2f}"] for k, r in curve])
         sec = Section(f"Caltech-101 ({len(ds.classes)} classes, {args.n_train} train / class)", "caltech101",
-                      table, [PAPER_NOTES["caltech101"]], extra)
+                      table, ["paper: " + PAPER_NOTES["caltech101"]], extra)
         sec.curve = curve
         sections.append(sec)
         vis = (ds, None)
     elif proto == "sun397":
         res = ex.run_sun397(ds, model, specs, n_splits=n, seed=seed, classifiers=classifiers or ["lr"],
                             scale=args.scale, **fkw)
-        sections.append(Section(f"SUN-397 ({len(ds.classes)} classes)", "sun397", res, [PAPER_NOTES["sun397"]]))
+        sections.append(Section(f"SUN-397 ({len(ds.classes)} classes)", "sun397", res, ["paper: " + PAPER_NOTES["sun397"]]))
         vis = (ds, None)
     elif proto == "office":
         res = ex.run_office(src, tgt, model, specs, n_splits=n, seed=seed, classifiers=classifiers or ["svm"],
                             settings=_csv(args.settings), scale=args.scale, **fkw)
         key = f"office:{args.source}->{args.target}"
-        sections.append(Section(f"Office {args.source} → {args.target}", key, res, [PAPER_NOTES["office"]]))
+        sections.append(Section(f"Office {args.source} → {args.target}", key, res, ["paper: " + PAPER_NOTES["office"]]))
         vis = (tgt, None)
     elif proto == "cub200":
         out = ex.run_cub200(by_crop, model, specs, seed=seed, classifiers=classifiers or ["lr"], scale=args.scale,
                            **fkw)
         for crop, res in out.items():
-            sections.append(Section(f"CUB-200-2011 ({crop})", f"cub200:{crop}", res, [PAPER_NOTES["cub200"]]))
+            sections.append(Section(f"CUB-200-2011 ({crop})", f"cub200:{crop}", res, ["paper: " + PAPER_NOTES["cub200"]]))
         vis = (next(iter(by_crop.values())), None)
     elif proto == "folder":
         if args.split_protocol == "fixed":
