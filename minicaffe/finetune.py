@@ -123,8 +123,8 @@ def predict(net, feats, train_from, out_blob, batch=64, fetch=()):
     res = {k: [] for k in (out_blob, *fetch)}
     for b0 in range(0, len(feats), batch):
         got = forward_from(net, feats[b0:b0 + batch], train_from, list(res))
-        for k in res:
-            res[k].append(np.array(got[k]).reshape(len(feats[b0:b0 + batch]), -1))
+        for k, parts in res.items():
+            parts.append(np.array(got[k]).reshape(len(feats[b0:b0 + batch]), -1))
     net.set_phase(phase)
     return {k: np.concatenate(v) for k, v in res.items()}
 

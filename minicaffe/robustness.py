@@ -93,7 +93,8 @@ def sample_photos():
             continue
         try:
             im = np.asarray(f())
-        except Exception:  # noqa: BLE001 - a sample missing from this scikit-image build
+        except Exception as e:  # noqa: BLE001 - a sample missing from this scikit-image build
+            print(f"robustness: skipping scikit-image sample {n!r}: {e}", file=sys.stderr)
             continue
         if im.ndim == 3 and im.shape[2] >= 3:
             names.append(n)
@@ -155,7 +156,7 @@ def main(argv=None):
             advs[(kind, eps)] = (adv, pred)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
-    print("| eps (pixel levels) | FGSM: top-1 unchanged | I-FGSM (%d steps): top-1 unchanged |" % args.steps)
+    print(f"| eps (pixel levels) | FGSM: top-1 unchanged | I-FGSM ({args.steps} steps): top-1 unchanged |")
     print("|---|---|---|")
     for r in rows:
         print(f"| {r['eps']:g} | {r['fgsm']:.2f} | {r['ifgsm']:.2f} |")

@@ -12,8 +12,8 @@ import importlib
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, assert_close
 
-from conftest import FIXTURES, assert_close, rel_err
 from minicaffe import Net
 from minicaffe.errors import ModelError
 
@@ -63,8 +63,8 @@ def one_layer_net(body, shapes, label_classes=None):
 # "avoid": keep |x - v| > 0.05 for v in the list (kinks of ReLU/Clip)
 CASES = [
     ("conv_group_stride_asympad_dil",
-     'type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 group: 2 stride_h: 2 stride_w: 1 '
-     'pad_top: 1 pad_bottom: 0 pad_left: 1 pad_right: 2 dilation: 1 dilation: 2 }', [(2, 4, 7, 6)], {}),
+     ('type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 group: 2 stride_h: 2 stride_w: 1 '
+      'pad_top: 1 pad_bottom: 0 pad_left: 1 pad_right: 2 dilation: 1 dilation: 2 }'), [(2, 4, 7, 6)], {}),
     ("conv_depthwise", 'type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 group: 3 stride: 2 pad: 1 }',
      [(2, 3, 5, 5)], {}),
     ("conv_1x1_nobias", 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 1 bias_term: false }',
@@ -178,7 +178,11 @@ def test_layer_backward_vs_finite_differences(case):
 
 def test_max_pool_gradient_goes_to_first_maximum():
     # ties: Caffe's forward keeps the first maximum in row-major scan order; so must backward
-    from minicaffe.layers.pooling import MAX, pooling_backward_cpu, pooling_backward_reference
+    from minicaffe.layers.pooling import (
+        MAX,
+        pooling_backward_cpu,
+        pooling_backward_reference,
+    )
     x = np.zeros((1, 1, 3, 3), np.float32)
     dy = np.ones((1, 1, 1, 1), np.float32)
     for f in (pooling_backward_reference, pooling_backward_cpu):

@@ -1,12 +1,11 @@
 """Solver arithmetic (Caffe's SGD update, lr policies, multipliers) and the fine-tuning mechanics
 on the seeded small CaffeNet fixture (the real-data result is in docs/finetune.md)."""
 import json
-import os
 
 import numpy as np
 import pytest
-
 from conftest import FIXTURES
+
 from minicaffe import Net
 from minicaffe.errors import ModelError
 from minicaffe.solver import SGDSolver, learning_rate
