@@ -328,7 +328,9 @@ def status(key):
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     return None
-maxrss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across execve, so a child forked from a
+# big parent (this benchmark with every framework loaded) would report the parent's peak
+maxrss = lambda: status("VmHWM")
 after_load = maxrss()              # peak so far: imports + weights (+ Net's own set-up)
 net.forward(x)                     # JIT (or cache load) and first-call allocations
 after_first = maxrss()

@@ -288,9 +288,12 @@ def winograd_applies(w, stride, dilation, group, x_shape):
             and Cg >= 16 and M // group >= 16):
         return False
     ks = -(-kh // 3)
-    # k > 3 only from batch 8: at batch 1 its small stacked GEMMs lost to im2col (conv2: 6.8 vs
-    # 5.1 ms single-threaded), at batch 64 they win (~360 vs ~490 ms)
-    return kh == 3 or (16 * ks * ks < 0.8 * 4 * kh * kh and x_shape[0] >= 8)
+    # Small batches lose: 16 small GEMMs per layer cost more than the FLOPs they save. Measured
+    # with 2 threads on a quiet Xeon: 3x3 at batch 1 0.5-0.9x, at batch 10 1.5x, at batch 64
+    # 1.35-1.5x; 5x5 (conv2) at batch 1 lost single-threaded (6.8 vs 5.1 ms), at 64 won 1.4x.
+    if kh == 3:
+        return x_shape[0] >= 4
+    return 16 * ks * ks < 0.8 * 4 * kh * kh and x_shape[0] >= 8
 
 
 def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1):
@@ -343,6 +346,11 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1):
     return y
 
 
+#: route strided convs like conv1 through space-to-depth + Winograd in ``convolution_cpu``. Off:
+#: measured neutral against im2col with 2 threads (conv1 0.96-1.02x at batch 1/10/64), and it needs
+#: two extra copies of the input; kept (and tested) for machines where the GEMM is the bottleneck.
+SPACE_TO_DEPTH = os.environ.get("MINICAFFE_SPACE_TO_DEPTH", "0") == "1"
+
 # ---- space-to-depth for strided convolutions (CaffeNet conv1: 11x11 stride 4 over 3 channels)
 # A stride-s convolution equals a stride-1 convolution over s*s*C channels of s x s pixel blocks
 # with a ceil(k/s) kernel (the weight zero-padded to a multiple of s). conv1 becomes a 3x3
@@ -380,9 +388,9 @@ def convolution_s2d_cpu(x, w, b, stride, pad=(0, 0, 0, 0)):
 
 
 #: bytes allowed for one im2col buffer; batches are processed in chunks that fit. Small enough
-#: for the buffer to stay in cache between im2col and the GEMM that reads it (measured: 64 MB
-#: -> 8 MB made CaffeNet conv1 at batch 64 ~25% faster single-threaded)
-IM2COL_BUDGET = 8 << 20
+#: for the buffer to stay in cache between im2col and the GEMMs that read it (measured: 64 MB
+#: -> 8-16 MB made CaffeNet conv1 at batch 64 ~25% faster)
+IM2COL_BUDGET = 16 << 20
 
 
 def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
@@ -403,7 +411,7 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
         return y
     if WINOGRAD and winograd_applies(w, stride, dilation, group, x.shape):
         return convolution_winograd_cpu(x, w, b, pad, group)
-    if WINOGRAD and space_to_depth_applies(w, stride, dilation, group):
+    if SPACE_TO_DEPTH and space_to_depth_applies(w, stride, dilation, group):
         return convolution_s2d_cpu(x, w, b, stride, pad)
     if kh == kw == 1 and sh == sw == 1 and pad == (0, 0, 0, 0) and group == 1:
         # 1x1 conv is a plain GEMM per image: (M, C) @ (C, H*W); no im2col copy needed
@@ -416,23 +424,21 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
     Kg, Mg = Cg * kh * kw, M // group
     nb = int(max(1, min(N, IM2COL_BUDGET // max(1, K * P * 4))))
     col = np.empty((K, nb * P), dtype=np.float32)
-    tmp = np.empty((M, nb * P) if nb > 1 else (0, 0), dtype=np.float32)
     w2 = np.ascontiguousarray(w.reshape(M, Kg))  # OIHW -> (M, Cg*kh*kw), row-major like the col rows
     y = np.empty((N, M, P), dtype=np.float32)
     for n0 in range(0, N, nb):
         cur = min(nb, N - n0)
         c_ = col if cur == nb else np.empty((K, cur * P), dtype=np.float32)
-        t_ = tmp if cur == nb else np.empty((M, cur * P), dtype=np.float32)
         _im2col(x, n0, cur, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, c_)
-        if cur == 1:   # one image: the GEMM writes its (M, P) output plane in place, no scatter
+        # one GEMM per image and group, written straight into its (Mg, P) block of the NCHW
+        # output: BLAS reads the image's columns of the chunk with a row stride, so no scatter
+        # pass over the output is needed
+        for n in range(cur):
             for g in range(group):
-                np.matmul(w2[g * Mg:(g + 1) * Mg], c_[g * Kg:(g + 1) * Kg], out=y[n0, g * Mg:(g + 1) * Mg])
-            if has_bias:
-                _add_bias_planes(y[n0:n0 + 1], bb)
-            continue
-        for g in range(group):
-            np.matmul(w2[g * Mg:(g + 1) * Mg], c_[g * Kg:(g + 1) * Kg], out=t_[g * Mg:(g + 1) * Mg])
-        _scatter_bias(t_, bb, has_bias, y, n0, cur)
+                np.matmul(w2[g * Mg:(g + 1) * Mg], c_[g * Kg:(g + 1) * Kg, n * P:(n + 1) * P],
+                          out=y[n0 + n, g * Mg:(g + 1) * Mg])
+        if has_bias:
+            _add_bias_planes(y[n0:n0 + cur], bb)
     return y.reshape(N, M, Ho, Wo)
 
 
