@@ -650,6 +650,12 @@ def main(argv=None):
     if n == 0:
         print(f"minicaffe: error: no image could be used ({m} failed; see the warnings above)", file=sys.stderr)
         return 1
+    if not args.quiet:
+        first = next(iter(dims))
+        path = os.path.abspath(out)
+        how = (f"h5py.File({path!r})['features/{first}'][:]" if fmt == "h5"
+               else f"numpy.load({path!r})['features/{first}']")
+        print(f"minicaffe: load it with {how}  (rows follow 'paths'; see docs/extract.md)", file=sys.stderr)
     return 0
 
 

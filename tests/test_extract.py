@@ -331,7 +331,7 @@ def test_default_model_quickstart(env, capsys):
     if default_model() not in MODELS or not MODELS[default_model()].source.get("package"):
         pytest.skip("no embedded default model registered")
     pytest.importorskip(MODELS[default_model()].source["module"])
-    rc = run(main, [os.path.join(env["photos"], "animals"), "-o", "quick.h5", "-q", "--workers", "0"])
+    rc = run(main, [os.path.join(env["photos"], "animals"), "-o", "quick.h5", "--workers", "0"])
     err = capsys.readouterr().err
     assert rc == 0, err
     with h5py.File("quick.h5", "r") as f:
@@ -339,6 +339,9 @@ def test_default_model_quickstart(env, capsys):
         (name,) = list(f["features"])
         X = f["features"][name][()]
     assert X.shape[0] == 2 and X.shape[1] > 100 and np.isfinite(X).all() and (X != 0).any()
+    # the run says where the file is and how to load it (the README promises both)
+    hint = f"load it with h5py.File({os.path.abspath('quick.h5')!r})['features/{name}'][:]"
+    assert hint in err, err[-2000:]
 
 
 def test_decoder_process_death_is_one_failed_row(env, tmp_path):
