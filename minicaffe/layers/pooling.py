@@ -56,6 +56,18 @@ def pooling_reference(x, method, kernel, stride, pad, out_hw):
     return y
 
 
+@njit(cache=True, inline="always")
+def _window_max(x, n, c, hs, he, ws, we):
+    # max over x[n, c, hs:he, ws:we] (a window already clipped to the image; padding never wins)
+    m = np.float32(-3.402823466e38)
+    for i in range(hs, he):
+        for j in range(ws, we):
+            v = x[n, c, i, j]
+            if v > m:
+                m = v
+    return m
+
+
 @njit(parallel=True, cache=True)
 def _pool_cpu(x, method, kh, kw, sh, sw, ph, pw, y):
     N, C, H, W = x.shape
@@ -68,17 +80,8 @@ def _pool_cpu(x, method, kh, kw, sh, sw, ph, pw, y):
                 hs = oh * sh - ph
                 ws = ow * sw - pw
                 if method == 0:
-                    he = min(hs + kh, H)
-                    we = min(ws + kw, W)
-                    hs = max(hs, 0)
-                    ws = max(ws, 0)
-                    m = np.float32(-3.402823466e38)
-                    for i in range(hs, he):
-                        for j in range(ws, we):
-                            v = x[n, c, i, j]
-                            if v > m:
-                                m = v
-                    y[n, c, oh, ow] = m
+                    y[n, c, oh, ow] = _window_max(x, n, c, max(hs, 0), min(hs + kh, H), max(ws, 0),
+                                                  min(ws + kw, W))
                 else:
                     he = min(hs + kh, H + ph)
                     we = min(ws + kw, W + pw)
@@ -122,15 +125,7 @@ def _maxpool3_cpu(x, sh, sw, y):
                 start = 0
             he = min(hs + 3, H)
             for ow in range(start, Wo):
-                ws = ow * sw
-                we = min(ws + 3, W)
-                m = np.float32(-3.402823466e38)
-                for i in range(hs, he):
-                    for j in range(ws, we):
-                        v = x[n, c, i, j]
-                        if v > m:
-                            m = v
-                y[n, c, oh, ow] = m
+                y[n, c, oh, ow] = _window_max(x, n, c, hs, he, ow * sw, min(ow * sw + 3, W))
 
 
 def pooling_cpu(x, method, kernel, stride, pad, out_hw):
