@@ -39,8 +39,14 @@ def _keep_freed_memory():
 
 _keep_freed_memory()
 
-from .errors import (BackendError, ImageError, MinicaffeError, ModelError,  # noqa: F401
-                     PrototxtError, WeightsError)
+from .errors import (  # noqa: F401
+    BackendError,
+    ImageError,
+    MinicaffeError,
+    ModelError,
+    PrototxtError,
+    WeightsError,
+)
 from .net import Net  # noqa: F401
 
 

@@ -143,6 +143,7 @@ def load_images(paths, crop, spec=None):
     ``spec`` (a model's :class:`~minicaffe.models.Preprocessing`) or Caffe's ILSVRC recipe (resize
     256x256, RGB->BGR, subtract the mean image, center crop)."""
     import dataclasses
+
     from .models import CAFFE_PREPROCESSING
     from .preprocess import preprocess_image
     spec = dataclasses.replace(spec or CAFFE_PREPROCESSING, crop=crop)

@@ -199,6 +199,7 @@ def write_shard(path, paths, failed, feats, seq=-1):
 def read_shards(parts_dir, warn=None):
     """-> [extract.Source] of every finished part in ``parts_dir``, oldest run first; temp files ignored."""
     import h5py
+
     from .extract import Source
     out = []
     if not os.path.isdir(parts_dir):
@@ -342,6 +343,7 @@ def run(args, listing, fx, meta, sources, parts_dir, out, fmt):
     finished shard parts in ``parts_dir`` are added here.
     """
     from tqdm import tqdm
+
     from .extract import _THROTTLE_ENV, assemble, warn
 
     shard_size = args.shard_size if args.shard_size is not None else DEFAULT_SHARD_SIZE

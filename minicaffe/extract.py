@@ -36,11 +36,18 @@ import numpy as np
 
 from . import __version__
 from .cli import exit_with
-from .datasets import NO_LABEL, InputError, list_inputs
-from .errors import MinicaffeError, ModelError
+from .datasets import InputError, list_inputs
+from .errors import MinicaffeError
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
 from .models import CAFFE_PREPROCESSING, DECAF_ALIASES, MODELS, get_model
-from .preprocess import CROP_MODES, N_OVERSAMPLE, check_spec, normalize_batch, with_channel_means, worker_load
+from .preprocess import (
+    CROP_MODES,
+    N_OVERSAMPLE,
+    check_spec,
+    normalize_batch,
+    with_channel_means,
+    worker_load,
+)
 
 PRE_SUFFIX = ".pre"
 PARTS_SUFFIX = ".parts"

@@ -114,7 +114,7 @@ def worker_load(args):
     except ImageError as e:
         msg = str(e)
         prefix = f"{path}: "
-        return i, None, msg[len(prefix):] if msg.startswith(prefix) else msg
+        return i, None, msg.removeprefix(prefix)
 
 
 @functools.lru_cache(maxsize=8)

@@ -56,7 +56,7 @@ class LayerTimer:
 
     def __init__(self, net, sync=None):
         self.net, self.sync = net, sync
-        self.samples: "OrderedDict[str, list[float]]" = OrderedDict()
+        self.samples: OrderedDict[str, list[float]] = OrderedDict()
         self.span: list[float] = []
         self._t0 = {}
         self._pass_start = self._pass_end = None
@@ -181,6 +181,7 @@ def machine_info(backend) -> dict:
                        python=platform.python_version(), numpy=np.__version__, numba=numba.__version__)
     if backend == "cuda":
         from numba import cuda
+
         from .backend import cuda_simulated
         info["cuda_simulator"] = cuda_simulated()
         if not cuda_simulated():

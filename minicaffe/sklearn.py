@@ -55,7 +55,12 @@ class DeCAF(TransformerMixin, BaseEstimator):
     def _build(self):
         from argparse import Namespace
 
-        from .extract import FeatureExtractor, default_layers, load_model, resolve_layers
+        from .extract import (
+            FeatureExtractor,
+            default_layers,
+            load_model,
+            resolve_layers,
+        )
         args = Namespace(prototxt=self.prototxt, weights=self.weights, model=self.model,
                          preprocess=self.preprocess, mean=self.mean, crop_size=None, backend=self.backend)
         net, spec, aliases, desc = load_model(args)

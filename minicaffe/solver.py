@@ -12,8 +12,6 @@ clipping, iteration size > 1, or the other Caffe solvers (Nesterov, AdaGrad, Ada
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .errors import ModelError

@@ -33,7 +33,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_extract import make_jpegs  # noqa: E402
+from bench_extract import make_jpegs
 
 
 def main(argv=None):
@@ -51,6 +51,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import numpy as np
+
     from minicaffe import Net, __version__
     from minicaffe import distributed as mdist
     from minicaffe.cli import run

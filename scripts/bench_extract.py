@@ -26,9 +26,9 @@ import numpy as np
 
 
 def make_jpegs(folder, n, seed=0):
-    from PIL import Image
     import skimage.data as skd
     import sklearn.datasets
+    from PIL import Image
     srcs = [os.path.join(skd.data_dir, f) for f in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",
                                                      "motorcycle_left.png", "hubble_deep_field.jpg")]
     srcs += [os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", f) for f in ("china.jpg", "flower.jpg")]
@@ -61,7 +61,8 @@ def main(argv=None):
 
     from minicaffe import Net, __version__
     from minicaffe.cli import run
-    from minicaffe.extract import main as extract_main, resolve_layers, FeatureExtractor
+    from minicaffe.extract import FeatureExtractor, resolve_layers
+    from minicaffe.extract import main as extract_main
     from minicaffe.models import CAFFE_PREPROCESSING, DECAF_ALIASES, MODELS_DIR
     from minicaffe.preprocess import load_resized
 

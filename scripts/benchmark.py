@@ -43,7 +43,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from minicaffe.errors import MinicaffeError  # noqa: E402
+from minicaffe.errors import MinicaffeError
 
 DEFAULT_PROTO = os.path.join(REPO, "minicaffe", "data", "models", "bvlc_reference_caffenet.deploy.prototxt")
 FRAMEWORKS = ("minicaffe-numpy", "minicaffe-cpu", "minicaffe-cuda", "openvino", "onnxruntime", "torch",
@@ -576,7 +576,7 @@ def main(argv=None):
         if not args.no_memory:
             try:
                 memory = peak_rss(args.prototxt, h5, args.threads, max(args.batches))
-                mb = lambda v: f"{v / 2 ** 20:.0f} MiB" if v else "n/a"  # noqa: E731
+                mb = lambda v: f"{v / 2 ** 20:.0f} MiB" if v else "n/a"
                 what = "peak RSS during" if memory["hwm_reset"] else "process peak RSS (HWM reset refused) around"
                 print(f"minicaffe cpu memory: {what} a batch-{max(args.batches)} forward "
                       f"{mb(memory['peak_rss_during_forward'] or memory['process_maxrss'])}; RSS before it "

@@ -11,9 +11,9 @@ import time
 
 os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import minicaffe  # noqa: E402
+import minicaffe
 
 
 def main(fixtures, out):

@@ -4,14 +4,16 @@ every GPU thread in Python. Run directly with a real GPU too: ``python -m pytest
 """
 import numpy as np
 import pytest
-
-from minicaffe.backend import to_device
-from minicaffe.layers import concat, convolution as C, eltwise, inner_product as ip, lrn as L
-from minicaffe.layers import pooling as P, relu, softmax
-from minicaffe.layers.pooling import pool_out_size
-
 from conftest import assert_close
 from kernel_cases import CONV, LRN, POOL, rnd
+
+from minicaffe.backend import to_device
+from minicaffe.layers import concat, eltwise, relu, softmax
+from minicaffe.layers import convolution as C
+from minicaffe.layers import inner_product as ip
+from minicaffe.layers import lrn as L
+from minicaffe.layers import pooling as P
+from minicaffe.layers.pooling import pool_out_size
 
 D = to_device
 

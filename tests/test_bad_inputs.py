@@ -5,12 +5,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 import minicaffe
 from minicaffe.errors import ModelError, PrototxtError, WeightsError
 from minicaffe.io.caffemodel import read_caffemodel, write_caffemodel
-
-from conftest import ROOT
 
 
 def test_truncated_caffemodel(fixtures_dir, tmp_path):

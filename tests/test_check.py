@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
-from conftest import FIXTURES, ROOT
 from minicaffe import check
 from minicaffe.cli import run
 from minicaffe.errors import MinicaffeError

@@ -19,14 +19,14 @@ import time
 import h5py
 import numpy as np
 import pytest
-
 from conftest import FIXTURES, assert_close
+
 from minicaffe import Net
 from minicaffe.cli import run
 from minicaffe.extract import main
 
 distributed = pytest.importorskip("distributed")
-from minicaffe import distributed as mdist  # noqa: E402
+from minicaffe import distributed as mdist
 
 PROTO = str(FIXTURES / "caffenet_small.prototxt")
 N_IMAGES = 12
@@ -63,8 +63,9 @@ def env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster(env):
     """A LocalCluster the tests hold (and can kill workers of): 2 processes, 1 thread each, loopback only."""
-    from distributed import Client, LocalCluster
     import logging
+
+    from distributed import Client, LocalCluster
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL) as lc, Client(lc) as client:
         yield lc, client

@@ -7,15 +7,15 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, assert_close
 
 from minicaffe import Net
 from minicaffe.converters import efficientnet_lite as E
 from minicaffe.converters.common import fold_bn, same_padding
 from minicaffe.errors import ModelError
-from minicaffe.layers import batchnorm as BN, scale as SC
+from minicaffe.layers import batchnorm as BN
+from minicaffe.layers import scale as SC
 from minicaffe.models import get_model
-
-from conftest import ROOT, assert_close
 
 torch = pytest.importorskip("torch")
 

@@ -18,15 +18,15 @@ import time
 import h5py
 import numpy as np
 import pytest
-
 from conftest import FIXTURES, assert_close
+from test_images import BAD_INPUTS, make_bad_inputs, reads_despite_chmod
+
 from minicaffe import Net
 from minicaffe.cli import run
 from minicaffe.datasets import list_inputs
 from minicaffe.extract import main
 from minicaffe.models import CAFFE_PREPROCESSING
 from minicaffe.preprocess import oversample, preprocess_image
-from test_images import BAD_INPUTS, make_bad_inputs, reads_despite_chmod
 
 skdata = pytest.importorskip("skimage.data")
 PROTO = str(FIXTURES / "caffenet_small.prototxt")
@@ -296,11 +296,12 @@ def test_listing_rules(tmp_path):
 
 
 def test_decaf_transformer_pipeline(env):
+    import pickle
+
+    from PIL import Image
     from sklearn.base import clone
     from sklearn.pipeline import make_pipeline
     from sklearn.svm import LinearSVC
-    from PIL import Image
-    import pickle
 
     import minicaffe
     paths = sorted(os.path.join(env["photos"], c, n) for c in PHOTOS for _, n in PHOTOS[c])

@@ -6,11 +6,10 @@ and 224 (ceil-mode pooling), and GoogLeNet. Loading from the converted .h5 must 
 """
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import minicaffe
 from minicaffe.convert import main as convert_main
-
-from conftest import assert_close
 
 CASES = [
     # (prototxt, caffemodel, input size, case)

@@ -10,8 +10,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import MODELS, assert_close, rel_err
+
 import minicaffe
 from minicaffe import check
 from minicaffe.cli import run

@@ -3,14 +3,14 @@ caffemodel bytes. Only the project's documented error type (MinicaffeError) may 
 IndexError, MemoryError, RecursionError or a hang (every length read from a file is bounded)."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import FIXTURES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import minicaffe
 from minicaffe.errors import MinicaffeError
 from minicaffe.io.caffemodel import read_caffemodel
 from minicaffe.io.prototxt import parse
-
-from conftest import FIXTURES
 
 PROTO = (FIXTURES / "caffenet_small.prototxt").read_text() if FIXTURES.is_dir() else ""
 PROTO_V1 = (FIXTURES / "caffenet_small_v1.prototxt").read_text() if FIXTURES.is_dir() else ""

@@ -112,7 +112,7 @@ def test_bad_input_is_refused_with_reason(bad, name):
 
 def test_permission_error_message(bad, monkeypatch):
     """The PermissionError -> reason mapping, also where the process runs as root."""
-    import minicaffe.images as images
+    from minicaffe import images
 
     def no_read(path, mode="r", *a, **k):
         raise PermissionError(13, "Permission denied", path)

@@ -2,11 +2,10 @@
 hooks, writable params, batch sizes, and the backend switch."""
 import numpy as np
 import pytest
+from conftest import assert_close
 
 import minicaffe
 from minicaffe.errors import BackendError
-
-from conftest import assert_close
 
 
 @pytest.fixture(scope="module")

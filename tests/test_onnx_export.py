@@ -12,14 +12,13 @@ match minicaffe's numpy reference. Skipped when onnx/onnxruntime are not install
 """
 import numpy as np
 import pytest
-
 from conftest import FIXTURES, assert_close
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from minicaffe import Net  # noqa: E402
-from minicaffe.export import export_onnx, onnx_model  # noqa: E402
+from minicaffe import Net
+from minicaffe.export import export_onnx, onnx_model
 
 TOL = 1e-4
 

@@ -10,13 +10,20 @@ import os
 
 import numpy as np
 import pytest
+from conftest import MODELS, assert_close
 from PIL import Image
 
-from conftest import MODELS, assert_close
 from minicaffe.errors import ImageError, ModelError
 from minicaffe.models import CAFFE_PREPROCESSING, Preprocessing
-from minicaffe.preprocess import (check_spec, load_resized, normalize_batch, oversample, preprocess_image,
-                                  resized_shape, with_channel_means)
+from minicaffe.preprocess import (
+    check_spec,
+    load_resized,
+    normalize_batch,
+    oversample,
+    preprocess_image,
+    resized_shape,
+    with_channel_means,
+)
 
 skdata = pytest.importorskip("skimage.data")
 MEAN = np.load(MODELS / "ilsvrc_2012_mean.npy").astype(np.float64)

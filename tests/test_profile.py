@@ -12,13 +12,19 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import FIXTURES, ROOT, SHARED
 
 from minicaffe import Net
 from minicaffe.errors import MinicaffeError
-from minicaffe.profile import GROUPS, SCHEMA, group_caffe_log, main, parse_caffe_log, profile_net
+from minicaffe.profile import (
+    GROUPS,
+    SCHEMA,
+    group_caffe_log,
+    main,
+    parse_caffe_log,
+    profile_net,
+)
 from minicaffe.timing import Timing, repeat, stats
-
-from conftest import FIXTURES, ROOT, SHARED
 
 LOGS = SHARED / "reference" / "caffe_time_logs"
 SMALL = FIXTURES / "caffenet_small.prototxt"

@@ -1,11 +1,10 @@
 """Prototxt text-format parsing: syntax coverage, legacy V1 nets, and errors with line/column."""
 import pytest
+from conftest import MODELS
 
 import minicaffe
 from minicaffe.errors import ModelError, PrototxtError
 from minicaffe.io.prototxt import Enum, parse
-
-from conftest import MODELS
 
 
 def test_syntax_features():

@@ -8,11 +8,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from minicaffe.errors import WeightsError
 from minicaffe.io.torch_pickle import load_state_dict, load_torch_checkpoint
-
-from conftest import ROOT
 
 torch = pytest.importorskip("torch")
 

@@ -8,14 +8,20 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from minicaffe import Net, weights
 from minicaffe.errors import WeightsError
 from minicaffe.io.caffemodel import read_caffemodel
 from minicaffe.io.h5weights import load_h5
-from minicaffe.models import MODELS, MODELS_DIR, ModelSpec, Preprocessing, get_model, register_model
-
-from conftest import assert_close
+from minicaffe.models import (
+    MODELS,
+    MODELS_DIR,
+    ModelSpec,
+    Preprocessing,
+    get_model,
+    register_model,
+)
 
 
 @pytest.fixture
@@ -173,6 +179,7 @@ def torch_alexnet():
 
 def test_convert_torchvision_alexnet_zip(tmp_path, capsys):
     import torch
+
     from minicaffe import convert
     m = torch_alexnet()
     pth = tmp_path / "alexnet-seeded.pth"

@@ -24,7 +24,14 @@ import numpy as np
 
 from ..errors import WeightsError
 from ..io.torch_pickle import load_state_dict
-from .common import PrototxtWriter, conv_padding_fields, fold_bn, same_padding, save_converted, take
+from .common import (
+    PrototxtWriter,
+    conv_padding_fields,
+    fold_bn,
+    same_padding,
+    save_converted,
+    take,
+)
 
 #: native input resolution of each variant (TF efficientnet_lite_builder)
 RESOLUTION = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260,

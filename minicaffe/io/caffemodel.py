@@ -11,14 +11,13 @@ weights into a real caffemodel that Caffe, OpenCV and this reader load alike).
 """
 from __future__ import annotations
 
-import struct
 from collections import OrderedDict
 
 import numpy as np
 
 from ..errors import WeightsError
 
-__all__ = ["read_caffemodel", "write_caffemodel", "V1_LAYER_TYPES"]
+__all__ = ["V1_LAYER_TYPES", "read_caffemodel", "write_caffemodel"]
 
 # V1LayerParameter.LayerType enum values (caffe.proto) -> current type strings.
 V1_LAYER_TYPES = {

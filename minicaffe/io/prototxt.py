@@ -15,7 +15,7 @@ import re
 
 from ..errors import PrototxtError
 
-__all__ = ["Message", "Enum", "parse", "parse_file"]
+__all__ = ["Enum", "Message", "parse", "parse_file"]
 
 
 class Enum(str):

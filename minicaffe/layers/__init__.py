@@ -1,6 +1,17 @@
 """Layer types, one module each, registered by their Caffe type string in :data:`REGISTRY`."""
+from . import (  # noqa: F401  # noqa: F401,E402  (BatchNorm/Scale for converted PyTorch/TF nets)
+               batchnorm,
+               concat,
+               convolution,
+               dropout,
+               eltwise,
+               flatten,
+               inner_product,
+               loss,
+               lrn,
+               pooling,
+               relu,
+               scale,
+               softmax,
+)
 from .base import REGISTRY, Layer, register  # noqa: F401
-from . import (concat, convolution, dropout, eltwise, flatten, inner_product, lrn,  # noqa: F401
-               pooling, relu, softmax)
-from . import batchnorm, scale  # noqa: F401,E402  (BatchNorm/Scale for converted PyTorch/TF nets)
-from . import loss  # noqa: F401,E402  (SoftmaxWithLoss, for training)

@@ -43,8 +43,8 @@ class Dropout(Layer):
 # ---------------------------------------------------------------------------------------------
 # training phase: forward with a mask, and backward
 
-import numpy as np  # noqa: E402
-from numba import njit, prange  # noqa: E402
+import numpy as np
+from numba import njit, prange
 
 
 def dropout_mask(rng, shape, ratio):

@@ -63,8 +63,7 @@ def _window_max(x, n, c, hs, he, ws, we):
     for i in range(hs, he):
         for j in range(ws, we):
             v = x[n, c, i, j]
-            if v > m:
-                m = v
+            m = max(m, v)
     return m
 
 

@@ -82,7 +82,7 @@ class Scale(Layer):
 # ---------------------------------------------------------------------------------------------
 # backward (training)
 
-from numba import njit, prange  # noqa: E402
+from numba import njit, prange
 
 
 def scale_backward_reference(dy, x, gamma, bias_term=True):

@@ -31,7 +31,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..errors import ModelError, PrototxtError, WeightsError
-from ..io.prototxt import Message, parse_file, parse
+from ..io.prototxt import Message, parse, parse_file
 from . import require
 
 #: legacy V1 enum type names of the layers translated here -> current type strings
@@ -337,11 +337,11 @@ def build_torch_net(prototxt, weights, seed=None):
             op = {"0": "PROD", "1": "SUM", "2": "MAX"}.get(op, op)
             coeff = [float(c) for c in p.getall("coeff")] or [1.0] * len(bottoms)
             if op == "SUM":
-                fn = lambda *xs, c=coeff: sum(ci * x for ci, x in zip(c, xs))  # noqa: E731
+                fn = lambda *xs, c=coeff: sum(ci * x for ci, x in zip(c, xs))
             elif op == "PROD":
-                fn = lambda *xs: functools.reduce(operator.mul, xs)  # noqa: E731
+                fn = lambda *xs: functools.reduce(operator.mul, xs)
             else:
-                fn = lambda *xs: torch.stack(xs).amax(0)  # noqa: E731
+                fn = lambda *xs: torch.stack(xs).amax(0)
             m = Lambda(fn, f"eltwise({op})")
         elif t == "Flatten":
             p = _param(lp, "flatten_param")
