@@ -712,26 +712,36 @@ def _gather_dy(dy, n0, nb, out):
 @njit(parallel=True, cache=True)
 def _depthwise_backward(dy, x, w, sh, sw, pt, pl, dh, dw, mult, dx, dwt):
     # dy: (N, C*mult, Ho, Wo); dx: (N, C, H, W) zeroed; dwt: (N, C*mult, kh, kw) per-sample
-    # weight gradients (summed by the caller), so each (n, c) iteration writes only its own cells
+    # weight gradients (summed by the caller), so each (n, c) iteration writes only its own cells.
+    # Zero-padded copies of the input plane and of its gradient make every tap a branch-free pass
+    # over whole output rows, on views indexed by the loop variable only (vectorises).
     N, C, H, W = x.shape
     kh, kw = w.shape[2], w.shape[3]
     Ho, Wo = dy.shape[2], dy.shape[3]
+    Hp = max(H + pt, (Ho - 1) * sh + (kh - 1) * dh + 1)
+    Wp = max(W + pl, (Wo - 1) * sw + (kw - 1) * dw + 1)
     for t in prange(N * C):
         n = t // C
         c = t % C
+        xp = np.zeros((Hp, Wp), dtype=np.float32)
+        xp[pt:pt + H, pl:pl + W] = x[n, c]
+        dxp = np.zeros((Hp, Wp), dtype=np.float32)
         for q in range(mult):
             m = c * mult + q
-            for oh in range(Ho):
-                for ow in range(Wo):
-                    g = dy[n, m, oh, ow]
-                    for i in range(kh):
-                        ih = oh * sh - pt + i * dh
-                        if ih >= 0 and ih < H:
-                            for j in range(kw):
-                                iw = ow * sw - pl + j * dw
-                                if iw >= 0 and iw < W:
-                                    dx[n, c, ih, iw] += g * w[m, 0, i, j]
-                                    dwt[n, m, i, j] += g * x[n, c, ih, iw]
+            for i in range(kh):
+                for j in range(kw):
+                    wv = w[m, 0, i, j]
+                    acc = np.float32(0.0)
+                    for oh in range(Ho):
+                        r = oh * sh + i * dh
+                        g = dy[n, m, oh]
+                        xr = xp[r, j * dw:j * dw + (Wo - 1) * sw + 1:sw]
+                        dr = dxp[r, j * dw:j * dw + (Wo - 1) * sw + 1:sw]
+                        for ow in range(Wo):
+                            acc += g[ow] * xr[ow]
+                            dr[ow] += g[ow] * wv
+                    dwt[n, m, i, j] = acc
+        dx[n, c] = dxp[pt:pt + H, pl:pl + W]
 
 
 def convolution_backward_cpu(dy, x, w, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
