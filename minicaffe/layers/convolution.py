@@ -680,23 +680,33 @@ def convolution_backward_reference(dy, x, w, stride=(1, 1), pad=(0, 0, 0, 0), di
 @njit(parallel=True, cache=True)
 def _col2im(col, n0, nb, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, dx):
     # col: (C*kh*kw, nb*Ho*Wo), rows (c, i, j) as in _im2col; adds into dx[n0:n0+nb].
-    # One channel per iteration: rows of channel c only ever write dx[:, c], so no races.
+    # One (image, channel) plane per iteration (plane writes never overlap: no races; CaffeNet's
+    # conv1 has only 3 channels, so parallelising over channels alone left a core idle). The
+    # valid ow range of each (j) is found once, so the inner loop is a branch-free pass over
+    # strided views indexed by the loop variable only.
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     P = Ho * Wo
-    for c in prange(C):
+    for t in prange(nb * C):
+        n = t // C
+        c = t % C
+        plane = dx[n0 + n, c]
         for i in range(kh):
             for j in range(kw):
                 r = (c * kh + i) * kw + j
-                for n in range(nb):
-                    for oh in range(Ho):
-                        ih = oh * sh - pt + i * dh
-                        if ih < 0 or ih >= H:
-                            continue
-                        base = n * P + oh * Wo
-                        for ow in range(Wo):
-                            iw = ow * sw - pl + j * dw
-                            if iw >= 0 and iw < W:
-                                dx[n0 + n, c, ih, iw] += col[r, base + ow]
+                off = j * dw - pl
+                lo = 0 if off >= 0 else min(Wo, (-off + sw - 1) // sw)
+                hi = max(lo, min(Wo, (W - 1 - off) // sw + 1)) if W - 1 - off >= 0 else lo
+                if hi <= lo:
+                    continue
+                for oh in range(Ho):
+                    ih = oh * sh - pt + i * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    base = n * P + oh * Wo
+                    src = col[r, base + lo:base + hi]
+                    dst = plane[ih, lo * sw + off:(hi - 1) * sw + off + 1:sw]
+                    for k in range(hi - lo):
+                        dst[k] += src[k]
 
 
 @njit(parallel=True, cache=True)
