@@ -222,6 +222,7 @@ def _lrn_across_back(dy, x, size, alpha, beta, k, dx):
         n = t // H
         h = t % H
         scale = np.empty((C, W))
+        powb = np.empty((C, W))        # scale^-beta; scale^(-beta-1) = powb / scale
         ratio = np.empty((C, W))
         for w in range(W):
             for c in range(C):
@@ -229,14 +230,20 @@ def _lrn_across_back(dy, x, size, alpha, beta, k, dx):
                 for cc in range(max(0, c - pre), min(C, c - pre + size)):
                     v = np.float64(x[n, cc, h, w])
                     s += v * v
-                scale[c, w] = k + a * s
+                sc = k + a * s
+                scale[c, w] = sc
+                if beta == 0.75:       # CaffeNet's beta: two square roots instead of pow (as forward)
+                    r = 1.0 / np.sqrt(sc)
+                    powb[c, w] = r * np.sqrt(r)
+                else:
+                    powb[c, w] = sc ** (-beta)
             for c in range(C):
-                ratio[c, w] = np.float64(dy[n, c, h, w]) * np.float64(x[n, c, h, w]) * scale[c, w] ** (-beta - 1.0)
+                ratio[c, w] = np.float64(dy[n, c, h, w]) * np.float64(x[n, c, h, w]) * powb[c, w] / scale[c, w]
             for c in range(C):
                 acc = 0.0
                 for cc in range(max(0, c - pre), min(C, c - pre + size)):
                     acc += ratio[cc, w]
-                dx[n, c, h, w] = np.float32(dy[n, c, h, w] * scale[c, w] ** (-beta)
+                dx[n, c, h, w] = np.float32(dy[n, c, h, w] * powb[c, w]
                                             - 2.0 * a * beta * x[n, c, h, w] * acc)
 
 
