@@ -306,7 +306,7 @@ def conv_fc_gflop_per_image(net):
 
 
 _CHILD_COMMON = r"""
-import os, sys, json, resource
+import os, sys, json
 import numpy as np
 proto, weights, batch, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 from minicaffe import Net

@@ -68,6 +68,15 @@ def convolution_reference(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1,
 # Numba CPU
 
 
+@njit(cache=True, inline="always")
+def _valid_cols(off, sw, W, Wo):
+    # -> (lo, hi): the output columns ow with 0 <= ow*sw + off < W (an input column inside the
+    # image), found once per kernel tap so the copy loops need no per-element branch
+    lo = 0 if off >= 0 else min(Wo, (-off + sw - 1) // sw)
+    hi = max(lo, min(Wo, (W - 1 - off) // sw + 1)) if W - 1 - off >= 0 else lo
+    return lo, hi
+
+
 @njit(parallel=True, cache=True)
 def _im2col(x, n0, nb, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, col):
     # col: (C*kh*kw, nb*Ho*Wo); row order (c, i, j) matches the OIHW weight rows
@@ -85,30 +94,14 @@ def _im2col(x, n0, nb, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, col):
                     for ow in range(Wo):
                         col[r, base + ow] = 0.0
                 else:
-                    # valid ow: 0 <= ow*sw - pl + j*dw < W, found once per row so the copy loop
-                    # has no branch (vectorises; stride 1 is a plain contiguous copy)
                     off = j * dw - pl
-                    lo = 0 if off >= 0 else min(Wo, (-off + sw - 1) // sw)
-                    hi = max(lo, min(Wo, (W - 1 - off) // sw + 1)) if W - 1 - off >= 0 else lo
+                    lo, hi = _valid_cols(off, sw, W, Wo)
                     for ow in range(lo):
                         col[r, base + ow] = 0.0
                     for ow in range(lo, hi):
                         col[r, base + ow] = x[n0 + n, c, ih, ow * sw + off]
                     for ow in range(hi, Wo):
                         col[r, base + ow] = 0.0
-
-
-@njit(parallel=True, cache=True)
-def _scatter_bias(tmp, b, has_bias, y, n0, nb):
-    # tmp: (M, nb*P) GEMM result -> y[n0:n0+nb] in NCHW (y viewed as (N, M, P))
-    M = tmp.shape[0]
-    P = y.shape[2]
-    for t in prange(nb * M):
-        n = t // M
-        m = t % M
-        bias = b[m] if has_bias else np.float32(0.0)
-        for p in range(P):
-            y[n0 + n, m, p] = tmp[m, n * P + p] + bias
 
 
 @njit(parallel=True, cache=True)
@@ -158,7 +151,7 @@ def _depthwise(x, w, b, has_bias, sh, sw, pt, pl, dh, dw, mult, y):
                 y[n, m, oh, ow] = acc[ow]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True)
 def _dw_plane_s1(img, wk, bias, pt, pl, out):
     # One depthwise plane, stride 1, no dilation: img (H, W), wk (kh, kw), out (Ho, Wo). The padded
     # plane is flattened with row pitch Wp, so each tap is one long contiguous multiply-add over
@@ -188,7 +181,7 @@ def _dw_plane_s1(img, wk, bias, pt, pl, out):
 @njit(parallel=True, cache=True)
 def _depthwise_s1(x, w, b, has_bias, pt, pl, mult, y):
     # x: (N, C, H, W), w: (C*mult, 1, kh, kw), y: (N, C*mult, Ho, Wo); stride 1, no dilation
-    N, C = x.shape[0], x.shape[1]
+    N = x.shape[0]
     M = w.shape[0]
     for t in prange(N * M):
         n = t // M
@@ -308,6 +301,16 @@ def _winograd_output(Mt, b, has_bias, n0, nb, th, tw, y):
                         y[n0 + n, m, oh + 1, ow + 1] = s11 - s12 - s13 + bias
 
 
+def _zero_pad_to(x, pt, pl, Hp, Wp):
+    """x: (N, C, H, W) -> (N, C, Hp, Wp) float32: x placed at row pt, column pl, zeros around it,
+    and cut where it would extend past Hp x Wp (rows/columns the caller never reads)."""
+    N, C, H, W = x.shape
+    xp = np.zeros((N, C, Hp, Wp), dtype=np.float32)
+    h1, w1 = min(H, Hp - pt), min(W, Wp - pl)
+    xp[:, :, pt:pt + h1, pl:pl + w1] = x[:, :, :h1, :w1]
+    return xp
+
+
 #: use Winograd for eligible 3x3 layers in ``convolution_cpu`` (False: always im2col + GEMM)
 WINOGRAD = os.environ.get("MINICAFFE_WINOGRAD", "1") != "0"
 #: bytes allowed for the transformed input of one Winograd chunk
@@ -363,9 +366,7 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1):
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
     # zero-pad once to whole 4x4 tiles for every piece's offset: the tile loops need no bounds checks
     hp, wq = 2 * th + 2, 2 * tw + 2
-    xp = np.zeros((N, C, hp + 3 * (ks - 1), wq + 3 * (ks - 1)), dtype=np.float32)
-    h1, w1 = min(H, xp.shape[2] - pt), min(W, xp.shape[3] - pl)
-    xp[:, :, pt:pt + h1, pl:pl + w1] = x[:, :, :h1, :w1]
+    xp = _zero_pad_to(x, pt, pl, hp + 3 * (ks - 1), wq + 3 * (ks - 1))
     for n0 in range(0, N, nb):
         cur = min(nb, N - n0)
         V_ = V if cur == nb else np.empty((16, C * S, cur * T), dtype=np.float32)
@@ -411,9 +412,7 @@ def convolution_s2d_cpu(x, w, b, stride, pad=(0, 0, 0, 0)):
     ks, ls = -(-kh // s), -(-kw // s)
     Hs, Ws = Ho + ks - 1, Wo + ls - 1
     # padded input cut/extended to exactly Hs*s x Ws*s rows/cols (beyond that is never read)
-    xp = np.zeros((N, C, Hs * s, Ws * s), dtype=np.float32)
-    h1, w1 = min(H, Hs * s - pt), min(W, Ws * s - pl)
-    xp[:, :, pt:pt + h1, pl:pl + w1] = x[:, :, :h1, :w1]
+    xp = _zero_pad_to(x, pt, pl, Hs * s, Ws * s)
     # (N, C, Hs, s, Ws, s) -> (N, C, s_h, s_w, Hs, Ws): channel c*s*s + a*s + b holds x[c, p*s+a, q*s+b]
     xs = np.ascontiguousarray(xp.reshape(N, C, Hs, s, Ws, s).transpose(0, 1, 3, 5, 2, 4)).reshape(N, C * s * s, Hs, Ws)
     wp = np.zeros((M, C, ks * s, ls * s), dtype=np.float32)
@@ -694,8 +693,7 @@ def _col2im(col, n0, nb, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, dx):
             for j in range(kw):
                 r = (c * kh + i) * kw + j
                 off = j * dw - pl
-                lo = 0 if off >= 0 else min(Wo, (-off + sw - 1) // sw)
-                hi = max(lo, min(Wo, (W - 1 - off) // sw + 1)) if W - 1 - off >= 0 else lo
+                lo, hi = _valid_cols(off, sw, W, Wo)
                 if hi <= lo:
                     continue
                 for oh in range(Ho):

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ImageError, MinicaffeError, ModelError
+from ..io import file_digest
 
 #: bumped when the way features are computed changes, so old cache entries are never reused
 CACHE_VERSION = 1
@@ -50,14 +51,11 @@ def item_name(item) -> str:
 
 
 def _sha1_file(path) -> str:
-    h = hashlib.sha1()
+    """sha1 of a file's bytes; an unreadable file is an ImageError naming it."""
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return file_digest(path, "sha1")
     except OSError as e:
         raise ImageError(f"{path}: cannot read ({e.strerror or e})") from None
-    return h.hexdigest()
 
 
 def image_hash(item) -> str:
