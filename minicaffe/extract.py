@@ -242,10 +242,6 @@ def _exit_with_parent(pid, period=0.5):
     threading.Thread(target=watch, daemon=True, name="minicaffe-parent-watch").start()
 
 
-def make_pool(workers):
-    return DecodePool(workers)
-
-
 def iter_decoded(paths, spec, workers=0, prefetch=128, max_pixels=DEFAULT_MAX_PIXELS,
                  min_size=DEFAULT_MIN_SIZE, pool=None):
     """Yield (i, uint8 image | None, reason) in order of ``paths``; up to ``prefetch`` ahead in ``pool``."""
@@ -613,7 +609,7 @@ def main(argv=None):
     throttle = float(os.environ.get(_THROTTLE_ENV, "0") or 0)
     seq = max([s.seq for s in parts], default=-1) + 1
     n_ok = n_fail = 0
-    pool = make_pool(workers) if workers > 0 and todo else None
+    pool = DecodePool(workers) if workers > 0 and todo else None
     bar = tqdm(total=len(todo), unit="img", desc="extract", disable=args.quiet or not todo, file=sys.stderr,
                dynamic_ncols=True)
     t0 = time.perf_counter()
