@@ -12,7 +12,7 @@ match minicaffe's numpy reference. Skipped when onnx/onnxruntime are not install
 """
 import numpy as np
 import pytest
-from conftest import FIXTURES, assert_close
+from conftest import assert_close
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -32,8 +32,8 @@ def run_onnx(model, name, x):
 
 
 @pytest.mark.parametrize("size", [227, 224])
-def test_caffenet_small_matches_real_caffe(size):
-    case = FIXTURES / "caffenet_small"
+def test_caffenet_small_matches_real_caffe(size, fixtures_dir):
+    case = fixtures_dir / "caffenet_small"
     x = np.load(f"{case}_input_{size}.npy")
     ref = np.load(f"{case}_blobs_{size}.npz")
     net = Net(f"{case}.prototxt", f"{case}.caffemodel", backend="numpy")
