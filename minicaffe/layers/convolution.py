@@ -6,8 +6,10 @@ bias ``(M,)``, output ``(N, M, Ho, Wo)`` with Caffe's *floor* rule
 numbers so TF-"SAME" asymmetric padding can be expressed (prototxt extension fields
 ``pad_top/pad_bottom/pad_left/pad_right`` inside ``convolution_param``; plain Caffe files use
 ``pad``/``pad_h``/``pad_w``). Implementations: ``convolution_reference`` (NumPy, one tensordot per
-kernel tap), ``convolution_cpu`` (Numba im2col into a bounded buffer + BLAS GEMM per group, and a
-direct kernel for depthwise convs), ``convolution_cuda`` (one thread per output element).
+kernel tap), ``convolution_cpu`` (a dispatcher over Numba + BLAS kernels: direct depthwise kernels,
+Winograd F(2x2,3x3) for 3x3 at batch >= 4, "wide" im2col + GEMM for other stride-1 convs,
+per-pixel im2col + GEMM for strided ones; every buffer bounded), ``convolution_cuda`` (one thread
+per output element).
 It does not implement Deconvolution or 3-D convolution.
 """
 from __future__ import annotations
@@ -102,6 +104,42 @@ def _im2col(x, n0, nb, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, col):
                         col[r, base + ow] = x[n0 + n, c, ih, ow * sw + off]
                     for ow in range(hi, Wo):
                         col[r, base + ow] = 0.0
+
+
+@njit(parallel=True, cache=True)
+def _im2col_wide(xf, n0, nb, kh, kw, dh, dw, Wp, L, col):
+    # xf: (N, C, Lp) zero-padded planes flattened with row length Wp -> col: (C*kh*kw, nb*L).
+    # Stride 1 only. Row (c, i, j) is ONE contiguous slice of the padded plane per image, starting
+    # at the tap's offset i*dh*Wp + j*dw: the GEMM then computes a "wide" output of Ho rows x Wp
+    # columns whose last Wp - Wo columns are garbage (cropped by _crop_wide). ~15% more GEMM work
+    # for CaffeNet's 13x13 planes, but the copy is a memcpy (measured 2-4x faster than _im2col's
+    # per-pixel gather at batch 1).
+    C = xf.shape[1]
+    for r in prange(C * kh * kw):
+        c = r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        off = i * dh * Wp + j * dw
+        for n in range(nb):
+            col[r, n * L:(n + 1) * L] = xf[n0 + n, c, off:off + L]
+
+
+@njit(parallel=True, cache=True)
+def _crop_wide(yw, b, has_bias, n0, nb, Wp, L, y):
+    # yw: (M, nb*L) wide GEMM result -> y[n0:n0+nb]: (N, M, Ho, Wo) + bias, dropping each row's
+    # Wp - Wo garbage columns; the bias add rides along so the output is touched once
+    M = yw.shape[0]
+    Ho, Wo = y.shape[2], y.shape[3]
+    for t in prange(nb * M):
+        n = t // M
+        m = t % M
+        bias = b[m] if has_bias else np.float32(0.0)
+        for oh in range(Ho):
+            # row views indexed by the loop variable: Numba vectorises these, not src[base + ow]
+            src = yw[m, n * L + oh * Wp:n * L + oh * Wp + Wo]
+            dst = y[n0 + n, m, oh]
+            for ow in range(Wo):
+                dst[ow] = src[ow] + bias
 
 
 @njit(parallel=True, cache=True)
@@ -318,20 +356,20 @@ WINOGRAD_BUDGET = 4 << 20
 
 
 def winograd_applies(w, stride, dilation, group, x_shape):
-    """Square kernel, stride 1, no dilation, not depthwise, enough channels for the GEMMs to
-    dominate, and (for k > 3) fewer multiplies than direct: a k x k kernel is split into
-    ceil(k/3)^2 3x3 pieces, 16 multiplies each per 2x2 tile against 4*k*k direct (5x5: 64 vs 100)."""
+    """Where ``convolution_cpu`` uses Winograd: a 3x3 kernel, stride 1, no dilation, not
+    depthwise, enough channels for the GEMMs to dominate, batch >= 4."""
     M, Cg, kh, kw = w.shape
-    if not (kh == kw >= 3 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+    if not (kh == kw == 3 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and Cg >= 16 and M // group >= 16):
         return False
-    ks = -(-kh // 3)
     # Small batches lose: 16 small GEMMs per layer cost more than the FLOPs they save. Measured
     # with 2 threads on a quiet Xeon: 3x3 at batch 1 0.5-0.9x, at batch 10 1.5x, at batch 64
-    # 1.35-1.5x; 5x5 (conv2) at batch 1 lost single-threaded (6.8 vs 5.1 ms), at 64 won 1.4x.
-    if kh == 3:
-        return x_shape[0] >= 4
-    return 16 * ks * ks < 0.8 * 4 * kh * kh and x_shape[0] >= 8
+    # 1.35-1.5x (against the per-pixel im2col; against wide im2col 2026-11-30 still 1.05-1.25x at
+    # batch 10/64 on conv3-5, 0.55-0.75x at batch 1).
+    # Larger kernels (5x5: split into 3x3 pieces, 64 multiplies per 2x2 tile against 100 direct)
+    # are not routed here: with 2 threads wide im2col beat the split on CaffeNet's conv2 at every
+    # batch (b10 30 vs 39 ms, b64 231 vs 289 ms); convolution_winograd_cpu still accepts them.
+    return x_shape[0] >= 4
 
 
 def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1):
@@ -379,6 +417,49 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1):
             # 16 GEMMs per group: (Mg, S*Cg) @ (S*Cg, cur*T)
             np.matmul(U[:, g * Mg:(g + 1) * Mg], V_[:, g * S * Cg:(g + 1) * S * Cg], out=M_[:, g * Mg:(g + 1) * Mg])
         _winograd_output(M_, bb, has_bias, n0, cur, th, tw, y)
+    return y
+
+
+def convolution_wide_cpu(x, w, b, pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
+    """x: (N, C, H, W), w: (M, C/group, kh, kw) -> (N, M, Ho, Wo); stride-1 convolution by "wide"
+    im2col + one BLAS GEMM per group and chunk (same contract as :func:`convolution_reference`
+    for stride 1).
+
+    The input is zero-padded once per chunk into planes of row length Wp = W + pl + pr; every
+    im2col row is then a contiguous slice of a plane (see :func:`_im2col_wide`), the GEMM output
+    has Wp columns per row, and :func:`_crop_wide` keeps the first Wo of them and adds the bias.
+    Several images share one GEMM (N axis = images x Ho x Wp), which keeps BLAS efficient at
+    batch > 1 where a 13x13 plane alone makes a thin GEMM."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    N, C, H, W = x.shape
+    M, Cg, kh, kw = w.shape
+    dh, dw = dilation
+    pt, pb, pl, pr = pad
+    Hp, Wp = H + pt + pb, W + pl + pr
+    Ho, Wo = Hp - dh * (kh - 1), Wp - dw * (kw - 1)
+    L = Ho * Wp
+    Lp = Hp * Wp + dw * (kw - 1)          # the last tap's slice runs dw*(kw-1) past the plane
+    K, Kg, Mg = C * kh * kw, Cg * kh * kw, M // group
+    has_bias = b is not None
+    bb = b if has_bias else np.zeros(M, np.float32)
+    w2 = np.ascontiguousarray(w.reshape(M, Kg), dtype=np.float32)  # OIHW rows (c, i, j) = col rows
+    nb = int(max(1, min(N, IM2COL_BUDGET // max(1, K * L * 4))))
+    y = np.empty((N, M, Ho, Wo), dtype=np.float32)
+    # borders zeroed once; each chunk overwrites only the interior
+    xf = np.zeros((nb, C, Lp), dtype=np.float32)
+    interior = xf[:, :, :Hp * Wp].reshape(nb, C, Hp, Wp)[:, :, pt:pt + H, pl:pl + W]
+    col = np.empty((K, nb * L), dtype=np.float32)
+    yw = np.empty((M, nb * L), dtype=np.float32)
+    for n0 in range(0, N, nb):
+        cur = min(nb, N - n0)
+        if cur < nb:
+            col = np.empty((K, cur * L), dtype=np.float32)
+            yw = np.empty((M, cur * L), dtype=np.float32)
+        interior[:cur] = x[n0:n0 + cur]
+        _im2col_wide(xf, 0, cur, kh, kw, dh, dw, Wp, L, col)
+        for g in range(group):
+            np.matmul(w2[g * Mg:(g + 1) * Mg], col[g * Kg:(g + 1) * Kg], out=yw[g * Mg:(g + 1) * Mg])
+        _crop_wide(yw, bb, has_bias, n0, cur, Wp, L, y)
     return y
 
 
@@ -456,6 +537,8 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
         if has_bias:
             _add_bias_planes(y, bb)
         return y.reshape(N, M, Ho, Wo)
+    if sh == sw == 1:
+        return convolution_wide_cpu(x, w, b, pad, dilation, group)
     P = Ho * Wo
     K = C * kh * kw
     Kg, Mg = Cg * kh * kw, M // group
