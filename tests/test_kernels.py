@@ -91,10 +91,27 @@ def test_conv_winograd_vs_reference(case, monkeypatch):
     ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64),
                                   None if b is None else b.astype(np.float64), (1, 1), pad, (1, 1), group)
     assert_close(C.convolution_winograd_cpu(x, w, b, pad, group), ref, 1e-5, f"winograd {name}")
-    # the cpu dispatcher sends 3x3 to Winograd at batch >= 4 and larger kernels to wide im2col
+    # the cpu dispatcher sends 3x3 to Winograd and larger kernels to wide im2col
     assert C.winograd_applies(w, (1, 1), (1, 1), group, xs) == (ws[2] == 3)
     monkeypatch.setattr(C, "WINOGRAD", True)
     assert_close(C.convolution_cpu(x, w, b, (1, 1), pad, (1, 1), group), ref, 1e-5, f"cpu dispatch {name}")
+
+
+def test_winograd_filter_cache_never_stale():
+    """The filter transform is cached per weight array; editing the weights in place (as training
+    and ``net.params[...][0][...] = ...`` do) must recompute it, never reuse the old one."""
+    rng = np.random.default_rng(5)
+    x, w, b = rnd(rng, 2, 16, 9, 9, scale=10), rnd(rng, 24, 16, 3, 3), rnd(rng, 24)
+    U1 = C.winograd_filters(w)
+    assert C.winograd_filters(w) is U1                      # unchanged values: served from the cache
+    assert_close(U1, C._winograd_filters_uncached(w), 0, "cached transform")
+    for edit in (lambda a: a.__setitem__((3, 5, 1, 2), a[3, 5, 1, 2] + 1.0),   # one element
+                 lambda a: a.__imul__(np.float32(0.5))):                        # every element
+        edit(w)
+        assert_close(C.winograd_filters(w), C._winograd_filters_uncached(w), 0, "transform after an in-place edit")
+        ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                                      (1, 1), (1, 1, 1, 1), (1, 1), 1)
+        assert_close(C.convolution_cpu(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1), ref, 1e-5, "conv after an edit")
 
 
 # space-to-depth for strided convs: (id, x shape, w shape, stride, pad(t,b,l,r))
@@ -124,7 +141,7 @@ def test_winograd_not_used_where_it_does_not_apply():
     assert not C.winograd_applies(w, (1, 1), (2, 2), 1, (1, 16, 9, 9))       # dilated
     assert not C.winograd_applies(np.zeros((16, 16, 5, 5), np.float32), (1, 1), (1, 1), 1, (1, 16, 9, 9))
     assert not C.winograd_applies(np.zeros((16, 16, 4, 4), np.float32), (1, 1), (1, 1), 1, (8, 16, 9, 9))
-    assert not C.winograd_applies(w, (1, 1), (1, 1), 1, (1, 16, 9, 9))       # batch 1: im2col is faster
+    assert not C.winograd_applies(np.zeros((16, 8, 3, 3), np.float32), (1, 1), (1, 1), 1, (8, 8, 9, 9))  # few channels
     assert not C.winograd_applies(np.zeros((16, 16, 3, 5), np.float32), (1, 1), (1, 1), 1, (8, 16, 9, 9))
     assert not C.winograd_applies(np.zeros((16, 1, 3, 3), np.float32), (1, 1), (1, 1), 16, (1, 16, 9, 9))
 

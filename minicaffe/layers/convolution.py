@@ -7,7 +7,7 @@ numbers so TF-"SAME" asymmetric padding can be expressed (prototxt extension fie
 ``pad_top/pad_bottom/pad_left/pad_right`` inside ``convolution_param``; plain Caffe files use
 ``pad``/``pad_h``/``pad_w``). Implementations: ``convolution_reference`` (NumPy, one tensordot per
 kernel tap), ``convolution_cpu`` (a dispatcher over Numba + BLAS kernels: direct depthwise kernels,
-Winograd F(2x2,3x3) for 3x3 at batch >= 4, "wide" im2col + GEMM for other stride-1 convs,
+Winograd F(2x2,3x3) for 3x3 stride-1 convs, "wide" im2col + GEMM for other stride-1 convs,
 per-pixel im2col + GEMM for strided ones; every buffer bounded), ``convolution_cuda`` (one thread
 per output element).
 It does not implement Deconvolution or 3-D convolution.
@@ -357,19 +357,70 @@ WINOGRAD_BUDGET = 4 << 20
 
 def winograd_applies(w, stride, dilation, group, x_shape):
     """Where ``convolution_cpu`` uses Winograd: a 3x3 kernel, stride 1, no dilation, not
-    depthwise, enough channels for the GEMMs to dominate, batch >= 4."""
+    depthwise, enough channels for the GEMMs to dominate."""
     M, Cg, kh, kw = w.shape
     if not (kh == kw == 3 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and Cg >= 16 and M // group >= 16):
         return False
-    # Small batches lose: 16 small GEMMs per layer cost more than the FLOPs they save. Measured
-    # with 2 threads on a quiet Xeon: 3x3 at batch 1 0.5-0.9x, at batch 10 1.5x, at batch 64
-    # 1.35-1.5x (against the per-pixel im2col; against wide im2col 2026-11-30 still 1.05-1.25x at
-    # batch 10/64 on conv3-5, 0.55-0.75x at batch 1).
+    # Every batch size: with the filter transform cached (winograd_filters), 2026-11-30 with 2
+    # threads against wide im2col on CaffeNet conv3/4/5 (best of 40/4/3 interleaved): batch 1
+    # 1.46/1.69/1.52 vs 1.56/2.01/1.62 ms, batch 10 1.4/1.3/1.05x, batch 64 1.38/1.18/1.04x.
+    # (Before the cache, the per-call transform made batch 1 lose 0.55-0.75x.)
     # Larger kernels (5x5: split into 3x3 pieces, 64 multiplies per 2x2 tile against 100 direct)
     # are not routed here: with 2 threads wide im2col beat the split on CaffeNet's conv2 at every
     # batch (b10 30 vs 39 ms, b64 231 vs 289 ms); convolution_winograd_cpu still accepts them.
-    return x_shape[0] >= 4
+    return True
+
+
+def _winograd_filters_uncached(w):
+    # w: (M, Cg, k, k) -> U: (16, M, S*Cg), S = ceil(k/3)^2 pieces; a group's K axis runs over
+    # (piece, channel), matching V's layout in convolution_winograd_cpu
+    M, Cg, k, _ = w.shape
+    ks = -(-k // 3)
+    wp = np.zeros((M, Cg, 3 * ks, 3 * ks), dtype=np.float32)
+    wp[:, :, :k, :k] = w
+    U = np.empty((16, M, ks * ks * Cg), dtype=np.float32)
+    for s in range(ks * ks):
+        oa, ob = 3 * (s // ks), 3 * (s % ks)
+        U[:, :, s * Cg:(s + 1) * Cg] = _winograd_filter(np.ascontiguousarray(wp[:, :, oa:oa + 3, ob:ob + 3]))
+    return U
+
+
+@njit(parallel=True, cache=True)
+def _same_values(a, b):
+    # a, b: flat float32 of one size -> True when bitwise-equal as numbers (NaN never equal)
+    diff = 0
+    for i in prange(a.size):
+        if a[i] != b[i]:
+            diff += 1
+    return diff == 0
+
+
+#: transformed filters by weight array: id(w) -> (copy of w, U); bounded, least recently used out
+_FILTER_CACHE = {}
+FILTER_CACHE_SIZE = 64
+
+
+def winograd_filters(w):
+    """w: (M, Cg, k, k) float32 -> U: (16, M, S*Cg), the Winograd filter transform, computed once
+    per weight array and reused while the array's values are unchanged.
+
+    At batch 1 the transform (and its copy into U) cost as much as the whole Winograd GEMM
+    (CaffeNet conv3: ~1 ms of 3). Weights may be edited in place (``net.params[...][0][...] =``,
+    training), so every hit compares the current values with a private copy (one parallel pass
+    over w, ~1/16 of the transform's memory traffic) and recomputes on any difference: the
+    cache can never serve a stale transform."""
+    key = (id(w), w.shape)
+    hit = _FILTER_CACHE.pop(key, None)
+    wf = np.ascontiguousarray(w, dtype=np.float32)
+    if hit is not None and _same_values(hit[0].ravel(), wf.ravel()):
+        _FILTER_CACHE[key] = hit                      # re-insert: most recently used last
+        return hit[1]
+    U = _winograd_filters_uncached(wf)
+    _FILTER_CACHE[key] = (wf.copy(), U)
+    while len(_FILTER_CACHE) > FILTER_CACHE_SIZE:
+        _FILTER_CACHE.pop(next(iter(_FILTER_CACHE)))
+    return U
 
 
 def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1):
@@ -389,13 +440,8 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1):
     th, tw = (Ho + 1) // 2, (Wo + 1) // 2
     T = th * tw
     Mg = M // group
-    wp = np.zeros((M, Cg, 3 * ks, 3 * ks), dtype=np.float32)
-    wp[:, :, :k, :k] = w
     offsets = [(3 * a, 3 * c) for a in range(ks) for c in range(ks)]
-    # U: (16, M, S*Cg); a group's K axis runs over (piece, channel), matching V's layout below
-    U = np.empty((16, M, S * Cg), dtype=np.float32)
-    for s, (oa, ob) in enumerate(offsets):
-        U[:, :, s * Cg:(s + 1) * Cg] = _winograd_filter(np.ascontiguousarray(wp[:, :, oa:oa + 3, ob:ob + 3]))
+    U = winograd_filters(w)
     has_bias = b is not None
     bb = b if has_bias else np.zeros(M, np.float32)
     nb = int(max(1, min(N, WINOGRAD_BUDGET // max(1, 16 * C * S * T * 4))))
