@@ -114,6 +114,27 @@ def test_winograd_filter_cache_never_stale():
         assert_close(C.convolution_cpu(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1), ref, 1e-5, "conv after an edit")
 
 
+# stride-phase wide im2col: (id, x shape, w shape, stride, pad(t,b,l,r), group, chunk budget or None)
+PHASE = [
+    ("conv1_like_11x11s4", (2, 3, 35, 35), (16, 3, 11, 11), 4, (0, 0, 0, 0), 1, None),
+    ("k3s2_asym_pad_group2", (3, 4, 9, 10), (6, 2, 3, 3), 2, (1, 0, 2, 1), 2, None),
+    ("kernel_below_stride", (1, 2, 11, 13), (3, 2, 2, 2), 3, (0, 0, 0, 0), 1, None),
+    ("k7s3_pad_chunked_tail", (5, 3, 17, 16), (4, 3, 7, 7), 3, (3, 2, 1, 3), 1, 2 * 147 * 42 * 4),  # 2 per chunk
+]
+
+
+@pytest.mark.parametrize("case", PHASE, ids=[c[0] for c in PHASE])
+def test_conv_phase_vs_reference(case, monkeypatch):
+    name, xs, ws, s, pad, group, budget = case
+    if budget:
+        monkeypatch.setattr(C, "IM2COL_BUDGET", budget)
+    rng = np.random.default_rng(6)
+    x, w, b = rnd(rng, *xs, scale=10), rnd(rng, *ws), rnd(rng, ws[0])
+    ref = conv_naive(x, w, b, (s, s), pad, (1, 1), group)
+    assert_close(C.convolution_phase_cpu(x, w, b, (s, s), pad, group), ref, 1e-5, f"phase {name}")
+    assert_close(C.convolution_cpu(x, w, b, (s, s), pad, (1, 1), group), ref, 1e-5, f"cpu dispatch {name}")
+
+
 # space-to-depth for strided convs: (id, x shape, w shape, stride, pad(t,b,l,r))
 S2D = [
     ("caffenet_conv1_small", (2, 3, 35, 35), (16, 3, 11, 11), 4, (0, 0, 0, 0)),
