@@ -68,12 +68,12 @@ def test_conv_cpu_chunks_with_a_single_image_tail(monkeypatch, nb):
 
 # Winograd F(2x2,3x3): (id, x shape, w shape, pad(t,b,l,r), group, bias, chunk budget or None)
 WINOGRAD = [
-    ("odd_13x13_pad1", (4, 16, 13, 13), (24, 16, 3, 3), (1, 1, 1, 1), 1, True, None),
-    ("even_12x10_group2", (5, 32, 12, 10), (32, 16, 3, 3), (1, 1, 1, 1), 2, True, None),
-    ("no_pad_odd_out", (4, 16, 8, 7), (16, 16, 3, 3), (0, 0, 0, 0), 1, False, None),
-    ("asym_pad", (4, 16, 9, 10), (20, 16, 3, 3), (1, 0, 2, 1), 1, True, None),
-    ("pad2_tiny", (4, 16, 3, 4), (16, 16, 3, 3), (2, 2, 2, 2), 1, True, None),
-    ("chunked_tail", (5, 16, 7, 7), (16, 16, 3, 3), (1, 1, 1, 1), 1, True, 2 * 16 * 16 * 16 * 4),
+    ("odd_13x13_pad1", (8, 16, 13, 13), (24, 16, 3, 3), (1, 1, 1, 1), 1, True, None),
+    ("even_12x10_group2", (9, 32, 12, 10), (32, 16, 3, 3), (1, 1, 1, 1), 2, True, None),
+    ("no_pad_odd_out", (8, 16, 8, 7), (16, 16, 3, 3), (0, 0, 0, 0), 1, False, None),
+    ("asym_pad", (8, 16, 9, 10), (20, 16, 3, 3), (1, 0, 2, 1), 1, True, None),
+    ("pad2_tiny", (8, 16, 3, 4), (16, 16, 3, 3), (2, 2, 2, 2), 1, True, None),
+    ("chunked_tail", (9, 16, 7, 7), (16, 16, 3, 3), (1, 1, 1, 1), 1, True, 2 * 16 * 16 * 16 * 4),
     ("5x5_group2_conv2like", (8, 32, 13, 13), (32, 16, 5, 5), (2, 2, 2, 2), 2, True, None),
     ("5x5_nopad_chunked", (9, 16, 9, 8), (16, 16, 5, 5), (0, 0, 0, 0), 1, False, 2 * 16 * 16 * 4 * 9 * 4),
     ("7x7_asym_pad", (8, 16, 10, 11), (16, 16, 7, 7), (3, 2, 1, 3), 1, True, None),
@@ -163,6 +163,7 @@ def test_winograd_not_used_where_it_does_not_apply():
     assert not C.winograd_applies(np.zeros((16, 16, 5, 5), np.float32), (1, 1), (1, 1), 1, (1, 16, 9, 9))
     assert not C.winograd_applies(np.zeros((16, 16, 4, 4), np.float32), (1, 1), (1, 1), 1, (8, 16, 9, 9))
     assert not C.winograd_applies(np.zeros((16, 8, 3, 3), np.float32), (1, 1), (1, 1), 1, (8, 8, 9, 9))  # few channels
+    assert not C.winograd_applies(w, (1, 1), (1, 1), 1, (4, 16, 9, 9))       # batch < 8: wide im2col is faster
     assert not C.winograd_applies(np.zeros((16, 16, 3, 5), np.float32), (1, 1), (1, 1), 1, (8, 16, 9, 9))
     assert not C.winograd_applies(np.zeros((16, 1, 3, 3), np.float32), (1, 1), (1, 1), 16, (1, 16, 9, 9))
 

@@ -7,7 +7,7 @@ numbers so TF-"SAME" asymmetric padding can be expressed (prototxt extension fie
 ``pad_top/pad_bottom/pad_left/pad_right`` inside ``convolution_param``; plain Caffe files use
 ``pad``/``pad_h``/``pad_w``). Implementations: ``convolution_reference`` (NumPy, one tensordot per
 kernel tap), ``convolution_cpu`` (a dispatcher over Numba + BLAS kernels: direct depthwise kernels,
-Winograd F(2x2,3x3) for 3x3 stride-1 convs, "wide" im2col + GEMM for other stride-1 convs,
+Winograd F(2x2,3x3) for 3x3 stride-1 convs at batch >= 8, "wide" im2col + GEMM for other stride-1 convs,
 stride-phase "wide" im2col + GEMM for strided ones, per-pixel im2col + GEMM for the rest (unequal
 strides, strided + dilated); every buffer bounded), ``convolution_cuda`` (one thread
 per output element).
@@ -399,19 +399,18 @@ WINOGRAD_BUDGET = 4 << 20
 
 def winograd_applies(w, stride, dilation, group, x_shape):
     """Where ``convolution_cpu`` uses Winograd: a 3x3 kernel, stride 1, no dilation, not
-    depthwise, enough channels for the GEMMs to dominate."""
+    depthwise, enough channels for the GEMMs to dominate, batch >= 8."""
     M, Cg, kh, kw = w.shape
     if not (kh == kw == 3 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and Cg >= 16 and M // group >= 16):
         return False
-    # Every batch size: with the filter transform cached (winograd_filters), 2026-11-30 with 2
-    # threads against wide im2col on CaffeNet conv3/4/5 (best of 40/4/3 interleaved): batch 1
-    # 1.46/1.69/1.52 vs 1.56/2.01/1.62 ms, batch 10 1.4/1.3/1.05x, batch 64 1.38/1.18/1.04x.
-    # (Before the cache, the per-call transform made batch 1 lose 0.55-0.75x.)
-    # Larger kernels (5x5: split into 3x3 pieces, 64 multiplies per 2x2 tile against 100 direct)
-    # are not routed here: with 2 threads wide im2col beat the split on CaffeNet's conv2 at every
-    # batch (b10 30 vs 39 ms, b64 231 vs 289 ms); convolution_winograd_cpu still accepts them.
-    return True
+    # From batch 8. Measured 2026-11-30 with 2 threads inside the whole CaffeNet forward
+    # (`python -m minicaffe.profile`, MINICAFFE_WINOGRAD=0 vs 1, medians, conv3/4/5): batch 1
+    # 2.1/1.9/1.5 ms wide im2col vs 2.8/2.4/1.9 Winograd -- in the net every layer starts with a
+    # cold cache (the fc weights flushed it), and the transformed filters (16/9 of the weights)
+    # plus the cache check read ~4x the weight bytes; batch 4 a tie; batch 10 20/19/15 vs 16/16/13.
+    # (Isolated micro-benchmarks with hot caches favour Winograd even at batch 1: do not trust them.)
+    return x_shape[0] >= 8
 
 
 def _winograd_filters_uncached(w):
@@ -447,8 +446,8 @@ def winograd_filters(w):
     """w: (M, Cg, k, k) float32 -> U: (16, M, S*Cg), the Winograd filter transform, computed once
     per weight array and reused while the array's values are unchanged.
 
-    At batch 1 the transform (and its copy into U) cost as much as the whole Winograd GEMM
-    (CaffeNet conv3: ~1 ms of 3). Weights may be edited in place (``net.params[...][0][...] =``,
+    Recomputing it per call cost as much as the whole Winograd GEMM at small batches (CaffeNet
+    conv3 at batch 1: ~1 ms of 3). Weights may be edited in place (``net.params[...][0][...] =``,
     training), so every hit compares the current values with a private copy (one parallel pass
     over w, ~1/16 of the transform's memory traffic) and recomputes on any difference: the
     cache can never serve a stale transform."""
