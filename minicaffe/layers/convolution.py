@@ -535,17 +535,28 @@ def convolution_wide_cpu(x, w, b, pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
     # borders zeroed once; each chunk overwrites only the interior
     xf = np.zeros((nb, C, Lp), dtype=np.float32)
     interior = xf[:, :, :Hp * Wp].reshape(nb, C, Hp, Wp)[:, :, pt:pt + H, pl:pl + W]
-    col = np.empty((K, nb * L), dtype=np.float32)
+    # One image per chunk (batch 1): one group's columns at a time, a buffer 1/group the size that
+    # is still in cache when the GEMM reads it (CaffeNet conv2, cold caches as in the net: 3.5 vs
+    # 3.9 ms). Several images per chunk: all groups' columns in one pass (batch 64: 181 vs 203 ms).
+    per_group = nb == 1 and group > 1
+    Kc = Kg if per_group else K
+    col = np.empty((Kc, nb * L), dtype=np.float32)
     yw = np.empty((M, nb * L), dtype=np.float32)
     for n0 in range(0, N, nb):
         cur = min(nb, N - n0)
         if cur < nb:
-            col = np.empty((K, cur * L), dtype=np.float32)
+            col = np.empty((Kc, cur * L), dtype=np.float32)
             yw = np.empty((M, cur * L), dtype=np.float32)
         interior[:cur] = x[n0:n0 + cur]
-        _im2col_wide(xf, 0, cur, kh, kw, dh, dw, Wp, L, col)
+        if not per_group:
+            _im2col_wide(xf, 0, cur, kh, kw, dh, dw, Wp, L, col)
         for g in range(group):
-            np.matmul(w2[g * Mg:(g + 1) * Mg], col[g * Kg:(g + 1) * Kg], out=yw[g * Mg:(g + 1) * Mg])
+            if per_group:
+                _im2col_wide(xf[:, g * Cg:(g + 1) * Cg], 0, cur, kh, kw, dh, dw, Wp, L, col)
+                cg = col
+            else:
+                cg = col[g * Kg:(g + 1) * Kg]
+            np.matmul(w2[g * Mg:(g + 1) * Mg], cg, out=yw[g * Mg:(g + 1) * Mg])
         _crop_wide(yw, bb, has_bias, n0, cur, Wp, L, y)
     return y
 
