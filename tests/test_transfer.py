@@ -379,6 +379,74 @@ def test_feature_cache_keys_on_content_not_path(tmp_path):
     assert cache.misses == 2, "a crop of a cached image must not reuse the whole image's features"
 
 
+def test_pooled_layer_spec_is_the_spatial_mean_and_max(tmp_path):
+    """``LAYER:gap`` / ``LAYER:gmp`` against the flattened blob reduced by hand (sum over the 7x7
+    positions / 49; running maximum), and the multi-layer concatenation order."""
+    rng = np.random.default_rng(3)
+    items = [rng.integers(0, 256, (28, 28), dtype=np.uint8), rng.integers(0, 256, (25, 25, 3), dtype=np.uint8)]
+    cache = FeatureCache(tmp_path / "cache")
+    f = compute_features(items, LITE0, ["block14/add", "block14/add:gap", "block14/add:gmp"], cache=cache)
+    flat = f["block14/add"].astype(np.float64).reshape(2, 192, 49)       # C-major flatten of (192, 7, 7)
+    mean, mx = np.zeros((2, 192)), np.full((2, 192), -np.inf)
+    for p in range(49):
+        mean += flat[:, :, p]
+        mx = np.maximum(mx, flat[:, :, p])
+    mean /= 49
+    for name, got, want in (("gap", f["block14/add:gap"], mean), ("gmp", f["block14/add:gmp"], mx)):
+        assert got.shape == (2, 192), f"block14/add:{name} shape {got.shape}"
+        err = np.abs(got - want).max()
+        assert err <= 1e-5 * max(1.0, np.abs(want).max()), f"block14/add:{name}: max abs error {err:.3g}"
+    # pooled vectors are cached under their own key: a rerun does no forward pass
+    cache.hits = cache.misses = 0
+    again = compute_features(items, LITE0, ["block14/add:gap"], cache=cache)["block14/add:gap"]
+    assert cache.hits == 2 and cache.misses == 0, f"hits {cache.hits}, misses {cache.misses}"
+    assert np.array_equal(again, f["block14/add:gap"])
+    sets = ex.feature_sets(items, LITE0, ["block14/add:gap+block14/add:gmp"], cache=cache)
+    assert np.array_equal(sets["block14/add:gap+block14/add:gmp"], np.concatenate([f["block14/add:gap"],
+                                                                                   f["block14/add:gmp"]], 1))
+
+
+def test_parse_layer_and_pooling_errors():
+    from minicaffe.errors import ModelError
+    from minicaffe.transfer.features import parse_layer, pool_blob
+    assert parse_layer("features") == ("features", None)
+    assert parse_layer("block10/add:gmp") == ("block10/add", "gmp")
+    for bad in ("block10/add:avg", ":gap", "x:"):
+        with pytest.raises(ValueError, match="expected LAYER or LAYER:gap"):
+            parse_layer(bad)
+    with pytest.raises(ModelError, match="fc:gap: spatial pooling needs an"):
+        pool_blob(np.zeros((2, 10), np.float32), "gap", "fc")
+
+
+def test_paired_table_differences_and_wins():
+    from minicaffe.transfer.report import paired_table
+    R = P.Result
+    res = [R("a", [0.90, 0.80, 0.85], features="deep", classifier="LogReg"),
+           R("b", [0.85, 0.80, 0.90], features="hog", classifier="LogReg"),
+           R("c", [0.50, 0.50, 0.50], features="hog", classifier="SVM")]
+    t = paired_table(res, ["hog", "raw"])
+    # differences +5, 0, -5 points: mean 0, population std sqrt(50/3) = 4.08, min -5, 1 win 1 tie 1 loss
+    assert "| deep | LogReg | hog | +0.00 ± 4.08 | -5.00 | 1 / 1 / 1 |" in t, t
+    assert "SVM" not in t, "a deep row was paired with a baseline of another classifier"
+    assert paired_table(res[1:], ["hog"]) == ""
+
+
+def test_fashion_mnist_dev_split_reads_the_train_file():
+    from minicaffe.transfer.offline import (
+        _read_idx,
+        fashion_mnist_dir,
+        load_fashion_mnist,
+    )
+    d = fashion_mnist_dir()
+    if d is None or not (d / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST train file not installed")
+    ds = load_fashion_mnist(per_class=3, seed=0, split="train")
+    assert np.bincount(ds.labels).tolist() == [3] * 10, np.bincount(ds.labels)
+    train = _read_idx(d / "train-images-idx3-ubyte.gz")
+    assert all(np.array_equal(im, train[i]) for im, i in zip(ds.items, ds.meta["index"])), \
+        "dev images are not the train-file images at the recorded indices"
+
+
 # ----------------------------------------------------------------------------- CLI
 def _cli(argv, capsys):
     rc = run_cli(transfer_main, argv)
@@ -393,6 +461,8 @@ def _cli(argv, capsys):
     (["offline", "lfw", "--splits", "0"], "--splits must be at least 1"),
     (["offline", "lfw", "--layers", "hog"], "--layers: 'hog' is a baseline"),
     (["offline", "lfw", "--layers", "decaf6"], "--layers: 'decaf6' is not a blob of efficientnet-lite0"),
+    (["offline", "lfw", "--layers", "features+block9/add:avg"], "--layers: layer spec 'block9/add:avg': expected"),
+    (["offline", "lfw", "--layers", "logits:gap"], "--layers: 'logits:gap': :gap needs a spatial"),
     (["office", "/tmp", "--source", "dslr", "--target", "dslr"], "--source and --target are both 'dslr'"),
     (["cub200", "/tmp", "--crop", "head"], "--crop: 'head' is not whole or bbox"),
     (["caltech101", "/tmp", "--curve", "1,x"], "--curve: expected comma-separated integers"),

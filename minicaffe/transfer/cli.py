@@ -4,10 +4,10 @@ Sub-commands ``caltech101``, ``sun397``, ``office``, ``cub200`` and ``folder`` (
 train/test folders or N-per-class splits of any ``ROOT/<class>/`` dataset) read the user's copy of
 the data (layouts in :mod:`minicaffe.transfer.protocols`); ``offline lfw|fashion`` runs the same
 machinery on real images that ship with scikit-image / Debian. Each computes (or loads from the
-feature cache) the requested feature sets (``--layers``: aliases or blob names, ``+`` concatenates,
-plus the baselines ``hog`` / ``raw``), fits every ``--classifiers`` entry with C chosen by CV on
+feature cache) the requested feature sets (``--layers``: aliases or blob names, ``LAYER:gap`` /
+``LAYER:gmp`` global-pools a blob, ``+`` concatenates, plus the baselines ``hog`` / ``raw``), fits every ``--classifiers`` entry with C chosen by CV on
 the training part, prints one table per protocol and optionally writes ``--out report.md``
-(tables next to the paper's numbers), ``--json`` (every per-split number) and ``--tsne PNG``.
+(tables next to the paper's numbers, and per-split paired differences deep minus baseline), ``--json`` (every per-split number) and ``--tsne PNG``.
 :func:`run_command` is shared with ``scripts/reproduce_decaf.py``. Bad arguments and missing data
 folders end with one ``minicaffe: error:`` line (exit 2). This module does not download data.
 """
@@ -25,12 +25,16 @@ from ..errors import MinicaffeError
 from . import experiments as ex
 from . import protocols as P
 from .baselines import BASELINES
-from .report import PAPER_NOTES, markdown_table, results_table, save_json
+from .features import parse_layer
+from .report import PAPER_NOTES, markdown_table, paired_table, results_table, save_json
 
 EXAMPLES = """examples:
   # offline, right after installation (EfficientNet-Lite0 features vs raw pixels and HOG)
   python -m minicaffe.transfer offline fashion --n-train 30 --splits 5 --out fashion.md --tsne fashion.png
   python -m minicaffe.transfer offline lfw --classifiers lr,svm,svm+dropout
+  # multi-layer pooled descriptor (stage outputs of Lite0, global-average-pooled, + the global pool)
+  python -m minicaffe.transfer offline fashion --layers block10/add:gap+block14/add:gap+block15/project:gap+features \
+      --baselines raw,hog --classifiers lr --splits 20
   # the paper's protocols on your copy of the data, with the DeCAF network
   python -m minicaffe.transfer caltech101 ~/data/caltech101 --model caffenet --layers decaf5,decaf6,decaf7 \\
       --classifiers lr,svm,svm+dropout --curve 1,5,10,15,20 --out caltech.md
@@ -41,7 +45,8 @@ EXAMPLES = """examples:
   python -m minicaffe.transfer folder ~/data/flowers --protocol kfold --k 5 --layers pool5+fc6 --model caffenet
 
 feature specs (--layers): decaf5 / decaf6 / decaf7 (CaffeNet pool5 / fc6 / fc7), any blob name
-(features / pool for EfficientNet-Lite), A+B concatenates (pool5+fc6); --baselines hog,raw.
+(features / pool for EfficientNet-Lite), BLOB:gap / BLOB:gmp = the blob averaged / max-ed over its
+spatial positions (N, C, H, W) -> (N, C), A+B concatenates (pool5+fc6); --baselines hog,raw.
 classifiers: lr, svm, lr+dropout, svm+dropout (DeCAF dropout variant, rate 0.5; see docs/transfer.md).
 features are cached under ~/.cache/minicaffe/features ($MINICAFFE_HOME) or --cache DIR.
 """
@@ -140,7 +145,10 @@ def build_parser():
     d.add_argument("--n-train", type=int, default=30, help="training images per class (default 30)")
     d.add_argument("--max-test", type=int, default=30, help="cap on test images per class (default 30)")
     d.add_argument("--per-class", type=int, default=60,
-                   help="fashion: images per class drawn from the 10k test file (default 60)")
+                   help="fashion: images per class drawn from --fashion-split (default 60)")
+    d.add_argument("--fashion-split", choices=("t10k", "train"), default="t10k",
+                   help="fashion: the IDX file to draw from: t10k = the 10k test file (reported numbers, "
+                        "default), train = the 60k training file (a development set disjoint from t10k)")
     return p
 
 
@@ -174,6 +182,11 @@ def _check_args(args):
             raise UsageError(f"--layers: {spec!r} is a baseline; pass it with --baselines")
         if any(not part for part in spec.split("+")):
             raise UsageError(f"--layers: {spec!r} has an empty part")
+        for part in spec.split("+"):
+            try:
+                parse_layer(part)
+            except ValueError as e:
+                raise UsageError(f"--layers: {e}") from None
     if args.protocol == "office" and args.source == args.target:
         raise UsageError(f"--source and --target are both {args.source!r}; choose two domains")
     if args.protocol == "office":
@@ -199,9 +212,13 @@ def _check_layers(model, specs, backend):
         return
     net = fm.net(backend)
     for part in parts:
-        blob = fm.blob_name(part)
+        base, pool = parse_layer(part)
+        blob = fm.blob_name(base)
+        if blob in net.blob_shapes and pool is not None and len(net.blob_shapes[blob]) != 4:
+            raise UsageError(f"--layers: {part!r}: :{pool} needs a spatial (N, C, H, W) blob; {blob} is "
+                             f"{net.blob_shapes[blob]}")
         if blob not in net.blob_shapes:
-            raise UsageError(f"--layers: {part!r} is not a blob of {fm.name} (aliases: "
+            raise UsageError(f"--layers: {base!r} is not a blob of {fm.name} (aliases: "
                              f"{', '.join(f'{k}={v}' for k, v in fm.aliases.items()) or 'none'}; "
                              f"last blobs: {', '.join(list(net.blob_shapes)[-6:])})")
 
@@ -246,7 +263,8 @@ def run_command(args):
             ds = P.load_folder(args.root)
     elif proto == "offline":
         from .offline import load_fashion_mnist, load_lfw_subset
-        ds = load_lfw_subset() if args.dataset == "lfw" else load_fashion_mnist(args.per_class, seed=seed)
+        ds = load_lfw_subset() if args.dataset == "lfw" else \
+            load_fashion_mnist(args.per_class, seed=seed, split=args.fashion_split)
         baseline_kw = {"raw": {"size": None}}     # raw pixels at the native 25x25 / 28x28
     _check_layers(model, specs, args.backend)
     fkw = _fkw(args, baseline_kw)
@@ -294,7 +312,7 @@ def run_command(args):
         sets = ex.feature_sets(ds.items, model, specs, **fkw)
         res = ex.run_splits(sets, ds.labels, splits, classifiers or ["lr", "svm"], scale=args.scale, seed=seed)
         sections.append(Section(f"{pathlib.Path(args.root).name} ({args.split_protocol}, {len(ds.classes)} classes)",
-                                "folder", res))
+                                "folder", res, extra_md=_paired_md(res, specs)))
         vis = (ds, sets)
     elif proto == "offline":
         splits = P.per_class_splits(ds.labels, args.n_train, args.max_test, n, seed)
@@ -302,11 +320,30 @@ def run_command(args):
         res = ex.run_splits(sets, ds.labels, splits, classifiers or ["lr", "svm", "svm+dropout"], scale=args.scale,
                             seed=seed)
         name = "lfw_subset (faces vs non-faces)" if args.dataset == "lfw" else \
-            f"Fashion-MNIST ({args.per_class}/class from t10k)"
+            f"Fashion-MNIST ({args.per_class}/class from {args.fashion_split})"
         sections.append(Section(f"{name}: {args.n_train} train / class, test ≤ {args.max_test} / class", "offline",
-                                res, [f"model {model}; raw = native-resolution pixels; hog = HOG + RGB histogram"]))
+                                res, [f"model {model}; raw = native-resolution pixels; hog = HOG + RGB histogram"],
+                                _paired_md(res, specs)))
         vis = (ds, sets)
     return sections, {"ds": vis[0], "sets": vis[1], "model": model, "specs": specs, "fkw": fkw}
+
+
+def _paired_md(results, specs):
+    """The paired-difference table (deep minus each baseline, same splits) with its heading, or ""."""
+    t = paired_table(results, [s for s in specs if s in BASELINES])
+    return ("Per-split paired differences (same splits for every feature set), deep minus baseline, "
+            "in accuracy points:\n\n" + t) if t else ""
+
+
+def _wrap_spec(title, width=40):
+    """A long multi-layer spec as panel-title lines broken after its ``+`` (a panel is ~40 characters wide)."""
+    lines = [""]
+    for i, part in enumerate(title.split("+")):
+        piece = part if i == 0 else "+" + part
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(lines)
 
 
 def tsne_png(path, vis, max_points=1000, seed=0):
@@ -325,8 +362,8 @@ def tsne_png(path, vis, max_points=1000, seed=0):
         sets = {s: sets[s][idx] for s in deep + base}
     labels = ds.labels[idx]
     ok = np.all([~np.isnan(sets[s]).any(1) for s in deep + base], axis=0)
-    panels = {(f"{vis['model']} {s}" if s in deep else {"raw": "raw pixels", "hog": "HOG + colour"}[s]): sets[s][ok]
-              for s in deep + base}
+    panels = {(_wrap_spec(f"{vis['model']} {s}") if s in deep else {"raw": "raw pixels", "hog": "HOG + colour"}[s]):
+              sets[s][ok] for s in deep + base}
     return plot_tsne(panels, labels[ok], ds.classes, path, seed=seed)
 
 

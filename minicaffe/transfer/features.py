@@ -5,7 +5,10 @@ arrays) into one ``(N, D)`` float32 matrix per requested layer of a model (a reg
 as ``"caffenet"`` / ``"efficientnet-lite0"``, a :class:`minicaffe.models.ModelSpec`, or a
 :class:`FeatureModel` wrapping any ``Net``). A blob of shape ``(N, C, H, W)`` is flattened in
 Caffe's C-major order (channel, then row, then column: the order fc6 reads pool5 in), so
-``decaf5`` is the 9216-d pool5 vector of the paper. Every row is cached under
+``decaf5`` is the 9216-d pool5 vector of the paper. A layer written ``LAYER:gap`` (``LAYER:gmp``)
+is that blob averaged (max-ed) over its spatial positions, ``(N, C, H, W) -> (N, C)``: the
+global-pooled intermediate activations that multi-layer descriptors such as
+``block7/add:gap+block10/add:gap+features`` concatenate. Every row is cached under
 ``(image content hash, model key, layer, preprocessing key)`` so that rerunning a protocol, or
 running another protocol over the same images, never recomputes a forward pass. Preprocessing is
 ``minicaffe.preprocess.preprocess_image`` when that module exists, else the small built-in
@@ -286,6 +289,31 @@ class FeatureCache:
         os.replace(tmp, p)                     # atomic: a concurrent reader never sees half a file
 
 
+# ----------------------------------------------------------------------------- spatial pooling of a blob
+#: ``LAYER:<pool>`` reductions over the spatial axes of a (N, C, H, W) blob
+POOLS = {"gap": np.mean, "gmp": np.max}
+
+
+def parse_layer(spec):
+    """``"block10/add:gap"`` -> ("block10/add", "gap"); ``"features"`` -> ("features", None).
+    An unknown pooling name is a ValueError naming the spec."""
+    layer, sep, pool = spec.partition(":")
+    if not sep:
+        return spec, None
+    if not layer or pool not in POOLS:
+        raise ValueError(f"layer spec {spec!r}: expected LAYER or LAYER:{' / LAYER:'.join(POOLS)}")
+    return layer, pool
+
+
+def pool_blob(a, pool, name=""):
+    """a: (N, C, H, W) -> (N, C) float32, reduced over H and W by ``pool`` (``None``: unchanged)."""
+    if pool is None:
+        return a
+    if a.ndim != 4:
+        raise ModelError(f"{name}:{pool}: spatial pooling needs an (N, C, H, W) blob, got shape {a.shape}")
+    return np.asarray(POOLS[pool](a, axis=(2, 3)), np.float32)
+
+
 # ----------------------------------------------------------------------------- the one entry point
 def compute_features(images, model, layers, backend="cpu", batch_size=16, cache=None, errors="raise",
                      progress=False):
@@ -293,7 +321,8 @@ def compute_features(images, model, layers, backend="cpu", batch_size=16, cache=
 
     model : registry name, ModelSpec or FeatureModel.
     layers : list of layer aliases or blob names (``["decaf6", "decaf7"]``); a (N, C, H, W) blob
-        is flattened C-major to (N, C*H*W).
+        is flattened C-major to (N, C*H*W), or pooled to (N, C) by a ``:gap`` / ``:gmp`` suffix
+        (only the pooled vector is cached).
     cache : a FeatureCache, a directory, or None (no caching).
     errors : ``"raise"`` (first bad image raises ImageError) or ``"skip"`` (one line on stderr per
         bad image, its rows are NaN; callers drop them with ``np.isnan(X).any(1)``).
@@ -307,7 +336,10 @@ def compute_features(images, model, layers, backend="cpu", batch_size=16, cache=
         cache = FeatureCache(cache)
     spec = fm.preprocessing
     pkey = preprocessing_key(spec)
-    blobs = [fm.blob_name(layer) for layer in layers]
+    parsed = [parse_layer(layer) for layer in layers]
+    blobs = [fm.blob_name(base) for base, _ in parsed]           # what the net must produce
+    keys = [b if pool is None else f"{b}:{pool}" for b, (_, pool) in zip(blobs, parsed)]   # cache keys
+    fetch = list(dict.fromkeys(blobs))
     n = len(images)
     out = {layer: None for layer in layers}
     todo = []          # indices still needing a forward pass
@@ -323,7 +355,7 @@ def compute_features(images, model, layers, backend="cpu", batch_size=16, cache=
         if cache is None:
             todo.append(i)
             continue
-        vecs = [cache.get(fm.key, pkey, b, hashes[i]) for b in blobs]
+        vecs = [cache.get(fm.key, pkey, k, hashes[i]) for k in keys]
         if any(v is None for v in vecs):
             todo.append(i)
             continue
@@ -347,20 +379,20 @@ def compute_features(images, model, layers, backend="cpu", batch_size=16, cache=
                 print(f"minicaffe: skipping {item_name(images[i])}: {e}", file=sys.stderr)
         if idx:
             net = fm.net(backend)
-            missing = [b for b in blobs if b not in net.blob_shapes]
+            missing = [b for b in fetch if b not in net.blob_shapes]
             if missing:
                 raise ModelError(f"model {fm.name!r} has no blob {missing[0]!r} (aliases: {fm.aliases}; "
                                  f"blobs: {', '.join(net.blob_shapes)})")
-            res = net.forward(np.stack(xs), fetch=blobs)
-            for layer, b in zip(layers, blobs):
-                # (N, C, H, W) -> (N, C*H*W), C-major: Caffe's own flatten order
-                f = np.asarray(res[b], np.float32).reshape(len(idx), -1)
+            res = net.forward(np.stack(xs), fetch=fetch)
+            for layer, b, k, (_, pool) in zip(layers, blobs, keys, parsed):
+                # pooled: (N, C, H, W) -> (N, C); else (N, C, H, W) -> (N, C*H*W), C-major: Caffe's flatten order
+                f = pool_blob(np.asarray(res[b], np.float32), pool, b).reshape(len(idx), -1)
                 if out[layer] is None:
                     out[layer] = np.full((n, f.shape[1]), np.nan, np.float32)
                 out[layer][idx] = f
                 if cache is not None:
                     for j, i in enumerate(idx):
-                        cache.put(fm.key, pkey, b, hashes[i], f[j])
+                        cache.put(fm.key, pkey, k, hashes[i], f[j])
         if bar is not None:
             bar.update(len(todo[s:s + batch_size]))
     if bar is not None:

@@ -6,7 +6,9 @@
   the IDX files of the Debian package ``dataset-fashion-mnist``
   (``/usr/share/datasets/fashion-mnist``; ``$FASHION_MNIST_DIR`` overrides), a fixed subset of
   ``per_class`` images per class drawn with a seed from the official *test* file (10k images;
-  any subset of it is unseen by an ImageNet-trained net).
+  any subset of it is unseen by an ImageNet-trained net), or with ``split="train"`` from the
+  60k training file: a development set, disjoint from the reported test-file subset, on which
+  feature configurations are chosen.
 
 Images are returned as (H, W) uint8 arrays (items :func:`~minicaffe.transfer.features.compute_features`
 accepts; grey is replicated to RGB there). This module does not download anything.
@@ -58,7 +60,10 @@ def _read_idx(path):
 
 
 def load_fashion_mnist(per_class=60, seed=0, split="t10k") -> Dataset:
-    """-> Dataset of 10 * per_class (28, 28) uint8 arrays (a seeded subset of ``split``)."""
+    """-> Dataset of 10 * per_class (28, 28) uint8 arrays (a seeded subset of the IDX file
+    ``split``: ``"t10k"`` or ``"train"``); ``meta["index"]`` holds the rows drawn."""
+    if split not in ("t10k", "train"):
+        raise ValueError(f"Fashion-MNIST split must be 't10k' or 'train', got {split!r}")
     d = fashion_mnist_dir()
     if d is None:
         raise DatasetError("Fashion-MNIST not found (install the Debian package dataset-fashion-mnist, "

@@ -4,11 +4,14 @@
 accuracy in %, ± std over splits where the paper gives one). :func:`results_table` lays out a
 list of :class:`~minicaffe.transfer.protocols.Result` as one Markdown table with a "paper"
 column filled where a published number matches the row (same protocol, feature and
-classifier). :func:`save_json` keeps the raw per-split numbers. This module computes nothing.
+classifier); :func:`paired_table` gives per-split paired differences of deep features minus
+each baseline. :func:`save_json` keeps the raw per-split numbers. This module computes nothing.
 """
 from __future__ import annotations
 
 import json
+
+import numpy as np
 
 #: (protocol, feature, classifier) -> published mean per-class accuracy string (%)
 PAPER = {
@@ -56,6 +59,32 @@ def results_table(results, protocol=None, paper=True):
             row.append(PAPER.get((protocol, key_feat, r.classifier), ""))
         rows.append(row)
     return markdown_table(headers, rows)
+
+
+def paired_table(results, baselines):
+    """[Result] -> Markdown table of per-split paired differences, deep minus baseline, for
+    every deep result against every baseline result with the same classifier (the protocols
+    give every feature set the same splits, so split s of one row is split s of the other):
+    mean ± std of the differences (points), the smallest difference, and wins / ties / losses.
+    Empty string when there is nothing to pair."""
+    base = {(r.features, r.classifier): r for r in results if r.features in baselines}
+    rows = []
+    for r in results:
+        if r.features in baselines:
+            continue
+        for b in baselines:
+            o = base.get((b, r.classifier))
+            if o is None or len(o.per_split) != len(r.per_split):
+                continue
+            d = 100 * (np.asarray(r.per_split) - np.asarray(o.per_split))
+            # equal accuracies can differ by float rounding only: |d| <= 0.005 points is a tie
+            w, t = int(np.sum(d > 5e-3)), int(np.sum(np.abs(d) <= 5e-3))
+            rows.append([r.features, r.classifier, b, f"{d.mean():+.2f} ± {d.std():.2f}", f"{d.min():+.2f}",
+                         f"{w} / {t} / {len(d) - w - t}"])
+    if not rows:
+        return ""
+    return markdown_table(["features", "classifier", "minus", "paired diff. (points)", "min", "wins / ties / losses"],
+                          rows)
 
 
 def save_json(path, sections):
