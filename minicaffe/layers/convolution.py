@@ -507,6 +507,40 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1):
     return y
 
 
+def _wide_chunk(N, K, L):
+    # images per chunk: the im2col buffer (K rows x images*L columns) within IM2COL_BUDGET
+    return int(max(1, min(N, IM2COL_BUDGET // max(1, K * L * 4))))
+
+
+def _wide_gemms(w, b, group, nb, L, Wrow, fill, y, per_group=False):
+    """The chunk loop shared by the "wide" convolutions. For each chunk of <= nb images,
+    ``fill(n0, cur, g, col)`` writes the im2col rows (of group g, or of all groups when g is None;
+    OIHW row order), one GEMM per group writes Wrow columns per output row into a (M, cur*L)
+    buffer, and :func:`_crop_wide` keeps each row's first Wo into ``y`` (N, M, Ho, Wo) + bias."""
+    M, Cg, kh, kw = w.shape
+    Kg, Mg = Cg * kh * kw, M // group
+    w2 = np.ascontiguousarray(w.reshape(M, Kg), dtype=np.float32)  # OIHW rows (c, i, j) = col rows
+    has_bias = b is not None
+    bb = b if has_bias else np.zeros(M, np.float32)
+    Kc = Kg if per_group else Kg * group
+    col = yw = None
+    N = y.shape[0]
+    for n0 in range(0, N, nb):
+        cur = min(nb, N - n0)
+        if col is None or col.shape[1] != cur * L:
+            col = np.empty((Kc, cur * L), dtype=np.float32)
+            yw = np.empty((M, cur * L), dtype=np.float32)
+        if not per_group:
+            fill(n0, cur, None, col)
+        for g in range(group):
+            if per_group:
+                fill(n0, cur, g, col)
+            cg = col if per_group else col[g * Kg:(g + 1) * Kg]
+            np.matmul(w2[g * Mg:(g + 1) * Mg], cg, out=yw[g * Mg:(g + 1) * Mg])
+        _crop_wide(yw, bb, has_bias, n0, cur, Wrow, L, y)
+    return y
+
+
 def convolution_wide_cpu(x, w, b, pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
     """x: (N, C, H, W), w: (M, C/group, kh, kw) -> (N, M, Ho, Wo); stride-1 convolution by "wide"
     im2col + one BLAS GEMM per group and chunk (same contract as :func:`convolution_reference`
@@ -526,39 +560,23 @@ def convolution_wide_cpu(x, w, b, pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
     Ho, Wo = Hp - dh * (kh - 1), Wp - dw * (kw - 1)
     L = Ho * Wp
     Lp = Hp * Wp + dw * (kw - 1)          # the last tap's slice runs dw*(kw-1) past the plane
-    K, Kg, Mg = C * kh * kw, Cg * kh * kw, M // group
-    has_bias = b is not None
-    bb = b if has_bias else np.zeros(M, np.float32)
-    w2 = np.ascontiguousarray(w.reshape(M, Kg), dtype=np.float32)  # OIHW rows (c, i, j) = col rows
-    nb = int(max(1, min(N, IM2COL_BUDGET // max(1, K * L * 4))))
-    y = np.empty((N, M, Ho, Wo), dtype=np.float32)
+    K = C * kh * kw
+    nb = _wide_chunk(N, K, L)
     # borders zeroed once; each chunk overwrites only the interior
     xf = np.zeros((nb, C, Lp), dtype=np.float32)
     interior = xf[:, :, :Hp * Wp].reshape(nb, C, Hp, Wp)[:, :, pt:pt + H, pl:pl + W]
+
+    def fill(n0, cur, g, col):
+        if g is None or g == 0:
+            interior[:cur] = x[n0:n0 + cur]
+        src = xf if g is None else xf[:, g * Cg:(g + 1) * Cg]
+        _im2col_wide(src, 0, cur, kh, kw, dh, dw, Wp, L, col)
+
     # One image per chunk (batch 1): one group's columns at a time, a buffer 1/group the size that
     # is still in cache when the GEMM reads it (CaffeNet conv2, cold caches as in the net: 3.5 vs
     # 3.9 ms). Several images per chunk: all groups' columns in one pass (batch 64: 181 vs 203 ms).
-    per_group = nb == 1 and group > 1
-    Kc = Kg if per_group else K
-    col = np.empty((Kc, nb * L), dtype=np.float32)
-    yw = np.empty((M, nb * L), dtype=np.float32)
-    for n0 in range(0, N, nb):
-        cur = min(nb, N - n0)
-        if cur < nb:
-            col = np.empty((Kc, cur * L), dtype=np.float32)
-            yw = np.empty((M, cur * L), dtype=np.float32)
-        interior[:cur] = x[n0:n0 + cur]
-        if not per_group:
-            _im2col_wide(xf, 0, cur, kh, kw, dh, dw, Wp, L, col)
-        for g in range(group):
-            if per_group:
-                _im2col_wide(xf[:, g * Cg:(g + 1) * Cg], 0, cur, kh, kw, dh, dw, Wp, L, col)
-                cg = col
-            else:
-                cg = col[g * Kg:(g + 1) * Kg]
-            np.matmul(w2[g * Mg:(g + 1) * Mg], cg, out=yw[g * Mg:(g + 1) * Mg])
-        _crop_wide(yw, bb, has_bias, n0, cur, Wp, L, y)
-    return y
+    y = np.empty((N, M, Ho, Wo), dtype=np.float32)
+    return _wide_gemms(w, b, group, nb, L, Wp, fill, y, per_group=nb == 1 and group > 1)
 
 
 def convolution_phase_cpu(x, w, b, stride, pad=(0, 0, 0, 0), group=1):
@@ -571,7 +589,8 @@ def convolution_phase_cpu(x, w, b, stride, pad=(0, 0, 0, 0), group=1):
     per-pixel strided gather, the GEMM computes Ws >= Wo columns per output row and
     :func:`_crop_wide` keeps Wo and adds the bias. The rows keep OIHW order, so the weights need
     no re-layout. CaffeNet conv1 (11x11/4): Ws = 57 for Wo = 55, 3.6% extra GEMM work; measured
-    2026-11-30 with 2 threads 1.2-1.3x faster than the per-pixel im2col at batch 1/10/64."""
+    2026-11-30 in isolation with 2 threads 1.2-1.3x faster than the per-pixel im2col at batch
+    1/10/64."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
     M, Cg, kh, kw = w.shape
@@ -581,26 +600,15 @@ def convolution_phase_cpu(x, w, b, stride, pad=(0, 0, 0, 0), group=1):
     Wo = conv_out_size(W, kw, st, pl, pr)
     Hs, Ws = Ho + (kh - 1) // st, Wo + (kw - 1) // st
     L = Ho * Ws
-    K, Kg, Mg = C * kh * kw, Cg * kh * kw, M // group
-    has_bias = b is not None
-    bb = b if has_bias else np.zeros(M, np.float32)
-    w2 = np.ascontiguousarray(w.reshape(M, Kg), dtype=np.float32)  # OIHW rows (c, i, j) = col rows
-    nb = int(max(1, min(N, IM2COL_BUDGET // max(1, K * L * 4))))
-    y = np.empty((N, M, Ho, Wo), dtype=np.float32)
+    nb = _wide_chunk(N, C * kh * kw, L)
     xs = np.empty((nb, C, st, st, Hs * Ws + (kw - 1) // st), dtype=np.float32)
-    col = np.empty((K, nb * L), dtype=np.float32)
-    yw = np.empty((M, nb * L), dtype=np.float32)
-    for n0 in range(0, N, nb):
-        cur = min(nb, N - n0)
-        if cur < nb:
-            col = np.empty((K, cur * L), dtype=np.float32)
-            yw = np.empty((M, cur * L), dtype=np.float32)
+
+    def fill(n0, cur, g, col):
         _phase_planes(x, n0, cur, st, pt, pl, Hs, Ws, xs)
         _im2col_phase(xs, cur, kh, kw, st, Ws, L, col)
-        for g in range(group):
-            np.matmul(w2[g * Mg:(g + 1) * Mg], col[g * Kg:(g + 1) * Kg], out=yw[g * Mg:(g + 1) * Mg])
-        _crop_wide(yw, bb, has_bias, n0, cur, Ws, L, y)
-    return y
+
+    y = np.empty((N, M, Ho, Wo), dtype=np.float32)
+    return _wide_gemms(w, b, group, nb, L, Ws, fill, y)
 
 
 #: route strided convs like conv1 through space-to-depth + Winograd in ``convolution_cpu``. Off:
