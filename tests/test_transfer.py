@@ -288,6 +288,101 @@ def test_cv_classifier_learns_and_dropout_variant_fits():
     assert mean_per_class_accuracy([0, 0, 1, 1], [0, 1, 1, 1]) == pytest.approx(0.75)
 
 
+# ----------------------------------------------------------------------------- layer choice (select:)
+def _select_problem(seed=3):
+    """3 classes x (20 train + 20 test) rows; a fixed split; two candidates built so that train-CV
+    and test disagree: "blind" separates the classes on train rows only (its test rows are noise),
+    "oracle" separates them on test rows only (its train rows are noise)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), 40)
+    train = np.flatnonzero(np.arange(120) % 40 < 20)
+    test = np.flatnonzero(np.arange(120) % 40 >= 20)
+    centres = rng.normal(0, 4, (3, 12))
+    signal = (centres[y] + rng.normal(0, 1, (120, 12))).astype(np.float32)
+    noise = rng.normal(0, 1, (120, 12)).astype(np.float32)
+    blind, oracle = noise.copy(), noise.copy()
+    blind[train], oracle[test] = signal[train], signal[test]
+    return y, P.Split(train, test), {"oracle": oracle, "blind": blind}
+
+
+def test_select_layer_uses_training_rows_only(monkeypatch):
+    from minicaffe.transfer import classifiers as C
+    y, sp, cands = _select_problem()
+    seen = []
+    real_fit = C.CVClassifier.fit
+
+    def spy(self, X, yy):
+        seen.append(np.asarray(X).copy())
+        return real_fit(self, X, yy)
+    monkeypatch.setattr(C.CVClassifier, "fit", spy)
+    r = P.evaluate_select(cands, y, [sp], "lr", scale="l2", features="select", Cs=TEST_CS)
+    # "oracle" would score ~100 % on the test rows; a choice that looked at them would take it
+    assert r.chosen == ["blind"], f"chose {r.chosen} (notes {r.notes})"
+    assert "chose blind" in r.notes[0] and "CV oracle" in r.notes[0], r.notes
+    test_rows = {row.tobytes() for X in cands.values() for row in X[sp.test]}
+    assert len(seen) == 2, f"{len(seen)} fits for 2 candidates"
+    for X in seen:
+        assert X.shape[0] == len(sp.train), f"a fit saw {X.shape[0]} rows, the split has {len(sp.train)} training rows"
+        leaked = sum(row.tobytes() in test_rows for row in X)
+        assert leaked == 0, f"{leaked} test rows reached a fit during the choice"
+    # poisoning every test row of the unchosen candidate and shuffling the test labels changes nothing
+    # in the choice (only the chosen candidate's test rows are read, to predict)
+    poisoned = {k: v.copy() for k, v in cands.items()}
+    poisoned["oracle"][sp.test] = np.nan
+    y2 = y.copy()
+    y2[sp.test] = np.random.default_rng(0).permutation(y[sp.test])
+    r2 = P.evaluate_select(poisoned, y2, [sp], "lr", scale="l2", Cs=TEST_CS)
+    assert r2.chosen == r.chosen and r2.notes == r.notes, f"{r2.notes} vs {r.notes}"
+
+
+def test_select_layer_ties_go_to_the_first_listed():
+    y, sp, cands = _select_problem()
+    X = cands["blind"]
+    for order in (("a", "b"), ("b", "a")):
+        r = P.evaluate_select({order[0]: X, order[1]: X.copy()}, y, [sp, sp], "lr", scale="l2", Cs=TEST_CS)
+        assert r.chosen == [order[0]] * 2, f"identical candidates {order}: chose {r.chosen}"
+    from minicaffe.transfer.classifiers import select_feature_set
+    one = np.array([sp.train[0], sp.train[20], sp.train[40]])   # 1 row per class: no CV possible
+    k, scores, _ = select_feature_set([cands["oracle"][one], X[one]], y[one], Cs=TEST_CS)
+    assert k == 0 and all(np.isnan(scores)), f"without CV the first candidate is taken, got {k}, {scores}"
+
+
+def test_select_layer_equals_fitting_the_chosen_set_alone():
+    from minicaffe.transfer.classifiers import select_feature_set
+    y, sp, cands = _select_problem(seed=5)
+    k, scores, clf = select_feature_set([cands["oracle"][sp.train], cands["blind"][sp.train]], y[sp.train],
+                                        "lr", scale="l2", Cs=TEST_CS)
+    assert k == 1 and scores[1] > scores[0] + 0.3, f"scores {scores}: blind should win clearly on train CV"
+    alone = make_classifier("lr", scale="l2", Cs=TEST_CS).fit(cands["blind"][sp.train], y[sp.train])
+    assert clf.C_ == alone.C_, f"C {clf.C_} vs {alone.C_}"
+    for what in ("blind", "oracle"):
+        Xte = cands[what][sp.test]
+        assert np.array_equal(clf.predict(Xte), alone.predict(Xte)), f"predictions on {what} test rows differ"
+        d = np.abs(clf.decision_function(Xte) - alone.decision_function(Xte)).max()
+        assert d == 0.0, f"decision functions differ by max abs {d:g}"
+    splits = P.per_class_splits(y, 10, n_splits=3, seed=0)
+    both = {"noise": np.random.default_rng(9).normal(0, 1, (120, 12)), "signal": cands["blind"]}
+    sel = P.evaluate_select(both, y, splits, "lr", scale="l2", Cs=TEST_CS)
+    ref = {n: P.evaluate(X, y, splits, "lr", scale="l2", Cs=TEST_CS) for n, X in both.items()}
+    want = [ref[c].per_split[s] for s, c in enumerate(sel.chosen)]
+    assert sel.per_split == want, f"select {sel.per_split} vs the chosen sets fitted alone {want}"
+
+
+def test_select_layer_spec_and_report():
+    from minicaffe.transfer.report import chosen_counts, results_table
+    assert ex.parse_select("select:features|a:gap+b") == ["features", "a:gap+b"]
+    assert ex.parse_select("features+a") is None
+    assert ex.spec_parts("select:features|a:gap+b") == ["features", "a:gap", "b"]
+    for bad, msg in (("select:features|", "empty candidate"), ("select:a|a", "listed twice")):
+        with pytest.raises(ValueError, match=msg):
+            ex.parse_select(bad)
+    assert chosen_counts(["b", "a", "b"]) == "b 2/3, a 1/3"
+    r = P.Result("s", [0.9, 0.8, 1.0], ["C=1 by 3-fold CV; chose b"] * 3, features="select:a|b", classifier="LogReg",
+                 chosen=["b", "a", "b"])
+    row = results_table([r]).splitlines()[2]
+    assert row.startswith("| select:a\\|b (chosen: b 2/3, a 1/3) | LogReg | 90.00 ± 8.16 | 3 | C=1 |"), row
+
+
 # ----------------------------------------------------------------------------- real data, Lite0 features
 def _lfw_small():
     from minicaffe.transfer.offline import load_lfw_subset
@@ -463,6 +558,10 @@ def _cli(argv, capsys):
     (["offline", "lfw", "--layers", "decaf6"], "--layers: 'decaf6' is not a blob of efficientnet-lite0"),
     (["offline", "lfw", "--layers", "features+block9/add:avg"], "--layers: layer spec 'block9/add:avg': expected"),
     (["offline", "lfw", "--layers", "logits:gap"], "--layers: 'logits:gap': :gap needs a spatial"),
+    (["offline", "lfw", "--layers", "select:features|hog"], "--layers: 'hog' is a baseline"),
+    (["offline", "lfw", "--layers", "select:features||pool"], "--layers: 'select:features||pool': empty candidate"),
+    (["offline", "lfw", "--layers", "select:features|decaf6"], "--layers: 'decaf6' is not a blob"),
+    (["office", "/tmp", "--layers", "select:features|pool"], "select: is not supported by office"),
     (["office", "/tmp", "--source", "dslr", "--target", "dslr"], "--source and --target are both 'dslr'"),
     (["cub200", "/tmp", "--crop", "head"], "--crop: 'head' is not whole or bbox"),
     (["caltech101", "/tmp", "--curve", "1,x"], "--curve: expected comma-separated integers"),

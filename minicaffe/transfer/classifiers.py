@@ -136,6 +136,7 @@ class CVClassifier(ClassifierMixin, BaseEstimator):
                 self.cv_note_ = ("C=1 (no CV: a class has < 2 training images)" if len(self.Cs) != 1
                                  else f"C={self.C_:g} fixed")
                 self.best_ = clone(self.pipeline).set_params(clf__estimator__C=self.C_).fit(X, y)
+                self.best_score_ = float("nan")
             else:
                 search = GridSearchCV(
                     clone(self.pipeline), {"clf__estimator__C": list(self.Cs)},
@@ -145,6 +146,9 @@ class CVClassifier(ClassifierMixin, BaseEstimator):
                 self.C_ = float(search.best_params_["clf__estimator__C"])
                 self.cv_note_ = f"C={self.C_:g} by {folds}-fold CV"
                 self.best_ = search.best_estimator_
+                # mean over the folds of the held-out balanced accuracy at the chosen C: the score
+                # select_feature_set compares feature sets by (training rows only)
+                self.best_score_ = float(search.best_score_)
         self.classes_ = self.best_.classes_
         return self
 
@@ -155,6 +159,31 @@ class CVClassifier(ClassifierMixin, BaseEstimator):
     def decision_function(self, X):
         with threadpool_limits(limits=1, user_api="blas"):
             return self.best_.decision_function(X)
+
+
+def select_feature_set(train_sets, y, kind="lr", scale="standardize", dropout=0.0, seed=0, **kw):
+    """train_sets: K arrays (N, D_k) of the *training* rows, one per candidate feature set, in the
+    order requested; y: (N,) -> (k, scores, fitted CVClassifier of candidate k).
+
+    Each candidate gets the C search of :func:`make_classifier` (stratified CV on these rows only);
+    its score is the CV mean per-class accuracy at its best C. The highest score wins; a tie goes
+    to the first listed (a later candidate must be strictly better). Candidate k's classifier is
+    the one refit on all the rows, so predicting with it equals fitting candidate k alone. Without
+    CV (a class with < 2 rows) every score is NaN and the first candidate is taken. Rows with NaN
+    in a candidate are dropped from that candidate's fit only."""
+    if not len(train_sets):
+        raise ValueError("select_feature_set: no candidate feature sets")
+    y = np.asarray(y)
+    best, scores, clfs = 0, [], []
+    for k, X in enumerate(train_sets):
+        X = np.asarray(X)
+        ok = ~np.isnan(X).any(axis=1)
+        clf = make_classifier(kind, scale=scale, dropout=dropout, seed=seed, **kw).fit(X[ok], y[ok])
+        scores.append(clf.best_score_)
+        clfs.append(clf)
+        if clf.best_score_ > scores[best]:      # strict: ties (and NaN) keep the earlier candidate
+            best = k
+    return best, scores, clfs[best]
 
 
 def mean_per_class_accuracy(y_true, y_pred) -> float:

@@ -5,7 +5,8 @@ train/test folders or N-per-class splits of any ``ROOT/<class>/`` dataset) read 
 the data (layouts in :mod:`minicaffe.transfer.protocols`); ``offline lfw|fashion`` runs the same
 machinery on real images that ship with scikit-image / Debian. Each computes (or loads from the
 feature cache) the requested feature sets (``--layers``: aliases or blob names, ``LAYER:gap`` /
-``LAYER:gmp`` global-pools a blob, ``+`` concatenates, plus the baselines ``hog`` / ``raw``), fits every ``--classifiers`` entry with C chosen by CV on
+``LAYER:gmp`` global-pools a blob, ``+`` concatenates, ``select:A|B`` chooses A or B per split by
+CV on the training images, plus the baselines ``hog`` / ``raw``), fits every ``--classifiers`` entry with C chosen by CV on
 the training part, prints one table per protocol and optionally writes ``--out report.md``
 (tables next to the paper's numbers, and per-split paired differences deep minus baseline), ``--json`` (every per-split number) and ``--tsne PNG``.
 :func:`run_command` is shared with ``scripts/reproduce_decaf.py``. Bad arguments and missing data
@@ -47,6 +48,11 @@ EXAMPLES = """examples:
 feature specs (--layers): decaf5 / decaf6 / decaf7 (CaffeNet pool5 / fc6 / fc7), any blob name
 (features / pool for EfficientNet-Lite), BLOB:gap / BLOB:gmp = the blob averaged / max-ed over its
 spatial positions (N, C, H, W) -> (N, C), A+B concatenates (pool5+fc6); --baselines hog,raw.
+select:A|B|C = layer choice: on each split, the candidate spec (A, B or C) with the best CV mean
+per-class accuracy on that split's training images (same 3-fold CV that picks C; ties -> first
+listed) is refit on the training split and tested; the report says which was chosen how often,
+e.g. --layers 'select:features|block15/project|block10/add:gap+block14/add:gap+block15/project:gap+features'
+(quote it: | is a shell pipe).
 classifiers: lr, svm, lr+dropout, svm+dropout (DeCAF dropout variant, rate 0.5; see docs/transfer.md).
 features are cached under ~/.cache/minicaffe/features ($MINICAFFE_HOME) or --cache DIR.
 """
@@ -178,15 +184,22 @@ def _check_args(args):
         if b not in BASELINES:
             raise UsageError(f"--baselines: {b!r} is not one of {', '.join(BASELINES)}")
     for spec in _csv(args.layers or ""):
-        if spec in BASELINES:
-            raise UsageError(f"--layers: {spec!r} is a baseline; pass it with --baselines")
-        if any(not part for part in spec.split("+")):
-            raise UsageError(f"--layers: {spec!r} has an empty part")
-        for part in spec.split("+"):
-            try:
-                parse_layer(part)
-            except ValueError as e:
-                raise UsageError(f"--layers: {e}") from None
+        try:
+            cands = ex.parse_select(spec)
+        except ValueError as e:
+            raise UsageError(f"--layers: {e}") from None
+        if cands and args.protocol == "office":
+            raise UsageError(f"--layers: {spec!r}: select: is not supported by office")
+        for cand in cands or [spec]:
+            if cand in BASELINES:
+                raise UsageError(f"--layers: {cand!r} is a baseline; pass it with --baselines")
+            if any(not part for part in cand.split("+")):
+                raise UsageError(f"--layers: {cand!r} has an empty part")
+            for part in cand.split("+"):
+                try:
+                    parse_layer(part)
+                except ValueError as e:
+                    raise UsageError(f"--layers: {e}") from None
     if args.protocol == "office" and args.source == args.target:
         raise UsageError(f"--source and --target are both {args.source!r}; choose two domains")
     if args.protocol == "office":
@@ -207,7 +220,7 @@ def _check_layers(model, specs, backend):
     """Every deep part of ``specs`` must be a blob of the net (fail before extracting anything)."""
     from .features import resolve_model
     fm = resolve_model(model)
-    parts = sorted({p for s in specs if s not in BASELINES for p in s.split("+")})
+    parts = sorted({p for s in specs if s not in BASELINES for p in ex.spec_parts(s)})
     if not parts:
         return
     net = fm.net(backend)
@@ -352,7 +365,8 @@ def tsne_png(path, vis, max_points=1000, seed=0):
     ds, sets = vis["ds"], vis["sets"]
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.permutation(len(ds))[:max_points])
-    deep = [s for s in vis["specs"] if s not in BASELINES][:1]
+    # a select: spec has no single feature set; its first candidate stands for it
+    deep = [(ex.parse_select(s) or [s])[0] for s in vis["specs"] if s not in BASELINES][:1]
     base = [s for s in vis["specs"] if s in BASELINES] or ["raw"]
     items = [ds.items[i] for i in idx]
     if sets is None or any(s not in sets for s in deep + base):

@@ -4,7 +4,8 @@ Each reader returns a :class:`Dataset` (image items, integer labels, class names
 metadata); each protocol returns index splits (:class:`Split`) that are reproducible from a
 seed (split ``s`` draws from ``numpy.random.default_rng([seed, s])``) and never put an image in
 both train and test. :func:`evaluate` then fits a classifier per split and reports mean
-per-class accuracy, mean ± std over splits. Expected layouts (the archives as their authors
+per-class accuracy, mean ± std over splits; :func:`evaluate_select` first picks, per split, one
+of several candidate feature sets by cross-validation on that split's training rows only. Expected layouts (the archives as their authors
 ship them):
 
 * **Folder dataset** (:func:`load_folder`): ``ROOT/<class>/**/<image>.(jpg|jpeg|png|bmp|ppm|pgm|tif)``;
@@ -46,7 +47,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import MinicaffeError
-from .classifiers import classifier_name, make_classifier, mean_per_class_accuracy
+from .classifiers import (
+    classifier_name,
+    make_classifier,
+    mean_per_class_accuracy,
+    select_feature_set,
+)
 from .features import ImageRef
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".gif", ".webp")
@@ -370,6 +376,7 @@ class Result:
     notes: list = field(default_factory=list)
     features: str = ""
     classifier: str = ""
+    chosen: list = field(default_factory=list)   # evaluate_select: the candidate picked on each split
 
     @property
     def mean(self):
@@ -407,6 +414,26 @@ def evaluate(X, y, splits, kind="lr", scale="standardize", dropout=0.0, name=Non
         acc, note = fit_score(X[sp.train], y[sp.train], X[sp.test], y[sp.test], kind, scale, dropout, seed, **kw)
         res.per_split.append(acc)
         res.notes.append(note)
+    return res
+
+
+def evaluate_select(candidates, y, splits, kind="lr", scale="standardize", dropout=0.0, name=None, seed=0,
+                    features="", **kw) -> Result:
+    """candidates: {name: (N, D_k)} in the order requested, y: (N,), splits -> Result whose split
+    ``s`` tests the candidate that :func:`~minicaffe.transfer.classifiers.select_feature_set` chose
+    from the *training rows of split s only* (``Result.chosen[s]``; the note adds the CV scores).
+    Only the chosen candidate's test rows are ever read (and only to predict)."""
+    names, y = list(candidates), np.asarray(y)
+    clf_name = classifier_name(kind, dropout)
+    res = Result(name or f"{features} {clf_name}".strip(), [], features=features, classifier=clf_name)
+    for sp in splits:
+        k, scores, clf = select_feature_set([np.asarray(candidates[n])[sp.train] for n in names], y[sp.train],
+                                            kind, scale=scale, dropout=dropout, seed=seed, **kw)
+        Xte, yte = _drop_nan(np.asarray(candidates[names[k]])[sp.test], y[sp.test])
+        res.per_split.append(mean_per_class_accuracy(yte, clf.predict(Xte)))
+        res.chosen.append(names[k])
+        res.notes.append(f"{clf.cv_note_}; chose {names[k]} (CV " +
+                         ", ".join(f"{n} {100 * v:.2f}" for n, v in zip(names, scores)) + ")")
     return res
 
 

@@ -4,7 +4,7 @@
 accuracy in %, ± std over splits where the paper gives one). :func:`results_table` lays out a
 list of :class:`~minicaffe.transfer.protocols.Result` as one Markdown table with a "paper"
 column filled where a published number matches the row (same protocol, feature and
-classifier); :func:`paired_table` gives per-split paired differences of deep features minus
+classifier; a layer-choice row adds how often each candidate was chosen); :func:`paired_table` gives per-split paired differences of deep features minus
 each baseline. :func:`save_json` keeps the raw per-split numbers. This module computes nothing.
 """
 from __future__ import annotations
@@ -39,8 +39,16 @@ def fmt_pct(mean, std=None, n=1):
 def markdown_table(headers, rows):
     """headers: [str]; rows: [[cell]] -> Markdown text (no trailing newline)."""
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    # a select:A|B spec holds "|", which would end the cell
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(out)
+
+
+def chosen_counts(chosen):
+    """["b", "a", "b"] -> "b 2/3, a 1/3" (most chosen first, ties in order of first appearance)."""
+    names = list(dict.fromkeys(chosen))
+    names.sort(key=lambda n: -chosen.count(n))
+    return ", ".join(f"{n} {chosen.count(n)}/{len(chosen)}" for n in names)
 
 
 def results_table(results, protocol=None, paper=True):
@@ -52,7 +60,8 @@ def results_table(results, protocol=None, paper=True):
     rows = []
     for r in results:
         cs = sorted({n.split(" ")[0] for n in r.notes})
-        row = [r.features, r.classifier, fmt_pct(r.mean, r.std, len(r.per_split)), len(r.per_split),
+        feat = r.features + (f" (chosen: {chosen_counts(r.chosen)})" if r.chosen else "")
+        row = [feat, r.classifier, fmt_pct(r.mean, r.std, len(r.per_split)), len(r.per_split),
                ", ".join(cs)]
         if paper and protocol is not None:
             key_feat = r.features.split(" ")[0]
@@ -90,7 +99,8 @@ def paired_table(results, baselines):
 def save_json(path, sections):
     """sections: {title: [Result]} -> JSON with every per-split number."""
     data = {title: [{"features": r.features, "classifier": r.classifier, "mean": r.mean, "std": r.std,
-                     "per_split": r.per_split, "notes": r.notes} for r in results]
+                     "per_split": r.per_split, "notes": r.notes, **({"chosen": r.chosen} if r.chosen else {})}
+                    for r in results]
             for title, results in sections.items()}
     with open(path, "w") as f:
         json.dump(data, f, indent=1)
