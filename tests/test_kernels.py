@@ -114,6 +114,21 @@ def test_winograd_filter_cache_never_stale():
         assert_close(C.convolution_cpu(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1), ref, 1e-5, "conv after an edit")
 
 
+def test_winograd_filter_cache_freed_with_the_weights():
+    """A deleted weight array takes its cached transform with it (no growth across many nets)."""
+    import gc
+    rng = np.random.default_rng(7)
+    w = rnd(rng, 24, 16, 3, 3)
+    C.winograd_filters(w)
+    key = (id(w), w.shape)
+    assert key in C._FILTER_CACHE
+    w[0, 0, 0, 0] += 1.0                      # a stale entry is replaced, not registered twice
+    C.winograd_filters(w)
+    del w
+    gc.collect()
+    assert key not in C._FILTER_CACHE, "the transform outlived its weight array"
+
+
 # stride-phase wide im2col: (id, x shape, w shape, stride, pad(t,b,l,r), group, chunk budget or None)
 PHASE = [
     ("conv1_like_11x11s4", (2, 3, 35, 35), (16, 3, 11, 11), 4, (0, 0, 0, 0), 1, None),

@@ -16,6 +16,7 @@ It does not implement Deconvolution or 3-D convolution.
 from __future__ import annotations
 
 import os
+import weakref
 
 import numpy as np
 from numba import cuda, njit, prange
@@ -459,6 +460,10 @@ def winograd_filters(w):
         return hit[1]
     U = _winograd_filters_uncached(wf)
     _FILTER_CACHE[key] = (wf.copy(), U)
+    if hit is None:
+        # the entry goes with the weight array (a deleted net frees its transforms at once); an
+        # id can only be reused after this callback has run, so it never drops a newer entry
+        weakref.finalize(w, _FILTER_CACHE.pop, key, None)
     while len(_FILTER_CACHE) > FILTER_CACHE_SIZE:
         _FILTER_CACHE.pop(next(iter(_FILTER_CACHE)))
     return U
