@@ -512,13 +512,13 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1):
     return y
 
 
-def _wide_chunk(N, K, L):
+def _im2col_chunk(N, K, L):
     # images per chunk: the im2col buffer (K rows x images*L columns) within IM2COL_BUDGET
     return int(max(1, min(N, IM2COL_BUDGET // max(1, K * L * 4))))
 
 
 def _wide_gemms(w, b, group, nb, L, Wrow, fill, y, per_group=False):
-    """The chunk loop shared by the "wide" convolutions. For each chunk of <= nb images,
+    """The chunk loop shared by the im2col convolutions. For each chunk of <= nb images,
     ``fill(n0, cur, g, col)`` writes the im2col rows (of group g, or of all groups when g is None;
     OIHW row order), one GEMM per group writes Wrow columns per output row into a (M, cur*L)
     buffer, and :func:`_crop_wide` keeps each row's first Wo into ``y`` (N, M, Ho, Wo) + bias."""
@@ -566,7 +566,7 @@ def convolution_wide_cpu(x, w, b, pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
     L = Ho * Wp
     Lp = Hp * Wp + dw * (kw - 1)          # the last tap's slice runs dw*(kw-1) past the plane
     K = C * kh * kw
-    nb = _wide_chunk(N, K, L)
+    nb = _im2col_chunk(N, K, L)
     # borders zeroed once; each chunk overwrites only the interior
     xf = np.zeros((nb, C, Lp), dtype=np.float32)
     interior = xf[:, :, :Hp * Wp].reshape(nb, C, Hp, Wp)[:, :, pt:pt + H, pl:pl + W]
@@ -598,14 +598,14 @@ def convolution_phase_cpu(x, w, b, stride, pad=(0, 0, 0, 0), group=1):
     1/10/64."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
-    M, Cg, kh, kw = w.shape
+    M, _, kh, kw = w.shape
     st = stride[0]
     pt, pb, pl, pr = pad
     Ho = conv_out_size(H, kh, st, pt, pb)
     Wo = conv_out_size(W, kw, st, pl, pr)
     Hs, Ws = Ho + (kh - 1) // st, Wo + (kw - 1) // st
     L = Ho * Ws
-    nb = _wide_chunk(N, C * kh * kw, L)
+    nb = _im2col_chunk(N, C * kh * kw, L)
     xs = np.empty((nb, C, st, st, Hs * Ws + (kw - 1) // st), dtype=np.float32)
 
     def fill(n0, cur, g, col):
@@ -694,27 +694,15 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
         return convolution_wide_cpu(x, w, b, pad, dilation, group)
     if sh == sw and dh == dw == 1:
         return convolution_phase_cpu(x, w, b, stride, pad, group)
+    # unequal strides, or strided and dilated: the per-pixel gather, through the same chunk loop
+    # (a "wide" row of exactly Wo columns, so the crop pass only adds the bias)
     P = Ho * Wo
-    K = C * kh * kw
-    Kg, Mg = Cg * kh * kw, M // group
-    nb = int(max(1, min(N, IM2COL_BUDGET // max(1, K * P * 4))))
-    col = np.empty((K, nb * P), dtype=np.float32)
-    w2 = np.ascontiguousarray(w.reshape(M, Kg))  # OIHW -> (M, Cg*kh*kw), row-major like the col rows
-    y = np.empty((N, M, P), dtype=np.float32)
-    for n0 in range(0, N, nb):
-        cur = min(nb, N - n0)
-        c_ = col if cur == nb else np.empty((K, cur * P), dtype=np.float32)
-        _im2col(x, n0, cur, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, c_)
-        # one GEMM per image and group, written straight into its (Mg, P) block of the NCHW
-        # output: BLAS reads the image's columns of the chunk with a row stride, so no scatter
-        # pass over the output is needed
-        for n in range(cur):
-            for g in range(group):
-                np.matmul(w2[g * Mg:(g + 1) * Mg], c_[g * Kg:(g + 1) * Kg, n * P:(n + 1) * P],
-                          out=y[n0 + n, g * Mg:(g + 1) * Mg])
-        if has_bias:
-            _add_bias_planes(y[n0:n0 + cur], bb)
-    return y.reshape(N, M, Ho, Wo)
+    nb = _im2col_chunk(N, C * kh * kw, P)
+
+    def fill(n0, cur, g, col):
+        _im2col(x, n0, cur, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, col)
+
+    return _wide_gemms(w, b, group, nb, P, Wo, fill, np.empty((N, M, Ho, Wo), dtype=np.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1026,7 +1014,7 @@ def convolution_backward_cpu(dy, x, w, stride=(1, 1), pad=(0, 0, 0, 0), dilation
     P = Ho * Wo
     K = C * kh * kw
     Kg, Mg = Cg * kh * kw, M // group
-    nb = int(max(1, min(N, IM2COL_BUDGET // max(1, K * P * 4))))
+    nb = _im2col_chunk(N, K, P)
     w2 = np.ascontiguousarray(w.reshape(M, Kg), dtype=np.float32)   # OIHW -> (M, Cg*kh*kw)
     dw2 = np.zeros((M, Kg), dtype=np.float32)
     dy3 = dy.reshape(N, M, P)
