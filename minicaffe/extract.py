@@ -521,9 +521,10 @@ def preprocessing_for(args):
     return spec
 
 
-def load_model(args):
-    """-> (net, preprocessing, aliases, description dict)."""
-    spec = preprocessing_for(args)
+def load_model(args, spec=None):
+    """-> (net, preprocessing, aliases, description dict); ``spec``: preprocessing_for(args) when
+    the caller already has it."""
+    spec = spec if spec is not None else preprocessing_for(args)
     if args.prototxt:
         from .net import Net
         net = Net(args.prototxt, args.weights, backend=args.backend)
@@ -600,16 +601,16 @@ def main(argv=None):
     try:
         decoded = iter_decoded(todo_paths, spec, workers, prefetch=2 * args.batch_size,
                                max_pixels=args.max_pixels, min_size=args.min_size, pool=pool)
-        return _run(args, out, fmt, parts_dir, listing, sources, parts, old_meta, todo, todo_paths, decoded)
+        return _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, todo, todo_paths, decoded)
     finally:
         if pool is not None:
             pool.close()
 
 
-def _run(args, out, fmt, parts_dir, listing, sources, parts, old_meta, todo, todo_paths, decoded):
+def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, todo, todo_paths, decoded):
     """main() after the inputs are listed and decoding has started: load the net, check a resumed
     run's settings, extract window by window into checkpoints, assemble the output."""
-    net, spec, aliases, desc = load_model(args)
+    net, spec, aliases, desc = load_model(args, spec)
     names = args.layers.split(",") if args.layers else default_layers(aliases, net)
     layers = resolve_layers(net, names, aliases, args.pre_relu)
     fx = FeatureExtractor(net, spec, layers, crop=args.crop, concat=args.concat)
