@@ -14,6 +14,13 @@ import os as _os
 # load, ReLU + fc6 at batch 1 took a median 40-50 ms spinning vs 24-28 ms with PASSIVE. It must be
 # set before the OpenMP runtime starts; an explicit OMP_WAIT_POLICY from the user wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenBLAS's idle threads likewise spin (with sched_yield) for 2^28 cycles, ~0.1 s, after every
+# matrix product before they sleep: a spinning thread holds a core that Numba's threads and
+# extract's low-priority decoders need. 2^20 cycles (~0.4 ms) still bridges the back-to-back
+# GEMMs inside one layer. Measured (2 cores, batch 64 extraction, 5-6 paired runs): end-to-end /
+# pure forward 0.79 with the default, 0.83-0.89 with 4 or 20; the pure forward is unchanged
+# within noise. Read when OpenBLAS loads (numpy's import); a user's setting wins.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 
 def _keep_freed_memory():

@@ -13,6 +13,9 @@ Two stages, so the expensive one can run in worker processes and the cheap one b
    layer and pycaffe's Classifier) or ``oversample`` (Caffe's ``caffe.io.oversample`` order: top-
    left, top-right, bottom-left, bottom-right, center, then the same five mirrored left-right).
    The mean is subtracted from the full resized image before cropping and mirroring, as DeCAF did.
+   ``normalize_batch_reference`` is that sequence in NumPy; ``normalize_batch_cpu`` is one Numba
+   pass over the cropped pixels only (bit-identical; the cpu/cuda backends use it because the
+   reference's full-image passes cost about as much per image as the JPEG decode).
 
 :func:`preprocess_image` and :func:`oversample` run both stages for one image. Nothing here runs
 a network or averages features (``minicaffe.extract`` averages the 10 crops' features).
@@ -25,7 +28,7 @@ import os
 import numpy as np
 
 from .errors import ImageError, ModelError
-from .images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, load_image
+from .images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, load_image_pil
 from .models import Preprocessing
 
 CROP_MODES = ("center", "oversample")
@@ -57,12 +60,18 @@ def resize_rgb(img, spec: Preprocessing):
     """img: (h, w, 3) uint8 RGB -> (H, W, 3) uint8 RGB resized per ``spec.resize``."""
     from PIL import Image
     h, w = img.shape[:2]
-    H, W = resized_shape(h, w, spec.resize)
-    if (H, W) == (h, w):
+    if resized_shape(h, w, spec.resize) == (h, w):
         return np.ascontiguousarray(img)
-    # Pillow sizes are (width, height); numpy shapes are (height, width)
-    out = Image.fromarray(img, "RGB").resize((W, H), _pil_filter(spec.interpolation))
-    return np.asarray(out, dtype=np.uint8)
+    return resize_pil(Image.fromarray(img, "RGB"), spec)
+
+
+def resize_pil(im, spec: Preprocessing):
+    """im: PIL RGB image -> (H, W, 3) uint8 RGB resized per ``spec.resize``."""
+    w, h = im.size                      # Pillow sizes are (width, height); numpy shapes (height, width)
+    H, W = resized_shape(h, w, spec.resize)
+    if (H, W) != (h, w):
+        im = im.resize((W, H), _pil_filter(spec.interpolation))
+    return np.asarray(im, dtype=np.uint8)
 
 
 def array_to_rgb(x, what="<array>"):
@@ -93,7 +102,7 @@ def array_to_rgb(x, what="<array>"):
 def load_resized(source, spec: Preprocessing, max_pixels=DEFAULT_MAX_PIXELS, min_size=DEFAULT_MIN_SIZE):
     """Path or array -> (H, W, 3) uint8 RGB at the model's resize size (stage 1)."""
     if isinstance(source, (str, os.PathLike)):
-        img = load_image(source, max_pixels=max_pixels, min_size=min_size)
+        return resize_pil(load_image_pil(source, max_pixels=max_pixels, min_size=min_size), spec)
     else:
         img = array_to_rgb(source)
         if min(img.shape[:2]) < min_size:
@@ -165,19 +174,36 @@ def check_spec(spec: Preprocessing, input_hw=None):
                          f"{input_hw[0]}x{input_hw[1]} (set the crop size to match, e.g. --crop-size {input_hw[0]})")
 
 
-def normalize_batch(images, spec: Preprocessing, crop="center"):
-    """Stage 2. images: list of (H, W, 3) uint8 RGB, all the same size (or (N, H, W, 3)).
+def _crop_offsets(H, W, c, crop):
+    """-> int64 (K, 3) rows (y0, x0, mirror) of the K crops, in output order."""
+    if H < c or W < c:
+        raise ModelError(f"resized image {H}x{W} is smaller than the crop {c}")
+    y0, x0 = (H - c) // 2, (W - c) // 2   # 256 -> 14, as Caffe: (256 - 227) // 2
+    if crop == "center":
+        return np.array([[y0, x0, 0]], np.int64)
+    corners = [(0, 0), (0, W - c), (H - c, 0), (H - c, W - c), (y0, x0)]
+    return np.array([(oy, ox, 0) for oy, ox in corners] + [(oy, ox, 1) for oy, ox in corners], np.int64)
 
-    Returns float32 (N, 3, c, c) for ``crop="center"`` or (N * 10, 3, c, c) for ``"oversample"``,
-    image-major (the 10 crops of image 0 first), c = ``spec.crop``.
-    """
+
+def _stacked(images, crop):
     if crop not in CROP_MODES:
         raise ModelError(f"unknown crop mode {crop!r}; choose one of {', '.join(CROP_MODES)}")
+    if isinstance(images, np.ndarray):
+        return images
     shapes = {tuple(np.shape(im)) for im in images}
     if len(shapes) != 1:
         raise ModelError(f"normalize_batch needs images of one size, got {sorted(shapes)} "
                          "(an int resize keeps aspect ratios: normalise those one at a time)")
-    x = np.asarray(np.stack(list(images)) if not isinstance(images, np.ndarray) else images, np.float32)
+    return np.stack(list(images))
+
+
+def normalize_batch_reference(images, spec: Preprocessing, crop="center"):
+    """Stage 2, plain NumPy. images: list of (H, W, 3) uint8 RGB, all the same size (or (N, H, W, 3)).
+
+    Returns float32 (N, 3, c, c) for ``crop="center"`` or (N * 10, 3, c, c) for ``"oversample"``,
+    image-major (the 10 crops of image 0 first), c = ``spec.crop``.
+    """
+    x = np.asarray(_stacked(images, crop), np.float32)
     if spec.channel_order == "BGR":
         x = x[..., ::-1]                      # RGB -> BGR (Caffe models were trained on OpenCV's BGR)
     x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # NHWC -> NCHW
@@ -191,18 +217,74 @@ def normalize_batch(images, spec: Preprocessing, crop="center"):
         x *= np.float32(spec.input_scale)
     N, _, H, W = x.shape
     c = spec.crop
-    if H < c or W < c:
-        raise ModelError(f"resized image {H}x{W} is smaller than the crop {c}")
-    if crop == "center":
-        y0, x0 = (H - c) // 2, (W - c) // 2   # 256 -> 14, as Caffe: (256 - 227) // 2
-        return np.ascontiguousarray(x[:, :, y0:y0 + c, x0:x0 + c])
-    y0, x0 = (H - c) // 2, (W - c) // 2
-    offsets = [(0, 0), (0, W - c), (H - c, 0), (H - c, W - c), (y0, x0)]
-    out = np.empty((N, N_OVERSAMPLE, 3, c, c), np.float32)
-    for k, (oy, ox) in enumerate(offsets):
-        out[:, k] = x[:, :, oy:oy + c, ox:ox + c]
-        out[:, k + 5] = x[:, :, oy:oy + c, ox:ox + c][..., ::-1]  # mirror: flip the width axis
-    return out.reshape(N * N_OVERSAMPLE, 3, c, c)
+    offsets = _crop_offsets(H, W, c, crop)
+    out = np.empty((N, len(offsets), 3, c, c), np.float32)
+    for k, (oy, ox, mirror) in enumerate(offsets):
+        out[:, k] = x[:, :, oy:oy + c, ox:ox + c][..., ::-1] if mirror else x[:, :, oy:oy + c, ox:ox + c]
+    return out.reshape(N * len(offsets), 3, c, c)
+
+
+def _normalize_kernel():
+    from numba import njit, prange
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def kernel(imgs, src_channel, mean, std, scale, offsets, c, out):
+        # imgs: (N, H, W, 3) uint8 NHWC; mean: (3, H, W) float32 in the model's channel order;
+        # out: (N, K, 3, c, c) NCHW. The same float32 operations in the same order as the
+        # reference (subtract, divide, multiply; identities where the spec has none), so the
+        # result is bit-identical to it.
+        N, K = out.shape[0], out.shape[1]
+        for t in prange(N * K * 3):
+            n, k, ch = t // (K * 3), (t // 3) % K, t % 3
+            oy, ox, mirror = offsets[k, 0], offsets[k, 1], offsets[k, 2]
+            sc, s, m = src_channel[ch], std[ch], scale
+            for y in range(c):
+                for x in range(c):
+                    xx = ox + (c - 1 - x if mirror else x)   # mirror: flip the width axis after the mean
+                    v = np.float32(imgs[n, oy + y, xx, sc]) - mean[ch, oy + y, xx]
+                    out[n, k, ch, y, x] = (v / s) * m
+    return kernel
+
+
+_KERNEL = []
+
+
+def normalize_batch_cpu(images, spec: Preprocessing, crop="center"):
+    """Stage 2 as one parallel Numba pass (same arguments and result as the reference).
+
+    Reads only the cropped pixels and writes each output once, instead of the reference's
+    float copy, channel flip, NCHW transpose, mean pass and crop copy of the whole image.
+    """
+    u8 = np.ascontiguousarray(_stacked(images, crop), dtype=np.uint8)
+    if u8.ndim != 4 or u8.shape[3] != 3:
+        raise ModelError(f"normalize_batch needs (H, W, 3) images, got {u8.shape[1:]}")
+    N, H, W, _ = u8.shape
+    c = spec.crop
+    offsets = _crop_offsets(H, W, c, crop)
+    if spec.mean_image is not None:
+        mean = mean_image(spec)
+        if mean.shape != (3, H, W):
+            raise ModelError(f"mean image {spec.mean_image} is {mean.shape[1]}x{mean.shape[2]}, images are {H}x{W}")
+    else:
+        vals = spec.mean_values if spec.mean_values is not None else (0.0, 0.0, 0.0)
+        # subtracting a filled plane is the same float32 operation as the reference's broadcast
+        mean = np.empty((3, H, W), np.float32)
+        mean[:] = np.asarray(vals, np.float32).reshape(3, 1, 1)
+    std = np.asarray(spec.std_values if spec.std_values is not None else (1.0, 1.0, 1.0), np.float32)
+    # RGB -> BGR is the channel map 2, 1, 0 (Caffe models were trained on OpenCV's BGR)
+    src = np.array([2, 1, 0] if spec.channel_order == "BGR" else [0, 1, 2], np.int64)
+    out = np.empty((N, len(offsets), 3, c, c), np.float32)
+    if not _KERNEL:
+        _KERNEL.append(_normalize_kernel())
+    _KERNEL[0](u8, src, mean, std, np.float32(spec.input_scale), offsets, c, out)
+    return out.reshape(N * len(offsets), 3, c, c)
+
+
+def normalize_batch(images, spec: Preprocessing, crop="center", backend="numpy"):
+    """Stage 2: the NumPy reference, or the Numba pass for the ``cpu``/``cuda`` backends."""
+    if backend == "numpy" or (isinstance(images, np.ndarray) and images.dtype != np.uint8):
+        return normalize_batch_reference(images, spec, crop)
+    return normalize_batch_cpu(images, spec, crop)
 
 
 def preprocess_image(source, spec: Preprocessing, max_pixels=DEFAULT_MAX_PIXELS, min_size=DEFAULT_MIN_SIZE):

@@ -80,7 +80,7 @@ class DeCAF(TransformerMixin, BaseEstimator):
         return self
 
     def _resized(self, X):
-        from .extract import DecodePool, iter_decoded
+        from .extract import DecodePool, decoder_priority, iter_decoded
         from .preprocess import load_resized
         spec = self.extractor_.spec
         if isinstance(X, np.ndarray) and X.ndim in (3, 4) and X.dtype != object:
@@ -90,7 +90,7 @@ class DeCAF(TransformerMixin, BaseEstimator):
             return [load_resized(a, spec, self.max_pixels, self.min_size) for a in items]
         items = list(X)
         if all(isinstance(x, (str, os.PathLike)) for x in items):
-            pool = DecodePool(self.workers) if self.workers > 0 else None
+            pool = DecodePool(self.workers, decoder_priority("auto")) if self.workers > 0 else None
             try:
                 out = []
                 for i, img, reason in iter_decoded(items, spec, self.workers, 2 * self.batch_size,

@@ -55,9 +55,10 @@ def make_jpegs(folder, n, seed=0):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-images", type=int, default=320)
+    ap.add_argument("--n-images", type=int, default=1280)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: extract's default)")
+    ap.add_argument("--decoder-priority", default=None, help="passed to extract (default: extract's default)")
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--layers", default="fc6,fc7")
     ap.add_argument("--repeat", type=int, default=3)
@@ -103,6 +104,8 @@ def main(argv=None):
                "--layers", args.layers, "--batch-size", str(args.batch_size), "--backend", args.backend, "-q"]
         if args.workers is not None:
             cmd += ["--workers", str(args.workers)]
+        if args.decoder_priority is not None:
+            cmd += ["--decoder-priority", args.decoder_priority]
         t = time.perf_counter()
         rc = run(extract_main, cmd)
         t_full = time.perf_counter() - t
@@ -122,7 +125,8 @@ def main(argv=None):
 
     f, e, mg = statistics.median(fwd), statistics.median(e2e), statistics.median(marg)
     print(f"\nbackend {args.backend}, batch {args.batch_size}, layers {args.layers}, workers "
-          f"{args.workers if args.workers is not None else 'default'}")
+          f"{args.workers if args.workers is not None else 'default'}, decoder priority "
+          f"{args.decoder_priority or 'default'}")
     print(f"{'pure forward':>14s}: {f:8.1f} images/s")
     print(f"{'end-to-end':>14s}: {e:8.1f} images/s  (JPEG decode -> features in the .h5)")
     print(f"{'ratio':>14s}: {e / f:8.2f}  (target >= 0.80)")

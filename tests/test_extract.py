@@ -201,9 +201,38 @@ def test_worker_processes_match_in_process(env, capsys):
     rc, err = extract(env, env["photos"], "-o", "w2.h5", "--layers", "fc7", "--workers", "2", "--batch-size", "4",
                       capsys=capsys)
     assert rc == 0, err
-    a, b = read("w0.h5"), read("w2.h5")
-    assert a["paths"] == b["paths"]
+    rc, err = extract(env, env["photos"], "-o", "w2n.h5", "--layers", "fc7", "--workers", "2", "--batch-size", "4",
+                      "--decoder-priority", "normal", capsys=capsys)
+    assert rc == 0, err
+    a, b, c = read("w0.h5"), read("w2.h5"), read("w2n.h5")
+    assert a["paths"] == b["paths"] == c["paths"]
     assert_close(b["fc7"], a["fc7"], 0, "workers=2 vs in-process decoding")
+    assert_close(c["fc7"], a["fc7"], 0, "workers=2 at normal priority vs in-process decoding")
+
+
+def test_decoder_priority(monkeypatch):
+    """auto -> idle on a free machine, normal when less than half a CPU is free; idle decoders
+    really run under SCHED_IDLE (Linux)."""
+    import minicaffe.extract as ex
+    monkeypatch.setattr(ex, "_free_cpus", lambda: 1.6)
+    assert ex.decoder_priority("auto") == "idle"
+    monkeypatch.setattr(ex, "_free_cpus", lambda: 0.3)
+    assert ex.decoder_priority("auto") == "normal"
+    monkeypatch.setattr(ex, "_free_cpus", lambda: None)
+    assert ex.decoder_priority("auto") == "idle"
+    assert ex.decoder_priority("normal") == "normal" and ex.decoder_priority("idle") == "idle"
+    if not hasattr(os, "SCHED_IDLE"):
+        pytest.skip("no SCHED_IDLE on this platform")
+    for priority, policy in (("idle", os.SCHED_IDLE), ("normal", os.SCHED_OTHER)):
+        pool = ex.DecodePool(1, priority)
+        try:
+            photo = os.path.join(skdata.data_dir, "chelsea.png")
+            i, img, reason = pool.submit((0, photo, CAFFE_PREPROCESSING, 10 ** 8, 8)).result(timeout=60)
+            assert img is not None and img.shape == (256, 256, 3), reason
+            pids = list(pool.ex._processes)
+            assert pids and all(os.sched_getscheduler(p) == policy for p in pids), (priority, pids)
+        finally:
+            pool.close()
 
 
 @pytest.mark.slow

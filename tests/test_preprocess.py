@@ -19,6 +19,8 @@ from minicaffe.preprocess import (
     check_spec,
     load_resized,
     normalize_batch,
+    normalize_batch_cpu,
+    normalize_batch_reference,
     oversample,
     preprocess_image,
     resized_shape,
@@ -45,8 +47,12 @@ def hand_caffe_center(path):
 
 
 @pytest.mark.parametrize("name", ["chelsea.png", "rocket.jpg"])
-def test_center_crop_equals_hand_computation(name):
-    ours = preprocess_image(photo(name), CAFFE_PREPROCESSING)
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_center_crop_equals_hand_computation(name, backend):
+    """Both stage-2 implementations (the NumPy reference and the Numba pass extract uses on the
+    cpu backend) against the hand computation."""
+    ours = normalize_batch([load_resized(photo(name), CAFFE_PREPROCESSING)], CAFFE_PREPROCESSING,
+                           "center", backend)[0]
     assert ours.shape == (3, 227, 227) and ours.dtype == np.float32
     ref = hand_caffe_center(photo(name))
     diff = np.abs(ours - ref)
@@ -134,6 +140,30 @@ def test_batch_equals_single():
     batch = normalize_batch(imgs, CAFFE_PREPROCESSING, "center")
     for k, n in enumerate(("chelsea.png", "coffee.png", "rocket.jpg")):
         assert_close(batch[k], preprocess_image(photo(n), CAFFE_PREPROCESSING), 0, n)
+
+
+NORMALIZE_SPECS = {
+    "caffe mean image BGR": CAFFE_PREPROCESSING,
+    "channel means": with_channel_means(CAFFE_PREPROCESSING),
+    "RGB std scale, non-square": Preprocessing(resize=256, crop=224, channel_order="RGB",
+                                               mean_values=(123.7, 116.3, 103.5), std_values=(58.4, 57.1, 57.4),
+                                               input_scale=0.7),
+    "no mean": Preprocessing(resize=(40, 52), crop=31, channel_order="BGR"),
+}
+
+
+@pytest.mark.parametrize("crop", ["center", "oversample"])
+@pytest.mark.parametrize("spec_name", sorted(NORMALIZE_SPECS))
+def test_normalize_cpu_is_bit_identical_to_reference(spec_name, crop):
+    spec = NORMALIZE_SPECS[spec_name]
+    imgs = [load_resized(photo(n), spec) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
+    if len({im.shape for im in imgs}) > 1:     # a short-side resize keeps aspect ratios: one size per batch
+        imgs = [np.ascontiguousarray(np.resize(im, imgs[0].shape)) for im in imgs]
+    ref = normalize_batch_reference(imgs, spec, crop)
+    got = normalize_batch_cpu(imgs, spec, crop)
+    assert got.shape == ref.shape == (len(imgs) * (10 if crop == "oversample" else 1), 3, spec.crop, spec.crop)
+    assert_close(got, ref, 0, f"{spec_name} {crop}")
+    assert np.array_equal(got.view(np.uint32), ref.view(np.uint32)), "not bit-identical"
 
 
 def test_spec_checks():

@@ -42,7 +42,7 @@ def batchnorm_reference(x, mean, var, scale_factor, eps=1e-5):
     return ((x.astype(np.float64) - m) / np.sqrt(v + eps)).astype(np.float32)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _affine_planes(x, a, b, y):
     # x, y: (N, C, P) views; a, b: (C,)
     N, C, P = x.shape

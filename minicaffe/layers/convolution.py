@@ -81,7 +81,7 @@ def _valid_cols(off, sw, W, Wo):
     return lo, hi
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _im2col(x, n0, nb, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, col):
     # col: (C*kh*kw, nb*Ho*Wo); row order (c, i, j) matches the OIHW weight rows
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
@@ -108,7 +108,7 @@ def _im2col(x, n0, nb, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, col):
                         col[r, base + ow] = 0.0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _im2col_wide(xf, n0, nb, kh, kw, dh, dw, Wp, L, col):
     # xf: (N, C, Lp) zero-padded planes flattened with row length Wp -> col: (C*kh*kw, nb*L).
     # Stride 1 only. Row (c, i, j) is ONE contiguous slice of the padded plane per image, starting
@@ -126,7 +126,7 @@ def _im2col_wide(xf, n0, nb, kh, kw, dh, dw, Wp, L, col):
             col[r, n * L:(n + 1) * L] = xf[n0 + n, c, off:off + L]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _crop_wide(yw, b, has_bias, n0, nb, Wp, L, y):
     # yw: (M, nb*L) wide GEMM result -> y[n0:n0+nb]: (N, M, Ho, Wo) + bias, dropping each row's
     # Wp - Wo garbage columns; the bias add rides along so the output is touched once
@@ -144,7 +144,7 @@ def _crop_wide(yw, b, has_bias, n0, nb, Wp, L, y):
                 dst[ow] = src[ow] + bias
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _phase_planes(x, n0, nb, s, pt, pl, Hs, Ws, xs):
     # x: (N, C, H, W) -> xs: (nb, C, s, s, Hs*Ws + extra), the s*s stride phases of each padded
     # plane: xs[n, c, a, b, p*Ws + q] = x[n0+n, c, p*s + a - pt, q*s + b - pl] (0 outside the
@@ -170,7 +170,7 @@ def _phase_planes(x, n0, nb, s, pt, pl, Hs, Ws, xs):
             dst[Hs * Ws:] = 0.0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _im2col_phase(xs, nb, kh, kw, s, Ws, L, col):
     # xs: phase planes from _phase_planes -> col: (C*kh*kw, nb*L), rows (c, i, j) in OIHW order.
     # Row (c, i, j) is the contiguous slice of phase (i % s, j % s) from (i // s)*Ws + j // s:
@@ -185,7 +185,7 @@ def _im2col_phase(xs, nb, kh, kw, s, Ws, L, col):
             col[r, n * L:(n + 1) * L] = xs[n, c, i % s, j % s, off:off + L]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _add_bias_planes(y, b):
     # y: (N, M, P) += b[m]
     N, M, P = y.shape
@@ -197,7 +197,7 @@ def _add_bias_planes(y, b):
             y[n, m, p] += bm
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _depthwise(x, w, b, has_bias, sh, sw, pt, pl, dh, dw, mult, y):
     # x: (N, C, H, W), w: (C*mult, 1, kh, kw), y: (N, C*mult, Ho, Wo). Per output plane: copy the
     # input plane into a zero-padded scratch once, then accumulate one kernel tap at a time along
@@ -232,7 +232,7 @@ def _depthwise(x, w, b, has_bias, sh, sw, pt, pl, dh, dw, mult, y):
                 y[n, m, oh, ow] = acc[ow]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _dw_plane_s1(img, wk, bias, pt, pl, out):
     # One depthwise plane, stride 1, no dilation: img (H, W), wk (kh, kw), out (Ho, Wo). The padded
     # plane is flattened with row pitch Wp, so each tap is one long contiguous multiply-add over
@@ -259,7 +259,7 @@ def _dw_plane_s1(img, wk, bias, pt, pl, out):
     out[:, :] = acc.reshape((Ho, Wp))[:, :Wo]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _depthwise_s1(x, w, b, has_bias, pt, pl, mult, y):
     # x: (N, C, H, W), w: (C*mult, 1, kh, kw), y: (N, C*mult, Ho, Wo); stride 1, no dilation
     N = x.shape[0]
@@ -276,7 +276,7 @@ def _depthwise_s1(x, w, b, has_bias, pt, pl, mult, y):
 # 16 GEMMs (M x C) @ (C x tiles). 2.25x fewer FLOPs in the GEMMs; the transforms are adds.
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _winograd_filter(w):
     # w: (M, Cg, 3, 3) -> U: (16, M, Cg) = G g G^T, G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]]
     M, Cg = w.shape[0], w.shape[1]
@@ -299,7 +299,7 @@ def _winograd_filter(w):
     return U
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _winograd_input(xp, n0, nb, th, tw, V):
     # xp: (N, C, 2*th+2, 2*tw+2) zero-padded input -> V: (16, C, nb*th*tw) = B^T d B per 4x4 tile,
     # B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]]; scalars only (no scratch arrays)
@@ -349,7 +349,7 @@ def _winograd_input(xp, n0, nb, th, tw, V):
                 V[15, c, col] = u31 - u33
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _winograd_output(Mt, b, has_bias, n0, nb, th, tw, y):
     # Mt: (16, M, nb*th*tw) -> y[n0:n0+nb]: (N, M, Ho, Wo) = A^T m A (+ bias), A^T = [[1,1,1,0],[0,1,-1,-1]]
     M = Mt.shape[1]
@@ -428,7 +428,7 @@ def _winograd_filters_uncached(w):
     return U
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _same_values(a, b):
     # a, b: flat float32 of one size -> True when bitwise-equal as numbers (NaN never equal)
     diff = 0
@@ -902,7 +902,7 @@ def convolution_backward_reference(dy, x, w, stride=(1, 1), pad=(0, 0, 0, 0), di
     return dx, dw, dy.sum(axis=(0, 2, 3)).astype(dt)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _col2im(col, n0, nb, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, dx):
     # col: (C*kh*kw, nb*Ho*Wo), rows (c, i, j) as in _im2col; adds into dx[n0:n0+nb].
     # One (image, channel) plane per iteration (plane writes never overlap: no races; CaffeNet's
@@ -933,7 +933,7 @@ def _col2im(col, n0, nb, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, dx):
                         dst[k] += src[k]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _gather_dy(dy, n0, nb, out):
     # dy: (N, M, P) -> out: (M, nb*P), the column layout of the forward GEMM result
     M, P = dy.shape[1], dy.shape[2]
@@ -943,7 +943,7 @@ def _gather_dy(dy, n0, nb, out):
                 out[m, n * P + p] = dy[n0 + n, m, p]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _depthwise_backward(dy, x, w, sh, sw, pt, pl, dh, dw, mult, dx, dwt):
     # dy: (N, C*mult, Ho, Wo); dx: (N, C, H, W) zeroed; dwt: (N, C*mult, kh, kw) per-sample
     # weight gradients (summed by the caller), so each (n, c) iteration writes only its own cells.

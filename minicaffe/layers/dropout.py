@@ -62,7 +62,7 @@ def dropout_backward_reference(dy, mask, ratio):
     return dy * mask * (1.0 / (1.0 - ratio))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _masked_scale(v, mask, scale, out):
     for i in prange(v.size):
         out[i] = v[i] * scale if mask[i] else np.float32(0.0)

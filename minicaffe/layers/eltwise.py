@@ -33,7 +33,7 @@ def eltwise_reference(xs, op=SUM, coeffs=None):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _combine(y, x, op, c, first):
     for i in prange(y.size):
         if first:
@@ -144,7 +144,7 @@ def eltwise_backward_reference(dy, xs, op=SUM, coeffs=None):
     return [np.where(idx == i, dy, np.zeros_like(dy)) for i in range(len(xs))]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _scaled_copy(dy, c, out):
     for i in prange(dy.size):
         out[i] = dy[i] * c

@@ -25,7 +25,7 @@ def inner_product_reference(x, w, b, transpose=False):
     return y.astype(np.float32, copy=False)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _add_bias_rows(y, b):
     N, M = y.shape
     for n in prange(N):

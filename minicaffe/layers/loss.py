@@ -59,7 +59,7 @@ def softmax_loss_backward_reference(prob, labels, axis=1, ignore_label=NO_IGNORE
     return g * (loss_weight / _norm(valid.sum(), lab.size, prob.shape[0], normalization))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _loss_grad3(prob, lab, ignore, has_ignore, scale, dx):
     # prob, dx: (outer, C, inner); lab: (outer, inner) int64
     O, C, I = prob.shape

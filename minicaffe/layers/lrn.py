@@ -53,7 +53,7 @@ def _pow_neg(t, beta):
     return t ** (-beta)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _lrn_across(x, size, alpha, beta, k, y):
     N, C, H, W = x.shape
     pre = (size - 1) // 2
@@ -83,7 +83,7 @@ def _lrn_across(x, size, alpha, beta, k, y):
                 y[n, c, h, w] = np.float32(x[n, c, h, w] * _pow_neg(k + a * s, beta))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _lrn_within(x, size, alpha, beta, y):
     N, C, H, W = x.shape
     pre = (size - 1) // 2
@@ -215,7 +215,7 @@ def lrn_backward_reference(dy, x, size, alpha, beta, k, region=ACROSS):
     return dx.astype(np.result_type(dy, x))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _lrn_across_back(dy, x, size, alpha, beta, k, dx):
     N, C, H, W = x.shape
     pre = (size - 1) // 2
@@ -245,7 +245,7 @@ def _lrn_across_back(dy, x, size, alpha, beta, k, dx):
                                             - 2.0 * a * beta * x[n, c, h, w] * acc)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _lrn_within_back(dy, x, size, alpha, beta, dx):
     N, C, H, W = x.shape
     pre = (size - 1) // 2

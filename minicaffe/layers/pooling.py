@@ -67,7 +67,7 @@ def _window_max(x, n, c, hs, he, ws, we):
     return m
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _pool_cpu(x, method, kh, kw, sh, sw, ph, pw, y):
     N, C, H, W = x.shape
     Ho, Wo = y.shape[2], y.shape[3]
@@ -96,7 +96,7 @@ def _pool_cpu(x, method, kh, kw, sh, sw, ph, pw, y):
                     y[n, c, oh, ow] = s / np.float32(size)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _maxpool3_cpu(x, sh, sw, y):
     # MAX 3x3, no padding (CaffeNet's pool1/2/5): windows wholly inside the image take an unrolled
     # 9-load path; only the last row/column (ceil mode may clip them) go through the bounds checks.
@@ -281,7 +281,7 @@ def pooling_backward_reference(dy, x, method, kernel, stride, pad):
     return dx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _pool_back_cpu(dy, x, method, kh, kw, sh, sw, ph, pw, dx):
     N, C, H, W = x.shape
     Ho, Wo = dy.shape[2], dy.shape[3]

@@ -25,14 +25,14 @@ def clip_reference(x, lo, hi):
     return np.clip(x, np.float32(lo), np.float32(hi)).astype(np.float32)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _relu_flat(x, slope, y):
     for i in prange(x.size):
         v = x[i]
         y[i] = v if v > 0 else v * slope
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _clip_flat(x, lo, hi, y):
     for i in prange(x.size):
         y[i] = min(max(x[i], lo), hi)
@@ -144,13 +144,13 @@ def clip_backward_reference(dy, x, lo, hi):
     return np.where((x >= lo) & (x <= hi), dy, np.zeros_like(dy))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _relu_back_flat(dy, x, slope, dx):
     for i in prange(x.size):
         dx[i] = dy[i] if x[i] > 0 else dy[i] * slope
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _clip_back_flat(dy, x, lo, hi, dx):
     for i in prange(x.size):
         dx[i] = dy[i] if (x[i] >= lo and x[i] <= hi) else np.float32(0.0)

@@ -93,7 +93,7 @@ def scale_backward_reference(dy, x, gamma, bias_term=True):
     return dx, (dy * x).sum(axis=axes), (dy.sum(axis=axes) if bias_term else None)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _channel_sums(dy, x, dg, db):
     # dy, x: (N, C, P) -> dg[c] = sum dy*x, db[c] = sum dy (float64 accumulation per channel)
     N, C, P = dy.shape

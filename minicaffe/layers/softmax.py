@@ -19,7 +19,7 @@ def softmax_reference(x, axis=1):
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _softmax3(x, y):
     # x, y: (outer, C, inner)
     O, C, I = x.shape
@@ -110,7 +110,7 @@ def softmax_backward_reference(dy, y, axis=1):
     return y * (dy - (dy * y).sum(axis=axis, keepdims=True))
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _softmax3_back(dy, y, dx):
     O, C, I = y.shape
     for t in prange(O * I):
