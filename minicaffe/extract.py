@@ -48,6 +48,7 @@ from .preprocess import (
     normalize_batch,
     with_channel_means,
     worker_load,
+    worker_load_many,
 )
 
 PRE_SUFFIX = ".pre"
@@ -232,8 +233,9 @@ class DecodePool:
         return cf.ProcessPoolExecutor(n, mp_context=mp.get_context(method), initializer=_decoder_init,
                                       initargs=(os.getpid(), priority))
 
-    def submit(self, task):
-        return self.ex.submit(worker_load, task)
+    def submit(self, tasks):
+        """tasks: a list of worker_load tuples -> future of the list of their results."""
+        return self.ex.submit(worker_load_many, tasks)
 
     def restart(self):
         self.ex.shutdown(wait=False, cancel_futures=True)
@@ -243,7 +245,7 @@ class DecodePool:
         from concurrent.futures.process import BrokenProcessPool
         ex = self._new(1, self.priority)
         try:
-            return ex.submit(worker_load, task).result()
+            return ex.submit(worker_load_many, [task]).result()[0]
         except BrokenProcessPool:
             return task[0], None, "decoder process died while reading this file (crash or out of memory)"
         finally:
@@ -300,39 +302,45 @@ def _exit_with_parent(pid, period=0.5):
 
 
 def iter_decoded(paths, spec, workers=0, prefetch=128, max_pixels=DEFAULT_MAX_PIXELS,
-                 min_size=DEFAULT_MIN_SIZE, pool=None):
+                 min_size=DEFAULT_MIN_SIZE, pool=None, chunk=8):
     """-> iterator of (i, uint8 image | None, reason) in order of ``paths``, up to ``prefetch``
     ahead in ``pool``. With a pool the first ``prefetch`` tasks are submitted before this returns,
-    so decoding runs while the caller does other work (extract loads the weights meanwhile)."""
+    so decoding runs while the caller does other work (extract loads the weights meanwhile).
+
+    A pool task is ``chunk`` images: one round trip through the executor's queues per 8 images
+    instead of per image (measured: 64 JPEGs on 2 decoders 2.3-2.8 ms/image in chunks of 8,
+    3.0-3.1 one by one)."""
     tasks = ((i, p, spec, max_pixels, min_size) for i, p in enumerate(paths))
     if pool is None:
         return (worker_load(t) for t in tasks)
-    pending = collections.deque()          # (task, future), in input order
-    for t in itertools.islice(tasks, prefetch):
-        pending.append((t, pool.submit(t)))
-    return _drain_decoded(tasks, pending, pool, prefetch)
+    chunks = iter(lambda: list(itertools.islice(tasks, chunk)), [])
+    pending = collections.deque()          # (list of tasks, future), in input order
+    for c in itertools.islice(chunks, max(1, prefetch // chunk)):
+        pending.append((c, pool.submit(c)))
+    return _drain_decoded(chunks, pending, pool, max(1, prefetch // chunk))
 
 
-def _drain_decoded(tasks, pending, pool, prefetch):
+def _drain_decoded(chunks, pending, pool, ahead):
     from concurrent.futures.process import BrokenProcessPool
 
     def head():
-        task, fut = pending.popleft()
+        c, fut = pending.popleft()
         try:
             return fut.result()
         except BrokenProcessPool:
+            # a decoder died: find the culprit image by image, each alone in a fresh process
             pool.restart()
-            result = pool.run_isolated(task)
-            for k, (t, _) in enumerate(pending):
-                pending[k] = (t, pool.submit(t))
-            return result
+            results = [pool.run_isolated(t) for t in c]
+            for k, (cc, _) in enumerate(pending):
+                pending[k] = (cc, pool.submit(cc))
+            return results
 
-    for t in tasks:
-        pending.append((t, pool.submit(t)))
-        if len(pending) >= prefetch:
-            yield head()
+    for c in chunks:
+        pending.append((c, pool.submit(c)))
+        if len(pending) >= ahead:
+            yield from head()
     while pending:
-        yield head()
+        yield from head()
 
 
 # ---------------------------------------------------------------------------------- checkpoints

@@ -2,7 +2,7 @@
 
 Two stages, so the expensive one can run in worker processes and the cheap one batched:
 
-1. :func:`load_resized` (per image, in workers): decode with :func:`minicaffe.images.load_image`
+1. :func:`load_resized` (per image, in workers): decode with :func:`minicaffe.images.load_image_pil`
    (RGB uint8) and resize with Pillow (``resize=(H, W)`` warps to that size as Caffe/DeCAF did;
    an int resizes the short side keeping the aspect ratio) -> (H, W, 3) uint8 RGB. The resize
    runs on 8-bit data and rounds to 8 bits, like Caffe's own uint8 pipeline (``convert_imageset``
@@ -124,6 +124,11 @@ def worker_load(args):
         msg = str(e)
         prefix = f"{path}: "
         return i, None, msg.removeprefix(prefix)
+
+
+def worker_load_many(tasks):
+    """Process-pool entry for a chunk: list of worker_load tuples -> list of their results."""
+    return [worker_load(t) for t in tasks]
 
 
 @functools.lru_cache(maxsize=8)

@@ -132,6 +132,12 @@ def main(argv=None):
     print(f"{'ratio':>14s}: {e / f:8.2f}  (target >= 0.80)")
     print(f"{'marginal e2e':>14s}: {mg:8.1f} images/s  (start-up and final file cancelled: N vs N/2 images)")
     print(f"{'ratio':>14s}: {mg / f:8.2f}")
+    # the machine's speed drifts between repeats: each repeat's ratio to its own pure forward too
+    pe = [a / b for a, b in zip(e2e, fwd)]
+    pm = [a / b for a, b in zip(marg, fwd)]
+    print(f"{'paired ratios':>14s}: end-to-end {statistics.median(pe):.2f} (each repeat: "
+          f"{', '.join(f'{v:.2f}' for v in pe)}), marginal {statistics.median(pm):.2f} "
+          f"({', '.join(f'{v:.2f}' for v in pm)})")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

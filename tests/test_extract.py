@@ -227,7 +227,7 @@ def test_decoder_priority(monkeypatch):
         pool = ex.DecodePool(1, priority)
         try:
             photo = os.path.join(skdata.data_dir, "chelsea.png")
-            i, img, reason = pool.submit((0, photo, CAFFE_PREPROCESSING, 10 ** 8, 8)).result(timeout=60)
+            [(i, img, reason)] = pool.submit([(0, photo, CAFFE_PREPROCESSING, 10 ** 8, 8)]).result(timeout=60)
             assert img is not None and img.shape == (256, 256, 3), reason
             pids = list(pool.ex._processes)
             assert pids and all(os.sched_getscheduler(p) == policy for p in pids), (priority, pids)
