@@ -314,10 +314,11 @@ def iter_decoded(paths, spec, workers=0, prefetch=128, max_pixels=DEFAULT_MAX_PI
     if pool is None:
         return (worker_load(t) for t in tasks)
     chunks = iter(lambda: list(itertools.islice(tasks, chunk)), [])
+    ahead = max(1, prefetch // chunk)      # chunks in flight
     pending = collections.deque()          # (list of tasks, future), in input order
-    for c in itertools.islice(chunks, max(1, prefetch // chunk)):
+    for c in itertools.islice(chunks, ahead):
         pending.append((c, pool.submit(c)))
-    return _drain_decoded(chunks, pending, pool, max(1, prefetch // chunk))
+    return _drain_decoded(chunks, pending, pool, ahead)
 
 
 def _drain_decoded(chunks, pending, pool, ahead):
@@ -549,8 +550,8 @@ def build_parser():
                    help="decoding processes; 0 decodes in the main process (default: the CPU count)")
     r.add_argument("--decoder-priority", choices=DECODER_PRIORITIES, default="auto",
                    help="idle: decoders run only on CPU time the forward pass leaves (Linux SCHED_IDLE); normal: "
-                        "they compete with it; auto (default): idle unless the machine is already busy when the "
-                        "run starts (load average >= CPU count). Use normal on a box shared with CPU-bound jobs")
+                        "they compete with it; auto (default): idle unless less than half a CPU is free when "
+                        "the run starts. e.g. --decoder-priority normal on a box shared with CPU-bound jobs")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run or add new images to OUT")
     r.add_argument("--force", action="store_true", help="overwrite OUT and discard checkpoints of an interrupted run")
     r.add_argument("--format", choices=("h5", "npz"), help="output format (default: from the extension)")

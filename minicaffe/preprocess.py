@@ -181,6 +181,8 @@ def check_spec(spec: Preprocessing, input_hw=None):
 
 def _crop_offsets(H, W, c, crop):
     """-> int64 (K, 3) rows (y0, x0, mirror) of the K crops, in output order."""
+    if crop not in CROP_MODES:
+        raise ModelError(f"unknown crop mode {crop!r}; choose one of {', '.join(CROP_MODES)}")
     if H < c or W < c:
         raise ModelError(f"resized image {H}x{W} is smaller than the crop {c}")
     y0, x0 = (H - c) // 2, (W - c) // 2   # 256 -> 14, as Caffe: (256 - 227) // 2
@@ -190,9 +192,7 @@ def _crop_offsets(H, W, c, crop):
     return np.array([(oy, ox, 0) for oy, ox in corners] + [(oy, ox, 1) for oy, ox in corners], np.int64)
 
 
-def _stacked(images, crop):
-    if crop not in CROP_MODES:
-        raise ModelError(f"unknown crop mode {crop!r}; choose one of {', '.join(CROP_MODES)}")
+def _stacked(images):
     if isinstance(images, np.ndarray):
         return images
     shapes = {tuple(np.shape(im)) for im in images}
@@ -208,7 +208,7 @@ def normalize_batch_reference(images, spec: Preprocessing, crop="center"):
     Returns float32 (N, 3, c, c) for ``crop="center"`` or (N * 10, 3, c, c) for ``"oversample"``,
     image-major (the 10 crops of image 0 first), c = ``spec.crop``.
     """
-    x = np.asarray(_stacked(images, crop), np.float32)
+    x = np.asarray(_stacked(images), np.float32)
     if spec.channel_order == "BGR":
         x = x[..., ::-1]                      # RGB -> BGR (Caffe models were trained on OpenCV's BGR)
     x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # NHWC -> NCHW
@@ -229,7 +229,9 @@ def normalize_batch_reference(images, spec: Preprocessing, crop="center"):
     return out.reshape(N * len(offsets), 3, c, c)
 
 
+@functools.cache
 def _normalize_kernel():
+    # built on first use: decoder processes import this module and should not pay numba's import
     from numba import njit, prange
 
     @njit(parallel=True, cache=True, nogil=True)
@@ -251,16 +253,13 @@ def _normalize_kernel():
     return kernel
 
 
-_KERNEL = []
-
-
 def normalize_batch_cpu(images, spec: Preprocessing, crop="center"):
     """Stage 2 as one parallel Numba pass (same arguments and result as the reference).
 
     Reads only the cropped pixels and writes each output once, instead of the reference's
     float copy, channel flip, NCHW transpose, mean pass and crop copy of the whole image.
     """
-    u8 = np.ascontiguousarray(_stacked(images, crop), dtype=np.uint8)
+    u8 = np.ascontiguousarray(_stacked(images), dtype=np.uint8)
     if u8.ndim != 4 or u8.shape[3] != 3:
         raise ModelError(f"normalize_batch needs (H, W, 3) images, got {u8.shape[1:]}")
     N, H, W, _ = u8.shape
@@ -279,9 +278,7 @@ def normalize_batch_cpu(images, spec: Preprocessing, crop="center"):
     # RGB -> BGR is the channel map 2, 1, 0 (Caffe models were trained on OpenCV's BGR)
     src = np.array([2, 1, 0] if spec.channel_order == "BGR" else [0, 1, 2], np.int64)
     out = np.empty((N, len(offsets), 3, c, c), np.float32)
-    if not _KERNEL:
-        _KERNEL.append(_normalize_kernel())
-    _KERNEL[0](u8, src, mean, std, np.float32(spec.input_scale), offsets, c, out)
+    _normalize_kernel()(u8, src, mean, std, np.float32(spec.input_scale), offsets, c, out)
     return out.reshape(N * len(offsets), 3, c, c)
 
 
