@@ -5,6 +5,8 @@ Public interface: :class:`minicaffe.Net` (``net.forward``, ``net.blobs``, ``net.
 scikit-learn transformer, imported lazily).
 """
 __version__ = "0.1.0"
+__all__ = ["Net", "DeCAF", "BackendError", "ImageError", "MinicaffeError", "ModelError", "PrototxtError",
+           "WeightsError", "__version__"]
 
 import os as _os
 
@@ -54,11 +56,16 @@ from .errors import (  # noqa: F401
     PrototxtError,
     WeightsError,
 )
-from .net import Net  # noqa: F401
 
 
 def __getattr__(name):
+    # Lazy: the extract command's decoder processes import this package (minicaffe.preprocess,
+    # and minicaffe.extract as their __main__) but never run a net; importing Numba and every
+    # layer there cost ~0.45 s of CPU per decoder at start, on the cores the first batch needs.
+    if name == "Net":
+        from .net import Net
+        return Net
     if name == "DeCAF":
         from .sklearn import DeCAF
         return DeCAF
-    raise AttributeError(name)
+    raise AttributeError(f"module 'minicaffe' has no attribute {name!r}")

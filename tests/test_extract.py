@@ -235,6 +235,19 @@ def test_decoder_priority(monkeypatch):
             pool.close()
 
 
+def test_decoder_side_imports_stay_light():
+    """The decoder processes import minicaffe.extract (their __main__ under ``python -m``) and
+    minicaffe.preprocess; neither may pull in Numba or the layers (~0.45 s of CPU per decoder at
+    start), while ``minicaffe.Net`` still resolves on first use."""
+    code = ("import sys, minicaffe.extract, minicaffe.preprocess; "
+            "heavy = [m for m in ('numba', 'minicaffe.net', 'minicaffe.layers') if m in sys.modules]; "
+            "print(heavy); import minicaffe; minicaffe.Net; from minicaffe import Net; "
+            "print('numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "True"], out.stdout
+
+
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(env, capsys, tmp_path):
     """Kill a real extraction with SIGKILL after two checkpoints; --resume must finish it exactly."""
