@@ -12,6 +12,7 @@ backward pass) lives in :mod:`minicaffe.train`; ``set_phase``/``backward`` here 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 from collections import OrderedDict
 
@@ -211,6 +212,12 @@ class Net:
         """Load parameters by layer name from a ``.caffemodel``, ``.h5`` or a mapping."""
         if isinstance(weights, (str, os.PathLike)):
             path = os.fspath(weights)
+            # the checksum (recorded by extract and finetune) is hashed on a second thread while
+            # this one parses the file: hashlib releases the GIL, and a 240 MB CaffeNet costs
+            # ~0.25 s of hashing that would otherwise add to every start-up
+            digest = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="minicaffe-sha1")
+            sha1 = digest.submit(file_digest, path)
+            digest.shutdown(wait=False)
             if path.endswith((".h5", ".hdf5")):
                 from .io.h5weights import load_h5
                 source, _attrs = load_h5(path), None
@@ -219,7 +226,7 @@ class Net:
                 _, layers = read_caffemodel(path)
                 source = OrderedDict((k, v[1]) for k, v in layers.items())
             self.weights_path = path
-            self.weights_sha1 = file_digest(path)
+            self.weights_sha1 = sha1.result()
         else:
             path = "<weights mapping>"
             source = weights
