@@ -40,6 +40,24 @@ def test_end_and_start(small):
     assert_close(rest["prob"], full["prob"], 0, "resumed forward")
 
 
+def test_full_forward_frees_the_previous_pass_first(small):
+    """The previous pass's blobs are released before a full pass runs (its memory is reused,
+    instead of two passes' worth living at once); a partial pass keeps the blobs it reads."""
+    import weakref
+    net, x = small
+    net.forward(x, fetch=[])
+    old = {b: weakref.ref(net.blobs[b]) for b in ("conv1", "fc6", "prob")}
+    alive = []
+    h = net.add_hook(before=lambda n, i, l: alive.append([b for b, r in old.items() if r() is not None])
+                     if l.name == "conv1" else None)
+    out = net.forward(x, fetch=["prob"])
+    net.remove_hook(h)
+    assert alive == [[]], f"still alive when the next pass started: {alive}"
+    kept = weakref.ref(net.blobs["pool5"])
+    rest = net.forward(start="fc6", fetch=["prob"])
+    assert kept() is not None and np.array_equal(rest["prob"], out["prob"])
+
+
 def test_hooks_see_every_layer_in_order(small):
     net, x = small
     seen = []
