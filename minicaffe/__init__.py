@@ -23,6 +23,20 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # pure forward 0.79 with the default, 0.83-0.89 with 4 or 20; the pure forward is unchanged
 # within noise. Read when OpenBLAS loads (numpy's import); a user's setting wins.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+# NumPy asks Linux for transparent huge pages on every array >= 4 MB. Where the kernel then
+# compacts memory to find them (THP defrag "madvise", the common default), each fresh 2 MB page
+# costs a synchronous compaction: the first CaffeNet forward at batch 64 took 2.2-2.9 s instead of
+# 1.1-1.6 s (4 interleaved pairs, 2026-11-30), while steady-state forwards -- whose arrays reuse
+# freed memory, see below -- measured the same either way (b64 medians 770-838 vs 684-865 ms).
+# Extraction pays that first forward in every run. A user's NUMPY_MADVISE_HUGEPAGE wins.
+if "NUMPY_MADVISE_HUGEPAGE" not in _os.environ:
+    _os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"        # read when numpy is first imported ...
+    import sys as _sys
+    if "numpy" in _sys.modules:                         # ... which may have happened already
+        _np = _sys.modules["numpy"]
+        _ma = getattr(getattr(_np, "_core", None), "multiarray", None) or getattr(getattr(_np, "core", None), "multiarray", None)
+        if hasattr(_ma, "_set_madvise_hugepage"):
+            _ma._set_madvise_hugepage(False)
 
 
 def _keep_freed_memory():

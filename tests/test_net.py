@@ -99,3 +99,20 @@ def test_backends_agree_and_cuda_is_explicit(fixtures_dir):
             minicaffe.Net(p, w, backend="cuda")
     with pytest.raises(BackendError, match="unknown backend"):
         minicaffe.Net(p, w, backend="tpu")
+
+
+@pytest.mark.parametrize("env, want", [(None, "False"), ("1", "True")])
+def test_import_turns_off_numpy_hugepages_unless_the_user_chose(env, want):
+    """``import minicaffe`` (after numpy, too) stops NumPy's huge-page madvise, which made the first
+    batch-64 forward ~1 s slower; an explicit NUMPY_MADVISE_HUGEPAGE is left alone."""
+    import os
+    import subprocess
+    import sys
+    e = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    if env is not None:
+        e["NUMPY_MADVISE_HUGEPAGE"] = env
+    code = ("import numpy, minicaffe; m = getattr(numpy, '_core', None) or numpy.core; "
+            "print(m.multiarray._set_madvise_hugepage(False))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == want, (out.stdout, out.stderr)
+
