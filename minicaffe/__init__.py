@@ -5,8 +5,17 @@ Public interface: :class:`minicaffe.Net` (``net.forward``, ``net.blobs``, ``net.
 scikit-learn transformer, imported lazily).
 """
 __version__ = "0.1.0"
-__all__ = ["Net", "DeCAF", "BackendError", "ImageError", "MinicaffeError", "ModelError", "PrototxtError",
-           "WeightsError", "__version__"]
+__all__ = [
+    "BackendError",
+    "DeCAF",
+    "ImageError",
+    "MinicaffeError",
+    "ModelError",
+    "Net",
+    "PrototxtError",
+    "WeightsError",
+    "__version__",
+]
 
 import os as _os
 
@@ -29,14 +38,19 @@ _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 # 1.1-1.6 s (4 interleaved pairs, 2026-11-30), while steady-state forwards -- whose arrays reuse
 # freed memory, see below -- measured the same either way (b64 medians 770-838 vs 684-865 ms).
 # Extraction pays that first forward in every run. A user's NUMPY_MADVISE_HUGEPAGE wins.
-if "NUMPY_MADVISE_HUGEPAGE" not in _os.environ:
-    _os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"        # read when numpy is first imported ...
-    import sys as _sys
-    if "numpy" in _sys.modules:                         # ... which may have happened already
-        _np = _sys.modules["numpy"]
-        _ma = getattr(getattr(_np, "_core", None), "multiarray", None) or getattr(getattr(_np, "core", None), "multiarray", None)
-        if hasattr(_ma, "_set_madvise_hugepage"):
-            _ma._set_madvise_hugepage(False)
+def _no_numpy_hugepages():
+    if "NUMPY_MADVISE_HUGEPAGE" in _os.environ:
+        return
+    _os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"          # read when numpy is first imported ...
+    import sys
+    np = sys.modules.get("numpy")                          # ... which may have happened already
+    if np is not None:
+        ma = getattr(getattr(np, "_core", None), "multiarray", None) or getattr(np.core, "multiarray", None)
+        if hasattr(ma, "_set_madvise_hugepage"):
+            ma._set_madvise_hugepage(False)
+
+
+_no_numpy_hugepages()
 
 
 def _keep_freed_memory():
@@ -62,7 +76,7 @@ def _keep_freed_memory():
 
 _keep_freed_memory()
 
-from .errors import (  # noqa: F401
+from .errors import (
     BackendError,
     ImageError,
     MinicaffeError,
