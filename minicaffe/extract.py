@@ -275,7 +275,7 @@ def _decoder_init(pid, priority="normal"):
 
 
 def _exit_with_parent(pid, period=0.5):
-    """Decoder-process initializer: exit when the extracting process ``pid`` is gone.
+    """In a decoder process (from :func:`_decoder_init`): exit when the extracting process ``pid`` is gone.
 
     A worker blocks on its task queue forever if the driver is SIGKILLed (its parent is the
     forkserver, which lives on as long as any worker holds its pipe), so without this a killed

@@ -374,7 +374,6 @@ class Net:
             synchronize(backend)
             names = list(blobs) if fetch is None else list(fetch)
             host = OrderedDict((k, to_host(blobs[k])) for k in names if k in blobs)
-            self._device_blobs = blobs
             self.blobs = host
             return OrderedDict(host)
         self.blobs = blobs
