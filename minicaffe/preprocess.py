@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import numpy as np
 
@@ -65,11 +66,26 @@ def resize_rgb(img, spec: Preprocessing):
     return resize_pil(Image.fromarray(img, "RGB"), spec)
 
 
+#: who resizes RGB images bilinearly: "numba" (:mod:`minicaffe.resize`) or "pillow". Both give the
+#: same pixels (Pillow 13's); "pillow" exists for processes that should not load Numba (extract's
+#: decoders on short jobs, see ``DecodePool``) and is used only where the installed Pillow is 13+.
+BILINEAR_RESIZER = "numba"
+
+
+def _pillow_is_13():
+    from PIL import __version__
+    return int(__version__.split(".")[0]) >= 13
+
+
 def resize_pil(im, spec: Preprocessing):
     """im: PIL RGB image -> (H, W, 3) uint8 RGB resized per ``spec.resize``."""
     w, h = im.size                      # Pillow sizes are (width, height); numpy shapes (height, width)
     H, W = resized_shape(h, w, spec.resize)
     if (H, W) != (h, w):
+        if spec.interpolation == "bilinear" and im.mode == "RGB" and sys.byteorder == "little" \
+                and (BILINEAR_RESIZER == "numba" or not _pillow_is_13()):
+            from .resize import resize_pil_bilinear
+            return resize_pil_bilinear(im, H, W)   # Pillow 13's pixels, ~2x faster (minicaffe.resize)
         im = im.resize((W, H), _pil_filter(spec.interpolation))
     return np.asarray(im, dtype=np.uint8)
 

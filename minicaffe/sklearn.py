@@ -90,7 +90,8 @@ class DeCAF(TransformerMixin, BaseEstimator):
             return [load_resized(a, spec, self.max_pixels, self.min_size) for a in items]
         items = list(X)
         if all(isinstance(x, (str, os.PathLike)) for x in items):
-            pool = DecodePool(self.workers, decoder_priority("auto")) if self.workers > 0 else None
+            pool = (DecodePool(self.workers, decoder_priority("auto"), n_images=len(items))
+                    if self.workers > 0 else None)
             try:
                 out = []
                 for i, img, reason in iter_decoded(items, spec, self.workers, 2 * self.batch_size,
