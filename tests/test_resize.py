@@ -129,3 +129,36 @@ def test_coefficients_match_pillows_rules():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="expected"):
         resize_bilinear_cpu(np.zeros((4, 4), np.uint8), 2, 2)
+
+
+PROBE = '''
+import sys
+from minicaffe.extract import DecodePool
+
+
+def probe():
+    from minicaffe import preprocess
+    r = sys.modules.get("minicaffe.resize")
+    return preprocess.BILINEAR_RESIZER, bool(r is not None and r._hpass.signatures), "numba" in sys.modules
+
+
+if __name__ == "__main__":
+    pool = DecodePool(2, "normal", n_images=int(sys.argv[1]))
+    print(pool.numba, *pool.ex.submit(probe).result())
+    pool.close()
+'''
+
+
+@pytest.mark.parametrize("n_images, want", [(5000, "True numba True True"), (10, "False pillow False False")])
+def test_decoders_get_numba_preloaded_only_for_long_jobs(tmp_path, n_images, want):
+    """A long job's decoders start with the resize kernels already loaded (the fork server
+    imported minicaffe.decoder_preload); a short job's decoders never import Numba and resize with
+    Pillow, which gives the same pixels (the tests above)."""
+    import subprocess
+    import sys
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    r = subprocess.run([sys.executable, str(script), str(n_images)], capture_output=True, text=True, timeout=120,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == want.split(), (r.stdout, r.stderr[-2000:])
