@@ -72,6 +72,7 @@ def resize_rgb(img, spec: Preprocessing):
 BILINEAR_RESIZER = "numba"
 
 
+@functools.lru_cache(maxsize=1)
 def _pillow_is_13():
     from PIL import __version__
     return int(__version__.split(".")[0]) >= 13
