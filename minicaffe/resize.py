@@ -161,7 +161,7 @@ def _tap_tables(bounds, kk, in_size):
 @njit(cache=True, nogil=True, inline="always")
 def _clip8(v):
     v >>= PB
-    return 0 if v < 0 else (min(v, 255))
+    return 0 if v < 0 else min(v, 255)
 
 
 @njit(cache=True, nogil=True)
@@ -240,15 +240,13 @@ def _pack(img, out):
 
 @njit(cache=True, nogil=True)
 def _unpack(src, out):
+    # (h, w) uint32 R | G << 8 | B << 16 -> (h, w, 3) uint8 RGB
     for y in range(src.shape[0]):
         for x in range(src.shape[1]):
             p = src[y, x]
             out[y, x, 0] = p & 255
             out[y, x, 1] = (p >> 8) & 255
             out[y, x, 2] = (p >> 16) & 255
-
-
-
 
 
 def resize_bilinear_cpu(img, H, W, vertical_first=None):
