@@ -70,6 +70,9 @@ def resize_rgb(img, spec: Preprocessing):
 #: same pixels (Pillow 13's); "pillow" exists for processes that should not load Numba (extract's
 #: decoders on short jobs, see ``DecodePool``) and is used only where the installed Pillow is 13+.
 BILINEAR_RESIZER = "numba"
+#: above this many pixels Pillow resizes even so: the kernels read a copy of Pillow's pixels, which
+#: would double a decoder's memory for a 50-megapixel photo (Pillow's resize copies no input)
+NUMBA_RESIZE_MAX_PIXELS = 16_000_000
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,8 +86,9 @@ def resize_pil(im, spec: Preprocessing):
     w, h = im.size                      # Pillow sizes are (width, height); numpy shapes (height, width)
     H, W = resized_shape(h, w, spec.resize)
     if (H, W) != (h, w):
+        numba = BILINEAR_RESIZER == "numba" and w * h <= NUMBA_RESIZE_MAX_PIXELS
         if spec.interpolation == "bilinear" and im.mode == "RGB" and sys.byteorder == "little" \
-                and (BILINEAR_RESIZER == "numba" or not _pillow_is_13()):
+                and (numba or not _pillow_is_13()):
             from .resize import resize_pil_bilinear
             return resize_pil_bilinear(im, H, W)   # Pillow 13's pixels, ~2x faster (minicaffe.resize)
         im = im.resize((W, H), _pil_filter(spec.interpolation))

@@ -162,3 +162,24 @@ def test_decoders_get_numba_preloaded_only_for_long_jobs(tmp_path, n_images, wan
                        check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == want.split(), (r.stdout, r.stderr[-2000:])
+
+
+def test_big_images_and_the_pillow_setting_resize_with_pillow_to_the_same_pixels(monkeypatch):
+    """Above NUMBA_RESIZE_MAX_PIXELS (memory) and with BILINEAR_RESIZER = "pillow" (decoders of
+    short jobs) Pillow resizes; the pixels are the same either way."""
+    import minicaffe.preprocess as pp
+    import minicaffe.resize as rz
+    path = os.path.join(skdata.data_dir, "chelsea.png")
+    calls = []
+    real = rz.resize_pil_bilinear
+    monkeypatch.setattr(rz, "resize_pil_bilinear", lambda *a: calls.append(1) or real(*a))
+    numba = load_resized(path, CAFFE_PREPROCESSING)
+    assert calls == [1]
+    monkeypatch.setattr(pp, "NUMBA_RESIZE_MAX_PIXELS", 1000)
+    big = load_resized(path, CAFFE_PREPROCESSING)
+    monkeypatch.setattr(pp, "NUMBA_RESIZE_MAX_PIXELS", 10**9)
+    monkeypatch.setattr(pp, "BILINEAR_RESIZER", "pillow")
+    short = load_resized(path, CAFFE_PREPROCESSING)
+    assert calls == ([1] if PILLOW_13 else [1, 1, 1])
+    assert_same(big, numba, "Pillow above the pixel limit")
+    assert_same(short, numba, "Pillow for short jobs")
