@@ -271,35 +271,31 @@ def resize_bilinear_cpu(img, H, W, vertical_first=None):
         vertical_first = pillow_vertical_first(h, w, H, W)
     out = np.empty((H, W, 3), np.uint8)
     need_h, need_v = W != w, H != h
-    if need_v:
-        bv, kv = _coeffs(h, H)
     if need_h:
         idx, coef = _tap_tables(*_coeffs(w, W), w)
-    if not need_h and not need_v:
-        _unpack(packed, out)
-    elif vertical_first or not need_h:
-        if need_v and not need_h:
-            _vpass(packed, bv, kv, out, True)
-        else:
-            tmp = packed
-            if need_v:
-                tmp = np.empty((H, w), np.uint32)
-                _vpass(packed, bv, kv, tmp, False)
-            res = np.empty((H, W), np.uint32)
-            _hpass(tmp, 0, idx, coef, res)
-            _unpack(res, out)
-    else:
+    if need_v:
+        bv, kv = _coeffs(h, H)
+    h_first = need_h and not vertical_first
+    cur = packed
+    if h_first:
+        # Pillow resamples only the rows the vertical pass reads, and shifts its bounds
+        y0, y1 = (int(bv[0, 0]), int(bv[-1, 0] + bv[-1, 1])) if need_v else (0, h)
+        cur = np.empty((y1 - y0, W), np.uint32)
+        _hpass(packed, y0, idx, coef, cur)
         if need_v:
-            # Pillow resamples only the rows the vertical pass reads, and shifts its bounds
-            y0, y1 = int(bv[0, 0]), int(bv[-1, 0] + bv[-1, 1])
-            tmp = np.empty((y1 - y0, W), np.uint32)
-            _hpass(packed, y0, idx, coef, tmp)
             bv[:, 0] -= y0
-            _vpass(tmp, bv, kv, out, True)
-        else:
-            res = np.empty((H, W), np.uint32)
-            _hpass(packed, 0, idx, coef, res)
-            _unpack(res, out)
+    if need_v:
+        if h_first or not need_h:           # the last pass: write RGB bytes directly
+            _vpass(cur, bv, kv, out, True)
+            return out
+        tmp = np.empty((H, w), np.uint32)
+        _vpass(cur, bv, kv, tmp, False)
+        cur = tmp
+    if need_h and not h_first:
+        res = np.empty((H, W), np.uint32)
+        _hpass(cur, 0, idx, coef, res)
+        cur = res
+    _unpack(cur, out)
     return out
 
 
