@@ -30,8 +30,48 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # extract's low-priority decoders need. 2^20 cycles (~0.4 ms) still bridges the back-to-back
 # GEMMs inside one layer. Measured (2 cores, batch 64 extraction, 5-6 paired runs): end-to-end /
 # pure forward 0.79 with the default, 0.83-0.89 with 4 or 20; the pure forward is unchanged
-# within noise. Read when OpenBLAS loads (numpy's import); a user's setting wins.
+# within noise. Read when OpenBLAS loads (numpy's import); a user's setting wins. Where numpy was
+# imported first, OpenBLAS has already read its environment: see _openblas_thread_timeout_late.
+_OPENBLAS_TIMEOUT_LATE = "OPENBLAS_THREAD_TIMEOUT" not in _os.environ and "numpy" in __import__("sys").modules
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
+
+def _openblas_thread_timeout_late():
+    """numpy was imported before minicaffe: give its already-loaded OpenBLAS our thread timeout.
+
+    ``import numpy as np`` before ``import minicaffe`` is the common order, and OpenBLAS reads
+    OPENBLAS_THREAD_TIMEOUT once, when numpy loads it; its pthreads server applies the value
+    when it starts its threads. So OpenBLAS's own fork handling is reused: re-read the
+    environment (``openblas_read_env``) and stop the thread pool (``blas_thread_shutdown_``, what
+    OpenBLAS runs in a forked child); the next threaded BLAS call starts it again with the new
+    timeout. Measured (2 cores, extraction of 1280 JPEGs in a process that imported numpy first):
+    the process spent 2.1-2.2 s of CPU spinning while it waited for its decoders (0.15 s with the
+    timeout) and end to end took 20.5 s instead of 16.1-16.8 s. Done only for OpenBLAS's pthreads
+    builds that export both functions (numpy's wheels; found with threadpoolctl), only when the
+    user has not set OPENBLAS_THREAD_TIMEOUT, and never with MINICAFFE_OPENBLAS_RESTART=0: a
+    threaded BLAS call running on another thread during ``import minicaffe`` would race the restart
+    (import minicaffe first, or set the variable, in such programs)."""
+    if _os.environ.get("MINICAFFE_OPENBLAS_RESTART", "1") == "0":
+        return False
+    try:
+        import threadpoolctl
+        libs = threadpoolctl.ThreadpoolController().select(internal_api="openblas").lib_controllers
+    except Exception:  # noqa: BLE001 - no threadpoolctl, or it cannot inspect this process: leave BLAS alone
+        return False
+    done = False
+    for lib in libs:
+        dll = getattr(lib, "dynlib", None)
+        if (getattr(lib, "threading_layer", None) != "pthreads" or dll is None
+                or not hasattr(dll, "openblas_read_env") or not hasattr(dll, "blas_thread_shutdown_")):
+            continue
+        dll.openblas_read_env()
+        dll.blas_thread_shutdown_()
+        done = True
+    return done
+
+
+if _OPENBLAS_TIMEOUT_LATE:
+    _openblas_thread_timeout_late()
 # NumPy asks Linux for transparent huge pages on every array >= 4 MB. Where the kernel then
 # compacts memory to find them (THP defrag "madvise", the common default), each fresh 2 MB page
 # costs a synchronous compaction: the first CaffeNet forward at batch 64 took 2.2-2.9 s instead of

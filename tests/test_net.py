@@ -116,3 +116,51 @@ def test_import_turns_off_numpy_hugepages_unless_the_user_chose(env, want):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=120, check=False)
     assert out.returncode == 0 and out.stdout.strip() == want, (out.stdout, out.stderr)
 
+
+
+_SPIN_PROBE = """
+import os, statistics, sys, time
+import numpy as np
+import minicaffe
+a = np.random.default_rng(0).random((1024, 1024), dtype=np.float32)
+cpu = []
+for _ in range(3):
+    a @ a                      # threaded GEMM; then OpenBLAS's idle threads spin or sleep
+    c = time.process_time()
+    time.sleep(0.3)
+    cpu.append(time.process_time() - c)
+from threadpoolctl import threadpool_info
+n = max([d["num_threads"] for d in threadpool_info() if d["internal_api"] == "openblas"] or [0])
+print(minicaffe._OPENBLAS_TIMEOUT_LATE, n, statistics.median(cpu))
+"""
+
+
+def _spin_probe(env_extra):
+    import os
+    import subprocess
+    import sys
+    e = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "MINICAFFE_OPENBLAS_RESTART")}
+    e.update(env_extra)
+    out = subprocess.run([sys.executable, "-c", _SPIN_PROBE], capture_output=True, text=True, env=e, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    late, n, cpu = out.stdout.split()
+    return late == "True", int(n), float(cpu)
+
+
+def test_openblas_thread_timeout_applies_when_numpy_was_imported_first():
+    """``import numpy`` before ``import minicaffe`` (the usual order): OpenBLAS has read its
+    environment already, so minicaffe restarts its thread pool with OPENBLAS_THREAD_TIMEOUT=20.
+    Measured as the CPU a process burns while it sleeps 0.3 s after a threaded GEMM: OpenBLAS's
+    default lets its idle threads spin ~0.1 s (and starve extract's idle-priority decoders)."""
+    late, n, spun = _spin_probe({"MINICAFFE_OPENBLAS_RESTART": "0"})
+    assert late
+    if n < 2 or spun < 0.03:
+        pytest.skip(f"OpenBLAS has {n} thread(s) / its default did not spin here ({spun:.3f} s of CPU per "
+                    "0.3 s sleep): nothing to compare against")
+    late, n, fixed = _spin_probe({})
+    assert late
+    assert fixed < min(0.02, spun / 3), (f"CPU per 0.3 s sleep after a GEMM: {fixed:.3f} s with the restart, "
+                                         f"{spun:.3f} s without")
+    late, _, _ = _spin_probe({"OPENBLAS_THREAD_TIMEOUT": "28"})
+    assert not late      # the user's own setting (read by OpenBLAS at load) is left alone
