@@ -18,6 +18,7 @@ horizontal pass first, so their output differs for those images. Both functions 
 """
 from __future__ import annotations
 
+import ctypes
 import sys
 
 import numpy as np
@@ -299,12 +300,50 @@ def resize_bilinear_cpu(img, H, W, vertical_first=None):
     return out
 
 
+class _ArrowArray(ctypes.Structure):
+    """The Arrow C Data Interface's ``struct ArrowArray`` (a stable ABI, arrow.apache.org/docs/format/CDataInterface)."""
+
+
+_ArrowArray._fields_ = [
+    ("length", ctypes.c_int64), ("null_count", ctypes.c_int64), ("offset", ctypes.c_int64),
+    ("n_buffers", ctypes.c_int64), ("n_children", ctypes.c_int64),
+    ("buffers", ctypes.POINTER(ctypes.c_void_p)), ("children", ctypes.POINTER(ctypes.POINTER(_ArrowArray))),
+    ("dictionary", ctypes.POINTER(_ArrowArray)), ("release", ctypes.c_void_p), ("private_data", ctypes.c_void_p)]
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype = ctypes.c_void_p
+_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+def pillow_packed_pixels(im):
+    """im: PIL image in mode RGB -> ((h, w) uint32 packed RGBX pixels, an object to keep alive while
+    they are read).
+
+    Pillow stores an RGB image as 4 bytes per pixel (R, G, B, 255). Where the rows lie in one block
+    (images up to 16 MB, Pillow's block size), Pillow's public Arrow export (Pillow 11.2+, a
+    fixed-size list of 4 uint8 per pixel) gives that memory without a copy: 0.02 ms per ~400x566
+    photo against 0.25-0.31 ms for ``tobytes("raw", "RGBX")``, which encodes it in 64 KB pieces
+    and joins them. Larger images, older Pillow or an unexpected layout take the ``tobytes`` copy."""
+    w, h = im.size                      # Pillow sizes are (width, height); numpy shapes (height, width)
+    try:
+        schema, arr = im.__arrow_c_array__()
+        a = _ArrowArray.from_address(_capsule_pointer(arr, b"arrow_array"))
+        c = a.children[0].contents if a.n_children == 1 else None
+        if c is not None and a.length == w * h and c.n_buffers == 2 and c.length >= 4 * (a.offset + w * h):
+            ptr = c.buffers[1] + 4 * (c.offset + a.offset)
+            view = np.frombuffer((ctypes.c_uint32 * (w * h)).from_address(ptr), np.uint32).reshape(h, w)
+            return view, (schema, arr, im)      # the capsules' release keeps Pillow's memory alive until then
+    except (AttributeError, ValueError):        # Pillow < 11.2; "Image rows are not contiguous in memory"
+        pass
+    return np.frombuffer(im.tobytes("raw", "RGBX"), np.uint32).reshape(h, w), None
+
+
 def resize_pil_bilinear(im, H, W):
     """im: PIL image in mode RGB -> (H, W, 3) uint8, equal to ``np.asarray(im.resize((W, H), BILINEAR))``
-    under Pillow 13. Reads Pillow's pixel memory in its RGBX layout (one copy, no repacking)."""
-    w, h = im.size                      # Pillow sizes are (width, height); numpy shapes (height, width)
-    packed = np.frombuffer(im.tobytes("raw", "RGBX"), np.uint32).reshape(h, w)
-    return resize_bilinear_cpu(packed, H, W)
+    under Pillow 13. Reads Pillow's pixel memory in place, in its RGBX layout (:func:`pillow_packed_pixels`)."""
+    packed, keep = pillow_packed_pixels(im)
+    out = resize_bilinear_cpu(packed, H, W)
+    del keep
+    return out
 
 
 def warm():

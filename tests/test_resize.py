@@ -16,6 +16,7 @@ from minicaffe.models import CAFFE_PREPROCESSING
 from minicaffe.preprocess import load_resized
 from minicaffe.resize import (
     bilinear_coeffs_reference,
+    pillow_packed_pixels,
     pillow_vertical_first,
     resize_bilinear_cpu,
     resize_bilinear_reference,
@@ -112,6 +113,25 @@ def test_decoder_path_equals_pillow_on_photos(name):
     path = os.path.join(skdata.data_dir, name)
     ref = np.asarray(Image.open(path).convert("RGB").resize((256, 256), Image.BILINEAR))
     assert_same(load_resized(path, CAFFE_PREPROCESSING), ref, name)
+
+
+@pytest.mark.parametrize("w, h", [(566, 400), (7, 3), (1, 1), (3000, 2000)])
+def test_pillow_pixels_read_in_place_equal_tobytes(w, h):
+    """The kernels read Pillow's RGBX memory through its Arrow export (no copy) where the rows lie in
+    one block, else through ``tobytes``; both give the same words. 3000x2000 (24 MB) spans Pillow's
+    16 MB blocks: the copy. A real JPEG goes the in-place way (a regression to the copy fails here)."""
+    im = Image.effect_noise((w, h), 64).convert("RGB")
+    packed, keep = pillow_packed_pixels(im)
+    ref = np.frombuffer(im.tobytes("raw", "RGBX"), np.uint32).reshape(h, w)
+    assert packed.shape == (h, w) and np.array_equal(packed, ref), f"{w}x{h}: {int((packed != ref).sum())} words differ"
+    if w * h * 4 > 16 << 20:
+        assert keep is None, "a multi-block image should take the tobytes copy"
+    jpeg = Image.open(os.path.join(skdata.data_dir, "rocket.jpg"))
+    jpeg.load()
+    packed, keep = pillow_packed_pixels(jpeg)
+    if hasattr(jpeg, "__arrow_c_array__"):
+        assert keep is not None, "Pillow >= 11.2: a decoded JPEG's pixels should be read in place"
+    assert np.array_equal(packed, np.frombuffer(jpeg.tobytes("raw", "RGBX"), np.uint32).reshape(packed.shape))
 
 
 def test_coefficients_match_pillows_rules():
