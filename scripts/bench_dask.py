@@ -24,9 +24,11 @@ table and an estimate for 1.3M images on M machines.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import io
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -38,6 +40,7 @@ from bench_extract import make_jpegs
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--keep-files", action="store_true", help="keep the temporary folder (weights, JPEGs, outputs)")
     ap.add_argument("--model", default="caffenet", choices=("caffenet", "efficientnet-lite0"))
     ap.add_argument("--n-images", type=int, default=96)
     ap.add_argument("--shard-size", type=int, default=32)
@@ -59,6 +62,8 @@ def main(argv=None):
     from minicaffe.models import MODELS_DIR
 
     tmp = tempfile.mkdtemp(prefix="bench_dask_")
+    if not args.keep_files:     # weights, JPEGs and outputs: ~0.5 GB per run
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     t = time.perf_counter()
     if args.model == "caffenet":
         proto = str(MODELS_DIR / "bvlc_reference_caffenet.deploy.prototxt")
