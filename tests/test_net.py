@@ -139,7 +139,10 @@ def _spin_probe(env_extra):
     import os
     import subprocess
     import sys
-    e = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "MINICAFFE_OPENBLAS_RESTART")}
+    # other tests may have capped the thread counts in this process's environment: the probe needs OpenBLAS's own
+    drop = ("OPENBLAS_THREAD_TIMEOUT", "MINICAFFE_OPENBLAS_RESTART", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+            "GOTO_NUM_THREADS")
+    e = {k: v for k, v in os.environ.items() if k not in drop}
     e.update(env_extra)
     out = subprocess.run([sys.executable, "-c", _SPIN_PROBE], capture_output=True, text=True, env=e, timeout=120,
                          check=False)
