@@ -18,6 +18,7 @@ __all__ = [
 ]
 
 import os as _os
+import sys as _sys
 
 # Numba's parallel kernels run on its OpenMP threading layer, alternating with OpenBLAS's own
 # threads. With OpenMP's default spin-waiting, a kernel whose other thread was descheduled (decode
@@ -32,7 +33,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # pure forward 0.79 with the default, 0.83-0.89 with 4 or 20; the pure forward is unchanged
 # within noise. Read when OpenBLAS loads (numpy's import); a user's setting wins. Where numpy was
 # imported first, OpenBLAS has already read its environment: see _openblas_thread_timeout_late.
-_OPENBLAS_TIMEOUT_LATE = "OPENBLAS_THREAD_TIMEOUT" not in _os.environ and "numpy" in __import__("sys").modules
+_OPENBLAS_TIMEOUT_LATE = "OPENBLAS_THREAD_TIMEOUT" not in _os.environ and "numpy" in _sys.modules
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 
@@ -82,8 +83,7 @@ def _no_numpy_hugepages():
     if "NUMPY_MADVISE_HUGEPAGE" in _os.environ:
         return
     _os.environ["NUMPY_MADVISE_HUGEPAGE"] = "0"          # read when numpy is first imported ...
-    import sys
-    np = sys.modules.get("numpy")                          # ... which may have happened already
+    np = _sys.modules.get("numpy")                         # ... which may have happened already
     if np is not None:
         ma = getattr(getattr(np, "_core", None), "multiarray", None) or getattr(np.core, "multiarray", None)
         if hasattr(ma, "_set_madvise_hugepage"):
