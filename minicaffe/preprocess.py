@@ -70,8 +70,9 @@ def resize_rgb(img, spec: Preprocessing):
 #: same pixels (Pillow 13's); "pillow" exists for processes that should not load Numba (extract's
 #: decoders on short jobs, see ``DecodePool``) and is used only where the installed Pillow is 13+.
 BILINEAR_RESIZER = "numba"
-#: above this many pixels Pillow resizes even so: the kernels read a copy of Pillow's pixels, which
-#: would double a decoder's memory for a 50-megapixel photo (Pillow's resize copies no input)
+#: above this many pixels Pillow resizes even so: the kernels read Pillow's pixels in place only
+#: where they lie in one 16 MB block (~4 MP, ``resize.pillow_packed_pixels``), larger images through a
+#: copy, which would double a decoder's memory for a 50-megapixel photo (Pillow's resize copies no input)
 NUMBA_RESIZE_MAX_PIXELS = 16_000_000
 
 
