@@ -17,7 +17,7 @@ from conftest import FIXTURES, assert_close
 from minicaffe import Net
 from minicaffe.errors import ModelError
 
-LAYER_MODULES = ["batchnorm", "concat", "convolution", "dropout", "eltwise", "flatten", "inner_product",
+LAYER_MODULES = ["batchnorm", "concat", "convolution.reference", "dropout", "eltwise", "flatten", "inner_product",
                  "loss", "lrn", "pooling", "relu", "scale", "softmax"]
 
 #: finite differences in float64 (central, step 1e-6) agree with an exact gradient to ~1e-9

@@ -7,6 +7,7 @@ from kernel_cases import CONV, LRN, POOL, rnd
 
 from minicaffe.layers import concat, eltwise, relu, softmax
 from minicaffe.layers import convolution as C
+from minicaffe.layers.convolution import im2col as CI, layer as CL, winograd as CW
 from minicaffe.layers import inner_product as ip
 from minicaffe.layers import lrn as L
 from minicaffe.layers import pooling as P
@@ -49,7 +50,7 @@ def test_conv(case):
 
 def test_conv_cpu_chunked_batch(monkeypatch):
     """The im2col buffer is bounded; batches larger than it are processed in chunks."""
-    monkeypatch.setattr(C, "IM2COL_BUDGET", 3 * 27 * 20 * 4)
+    monkeypatch.setattr(CI, "IM2COL_BUDGET", 3 * 27 * 20 * 4)
     rng = np.random.default_rng(1)
     x, w, b = rnd(rng, 7, 3, 6, 7), rnd(rng, 4, 3, 3, 3), rnd(rng, 4)
     assert_close(C.convolution_cpu(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1),
@@ -61,21 +62,21 @@ def test_conv_cpu_chunks_with_a_single_image_tail(monkeypatch, nb):
     """nb images per im2col chunk; 3 images leave a one-image tail that takes the in-place path."""
     rng = np.random.default_rng(2)
     x, w, b = rnd(rng, 3, 4, 7, 6), rnd(rng, 6, 2, 3, 2), rnd(rng, 6)
-    monkeypatch.setattr(C, "IM2COL_BUDGET", nb * (4 * 3 * 2) * (7 * 5) * 4)
+    monkeypatch.setattr(CI, "IM2COL_BUDGET", nb * (4 * 3 * 2) * (7 * 5) * 4)
     assert_close(C.convolution_cpu(x, w, b, (1, 1), (1, 1, 0, 0), (1, 1), 2),
                  C.convolution_reference(x, w, b, (1, 1), (1, 1, 0, 0), (1, 1), 2), 1e-5, f"chunks of {nb}")
 
 
-# Winograd F(2x2,3x3): (id, x shape, w shape, pad(t,b,l,r), group, bias, chunk budget or None)
+# Winograd F(4x4,3x3): (id, x shape, w shape, pad(t,b,l,r), group, bias, chunk budget or None)
 WINOGRAD = [
     ("odd_13x13_pad1", (8, 16, 13, 13), (24, 16, 3, 3), (1, 1, 1, 1), 1, True, None),
     ("even_12x10_group2", (9, 32, 12, 10), (32, 16, 3, 3), (1, 1, 1, 1), 2, True, None),
     ("no_pad_odd_out", (8, 16, 8, 7), (16, 16, 3, 3), (0, 0, 0, 0), 1, False, None),
     ("asym_pad", (8, 16, 9, 10), (20, 16, 3, 3), (1, 0, 2, 1), 1, True, None),
     ("pad2_tiny", (8, 16, 3, 4), (16, 16, 3, 3), (2, 2, 2, 2), 1, True, None),
-    ("chunked_tail", (9, 16, 7, 7), (16, 16, 3, 3), (1, 1, 1, 1), 1, True, 2 * 16 * 16 * 16 * 4),
+    ("chunked_tail", (9, 16, 7, 7), (16, 16, 3, 3), (1, 1, 1, 1), 1, True, 2 * 36 * 16 * 4 * 4),
     ("5x5_group2_conv2like", (8, 32, 13, 13), (32, 16, 5, 5), (2, 2, 2, 2), 2, True, None),
-    ("5x5_nopad_chunked", (9, 16, 9, 8), (16, 16, 5, 5), (0, 0, 0, 0), 1, False, 2 * 16 * 16 * 4 * 9 * 4),
+    ("5x5_nopad_chunked", (9, 16, 9, 8), (16, 16, 5, 5), (0, 0, 0, 0), 1, False, 2 * 36 * 16 * 4 * 2 * 4),
     ("7x7_asym_pad", (8, 16, 10, 11), (16, 16, 7, 7), (3, 2, 1, 3), 1, True, None),
 ]
 
@@ -84,16 +85,16 @@ WINOGRAD = [
 def test_conv_winograd_vs_reference(case, monkeypatch):
     name, xs, ws, pad, group, bias, budget = case
     if budget:
-        monkeypatch.setattr(C, "WINOGRAD_BUDGET", budget)
+        monkeypatch.setattr(CW, "WINOGRAD_BUDGET", budget)
     rng = np.random.default_rng(3)
     x, w = rnd(rng, *xs, scale=10), rnd(rng, *ws)
     b = rnd(rng, ws[0]) if bias else None
     ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64),
                                   None if b is None else b.astype(np.float64), (1, 1), pad, (1, 1), group)
     assert_close(C.convolution_winograd_cpu(x, w, b, pad, group), ref, 1e-5, f"winograd {name}")
-    # the cpu dispatcher sends 3x3 to Winograd and larger kernels to wide im2col
-    assert C.winograd_applies(w, (1, 1), (1, 1), group, xs) == (ws[2] == 3)
-    monkeypatch.setattr(C, "WINOGRAD", True)
+    # the cpu dispatcher sends kernels up to 6x6 to Winograd and larger ones to wide im2col
+    assert C.winograd_applies(w, (1, 1), (1, 1), group, xs) == (ws[2] <= 6)
+    monkeypatch.setattr(CL, "WINOGRAD", True)
     assert_close(C.convolution_cpu(x, w, b, (1, 1), pad, (1, 1), group), ref, 1e-5, f"cpu dispatch {name}")
 
 
@@ -104,11 +105,11 @@ def test_winograd_filter_cache_never_stale():
     x, w, b = rnd(rng, 2, 16, 9, 9, scale=10), rnd(rng, 24, 16, 3, 3), rnd(rng, 24)
     U1 = C.winograd_filters(w)
     assert C.winograd_filters(w) is U1                      # unchanged values: served from the cache
-    assert_close(U1, C._winograd_filters_uncached(w), 0, "cached transform")
+    assert_close(U1, CW._winograd_filters_uncached(w), 0, "cached transform")
     for edit in (lambda a: a.__setitem__((3, 5, 1, 2), a[3, 5, 1, 2] + 1.0),   # one element
                  lambda a: a.__imul__(np.float32(0.5))):                        # every element
         edit(w)
-        assert_close(C.winograd_filters(w), C._winograd_filters_uncached(w), 0, "transform after an in-place edit")
+        assert_close(C.winograd_filters(w), CW._winograd_filters_uncached(w), 0, "transform after an in-place edit")
         ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
                                       (1, 1), (1, 1, 1, 1), (1, 1), 1)
         assert_close(C.convolution_cpu(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1), ref, 1e-5, "conv after an edit")
@@ -120,13 +121,13 @@ def test_winograd_filter_cache_freed_with_the_weights():
     rng = np.random.default_rng(7)
     w = rnd(rng, 24, 16, 3, 3)
     C.winograd_filters(w)
-    key = (id(w), w.shape)
-    assert key in C._FILTER_CACHE
+    key = (id(w), w.shape, 1)
+    assert key in CW._FILTER_CACHE
     w[0, 0, 0, 0] += 1.0                      # a stale entry is replaced, not registered twice
     C.winograd_filters(w)
     del w
     gc.collect()
-    assert key not in C._FILTER_CACHE, "the transform outlived its weight array"
+    assert key not in CW._FILTER_CACHE, "the transform outlived its weight array"
 
 
 # stride-phase wide im2col: (id, x shape, w shape, stride, pad(t,b,l,r), group, chunk budget or None)
@@ -142,7 +143,7 @@ PHASE = [
 def test_conv_phase_vs_reference(case, monkeypatch):
     name, xs, ws, s, pad, group, budget = case
     if budget:
-        monkeypatch.setattr(C, "IM2COL_BUDGET", budget)
+        monkeypatch.setattr(CI, "IM2COL_BUDGET", budget)
     rng = np.random.default_rng(6)
     x, w, b = rnd(rng, *xs, scale=10), rnd(rng, *ws), rnd(rng, ws[0])
     ref = conv_naive(x, w, b, (s, s), pad, (1, 1), group)
@@ -150,35 +151,15 @@ def test_conv_phase_vs_reference(case, monkeypatch):
     assert_close(C.convolution_cpu(x, w, b, (s, s), pad, (1, 1), group), ref, 1e-5, f"cpu dispatch {name}")
 
 
-# space-to-depth for strided convs: (id, x shape, w shape, stride, pad(t,b,l,r))
-S2D = [
-    ("caffenet_conv1_small", (2, 3, 35, 35), (16, 3, 11, 11), 4, (0, 0, 0, 0)),
-    ("k7s3_pad", (1, 4, 30, 31), (16, 4, 7, 7), 3, (1, 1, 1, 1)),
-    ("k11s4_asym_pad", (1, 3, 50, 43), (16, 3, 11, 11), 4, (2, 1, 0, 3)),
-]
-
-
-@pytest.mark.parametrize("case", S2D, ids=[c[0] for c in S2D])
-def test_conv_space_to_depth_vs_reference(case, monkeypatch):
-    name, xs, ws, s, pad = case
-    rng = np.random.default_rng(4)
-    x, w, b = rnd(rng, *xs, scale=50), rnd(rng, *ws), rnd(rng, ws[0])
-    ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), (s, s), pad,
-                                  (1, 1), 1)
-    assert C.space_to_depth_applies(w, (s, s), (1, 1), 1)
-    assert_close(C.convolution_s2d_cpu(x, w, b, (s, s), pad), ref, 1e-5, f"space-to-depth {name}")
-    monkeypatch.setattr(C, "SPACE_TO_DEPTH", True)
-    assert_close(C.convolution_cpu(x, w, b, (s, s), pad, (1, 1), 1), ref, 1e-5, f"cpu dispatch {name}")
-
-
 def test_winograd_not_used_where_it_does_not_apply():
     w = np.zeros((16, 16, 3, 3), np.float32)
     assert not C.winograd_applies(w, (2, 2), (1, 1), 1, (1, 16, 9, 9))       # strided
     assert not C.winograd_applies(w, (1, 1), (2, 2), 1, (1, 16, 9, 9))       # dilated
     assert not C.winograd_applies(np.zeros((16, 16, 5, 5), np.float32), (1, 1), (1, 1), 1, (1, 16, 9, 9))
-    assert not C.winograd_applies(np.zeros((16, 16, 4, 4), np.float32), (1, 1), (1, 1), 1, (8, 16, 9, 9))
+    assert C.winograd_applies(np.zeros((16, 16, 5, 5), np.float32), (1, 1), (1, 1), 1, (8, 16, 9, 9))
+    assert not C.winograd_applies(np.zeros((16, 16, 7, 7), np.float32), (1, 1), (1, 1), 1, (8, 16, 9, 9))
     assert not C.winograd_applies(np.zeros((16, 8, 3, 3), np.float32), (1, 1), (1, 1), 1, (8, 8, 9, 9))  # few channels
-    assert not C.winograd_applies(w, (1, 1), (1, 1), 1, (4, 16, 9, 9))       # batch < 8: wide im2col is faster
+    assert not C.winograd_applies(w, (1, 1), (1, 1), 1, (3, 16, 9, 9))       # small batch: wide im2col is faster
     assert not C.winograd_applies(np.zeros((16, 16, 3, 5), np.float32), (1, 1), (1, 1), 1, (8, 16, 9, 9))
     assert not C.winograd_applies(np.zeros((16, 1, 3, 3), np.float32), (1, 1), (1, 1), 16, (1, 16, 9, 9))
 

@@ -1,0 +1,150 @@
+"""Convolution layer (Caffe type ``Convolution``) and the CPU dispatcher over its kernels.
+
+Shapes: ``x: (N, C, H, W)``, weight ``(M, C/group, kh, kw)`` (Caffe's blob order, NCHW / OIHW),
+bias ``(M,)``, output ``(N, M, Ho, Wo)`` with Caffe's *floor* rule (:func:`conv_out_size`).
+Padding is kept as four numbers so TF-"SAME" asymmetric padding can be expressed (prototxt
+extension fields ``pad_top/pad_bottom/pad_left/pad_right`` inside ``convolution_param``; plain
+Caffe files use ``pad``/``pad_h``/``pad_w``). :func:`convolution_cpu` picks one kernel per layer
+shape: depthwise, Winograd F(4x4, 3x3) (3x3 and, in 3x3 pieces, up to 6x6 kernels at stride 1),
+1x1 GEMM, "wide" im2col (stride 1), stride-phase im2col (equal strides), the per-pixel gather (the
+rest). It does not implement Deconvolution or 3-D convolution.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..base import Layer, as_bool, hw_param, register
+from .backward import convolution_backward_cpu
+from .cuda import convolution_cuda
+from .depthwise import convolution_depthwise_cpu
+from .im2col import (
+    convolution_1x1_cpu,
+    convolution_gather_cpu,
+    convolution_phase_cpu,
+    convolution_wide_cpu,
+)
+from .reference import (
+    conv_out_size,
+    convolution_backward_reference,
+    convolution_reference,
+)
+from .winograd import convolution_winograd_cpu
+
+#: use Winograd for eligible layers in :func:`convolution_cpu` (False: always im2col + GEMM)
+WINOGRAD = os.environ.get("MINICAFFE_WINOGRAD", "1") != "0"
+
+
+def winograd_applies(w, stride, dilation, group, x_shape):
+    """Where :func:`convolution_cpu` uses Winograd F(4x4, 3x3): a square kernel of 2..6 (larger
+    than 3 split into 3x3 pieces), stride 1, no dilation, not depthwise, enough channels for the
+    GEMMs to dominate the transforms, and enough images for the transformed filters (4x the
+    weights per 3x3 piece) to be read fewer times than they save (docs/benchmark.md)."""
+    M, Cg, kh, kw = w.shape
+    if not (kh == kw and 2 <= kh <= 6 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
+            and Cg >= 16 and M // group >= 16):
+        return False
+    return x_shape[0] >= WINOGRAD_MIN_BATCH
+
+
+#: smallest batch routed to Winograd
+WINOGRAD_MIN_BATCH = 4
+
+
+def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
+    """x: (N, C, H, W) -> (N, M, Ho, Wo); same contract as :func:`convolution_reference`."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    N, C, H, W = x.shape
+    M, Cg, kh, kw = w.shape
+    sh, sw = stride
+    dh, dw = dilation
+    if group == C and Cg == 1:
+        return convolution_depthwise_cpu(x, w, b, stride, pad, dilation, group)
+    if WINOGRAD and winograd_applies(w, stride, dilation, group, x.shape):
+        return convolution_winograd_cpu(x, w, b, pad, group)
+    if kh == kw == 1 and sh == sw == 1 and tuple(pad) == (0, 0, 0, 0) and group == 1:
+        return convolution_1x1_cpu(x, w, b)
+    if sh == sw == 1:
+        return convolution_wide_cpu(x, w, b, pad, dilation, group)
+    if sh == sw and dh == dw == 1:
+        return convolution_phase_cpu(x, w, b, stride, pad, group)
+    # unequal strides, or strided and dilated
+    return convolution_gather_cpu(x, w, b, stride, pad, dilation, group)
+
+
+def conv_geometry(layer, p):
+    """Parse kernel/stride/pad/dilation from a convolution_param (Caffe field conventions)."""
+    kh, kw = hw_param(layer, p, "kernel", required=True)
+    if kh < 1 or kw < 1:
+        raise layer.err("kernel size must be >= 1")
+    sh, sw = hw_param(layer, p, "stride", default=1)
+    if sh < 1 or sw < 1:
+        raise layer.err("stride must be >= 1")
+    ph, pw = hw_param(layer, p, "pad", default=0)
+    pad = (ph, ph, pw, pw)
+    asym = [p.get(k) for k in ("pad_top", "pad_bottom", "pad_left", "pad_right")]
+    if any(v is not None for v in asym):
+        if p.has("pad") or p.has("pad_h"):
+            raise layer.err("give either pad/pad_h/pad_w or pad_top/pad_bottom/pad_left/pad_right")
+        pad = tuple(int(v or 0) for v in asym)
+    dil = p.getall("dilation")
+    if len(dil) == 0:
+        dh = dw = 1
+    elif len(dil) == 1:
+        dh = dw = dil[0]
+    else:
+        dh, dw = dil[0], dil[1]
+    if dh < 1 or dw < 1:
+        raise layer.err("dilation must be >= 1")
+    return (kh, kw), (sh, sw), pad, (dh, dw)
+
+
+@register("Convolution")
+class Convolution(Layer):
+    def __init__(self, name, lp, bottoms, tops):
+        super().__init__(name, lp, bottoms, tops)
+        p = self.pget("convolution_param")
+        self.num_output = p.get("num_output")
+        if not isinstance(self.num_output, int) or self.num_output < 1:
+            raise self.err("convolution_param.num_output must be a positive integer")
+        self.kernel, self.stride, self.pad, self.dilation = conv_geometry(self, p)
+        self.group = p.get("group", 1)
+        if not isinstance(self.group, int) or self.group < 1 or self.num_output % self.group:
+            raise self.err(f"group {self.group!r} must be >= 1 and divide num_output {self.num_output}")
+        self.bias_term = as_bool(p.get("bias_term"), True)
+        if p.get("axis", 1) != 1:
+            raise self.err("only axis: 1 (NCHW) is supported")
+
+    def setup(self, shapes):
+        if len(shapes[0]) != 4:
+            raise self.err(f"expects a 4-D (N, C, H, W) input, got shape {shapes[0]}")
+        N, C, H, W = shapes[0]
+        if C % self.group:
+            raise self.err(f"input channels {C} not divisible by group {self.group}")
+        kh, kw = self.kernel
+        Ho = conv_out_size(H, kh, self.stride[0], self.pad[0], self.pad[1], self.dilation[0])
+        Wo = conv_out_size(W, kw, self.stride[1], self.pad[2], self.pad[3], self.dilation[1])
+        if Ho < 1 or Wo < 1:
+            raise self.err(f"input {H}x{W} is smaller than the kernel {kh}x{kw} (with padding)")
+        self.param_shapes = [(self.num_output, C // self.group, kh, kw)]
+        if self.bias_term:
+            self.param_shapes.append((self.num_output,))
+        return [(N, self.num_output, Ho, Wo)]
+
+    def flops(self, bshapes, tshapes):
+        N, M, Ho, Wo = tshapes[0]
+        _, Cg, kh, kw = self.param_shapes[0]
+        return 2 * N * M * Ho * Wo * Cg * kh * kw
+
+    def forward(self, bottoms, params, backend, inplace=False):
+        w = params[0]
+        b = params[1] if self.bias_term else None
+        f = {"numpy": convolution_reference, "cpu": convolution_cpu, "cuda": convolution_cuda}[backend]
+        return [f(bottoms[0], w, b, self.stride, self.pad, self.dilation, self.group)]
+
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        """-> ([dx], [dw, db]) for the layer's bottom and parameters (numpy/cpu backends)."""
+        f = {"numpy": convolution_backward_reference, "cpu": convolution_backward_cpu}[backend]
+        dx, dw, db = f(top_diffs[0], bottoms[0], params[0], self.stride, self.pad, self.dilation, self.group)
+        return [dx], ([dw, db] if self.bias_term else [dw])

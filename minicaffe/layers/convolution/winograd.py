@@ -1,0 +1,300 @@
+"""Winograd F(4x4, 3x3) convolution for 3x3 (and, split into 3x3 pieces, up to 6x6) stride-1 kernels.
+
+Shapes: ``x: (N, C, H, W)``, weight ``(M, C/group, k, k)``, output ``(N, M, Ho, Wo)``. The input
+is reordered to NHWC once per chunk so that both tile transforms run along contiguous channel
+vectors; the products summed over channels run as 36 GEMMs (one per tile position) through
+NumPy's BLAS; the output transform adds the bias (and an optional ReLU) and writes NCHW. Filter
+transforms are cached per weight array and checked against the current values on every use. Not
+for strided, dilated or depthwise convolutions.
+"""
+from __future__ import annotations
+
+import weakref
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _same_values(a, b):
+    # a, b: flat float32 of one size -> True when bitwise-equal as numbers (NaN never equal)
+    diff = 0
+    for i in prange(a.size):
+        if a[i] != b[i]:
+            diff += 1
+    return diff == 0
+
+
+#: transformed filters by weight array: id(w) -> (copy of w, U); bounded, least recently used out
+_FILTER_CACHE = {}
+FILTER_CACHE_SIZE = 64
+
+
+def winograd_filters(w, group=1):
+    """w: (M, Cg, k, k) float32 -> U: (36, group, S*Cg, M/group), the Winograd F(4x4, 3x3) filter
+    transform (:func:`_winograd_filters_uncached`), computed once per weight array and reused while
+    the array's values are unchanged.
+
+    Recomputing it per call would cost as much as the GEMMs at small batches. Weights may be
+    edited in place (``net.params[...][0][...] =``, training), so every hit compares the current
+    values with a private copy (one parallel pass over w, a small fraction of the transform's
+    memory traffic) and recomputes on any difference: the cache never serves a stale transform."""
+    key = (id(w), w.shape, group)
+    hit = _FILTER_CACHE.pop(key, None)
+    wf = np.ascontiguousarray(w, dtype=np.float32)
+    if hit is not None and _same_values(hit[0].ravel(), wf.ravel()):
+        _FILTER_CACHE[key] = hit                      # re-insert: most recently used last
+        return hit[1]
+    U = _winograd_filters_uncached(wf, group)
+    _FILTER_CACHE[key] = (wf.copy(), U)
+    if hit is None:
+        # the entry goes with the weight array (a deleted net frees its transforms at once); an
+        # id can only be reused after this callback has run, so it never drops a newer entry
+        weakref.finalize(w, _FILTER_CACHE.pop, key, None)
+    while len(_FILTER_CACHE) > FILTER_CACHE_SIZE:
+        _FILTER_CACHE.pop(next(iter(_FILTER_CACHE)))
+    return U
+
+
+# ---- Winograd F(4x4, 3x3) (Lavin & Gray, 2016): each 4x4 output tile from a 6x6 input tile with
+# 36 multiplies per (m, c) pair instead of 144 (4x fewer), interpolation points 0, +-1, +-2, inf:
+#   B^T = [[4, 0,-5, 0, 1, 0],      G = [[ 1/4,    0,    0],     A^T = [[1, 1, 1, 1, 1, 0],
+#          [0,-4,-4, 1, 1, 0],           [-1/6, -1/6, -1/6],            [0, 1,-1, 2,-2, 0],
+#          [0, 4,-4,-1, 1, 0],           [-1/6,  1/6, -1/6],            [0, 1, 1, 4, 4, 0],
+#          [0,-2,-1, 2, 1, 0],           [1/24, 1/12,  1/6],            [0, 1,-1, 8,-8, 1]]
+#          [0, 2,-1,-2, 1, 0],           [1/24,-1/12,  1/6],
+#          [0, 4, 0,-5, 0, 1]]           [   0,    0,    1]]
+
+
+@njit(cache=True, inline="always")
+def _g3(g0, g1, g2):
+    # G applied to one 3-vector
+    return (0.25 * g0,
+            -(g0 + g1 + g2) / 6.0,
+            -(g0 - g1 + g2) / 6.0,
+            g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
+            g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+            g2)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _winograd_filter(w):
+    # w: (M, Cg, 3, 3) -> U: (36, M, Cg) = G g G^T, computed in float64 then rounded once
+    M, Cg = w.shape[0], w.shape[1]
+    U = np.empty((36, M, Cg), dtype=np.float32)
+    for m in prange(M):
+        t = np.empty((6, 3), dtype=np.float64)
+        for c in range(Cg):
+            for j in range(3):
+                v = _g3(np.float64(w[m, c, 0, j]), np.float64(w[m, c, 1, j]), np.float64(w[m, c, 2, j]))
+                for i in range(6):
+                    t[i, j] = v[i]
+            for i in range(6):
+                v = _g3(t[i, 0], t[i, 1], t[i, 2])
+                for j in range(6):
+                    U[i * 6 + j, m, c] = v[j]
+    return U
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _pad_nhwc(x, n0, nb, pt, pl, xt):
+    # x: (N, C, H, W) -> xt[:nb]: (nb, Hp, Wp, C), images n0..n0+nb zero-padded (pt rows above, pl
+    # columns left, zeros to Hp x Wp) and reordered NCHW -> NHWC, so that the tile transforms run
+    # along contiguous channel vectors
+    N, C, H, W = x.shape
+    Hp, Wp = xt.shape[1], xt.shape[2]
+    h1, w1 = min(H, Hp - pt), min(W, Wp - pl)
+    for t in prange(nb * Hp):
+        n = t // Hp
+        r = t % Hp
+        row = xt[n, r]
+        row[:, :] = 0.0
+        h = r - pt
+        if 0 <= h < h1:
+            for c in range(C):
+                src = x[n0 + n, c, h]
+                for q in range(w1):
+                    row[pl + q, c] = src[q]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _winograd_input(xt, nb, G, ks, th, tw, V):
+    # xt: (nb, Hp, Wp, C) padded NHWC -> V: (36, G, nb*th*tw, ks*ks*Cg) = B^T d B of every 6x6 tile
+    # of every 3x3 piece (offset 3*(s // ks), 3*(s % ks)); columns (image, tile row, tile column), K
+    # axis (piece, channel in group). Every operation runs along a contiguous vector of channels.
+    C = xt.shape[3]
+    Cg = C // G
+    S = ks * ks
+    T = th * tw
+    for t in prange(nb * th):
+        n = t // th
+        a = t % th
+        u = np.empty((6, 6, C), dtype=np.float32)
+        for bt in range(tw):
+            col = n * T + a * tw + bt
+            for s in range(S):
+                r0 = 4 * a + 3 * (s // ks)
+                q0 = 4 * bt + 3 * (s % ks)
+                # u[i, q] = (B^T d)[i] for column q of the tile: six input rows combined
+                for q in range(6):
+                    d0, d1, d2 = xt[n, r0, q0 + q], xt[n, r0 + 1, q0 + q], xt[n, r0 + 2, q0 + q]
+                    d3, d4, d5 = xt[n, r0 + 3, q0 + q], xt[n, r0 + 4, q0 + q], xt[n, r0 + 5, q0 + q]
+                    u0, u1, u2, u3, u4, u5 = u[0, q], u[1, q], u[2, q], u[3, q], u[4, q], u[5, q]
+                    for c in range(C):
+                        u0[c] = 4.0 * d0[c] - 5.0 * d2[c] + d4[c]
+                        u1[c] = -4.0 * (d1[c] + d2[c]) + d3[c] + d4[c]
+                        u2[c] = 4.0 * (d1[c] - d2[c]) - d3[c] + d4[c]
+                        u3[c] = 2.0 * (d3[c] - d1[c]) - d2[c] + d4[c]
+                        u4[c] = 2.0 * (d1[c] - d3[c]) - d2[c] + d4[c]
+                        u5[c] = 4.0 * d1[c] - 5.0 * d3[c] + d5[c]
+                # V[i*6 + j] = (u[i] B)[j]: the same six-point transform along the tile's columns
+                for g in range(G):
+                    c0 = g * Cg
+                    k0 = s * Cg
+                    for i in range(6):
+                        e0, e1, e2 = u[i, 0, c0:c0 + Cg], u[i, 1, c0:c0 + Cg], u[i, 2, c0:c0 + Cg]
+                        e3, e4, e5 = u[i, 3, c0:c0 + Cg], u[i, 4, c0:c0 + Cg], u[i, 5, c0:c0 + Cg]
+                        v0 = V[i * 6, g, col, k0:k0 + Cg]
+                        v1 = V[i * 6 + 1, g, col, k0:k0 + Cg]
+                        v2 = V[i * 6 + 2, g, col, k0:k0 + Cg]
+                        v3 = V[i * 6 + 3, g, col, k0:k0 + Cg]
+                        v4 = V[i * 6 + 4, g, col, k0:k0 + Cg]
+                        v5 = V[i * 6 + 5, g, col, k0:k0 + Cg]
+                        for c in range(Cg):
+                            v0[c] = 4.0 * e0[c] - 5.0 * e2[c] + e4[c]
+                            v1[c] = -4.0 * (e1[c] + e2[c]) + e3[c] + e4[c]
+                            v2[c] = 4.0 * (e1[c] - e2[c]) - e3[c] + e4[c]
+                            v3[c] = 2.0 * (e3[c] - e1[c]) - e2[c] + e4[c]
+                            v4[c] = 2.0 * (e1[c] - e3[c]) - e2[c] + e4[c]
+                            v5[c] = 4.0 * e1[c] - 5.0 * e3[c] + e5[c]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _winograd_output(Mt, b, has_bias, relu, n0, nb, th, tw, y):
+    # Mt: (36, G, nb*th*tw, Mg) -> y[n0:n0+nb]: (N, M, Ho, Wo) = A^T m A (+ bias, then max(0, .)
+    # when relu), the last tile row / column cropped to Ho x Wo. The transform runs along
+    # contiguous vectors of output channels; the NHWC -> NCHW reorder happens in the final store.
+    G, Mg = Mt.shape[1], Mt.shape[3]
+    M = G * Mg
+    Ho, Wo = y.shape[2], y.shape[3]
+    T = th * tw
+    for t in prange(nb * th):
+        n = t // th
+        a = t % th
+        sv = np.empty((4, 6, Mg), dtype=np.float32)
+        o = np.empty((4, 4, M), dtype=np.float32)
+        for bt in range(tw):
+            col = n * T + a * tw + bt
+            for g in range(G):
+                # sv[i, j] = (A^T m)[i] for column j of the tile
+                for j in range(6):
+                    m0, m1, m2 = Mt[j, g, col], Mt[6 + j, g, col], Mt[12 + j, g, col]
+                    m3, m4, m5 = Mt[18 + j, g, col], Mt[24 + j, g, col], Mt[30 + j, g, col]
+                    s0, s1, s2, s3 = sv[0, j], sv[1, j], sv[2, j], sv[3, j]
+                    for m in range(Mg):
+                        s0[m] = m0[m] + m1[m] + m2[m] + m3[m] + m4[m]
+                        s1[m] = m1[m] - m2[m] + 2.0 * (m3[m] - m4[m])
+                        s2[m] = m1[m] + m2[m] + 4.0 * (m3[m] + m4[m])
+                        s3[m] = m1[m] - m2[m] + 8.0 * (m3[m] - m4[m]) + m5[m]
+                for i in range(4):
+                    e0, e1, e2 = sv[i, 0], sv[i, 1], sv[i, 2]
+                    e3, e4, e5 = sv[i, 3], sv[i, 4], sv[i, 5]
+                    o0 = o[i, 0, g * Mg:(g + 1) * Mg]
+                    o1 = o[i, 1, g * Mg:(g + 1) * Mg]
+                    o2 = o[i, 2, g * Mg:(g + 1) * Mg]
+                    o3 = o[i, 3, g * Mg:(g + 1) * Mg]
+                    bg = b[g * Mg:(g + 1) * Mg]
+                    for m in range(Mg):
+                        bias = bg[m] if has_bias else np.float32(0.0)
+                        r0 = e0[m] + e1[m] + e2[m] + e3[m] + e4[m] + bias
+                        r1 = e1[m] - e2[m] + 2.0 * (e3[m] - e4[m]) + bias
+                        r2 = e1[m] + e2[m] + 4.0 * (e3[m] + e4[m]) + bias
+                        r3 = e1[m] - e2[m] + 8.0 * (e3[m] - e4[m]) + e5[m] + bias
+                        if relu:
+                            r0 = max(r0, np.float32(0.0))
+                            r1 = max(r1, np.float32(0.0))
+                            r2 = max(r2, np.float32(0.0))
+                            r3 = max(r3, np.float32(0.0))
+                        o0[m] = r0
+                        o1[m] = r1
+                        o2[m] = r2
+                        o3[m] = r3
+            # store the 4x4 tile, NHWC -> NCHW
+            ni = n0 + n
+            for i in range(4):
+                oh = 4 * a + i
+                if oh >= Ho:
+                    break
+                for j in range(4):
+                    ow = 4 * bt + j
+                    if ow >= Wo:
+                        break
+                    oij = o[i, j]
+                    for m in range(M):
+                        y[ni, m, oh, ow] = oij[m]
+
+
+def _winograd_filters_uncached(w, group=1):
+    # w: (M, Cg, k, k) -> U: (36, group, S*Cg, M/group), S = ceil(k/3)^2 pieces; K axis (piece,
+    # channel in group) as V's in _winograd_input, output channels last (the GEMM's N axis)
+    M, Cg, k, _ = w.shape
+    ks = -(-k // 3)
+    S = ks * ks
+    Mg = M // group
+    wp = np.zeros((M, Cg, 3 * ks, 3 * ks), dtype=np.float32)
+    wp[:, :, :k, :k] = w
+    U = np.empty((36, group, S * Cg, Mg), dtype=np.float32)
+    for s in range(S):
+        oa, ob = 3 * (s // ks), 3 * (s % ks)
+        Us = _winograd_filter(np.ascontiguousarray(wp[:, :, oa:oa + 3, ob:ob + 3]))   # (36, M, Cg)
+        for g in range(group):
+            # (36, Mg, Cg) -> (36, Cg, Mg): K rows, output channels along the row
+            U[:, g, s * Cg:(s + 1) * Cg] = Us[:, g * Mg:(g + 1) * Mg].transpose(0, 2, 1)
+    return U
+
+
+#: bytes allowed for the transformed input (and, as much again, the products) of one chunk
+WINOGRAD_BUDGET = 48 << 20
+
+
+def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1, relu=False):
+    """x: (N, C, H, W), w: (M, C/group, k, k) -> (N, M, Ho, Wo); stride-1 convolution by Winograd
+    F(4x4, 3x3) (same contract as :func:`convolution_reference` for those layers; ``relu=True``
+    applies max(0, .) to the output, as a following in-place ReLU would).
+
+    Per chunk of images: pad + reorder to NHWC, transform every 6x6 tile along channel vectors
+    (V: 36 x tiles x channels), 36 GEMMs per group (tiles x K) @ (K x Mg) through BLAS, and the
+    output transform along output-channel vectors with bias (and ReLU) into NCHW. k > 3 (CaffeNet
+    conv2: 5x5) is zero-padded to 3*ks and split into ks*ks 3x3 pieces at offsets (3a, 3b) whose
+    transformed inputs stack along K, so each tile still needs one GEMM row and one output
+    transform: y = the sum over pieces."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    N, C, H, W = x.shape
+    M, Cg, k, _ = w.shape
+    ks = -(-k // 3)
+    S = ks * ks
+    pt, pb, pl, pr = pad
+    Ho, Wo = H + pt + pb - k + 1, W + pl + pr - k + 1
+    th, tw = (Ho + 3) // 4, (Wo + 3) // 4
+    T = th * tw
+    Mg = M // group
+    U = winograd_filters(w, group)
+    has_bias = b is not None
+    bb = np.ascontiguousarray(b, dtype=np.float32) if has_bias else np.zeros(M, np.float32)
+    nb = int(max(1, min(N, WINOGRAD_BUDGET // max(1, 36 * C * S * T * 4))))
+    y = np.empty((N, M, Ho, Wo), dtype=np.float32)
+    # padded to whole 6x6 tiles for every piece's offset: the tile loops need no bounds checks
+    Hp, Wp = 4 * th + 2 + 3 * (ks - 1), 4 * tw + 2 + 3 * (ks - 1)
+    xt = np.empty((nb, Hp, Wp, C), dtype=np.float32)
+    V = Mt = None
+    for n0 in range(0, N, nb):
+        cur = min(nb, N - n0)
+        if V is None or V.shape[2] != cur * T:
+            V = np.empty((36, group, cur * T, S * Cg), dtype=np.float32)
+            Mt = np.empty((36, group, cur * T, Mg), dtype=np.float32)
+        _pad_nhwc(x, n0, cur, pt, pl, xt)
+        _winograd_input(xt, cur, group, ks, th, tw, V)
+        for g in range(group):
+            np.matmul(V[:, g], U[:, g], out=Mt[:, g])       # 36 x (tiles, S*Cg) @ (S*Cg, Mg)
+        _winograd_output(Mt, bb, has_bias, relu, n0, cur, th, tw, y)
+    return y

@@ -1,0 +1,89 @@
+"""Every CPU convolution variant against the NumPy reference, through one signature.
+
+Each variant of ``minicaffe.layers.convolution`` takes ``(x, w, b, stride, pad, dilation, group)``
+(or the documented subset); the table says which shapes each one supports. Odd sizes, tails,
+groups, asymmetric padding, batch 1 and > 1; float64 reference, explicit tolerance.
+"""
+import numpy as np
+import pytest
+
+from minicaffe.layers import convolution as C
+
+
+def _assert_close(got, want, rtol, what):
+    err = np.abs(got.astype(np.float64) - want)
+    rel = err.max() / max(np.abs(want).max(), 1e-30)
+    where = np.unravel_index(err.argmax(), err.shape)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    assert rel <= rtol, f"{what}: max abs err {err.max():.3e}, rel {rel:.3e} at {where} (tolerance {rtol})"
+
+
+# (id, x shape, w shape, stride, pad (t, b, l, r), dilation, group)
+CASES = [
+    ("3x3_b1_odd", (1, 16, 13, 11), (24, 16, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("3x3_b5_group2_asym", (5, 32, 9, 10), (32, 16, 3, 3), (1, 1), (1, 0, 2, 1), (1, 1), 2),
+    ("5x5_b3_group2", (3, 32, 15, 15), (48, 16, 5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 2),
+    ("5x5_b1_nopad", (1, 16, 9, 8), (16, 16, 5, 5), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("1x1_b2", (2, 24, 7, 5), (40, 24, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("11x11_s4_b2", (2, 3, 35, 35), (16, 3, 11, 11), (4, 4), (0, 0, 0, 0), (1, 1), 1),
+    ("3x3_s2_group2", (3, 4, 9, 10), (6, 2, 3, 3), (2, 2), (1, 0, 2, 1), (1, 1), 2),
+    ("3x2_s2x1_dil2", (2, 4, 11, 9), (6, 4, 3, 2), (2, 1), (1, 1, 0, 1), (2, 2), 1),
+    ("dw_3x3_b2", (2, 8, 9, 7), (8, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8),
+    ("dw_5x5_s2_mult2", (1, 6, 12, 11), (12, 1, 5, 5), (2, 2), (1, 2, 2, 1), (1, 1), 6),
+]
+
+
+def _supports(variant, xs, ws, stride, pad, dil, group):
+    square_s1 = ws[2] == ws[3] and tuple(stride) == (1, 1) and tuple(dil) == (1, 1)
+    depthwise = group == xs[1] and ws[1] == 1
+    return {
+        "cpu": True,
+        "gather": not depthwise,
+        "wide": tuple(stride) == (1, 1) and not depthwise,
+        "phase": stride[0] == stride[1] and tuple(dil) == (1, 1) and not depthwise,
+        "winograd": square_s1 and not depthwise,
+        "1x1": ws[2:] == (1, 1) and tuple(stride) == (1, 1) and tuple(pad) == (0, 0, 0, 0) and group == 1,
+        "depthwise": depthwise,
+    }[variant]
+
+
+VARIANTS = {
+    "cpu": C.convolution_cpu,
+    "gather": C.convolution_gather_cpu,
+    "wide": lambda x, w, b, s, p, d, g: C.convolution_wide_cpu(x, w, b, p, d, g),
+    "phase": lambda x, w, b, s, p, d, g: C.convolution_phase_cpu(x, w, b, s, p, g),
+    "winograd": lambda x, w, b, s, p, d, g: C.convolution_winograd_cpu(x, w, b, p, g),
+    "1x1": lambda x, w, b, s, p, d, g: C.convolution_1x1_cpu(x, w, b),
+    "depthwise": C.convolution_depthwise_cpu,
+}
+
+
+PAIRS = [(v, c) for c in CASES for v in VARIANTS if _supports(v, *c[1:])]
+
+
+@pytest.mark.parametrize("variant,case", PAIRS, ids=[f"{v}-{c[0]}" for v, c in PAIRS])
+def test_variant_vs_reference(variant, case):
+    name, xs, ws, stride, pad, dil, group = case
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(xs) * 10).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    for b in (rng.standard_normal(ws[0]).astype(np.float32), None):
+        ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64),
+                                      None if b is None else b.astype(np.float64), stride, pad, dil, group)
+        got = VARIANTS[variant](x, w, b, stride, pad, dil, group)
+        _assert_close(got, ref, 2e-5, f"{variant} {name} bias={b is not None}")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0].startswith(("3x3_b", "5x5"))], ids=lambda c: c[0])
+def test_winograd_fused_relu(case):
+    """relu=True equals max(0, conv) of the reference (the fused in-place ReLU)."""
+    name, xs, ws, stride, pad, dil, group = case
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal(xs) * 10).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                                  stride, pad, dil, group)
+    got = C.convolution_winograd_cpu(x, w, b, pad, group, relu=True)
+    assert (got >= 0).all()
+    _assert_close(got, np.maximum(ref, 0), 2e-5, f"winograd+relu {name}")
