@@ -50,6 +50,12 @@ MAX_PARAMS = 4 * 10**9
 _ALIASING_TYPES = {"Flatten", "Dropout"}
 
 
+def _plain_inplace_relu(layer, blob):
+    """True when ``layer`` is a ReLU with slope 0 rectifying ``blob`` in place."""
+    return (layer.type == "ReLU" and layer.bottoms == [blob] and layer.tops == [blob]
+            and getattr(layer, "slope", 0.0) == 0.0)
+
+
 def _phase_ok(lp, phase):
     for rule in lp.getall("include"):
         if rule.get("phase") is not None and str(rule.get("phase")) != phase:
@@ -77,6 +83,12 @@ def load_net_definition(prototxt):
 class Net:
     """A Caffe net for inference. See the module docstring.
 
+    ``fuse_relu`` (attribute, default True): on the cpu backend, a Convolution or InnerProduct
+    followed by an in-place ReLU (slope 0) applies the ReLU in its own output pass and the ReLU
+    layer does no work. Blobs are identical (Caffe's in-place semantics: the blob is post-ReLU
+    either way); both layers' hooks still run, and the producing layer's after-hook already sees
+    the rectified values. ``keep_pre_activation=True`` turns fusion off.
+
     Parameters
     ----------
     prototxt : path, prototxt text or parsed Message
@@ -84,6 +96,8 @@ class Net:
     backend : ``"numpy"`` (reference), ``"cpu"`` (Numba) or ``"cuda"``
     seed : seed of the random weights when ``weights`` is None
     """
+
+    fuse_relu = True
 
     def __init__(self, prototxt, weights=None, backend="cpu", seed=0, phase="TEST"):
         self.backend = check_backend(backend)
@@ -341,6 +355,8 @@ class Net:
         else:
             params = self.params
         aliased = set()
+        fuse = self.fuse_relu and backend == "cpu" and not keep_pre_activation
+        fused = -1                      # index of a ReLU whose work the previous layer did
         for i in range(i0, i1 + 1):
             layer = self.layers[i]
             if layer.type == "Input":
@@ -348,6 +364,12 @@ class Net:
             for hb, _ in self._hooks:
                 if hb is not None:
                     hb(self, i, layer)
+            if i == fused:
+                tops = [blobs[layer.tops[0]]]
+                for _, ha in self._hooks:
+                    if ha is not None:
+                        ha(self, i, layer, tops)
+                continue
             bottoms = [blobs[b] for b in layer.bottoms]
             inplace = layer.inplace and layer.can_run_inplace
             if inplace and keep_pre_activation:
@@ -357,8 +379,12 @@ class Net:
                 inplace = False
             if inplace and layer.bottoms[0] in aliased:
                 inplace = False
+            extra = {}
+            if fuse and layer.fuses_relu and i < i1 and len(layer.tops) == 1 and _plain_inplace_relu(
+                    self.layers[i + 1], layer.tops[0]):
+                extra, fused = {"relu": True}, i + 1
             try:
-                tops = layer.forward(bottoms, params.get(layer.name, []), backend, inplace=inplace)
+                tops = layer.forward(bottoms, params.get(layer.name, []), backend, inplace=inplace, **extra)
             except MinicaffeError:
                 raise
             except (ValueError, IndexError) as e:

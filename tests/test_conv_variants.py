@@ -74,16 +74,27 @@ def test_variant_vs_reference(variant, case):
         _assert_close(got, ref, 2e-5, f"{variant} {name} bias={b is not None}")
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[0].startswith(("3x3_b", "5x5"))], ids=lambda c: c[0])
-def test_winograd_fused_relu(case):
-    """relu=True equals max(0, conv) of the reference (the fused in-place ReLU)."""
+FUSING = {
+    "cpu": lambda x, w, b, s, p, d, g: C.convolution_cpu(x, w, b, s, p, d, g, relu=True),
+    "gather": lambda x, w, b, s, p, d, g: C.convolution_gather_cpu(x, w, b, s, p, d, g, relu=True),
+    "wide": lambda x, w, b, s, p, d, g: C.convolution_wide_cpu(x, w, b, p, d, g, relu=True),
+    "phase": lambda x, w, b, s, p, d, g: C.convolution_phase_cpu(x, w, b, s, p, g, relu=True),
+    "winograd": lambda x, w, b, s, p, d, g: C.convolution_winograd_cpu(x, w, b, p, g, relu=True),
+    "1x1": lambda x, w, b, s, p, d, g: C.convolution_1x1_cpu(x, w, b, relu=True),
+    "depthwise": lambda x, w, b, s, p, d, g: C.convolution_depthwise_cpu(x, w, b, s, p, d, g, relu=True),
+}
+
+
+@pytest.mark.parametrize("variant,case", PAIRS, ids=[f"{v}-{c[0]}" for v, c in PAIRS])
+def test_variant_fused_relu(variant, case):
+    """relu=True equals max(0, conv) of the reference (the fused in-place ReLU), with and without bias."""
     name, xs, ws, stride, pad, dil, group = case
     rng = np.random.default_rng(12)
     x = (rng.standard_normal(xs) * 10).astype(np.float32)
     w = rng.standard_normal(ws).astype(np.float32)
-    b = rng.standard_normal(ws[0]).astype(np.float32)
-    ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
-                                  stride, pad, dil, group)
-    got = C.convolution_winograd_cpu(x, w, b, pad, group, relu=True)
-    assert (got >= 0).all()
-    _assert_close(got, np.maximum(ref, 0), 2e-5, f"winograd+relu {name}")
+    for b in (rng.standard_normal(ws[0]).astype(np.float32), None):
+        ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64),
+                                      None if b is None else b.astype(np.float64), stride, pad, dil, group)
+        got = FUSING[variant](x, w, b, stride, pad, dil, group)
+        assert (got >= 0).all() and (got == 0).any(), f"{variant} {name}: not rectified"
+        _assert_close(got, np.maximum(ref, 0), 2e-5, f"{variant}+relu {name} bias={b is not None}")

@@ -167,3 +167,51 @@ def test_openblas_thread_timeout_applies_when_numpy_was_imported_first():
                                          f"{spun:.3f} s without")
     late, _, _ = _spin_probe({"OPENBLAS_THREAD_TIMEOUT": "28"})
     assert not late      # the user's own setting (read by OpenBLAS at load) is left alone
+
+
+_FUSE_NET = """
+name: "fuse"
+input: "data" input_shape { dim: 1 dim: 3 dim: 23 dim: 23 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 16 kernel_size: 5 stride: 2 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+        convolution_param { num_output: 24 kernel_size: 3 pad: 1 group: 2 } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "leaky" type: "Convolution" bottom: "conv2" top: "leaky"
+        convolution_param { num_output: 16 kernel_size: 3 } }
+layer { name: "relu3" type: "ReLU" bottom: "leaky" top: "leaky" relu_param { negative_slope: 0.1 } }
+layer { name: "fc" type: "InnerProduct" bottom: "leaky" top: "fc" inner_product_param { num_output: 10 } }
+layer { name: "relu4" type: "ReLU" bottom: "fc" top: "fc" }
+layer { name: "out" type: "InnerProduct" bottom: "fc" top: "out" inner_product_param { num_output: 4 } }
+layer { name: "relu5" type: "ReLU" bottom: "out" top: "out2" }
+"""
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_fused_relu_gives_the_same_blobs_and_runs_every_hook(batch):
+    """Conv/fc + in-place ReLU fused on the cpu backend: every blob equals the unfused pass (and
+    the numpy reference), every layer's hooks still run in order; a leaky ReLU and a ReLU writing
+    a new top are not fused."""
+    from minicaffe import Net
+    x = np.random.default_rng(4).standard_normal((batch, 3, 23, 23)).astype(np.float32) * 20
+    fused = Net(_FUSE_NET, None, backend="cpu", seed=1)
+    plain = Net(_FUSE_NET, fused.params, backend="cpu")
+    plain.fuse_relu = False
+    ref = Net(_FUSE_NET, fused.params, backend="numpy")
+    ran = []
+    for layer in fused.layers:
+        if layer.type == "ReLU":
+            layer.forward = (lambda f, n: lambda *a, **k: (ran.append(n), f(*a, **k))[1])(layer.forward, layer.name)
+    seen = []
+    fused.add_hook(before=lambda net, i, l: seen.append(("b", l.name)), after=lambda net, i, l, t: seen.append(("a", l.name)))
+    a, b, r = fused.forward(x), plain.forward(x), ref.forward(x)
+    names = [l.name for l in fused.layers]
+    assert seen == [(k, n) for n in names for k in ("b", "a")]
+    assert ran == ["relu3", "relu5"], f"ReLU layers that did their own pass: {ran}"
+    assert list(a) == list(b) == list(r)
+    for k in a:
+        scale = max(float(np.abs(r[k]).max()), 1e-30)
+        assert np.abs(a[k] - b[k]).max() / scale <= 1e-5, f"{k}: fused vs unfused {np.abs(a[k] - b[k]).max():.3e}"
+        assert np.abs(a[k] - r[k]).max() / scale <= 1e-5, f"{k}: fused vs numpy {np.abs(a[k] - r[k]).max():.3e}"
+    assert (a["conv1"] >= 0).all() and (a["fc"] >= 0).all() and (a["leaky"] < 0).any()

@@ -26,6 +26,9 @@ class Layer:
     type = "?"
     #: layers whose output may overwrite their input when top == bottom (Caffe in-place)
     can_run_inplace = False
+    #: layers whose cpu ``forward`` takes ``relu=True`` and applies a following in-place ReLU in
+    #: its own output pass (the net then skips the ReLU layer's separate pass over memory)
+    fuses_relu = False
 
     def __init__(self, name, lp, bottoms, tops):
         self.name, self.lp, self.bottoms, self.tops = name, lp, list(bottoms), list(tops)

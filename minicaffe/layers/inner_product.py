@@ -5,8 +5,9 @@ Shapes: ``x: (N, ...)`` is flattened from ``axis`` (default 1) to ``(N, K)`` in 
 for Caffe weights (PyTorch and TF exports may need one; the converters say where). Weight is
 ``(M, K)`` (``transpose: true`` stores ``(K, M)``), bias ``(M,)``; output ``(N, M)``.
 Implementations: ``inner_product_reference`` (NumPy ``x @ W.T``), ``inner_product_cpu`` (BLAS
-GEMM/GEMV through NumPy, bias added by a Numba kernel), ``inner_product_cuda`` (a shared-memory
-tiled matrix product, in the style of Numba's documentation example).
+GEMM/GEMV through NumPy, bias added by a Numba kernel; small batches stream the weights once
+through ``inner_product_rows_cpu``), ``inner_product_cuda`` (a shared-memory tiled matrix product,
+in the style of Numba's documentation example).
 """
 from __future__ import annotations
 
@@ -26,19 +27,87 @@ def inner_product_reference(x, w, b, transpose=False):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _add_bias_rows(y, b):
+def _add_bias_rows(y, b, has_bias, relu):
+    # y: (N, M) += b, then max(0, .) when relu
     N, M = y.shape
     for n in prange(N):
+        row = y[n]
         for m in range(M):
-            y[n, m] += b[m]
+            v = row[m] + b[m] if has_bias else row[m]
+            row[m] = max(v, np.float32(0.0)) if relu else v
 
 
-def inner_product_cpu(x, w, b, transpose=False):
-    """Same contract as :func:`inner_product_reference`."""
+@njit(parallel=True, cache=True, nogil=True, fastmath=True)
+def _fc_rows(x, w, b, has_bias, relu, y):
+    # x: (N, K), w: (M, K) -> y: (N, M). Four weight rows per task, each row's dot products with all
+    # N inputs while the rows are in cache: the weights are read from memory once per batch.
+    # fastmath lets LLVM vectorise the reductions (the summation order differs from BLAS's).
+    N, K = x.shape
+    M = w.shape[0]
+    for jb in prange((M + 3) // 4):
+        j = 4 * jb
+        if j + 4 <= M:
+            w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
+            for n in range(N):
+                xr = x[n]
+                s0 = np.float32(0.0)
+                s1 = np.float32(0.0)
+                s2 = np.float32(0.0)
+                s3 = np.float32(0.0)
+                for k in range(K):
+                    xv = xr[k]
+                    s0 += w0[k] * xv
+                    s1 += w1[k] * xv
+                    s2 += w2[k] * xv
+                    s3 += w3[k] * xv
+                y[n, j] = s0
+                y[n, j + 1] = s1
+                y[n, j + 2] = s2
+                y[n, j + 3] = s3
+        else:
+            for jj in range(j, M):
+                wr = w[jj]
+                for n in range(N):
+                    xr = x[n]
+                    s = np.float32(0.0)
+                    for k in range(K):
+                        s += wr[k] * xr[k]
+                    y[n, jj] = s
+        for jj in range(j, min(j + 4, M)):
+            bj = b[jj] if has_bias else np.float32(0.0)
+            for n in range(N):
+                v = y[n, jj] + bj
+                y[n, jj] = max(v, np.float32(0.0)) if relu else v
+
+
+def inner_product_rows_cpu(x, w, b, transpose=False, relu=False):
+    """Same contract as :func:`inner_product_reference` (``transpose=False`` only): every weight
+    row meets all N inputs while it is in cache. For small batches, where BLAS would pack (copy)
+    the whole weight matrix per call, this reads it once."""
+    if transpose:
+        raise ValueError("inner_product_rows_cpu takes (M, K) weights")
     x = np.ascontiguousarray(x, dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    y = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
+    has_bias = b is not None
+    _fc_rows(x, w, b if has_bias else np.zeros(1, np.float32), has_bias, relu, y)
+    return y
+
+
+#: batch sizes that :func:`inner_product_cpu` sends to :func:`inner_product_rows_cpu` (at batch 1
+#: BLAS's GEMV already reads the weights once; from ~16 images BLAS's packed GEMM wins)
+ROWS_BATCHES = range(2, 17)
+
+
+def inner_product_cpu(x, w, b, transpose=False, relu=False):
+    """Same contract as :func:`inner_product_reference` (``relu=True``: max(0, .) applied with the
+    bias, the fused in-place ReLU)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not transpose and x.shape[0] in ROWS_BATCHES:
+        return inner_product_rows_cpu(x, w, b, relu=relu)
     y = np.matmul(x, w if transpose else w.T)  # (N,K)x(K,M): BLAS sees W as a transposed operand, no copy
-    if b is not None:
-        _add_bias_rows(y, b)
+    if b is not None or relu:
+        _add_bias_rows(y, b if b is not None else np.zeros(1, np.float32), b is not None, relu)
     return y
 
 
@@ -112,13 +181,21 @@ class InnerProduct(Layer):
     def flops(self, bshapes, tshapes):
         return 2 * int(np.prod(tshapes[0])) * self.K
 
-    def forward(self, bottoms, params, backend, inplace=False):
+    #: the cpu kernels can apply a following in-place ReLU with the bias (``relu=True``)
+    fuses_relu = True
+
+    def forward(self, bottoms, params, backend, inplace=False, relu=False):
         x = bottoms[0]
         lead = tuple(x.shape[:self._ax])
         x2 = x.reshape(int(np.prod(lead)), -1)  # row-major flatten of (C, H, W): Caffe's order
         b = params[1] if self.bias_term else None
-        f = {"numpy": inner_product_reference, "cpu": inner_product_cpu, "cuda": inner_product_cuda}[backend]
-        y = f(x2, params[0], b, self.transpose)
+        if backend == "cpu":
+            y = inner_product_cpu(x2, params[0], b, self.transpose, relu)
+        elif relu:
+            raise ValueError(f"the {backend} backend does not fuse ReLU")
+        else:
+            f = {"numpy": inner_product_reference, "cuda": inner_product_cuda}[backend]
+            y = f(x2, params[0], b, self.transpose)
         return [y.reshape(lead + (self.num_output,))]
 
 

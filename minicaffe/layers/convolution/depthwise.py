@@ -85,7 +85,7 @@ def _depthwise_s1(x, w, b, has_bias, pt, pl, mult, y):
         _dw_plane_s1(x[n, m // mult], w[m, 0], b[m] if has_bias else np.float32(0.0), pt, pl, y[n, m])
 
 
-def convolution_depthwise_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
+def convolution_depthwise_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False):
     """x: (N, C, H, W), w: (C*mult, 1, kh, kw) -> (N, C*mult, Ho, Wo); depthwise only
     (``group == C``), same contract as :func:`convolution_reference` for those layers."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -105,4 +105,6 @@ def convolution_depthwise_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation
         _depthwise_s1(x, w, bb, has_bias, pt, pl, M // C, y)
     else:
         _depthwise(x, w, bb, has_bias, sh, sw, pt, pl, dh, dw, M // C, y)
+    if relu:
+        np.maximum(y, 0, out=y)
     return y

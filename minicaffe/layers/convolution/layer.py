@@ -52,25 +52,26 @@ def winograd_applies(w, stride, dilation, group, x_shape):
 WINOGRAD_MIN_BATCH = 4
 
 
-def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1):
-    """x: (N, C, H, W) -> (N, M, Ho, Wo); same contract as :func:`convolution_reference`."""
+def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False):
+    """x: (N, C, H, W) -> (N, M, Ho, Wo); same contract as :func:`convolution_reference`
+    (``relu=True``: max(0, .) applied in the output pass, the fused in-place ReLU)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
     M, Cg, kh, kw = w.shape
     sh, sw = stride
     dh, dw = dilation
     if group == C and Cg == 1:
-        return convolution_depthwise_cpu(x, w, b, stride, pad, dilation, group)
+        return convolution_depthwise_cpu(x, w, b, stride, pad, dilation, group, relu)
     if WINOGRAD and winograd_applies(w, stride, dilation, group, x.shape):
-        return convolution_winograd_cpu(x, w, b, pad, group)
+        return convolution_winograd_cpu(x, w, b, pad, group, relu)
     if kh == kw == 1 and sh == sw == 1 and tuple(pad) == (0, 0, 0, 0) and group == 1:
-        return convolution_1x1_cpu(x, w, b)
+        return convolution_1x1_cpu(x, w, b, relu)
     if sh == sw == 1:
-        return convolution_wide_cpu(x, w, b, pad, dilation, group)
+        return convolution_wide_cpu(x, w, b, pad, dilation, group, relu)
     if sh == sw and dh == dw == 1:
-        return convolution_phase_cpu(x, w, b, stride, pad, group)
+        return convolution_phase_cpu(x, w, b, stride, pad, group, relu)
     # unequal strides, or strided and dilated
-    return convolution_gather_cpu(x, w, b, stride, pad, dilation, group)
+    return convolution_gather_cpu(x, w, b, stride, pad, dilation, group, relu)
 
 
 def conv_geometry(layer, p):
@@ -137,11 +138,19 @@ class Convolution(Layer):
         _, Cg, kh, kw = self.param_shapes[0]
         return 2 * N * M * Ho * Wo * Cg * kh * kw
 
-    def forward(self, bottoms, params, backend, inplace=False):
+    #: the cpu kernels can apply a following in-place ReLU in their output pass (``relu=True``)
+    fuses_relu = True
+
+    def forward(self, bottoms, params, backend, inplace=False, relu=False):
         w = params[0]
         b = params[1] if self.bias_term else None
-        f = {"numpy": convolution_reference, "cpu": convolution_cpu, "cuda": convolution_cuda}[backend]
-        return [f(bottoms[0], w, b, self.stride, self.pad, self.dilation, self.group)]
+        if backend == "cpu":
+            return [convolution_cpu(bottoms[0], w, b, self.stride, self.pad, self.dilation, self.group, relu)]
+        f = {"numpy": convolution_reference, "cuda": convolution_cuda}[backend]
+        y = f(bottoms[0], w, b, self.stride, self.pad, self.dilation, self.group)
+        if relu:
+            raise ValueError(f"the {backend} backend does not fuse ReLU")
+        return [y]
 
     def backward(self, top_diffs, bottoms, tops, params, backend):
         """-> ([dx], [dw, db]) for the layer's bottom and parameters (numpy/cpu backends)."""
