@@ -28,6 +28,8 @@ CASES = [
     ("11x11_s4_b2", (2, 3, 35, 35), (16, 3, 11, 11), (4, 4), (0, 0, 0, 0), (1, 1), 1),
     ("3x3_s2_group2", (3, 4, 9, 10), (6, 2, 3, 3), (2, 2), (1, 0, 2, 1), (1, 1), 2),
     ("3x2_s2x1_dil2", (2, 4, 11, 9), (6, 4, 3, 2), (2, 1), (1, 1, 0, 1), (2, 2), 1),
+    ("37ch_b2_tails", (2, 5, 8, 9), (37, 5, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    ("narrow_plane_s1", (1, 8, 3, 2), (20, 8, 2, 2), (1, 1), (0, 1, 1, 0), (1, 1), 1),
     ("dw_3x3_b2", (2, 8, 9, 7), (8, 1, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8),
     ("dw_5x5_s2_mult2", (1, 6, 12, 11), (12, 1, 5, 5), (2, 2), (1, 2, 2, 1), (1, 1), 6),
 ]
@@ -44,6 +46,7 @@ def _supports(variant, xs, ws, stride, pad, dil, group):
         "winograd": square_s1 and not depthwise,
         "1x1": ws[2:] == (1, 1) and tuple(stride) == (1, 1) and tuple(pad) == (0, 0, 0, 0) and group == 1,
         "depthwise": depthwise,
+        "direct": C.direct_applies(xs, np.empty(ws), stride, pad, dil, group),
     }[variant]
 
 
@@ -55,6 +58,7 @@ VARIANTS = {
     "winograd": lambda x, w, b, s, p, d, g: C.convolution_winograd_cpu(x, w, b, p, g),
     "1x1": lambda x, w, b, s, p, d, g: C.convolution_1x1_cpu(x, w, b),
     "depthwise": C.convolution_depthwise_cpu,
+    "direct": C.convolution_direct_cpu,
 }
 
 
@@ -82,6 +86,7 @@ FUSING = {
     "winograd": lambda x, w, b, s, p, d, g: C.convolution_winograd_cpu(x, w, b, p, g, relu=True),
     "1x1": lambda x, w, b, s, p, d, g: C.convolution_1x1_cpu(x, w, b, relu=True),
     "depthwise": lambda x, w, b, s, p, d, g: C.convolution_depthwise_cpu(x, w, b, s, p, d, g, relu=True),
+    "direct": lambda x, w, b, s, p, d, g: C.convolution_direct_cpu(x, w, b, s, p, d, g, relu=True),
 }
 
 
@@ -98,3 +103,20 @@ def test_variant_fused_relu(variant, case):
         got = FUSING[variant](x, w, b, stride, pad, dil, group)
         assert (got >= 0).all() and (got == 0).any(), f"{variant} {name}: not rectified"
         _assert_close(got, np.maximum(ref, 0), 2e-5, f"{variant}+relu {name} bias={b is not None}")
+
+
+@pytest.mark.parametrize("variant", ["direct", "winograd"])
+def test_cached_weight_transforms_follow_in_place_edits(variant):
+    """Packed panels / Winograd filters are cached per weight array; an in-place edit of the
+    weights (training, ``net.params[...][0][...] = ...``) must give the new result, never the old."""
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((4, 16, 9, 9)) * 10).astype(np.float32)
+    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    f = VARIANTS[variant]
+    for edit in (lambda a: None, lambda a: a.__setitem__((3, 5, 1, 2), a[3, 5, 1, 2] + 1.0),
+                 lambda a: a.__imul__(np.float32(-0.5))):
+        edit(w)
+        ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                                      (1, 1), (1, 1, 1, 1), (1, 1), 1)
+        _assert_close(f(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1), ref, 2e-5, f"{variant} after an edit")

@@ -7,7 +7,7 @@ from kernel_cases import CONV, LRN, POOL, rnd
 
 from minicaffe.layers import concat, eltwise, relu, softmax
 from minicaffe.layers import convolution as C
-from minicaffe.layers.convolution import im2col as CI, layer as CL, winograd as CW
+from minicaffe.layers.convolution import cache as CC, im2col as CI, layer as CL, winograd as CW
 from minicaffe.layers import inner_product as ip
 from minicaffe.layers import lrn as L
 from minicaffe.layers import pooling as P
@@ -121,13 +121,13 @@ def test_winograd_filter_cache_freed_with_the_weights():
     rng = np.random.default_rng(7)
     w = rnd(rng, 24, 16, 3, 3)
     C.winograd_filters(w)
-    key = (id(w), w.shape, 1)
-    assert key in CW._FILTER_CACHE
+    key = (id(w), w.shape, ("winograd", 1))
+    assert key in CC._FILTER_CACHE
     w[0, 0, 0, 0] += 1.0                      # a stale entry is replaced, not registered twice
     C.winograd_filters(w)
     del w
     gc.collect()
-    assert key not in CW._FILTER_CACHE, "the transform outlived its weight array"
+    assert key not in CC._FILTER_CACHE, "the transform outlived its weight array"
 
 
 # stride-phase wide im2col: (id, x shape, w shape, stride, pad(t,b,l,r), group, chunk budget or None)

@@ -1,12 +1,14 @@
 """Convolution (Caffe type ``Convolution``): the layer and shape rule (:mod:`.layer`), the NumPy
-reference (:mod:`.reference`), and the kernels — im2col + BLAS (:mod:`.im2col`), Winograd
-(:mod:`.winograd`), depthwise (:mod:`.depthwise`), CUDA (:mod:`.cuda`) and the CPU backward
-(:mod:`.backward`). Every fast forward variant has the reference's signature
+reference (:mod:`.reference`), and the kernels — direct register-blocked (:mod:`.direct`),
+Winograd (:mod:`.winograd`), im2col + BLAS (:mod:`.im2col`), depthwise (:mod:`.depthwise`), CUDA
+(:mod:`.cuda`) and the CPU backward (:mod:`.backward`); transformed weights are cached by
+:mod:`.cache`. Every fast forward variant has the reference's signature
 ``f(x, w, b, stride, pad, dilation, group)`` or a documented subset of it.
 """
 from .backward import convolution_backward_cpu
 from .cuda import convolution_cuda
 from .depthwise import convolution_depthwise_cpu
+from .direct import convolution_direct_cpu, direct_applies
 from .im2col import (
                      IM2COL_BUDGET,
                      convolution_1x1_cpu,
@@ -30,9 +32,10 @@ from .reference import (
 from .winograd import WINOGRAD_BUDGET, convolution_winograd_cpu, winograd_filters
 
 __all__ = [
-    "IM2COL_BUDGET", "WINOGRAD", "WINOGRAD_BUDGET", "WINOGRAD_MIN_BATCH", "Convolution", "conv_geometry",
+    "DIRECT", "IM2COL_BUDGET", "WINOGRAD", "WINOGRAD_BUDGET", "WINOGRAD_MIN_BATCH", "Convolution", "conv_geometry",
     "conv_out_size", "convolution_1x1_cpu", "convolution_backward_cpu", "convolution_backward_reference",
-    "convolution_cpu", "convolution_cuda", "convolution_depthwise_cpu", "convolution_gather_cpu",
+    "convolution_cpu", "convolution_cuda", "convolution_depthwise_cpu", "convolution_direct_cpu",
+    "convolution_gather_cpu", "direct_applies",
     "convolution_phase_cpu", "convolution_reference", "convolution_wide_cpu",
     "convolution_winograd_cpu", "winograd_applies", "winograd_filters",
 ]

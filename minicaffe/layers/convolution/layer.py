@@ -5,9 +5,10 @@ bias ``(M,)``, output ``(N, M, Ho, Wo)`` with Caffe's *floor* rule (:func:`conv_
 Padding is kept as four numbers so TF-"SAME" asymmetric padding can be expressed (prototxt
 extension fields ``pad_top/pad_bottom/pad_left/pad_right`` inside ``convolution_param``; plain
 Caffe files use ``pad``/``pad_h``/``pad_w``). :func:`convolution_cpu` picks one kernel per layer
-shape: depthwise, Winograd F(4x4, 3x3) (3x3 and, in 3x3 pieces, up to 6x6 kernels at stride 1),
-1x1 GEMM, "wide" im2col (stride 1), stride-phase im2col (equal strides), the per-pixel gather (the
-rest). It does not implement Deconvolution or 3-D convolution.
+shape: depthwise, Winograd F(4x4, 3x3) (3x3 and, in 3x3 pieces, up to 6x6 kernels at stride 1,
+batch >= 4), 1x1 GEMM, the direct register-blocked kernel (everything else with >= 6 output
+pixels per row); the im2col + BLAS kernels ("wide" for stride 1, stride-phase for equal strides,
+the per-pixel gather) remain for the tiny rest and for ``MINICAFFE_DIRECT=0``. It does not implement Deconvolution or 3-D convolution.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..base import Layer, as_bool, hw_param, register
 from .backward import convolution_backward_cpu
 from .cuda import convolution_cuda
 from .depthwise import convolution_depthwise_cpu
+from .direct import convolution_direct_cpu, direct_applies
 from .im2col import (
     convolution_1x1_cpu,
     convolution_gather_cpu,
@@ -32,8 +34,10 @@ from .reference import (
 )
 from .winograd import convolution_winograd_cpu
 
-#: use Winograd for eligible layers in :func:`convolution_cpu` (False: always im2col + GEMM)
+#: use Winograd for eligible layers in :func:`convolution_cpu`
 WINOGRAD = os.environ.get("MINICAFFE_WINOGRAD", "1") != "0"
+#: use the direct (indirect micro-kernel) convolution where it applies; False: im2col + BLAS
+DIRECT = os.environ.get("MINICAFFE_DIRECT", "1") != "0"
 
 
 def winograd_applies(w, stride, dilation, group, x_shape):
@@ -66,6 +70,8 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
         return convolution_winograd_cpu(x, w, b, pad, group, relu)
     if kh == kw == 1 and sh == sw == 1 and tuple(pad) == (0, 0, 0, 0) and group == 1:
         return convolution_1x1_cpu(x, w, b, relu)
+    if DIRECT and direct_applies(x.shape, w, stride, pad, dilation, group):
+        return convolution_direct_cpu(x, w, b, stride, pad, dilation, group, relu)
     if sh == sw == 1:
         return convolution_wide_cpu(x, w, b, pad, dilation, group, relu)
     if sh == sw and dh == dw == 1:

@@ -9,51 +9,17 @@ for strided, dilated or depthwise convolutions.
 """
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 from numba import njit, prange
 
-
-@njit(parallel=True, cache=True, nogil=True)
-def _same_values(a, b):
-    # a, b: flat float32 of one size -> True when bitwise-equal as numbers (NaN never equal)
-    diff = 0
-    for i in prange(a.size):
-        if a[i] != b[i]:
-            diff += 1
-    return diff == 0
-
-
-#: transformed filters by weight array: id(w) -> (copy of w, U); bounded, least recently used out
-_FILTER_CACHE = {}
-FILTER_CACHE_SIZE = 64
+from .cache import cached_transform
 
 
 def winograd_filters(w, group=1):
     """w: (M, Cg, k, k) float32 -> U: (36, group, S*Cg, M/group), the Winograd F(4x4, 3x3) filter
     transform (:func:`_winograd_filters_uncached`), computed once per weight array and reused while
-    the array's values are unchanged.
-
-    Recomputing it per call would cost as much as the GEMMs at small batches. Weights may be
-    edited in place (``net.params[...][0][...] =``, training), so every hit compares the current
-    values with a private copy (one parallel pass over w, a small fraction of the transform's
-    memory traffic) and recomputes on any difference: the cache never serves a stale transform."""
-    key = (id(w), w.shape, group)
-    hit = _FILTER_CACHE.pop(key, None)
-    wf = np.ascontiguousarray(w, dtype=np.float32)
-    if hit is not None and _same_values(hit[0].ravel(), wf.ravel()):
-        _FILTER_CACHE[key] = hit                      # re-insert: most recently used last
-        return hit[1]
-    U = _winograd_filters_uncached(wf, group)
-    _FILTER_CACHE[key] = (wf.copy(), U)
-    if hit is None:
-        # the entry goes with the weight array (a deleted net frees its transforms at once); an
-        # id can only be reused after this callback has run, so it never drops a newer entry
-        weakref.finalize(w, _FILTER_CACHE.pop, key, None)
-    while len(_FILTER_CACHE) > FILTER_CACHE_SIZE:
-        _FILTER_CACHE.pop(next(iter(_FILTER_CACHE)))
-    return U
+    its values are unchanged (:func:`cached_transform`)."""
+    return cached_transform(w, ("winograd", group), lambda wf: _winograd_filters_uncached(wf, group))
 
 
 # ---- Winograd F(4x4, 3x3) (Lavin & Gray, 2016): each 4x4 output tile from a 6x6 input tile with
