@@ -53,34 +53,37 @@ def _pow_neg(t, beta):
     return t ** (-beta)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, cache=True, nogil=True, fastmath=True)
 def _lrn_across(x, size, alpha, beta, k, y):
+    # One (image, channel) plane per task, float32 as Caffe computes it: the window's sum of
+    # squares is recomputed from its (at most size) planes rather than kept as a running sum, so
+    # it never cancels, and every loop runs along a whole contiguous plane (vectorised).
     N, C, H, W = x.shape
+    P = H * W
     pre = (size - 1) // 2
-    a = alpha / size
-    for t in prange(N * H):
-        n = t // H
-        h = t % H
-        acc = np.zeros(W, dtype=np.float64)
-        # prime the window with channels [0, size-pre-1)
-        for c in range(min(size - pre - 1, C)):
-            for w in range(W):
-                v = np.float64(x[n, c, h, w])
-                acc[w] += v * v
-        for c in range(C):
-            head = c + size - pre - 1
-            if head < C:
-                for w in range(W):
-                    v = np.float64(x[n, head, h, w])
-                    acc[w] += v * v
-            tail = c - pre - 1
-            if tail >= 0:
-                for w in range(W):
-                    v = np.float64(x[n, tail, h, w])
-                    acc[w] -= v * v
-            for w in range(W):
-                s = max(acc[w], 0.0)  # running sums may dip below 0 by rounding
-                y[n, c, h, w] = np.float32(x[n, c, h, w] * _pow_neg(k + a * s, beta))
+    a = np.float32(alpha / size)
+    kk = np.float32(k)
+    x3 = x.reshape(N, C, P)
+    y3 = y.reshape(N, C, P)
+    for t in prange(N * C):
+        n = t // C
+        c = t % C
+        s = np.zeros(P, dtype=np.float32)
+        for cc in range(max(0, c - pre), min(C, c - pre + size)):
+            src = x3[n, cc]
+            for i in range(P):
+                s[i] += src[i] * src[i]
+        xc = x3[n, c]
+        dst = y3[n, c]
+        if beta == 0.75:
+            # t^-0.75 as r*sqrt(r), r = 1/sqrt(t): two square roots instead of pow()
+            for i in range(P):
+                r = np.float32(1.0) / np.sqrt(kk + a * s[i])
+                dst[i] = xc[i] * (r * np.sqrt(r))
+        else:
+            nb = np.float32(-beta)
+            for i in range(P):
+                dst[i] = xc[i] * (kk + a * s[i]) ** nb
 
 
 @njit(parallel=True, cache=True, nogil=True)
