@@ -26,6 +26,7 @@ and numbers depend on the machine and its load (the load average is printed befo
 from __future__ import annotations
 
 import argparse
+import atexit
 import copy
 import datetime
 import json
@@ -437,7 +438,12 @@ def parse_args(argv):
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-RSS child process")
     ap.add_argument("--no-startup", action="store_true", help="skip the two start-up child processes")
     ap.add_argument("--json", metavar="OUT", help="write every sample and summary to this JSON file")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="run N CPU-bound processes (`python -c 'while True: pass'`) beside the benchmark, "
+                         "from before the warm-up to the end of the timing: a shared machine (default 0)")
     args = ap.parse_args(argv)
+    if args.load < 0:
+        ap.error("--load must be >= 0")
     try:
         args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
     except ValueError:
@@ -458,8 +464,23 @@ def fmt_rate(r):
     return f"{r:.1f}" if r < 100 else f"{r:.0f}"
 
 
+def start_load(n):
+    """n busy-looping child processes (one core each when the scheduler lets them)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    atexit.register(stop_load, procs)
+    return procs
+
+
+def stop_load(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def main(argv=None):
     args = parse_args(argv)
+    load_procs = start_load(args.load)
     try:
         import threadpoolctl
         threadpoolctl.threadpool_limits(args.threads, user_api="blas")   # numpy's BLAS (numpy backend, sgemm)
@@ -469,7 +490,8 @@ def main(argv=None):
     info = machine_info()
     load0 = os.getloadavg()
     print(f"# {info['date']}  {info['cpu']} ({info['cpu_flags']}), {info['cpus_usable']} usable CPUs, "
-          f"{args.threads} threads per framework; load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+          f"{args.threads} threads per framework; load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}"
+          + (f"; --load {args.load}: {args.load} busy-looping process(es) beside it" if args.load else ""))
 
     work = tempfile.TemporaryDirectory(prefix="minicaffe-bench-")
     sh = Shared(args.prototxt, args.threads, work.name, args.blob)
@@ -513,6 +535,7 @@ def main(argv=None):
                     last_out[fw][b] = np.array(y, dtype=np.float32, copy=True)   # after the clock stopped
         print(f"# repeat {r + 1}/{args.repeats} done (sgemm {sgemm[-1]:.0f} GFLOP/s)", flush=True)
     load1 = os.getloadavg()
+    stop_load(load_procs)
 
     # --- summaries
     res = {}
@@ -523,13 +546,17 @@ def main(argv=None):
             mn, med = min(s), statistics.median(s)
             res[fw][b] = {"samples_ms": s, "min_ms": mn, "median_ms": med,
                           "images_per_s_best": b / (mn / 1e3), "images_per_s_median": b / (med / 1e3)}
-    best_peer = {}
+    best_peer, best_peer_median = {}, {}
     for b in args.batches:
         peers = [(res[fw][b]["images_per_s_best"], fw) for fw in runners if fw in PEERS]
         best_peer[b] = max(peers) if peers else None
+        peers_med = [(res[fw][b]["images_per_s_median"], fw) for fw in runners if fw in PEERS]
+        best_peer_median[b] = max(peers_med) if peers_med else None
         for fw in runners:
             res[fw][b]["ratio_to_best_peer"] = (res[fw][b]["images_per_s_best"] / best_peer[b][0]
                                                 if best_peer[b] else None)
+            res[fw][b]["median_ratio_to_best_peer_median"] = (
+                res[fw][b]["images_per_s_median"] / best_peer_median[b][0] if best_peer_median[b] else None)
     sg_best, sg_med = max(sgemm), statistics.median(sgemm)
 
     ref_fw = "minicaffe-numpy" if "minicaffe-numpy" in runners else next(iter(runners))
@@ -542,15 +569,17 @@ def main(argv=None):
     # --- table
     cols = [f"batch {b}" for b in args.batches]
     print()
-    print(f"CaffeNet ({os.path.basename(args.prototxt)}, seeded weights), images/s best / median over "
-          f"{args.repeats} interleaved repeats, (ratio to the best peer's best)")
+    print(f"{sh.net.name} ({os.path.basename(args.prototxt)}, seeded weights), images/s best / median over "
+          f"{args.repeats} interleaved repeats (ratios: best to the best peer's best / median to the best "
+          f"peer's median){'; under --load ' + str(args.load) if args.load else ''}")
     print("| framework | " + " | ".join(cols) + f" | {args.blob} rel err vs {ref_fw} |")
     print("|---|" + "---|" * len(cols) + "---|")
     for fw in runners:
         cells = []
         for b in args.batches:
             q = res[fw][b]
-            ratio = f" ({q['ratio_to_best_peer']:.2f}x)" if q["ratio_to_best_peer"] is not None else ""
+            ratio = (f" ({q['ratio_to_best_peer']:.2f}x / {q['median_ratio_to_best_peer_median']:.2f}x)"
+                     if q["ratio_to_best_peer"] is not None else "")
             cells.append(f"{fmt_rate(q['images_per_s_best'])} / {fmt_rate(q['images_per_s_median'])}{ratio}")
         print(f"| {fw} {versions[fw]} | " + " | ".join(cells) + f" | {agree[fw][ref_fw]:.1e} |")
     ceil_best, ceil_med = sg_best / gflop, sg_med / gflop
@@ -601,6 +630,7 @@ def main(argv=None):
     if args.json:
         out = {"machine": info, "blas": blas_info(), "load_average_before": load0, "load_average_after": load1,
                "settings": {"prototxt": args.prototxt, "batches": args.batches, "repeats": args.repeats,
+                            "load_processes": args.load,
                             "warmup": args.warmup, "threads": args.threads, "gap_s": args.gap,
                             "threads_how": "numba.set_num_threads, BLAS " + blas_how + ", torch.set_num_threads, "
                                            "ORT intra_op_num_threads, OpenVINO INFERENCE_NUM_THREADS, cv2.setNumThreads",
