@@ -35,31 +35,33 @@ NR = 2 * W
 
 
 @intrinsic
-def indirect_tile(typingctx, xf, base, step, offs, k_count, bp, cs):
-    """cs[p * NR + r] = sum_k xf[base + p * step + offs[k]] * bp[k * NR + r], p < MR, r < NR.
+def indirect_tile(typingctx, xf, pix, offs, k_count, bp, cs):
+    """cs[p * NR + r] = sum_k xf[pix[p] + offs[k]] * bp[k * NR + r], p < MR, r < NR.
 
-    xf: float32 1-D (the padded input), base/step: int64, offs: int64 1-D (K offsets), k_count:
-    int64 (K), bp: float32 1-D packed panel (K x NR, row-major), cs: float32 1-D scratch (MR x NR),
-    overwritten. No bounds checks: the caller guarantees every address is inside its array.
+    xf: float32 1-D (the padded input), pix: int64 1-D (MR pixel base indices into xf), offs:
+    int64 1-D (K tap offsets), k_count: int64 (K), bp: float32 1-D packed panel (K x NR,
+    row-major), cs: float32 1-D scratch (MR x NR), overwritten. No bounds checks: the caller
+    guarantees every address is inside its array.
     """
-    sig = types.void(xf, base, step, offs, k_count, bp, cs)
+    sig = types.void(xf, pix, offs, k_count, bp, cs)
 
     def codegen(context, builder, signature, args):
-        xf_v, base_v, step_v, offs_v, k_v, bp_v, cs_v = args
+        xf_v, pix_v, offs_v, k_v, bp_v, cs_v = args
         f32 = ir.FloatType()
         i64 = ir.IntType(64)
         i32 = ir.IntType(32)
         vec = ir.VectorType(f32, W)
         vptr = vec.as_pointer()
         X = context.make_array(signature.args[0])(context, builder, xf_v).data
-        O = context.make_array(signature.args[3])(context, builder, offs_v).data
-        B = context.make_array(signature.args[5])(context, builder, bp_v).data
-        Cs = context.make_array(signature.args[6])(context, builder, cs_v).data
+        Pix = context.make_array(signature.args[1])(context, builder, pix_v).data
+        O = context.make_array(signature.args[2])(context, builder, offs_v).data
+        B = context.make_array(signature.args[4])(context, builder, bp_v).data
+        Cs = context.make_array(signature.args[5])(context, builder, cs_v).data
         mod = builder.module
         fname = f"llvm.fma.v{W}f32"
         fma = mod.globals.get(fname) or ir.Function(mod, ir.FunctionType(vec, [vec, vec, vec]), name=fname)
         # one A pointer per output pixel of the tile
-        rows = [builder.gep(X, [builder.add(base_v, builder.mul(step_v, ir.Constant(i64, p)))]) for p in range(MR)]
+        rows = [builder.gep(X, [builder.load(builder.gep(Pix, [ir.Constant(i64, p)]))]) for p in range(MR)]
         fn = builder.function
         pre = builder.block
         loop = fn.append_basic_block("ind_loop")

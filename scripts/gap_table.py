@@ -28,10 +28,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_PROTO = os.path.join(HERE, "..", "minicaffe", "data", "models", "bvlc_reference_caffenet.deploy.prototxt")
 
 
+REORDER = "(layout reorders)"
+
+
 def _layer_of(node_name, names):
-    # ONNX node "conv1", "fc6.flatten", "conv2.pad", or OpenVINO's fused "conv1/..." -> Caffe layer
-    base = re.split(r"[./]", node_name)[0]
-    return base if base in names else None
+    """A peer's node name -> the Caffe layer it computes, REORDER for layout conversions the peer
+    inserted, or None. ONNX nodes carry the layer's name ("conv1", "fc6.flatten", "block1/expand");
+    ONNX Runtime renames fused / blocked ones ("fused fc6", "conv1_nchwc", "ReorderInput"),
+    OpenVINO appends parts ("conv1/WithoutBiases") and names reorders by their layouts
+    ("pool1_acdb_aBcd16b_norm1")."""
+    name = node_name[len("fused "):] if node_name.startswith("fused ") else node_name
+    if name.startswith(("ReorderInput", "ReorderOutput")) or re.search(r"_(abcd|acdb|aBcd\w*|[a-z]*f32|[a-z]*bf16)_", name):
+        return REORDER
+    if name.endswith("_nchwc"):
+        name = name[:-len("_nchwc")]
+    if name in names:
+        return name
+    best = None
+    for n in names:
+        if name.startswith(n) and name[len(n):len(n) + 1] in ("/", ".", "_") and (best is None or len(n) > len(best)):
+            best = n
+    return best
 
 
 def minicaffe_times(net, batch, iterations):
@@ -150,7 +167,7 @@ def main(argv=None):
     peers = [p for p in ("openvino", "onnxruntime") if p in out]
     print("| layer | minicaffe | " + " | ".join(peers) + " | minicaffe / best peer |")
     print("|---|---|" + "---|" * len(peers) + "---|")
-    for name in names + ["(other)"]:
+    for name in names + [REORDER, "(other)"]:
         m = out["minicaffe"][0].get(name)
         ps = [out[p][0].get(name) for p in peers]
         if m is None and all(p is None for p in ps):

@@ -2,7 +2,8 @@
 
 Shapes: ``x: (N, C, H, W)``, weight ``(C*mult, 1, kh, kw)``, output ``(N, C*mult, Ho, Wo)``.
 Stride 1 without dilation runs each kernel tap as one long contiguous multiply-add over a padded
-plane; other strides and dilations go through strided row views. No BLAS.
+plane; equal strides without dilation do the same over the plane's stride phases; other strides
+and dilations go through strided row views. No BLAS.
 """
 from __future__ import annotations
 
@@ -74,6 +75,53 @@ def _dw_plane_s1(img, wk, bias, pt, pl, out):
     out[:, :] = acc.reshape((Ho, Wp))[:, :Wo]
 
 
+@njit(cache=True, nogil=True)
+def _dw_plane_phase(img, wk, bias, s, pt, pl, out):
+    # One depthwise plane, stride s > 1, no dilation: img (H, W), wk (kh, kw), out (Ho, Wo). The
+    # padded plane is split into its s*s stride phases (row pitch Ws); tap (i, j) reads phase
+    # (i % s, j % s) from offset (i // s)*Ws + j // s, so each tap is one contiguous multiply-add
+    # over Ho*Ws elements (columns past Wo computed and dropped), as in _dw_plane_s1.
+    H, W = img.shape
+    kh, kw = wk.shape
+    Ho, Wo = out.shape
+    Hs = Ho + (kh - 1) // s
+    Ws = Wo + (kw - 1) // s
+    L = Ho * Ws
+    xs = np.zeros((s, s, Hs * Ws + (kw - 1) // s + 1), dtype=np.float32)
+    for a in range(s):
+        for p in range(Hs):
+            ih = p * s + a - pt
+            if ih < 0 or ih >= H:
+                continue
+            src = img[ih]
+            for b in range(s):
+                dst = xs[a, b, p * Ws:(p + 1) * Ws]
+                for q in range(Ws):
+                    iw = q * s + b - pl
+                    if 0 <= iw < W:
+                        dst[q] = src[iw]
+    acc = np.full(L, bias, dtype=np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            wv = wk[i, j]
+            o = (i // s) * Ws + j // s
+            src = xs[i % s, j % s, o:o + L]
+            for q in range(L):
+                acc[q] += wv * src[q]
+    out[:, :] = acc.reshape((Ho, Ws))[:, :Wo]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _depthwise_phase(x, w, b, has_bias, s, pt, pl, mult, y):
+    # x: (N, C, H, W), w: (C*mult, 1, kh, kw), y: (N, C*mult, Ho, Wo); stride (s, s), no dilation
+    N = x.shape[0]
+    M = w.shape[0]
+    for t in prange(N * M):
+        n = t // M
+        m = t % M
+        _dw_plane_phase(x[n, m // mult], w[m, 0], b[m] if has_bias else np.float32(0.0), s, pt, pl, y[n, m])
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _depthwise_s1(x, w, b, has_bias, pt, pl, mult, y):
     # x: (N, C, H, W), w: (C*mult, 1, kh, kw), y: (N, C*mult, Ho, Wo); stride 1, no dilation
@@ -103,6 +151,8 @@ def convolution_depthwise_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
     if sh == sw == 1 and dh == dw == 1:
         _depthwise_s1(x, w, bb, has_bias, pt, pl, M // C, y)
+    elif sh == sw and dh == dw == 1:
+        _depthwise_phase(x, w, bb, has_bias, sh, pt, pl, M // C, y)
     else:
         _depthwise(x, w, bb, has_bias, sh, sw, pt, pl, dh, dw, M // C, y)
     if relu:

@@ -2,11 +2,12 @@
 
 Shapes: ``x: (N, C, H, W)``, weight ``(M, C/group, kh, kw)`` (OIHW), output ``(N, M, Ho, Wo)``;
 any stride, padding and dilation (not depthwise). The input is zero-padded once; a table of K =
-Cg*kh*kw offsets (one per kernel tap, OIHW order) locates each tap relative to an output pixel, so
-:func:`minicaffe.simd.indirect_tile` reads the input in place. Weights are packed once per weight
-array into panels of ``NR`` output channels (K x NR, zero-padded past M) and cached. Each task is
-one output row of one image, group and channel panel; the tile's bias and ReLU are applied when it
-is stored (NHWC register tile -> NCHW).
+Cg*kh*kw offsets (one per kernel tap, OIHW order) locates each tap relative to an output pixel's
+base index, so :func:`minicaffe.simd.indirect_tile` reads the input in place. Weights are packed
+once per weight array into panels of ``NR`` output channels (K x NR, zero-padded past M) and
+cached. Each task is a block of tiles (``MR`` consecutive output pixels each, row-major over the
+plane) of one image, group and channel panel; the tile's bias and ReLU are applied when it is
+stored (NHWC register tile -> NCHW).
 """
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ import numpy as np
 from numba import njit, prange
 
 from ...simd import MR, NR, indirect_tile
-from .reference import conv_out_size
 from .cache import cached_transform
+from .reference import conv_out_size
+
+#: tiles per task (a few output rows: tasks stay many, a panel stays hot across them)
+TILES_PER_TASK = 8
+#: elements from which the padding copy runs on all threads (below, waking them costs more)
+PARALLEL_PAD_FROM = 1 << 18
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -36,6 +42,26 @@ def _pad_planes(x, pt, pl, xp):
                 row[pl + q] = src[q]
 
 
+_pad_planes_serial = njit(cache=True, nogil=True)(_pad_planes.py_func)
+
+_OFFSETS = {}
+
+
+def _tap_offsets(Cg, kh, kw, Hp, Wp, dh, dw):
+    """(Cg*kh*kw,) int64: where tap (c, i, j), OIHW order, sits relative to an output pixel's base
+    index in a stack of padded (Hp, Wp) planes; cached per geometry."""
+    key = (Cg, kh, kw, Hp, Wp, dh, dw)
+    offs = _OFFSETS.get(key)
+    if offs is None:
+        ci, ii, jj = np.meshgrid(np.arange(Cg), np.arange(kh), np.arange(kw), indexing="ij")
+        offs = (ci * (Hp * Wp) + ii * dh * Wp + jj * dw).reshape(-1).astype(np.int64)
+        offs.setflags(write=False)
+        if len(_OFFSETS) > 256:
+            _OFFSETS.clear()
+        _OFFSETS[key] = offs
+    return offs
+
+
 def _pack_weights(w, group):
     # w: (M, Cg, kh, kw) -> (group, panels, K*NR): panel p of group g holds output channels
     # g*Mg + p*NR .. + NR as K x NR row-major (k in OIHW (c, i, j) order), zeros past Mg
@@ -54,58 +80,18 @@ def _pack_weights(w, group):
 @njit(parallel=True, cache=True, nogil=True)
 def _direct(xp, offs, bp, b, has_bias, relu, sh, sw, Cg, y):
     # xp: (N, C, Hp, Wp) padded; offs: (K,) tap offsets within a group's channels; bp: (G, P, K*NR)
-    # packed weights; y: (N, M, Ho, Wo). One task per (image, group, panel, output row).
+    # packed weights; y: (N, M, Ho, Wo). Tiles run over the output plane's pixels in row-major
+    # order (a tile may span two rows; the plane's last tile is shifted back to end at the last
+    # pixel), each pixel located in the padded input by its own base index, so no computed pixel
+    # is wasted on padding columns. Consecutive tasks share a panel, and static scheduling keeps
+    # them on one thread.
     N, C, Hp, Wp = xp.shape
     G, P = bp.shape[0], bp.shape[1]
     M, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
     Mg = M // G
     K = offs.shape[0]
     plane = Hp * Wp
-    for t in prange(N * G * P * Ho):
-        oh = t % Ho
-        r = t // Ho
-        pnl = r % P
-        r = r // P
-        g = r % G
-        n = r // G
-        xf = xp[n].reshape(C * plane)
-        panel = bp[g, pnl]
-        cs = np.empty(MR * NR, dtype=np.float32)
-        row0 = g * Cg * plane + oh * sh * Wp
-        m0 = g * Mg + pnl * NR
-        mcount = min(NR, Mg - pnl * NR)
-        for ow0 in range(0, Wo, MR):
-            # the last tile of a row is shifted left to end at Wo: it recomputes a few pixels
-            # instead of running a narrower kernel
-            s = min(ow0, Wo - MR)
-            indirect_tile(xf, row0 + s * sw, sw, offs, K, panel, cs)
-            for mm in range(mcount):
-                bias = b[m0 + mm] if has_bias else np.float32(0.0)
-                dst = y[n, m0 + mm, oh]
-                for p in range(MR):
-                    v = cs[p * NR + mm] + bias
-                    if relu and v < 0:
-                        v = np.float32(0.0)
-                    dst[s + p] = v
-
-
-#: tiles per task in the stride-1 kernel (a few output rows: tasks stay many, panels stay hot)
-TILES_PER_TASK = 8
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _direct_s1(xp, offs, bp, b, has_bias, relu, Cg, y):
-    # Stride 1: output pixel (oh, ow) reads the padded input at oh*Wp + ow + offs[k], so the
-    # pixels of a "wide" output of Ho rows x Wp columns are consecutive addresses: tiles run along
-    # the flattened wide output with no per-row tail (only ow < Wo is stored). Tasks: (image,
-    # group, panel, block of TILES_PER_TASK tiles).
-    N, C, Hp, Wp = xp.shape
-    G, P = bp.shape[0], bp.shape[1]
-    M, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
-    Mg = M // G
-    K = offs.shape[0]
-    plane = Hp * Wp
-    L = (Ho - 1) * Wp + Wo                        # wide pixels up to the last valid one
+    L = Ho * Wo
     ntiles = (L + MR - 1) // MR
     nblk = (ntiles + TILES_PER_TASK - 1) // TILES_PER_TASK
     for t in prange(N * G * P * nblk):
@@ -118,37 +104,36 @@ def _direct_s1(xp, offs, bp, b, has_bias, relu, Cg, y):
         xf = xp[n].reshape(C * plane)
         panel = bp[g, pnl]
         cs = np.empty(MR * NR, dtype=np.float32)
+        pix = np.empty(MR, dtype=np.int64)
         base = g * Cg * plane
         m0 = g * Mg + pnl * NR
         mcount = min(NR, Mg - pnl * NR)
+        yn = y[n].reshape(M, L)
         for ti in range(blk * TILES_PER_TASK, min(ntiles, (blk + 1) * TILES_PER_TASK)):
-            q0 = min(ti * MR, L - MR)             # the last tile shifted back to end at L
-            indirect_tile(xf, base + q0, 1, offs, K, panel, cs)
+            q0 = min(ti * MR, L - MR)
             for p in range(MR):
-                oh = (q0 + p) // Wp
-                ow = (q0 + p) - oh * Wp
-                if ow >= Wo:
-                    continue
-                for mm in range(mcount):
-                    v = cs[p * NR + mm]
-                    if has_bias:
-                        v += b[m0 + mm]
+                oh = (q0 + p) // Wo
+                ow = q0 + p - oh * Wo
+                pix[p] = base + oh * sh * Wp + ow * sw
+            indirect_tile(xf, pix, offs, K, panel, cs)
+            for mm in range(mcount):
+                bias = b[m0 + mm] if has_bias else np.float32(0.0)
+                dst = yn[m0 + mm]
+                for p in range(MR):
+                    v = cs[p * NR + mm] + bias
                     if relu and v < 0:
                         v = np.float32(0.0)
-                    y[n, m0 + mm, oh, ow] = v
+                    dst[q0 + p] = v
 
 
 def direct_applies(x_shape, w, stride, pad, dilation, group):
-    """True when :func:`convolution_direct_cpu` can run the layer: not depthwise, and output rows
-    at least MR pixels wide (a row's last tile is shifted, never narrowed)."""
+    """True when :func:`convolution_direct_cpu` can run the layer: not depthwise, and at least MR
+    output pixels per plane (the plane's last tile is shifted back, never narrowed)."""
     N, C, H, W = x_shape
     M, Cg, kh, kw = w.shape
-    Wo = conv_out_size(W, kw, stride[1], pad[2], pad[3], dilation[1])
     Ho = conv_out_size(H, kh, stride[0], pad[0], pad[1], dilation[0])
-    Wp = max(W + pad[2], (Wo - 1) * stride[1] + (kw - 1) * dilation[1] + 1)
-    if tuple(stride) == (1, 1):
-        return not (group == C and Cg == 1) and (Ho - 1) * Wp + Wo >= MR
-    return not (group == C and Cg == 1) and Wo >= MR
+    Wo = conv_out_size(W, kw, stride[1], pad[2], pad[3], dilation[1])
+    return not (group == C and Cg == 1) and Ho * Wo >= MR
 
 
 def convolution_direct_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False):
@@ -164,21 +149,16 @@ def convolution_direct_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1
     Ho = conv_out_size(H, kh, sh, pt, pb, dh)
     Wo = conv_out_size(W, kw, sw, pl, pr, dw)
     if not direct_applies(x.shape, w, stride, pad, dilation, group):
-        raise ValueError(f"direct convolution needs >= {MR} output pixels per row (strided) or plane "
-                         "(stride 1) and a non-depthwise layer")
+        raise ValueError(f"direct convolution needs >= {MR} output pixels and a non-depthwise layer")
     # padded just far enough for every tap of every output pixel: the kernel has no bounds checks
     Hp = max(H + pt, (Ho - 1) * sh + (kh - 1) * dh + 1)
     Wp = max(W + pl, (Wo - 1) * sw + (kw - 1) * dw + 1)
     xp = np.empty((N, C, Hp, Wp), dtype=np.float32)
-    _pad_planes(x, pt, pl, xp)
-    ci, ii, jj = np.meshgrid(np.arange(Cg), np.arange(kh), np.arange(kw), indexing="ij")
-    offs = (ci * (Hp * Wp) + ii * dh * Wp + jj * dw).reshape(-1).astype(np.int64)   # OIHW tap order
+    (_pad_planes if x.size >= PARALLEL_PAD_FROM else _pad_planes_serial)(x, pt, pl, xp)
+    offs = _tap_offsets(Cg, kh, kw, Hp, Wp, dh, dw)
     bp = cached_transform(w, ("direct", group), lambda wf: _pack_weights(wf, group))
     has_bias = b is not None
     bb = np.ascontiguousarray(b, dtype=np.float32) if has_bias else np.zeros(1, np.float32)
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
-    if sh == sw == 1:
-        _direct_s1(xp, offs, bp, bb, has_bias, relu, Cg, y)
-    else:
-        _direct(xp, offs, bp, bb, has_bias, relu, sh, sw, Cg, y)
+    _direct(xp, offs, bp, bb, has_bias, relu, sh, sw, Cg, y)
     return y
