@@ -32,7 +32,13 @@ def shown(path):
         s = s.encode("utf-8", "backslashreplace").decode("utf-8")
     if s.isprintable():
         return s
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+    import unicodedata
+    # control, format (direction overrides) and line/paragraph separators: escaped; other text stays
+    return "".join(c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) in _ESCAPED else c
+                   for c in s)
+
+
+_ESCAPED = ("Cc", "Cf", "Zl", "Zp", "Cs")
 
 
 def os_error_line(e):
