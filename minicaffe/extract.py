@@ -523,15 +523,19 @@ def drop_if_empty(parts_dir):
 def read_output(path, fmt):
     """A finished output -> (its run metadata, Source) for --resume on a complete file."""
     if fmt == "npz":
+        import zipfile
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
             paths = [str(p) for p in z["paths"]]
             failed = [tuple(map(str, r)) for r in z["failed"].reshape(-1, 2)]
+            with zipfile.ZipFile(path) as zf:
+                shapes = {k.split("/", 1)[1]: _npy_header(zf, k + ".npy")[0] for k in z.files
+                          if k.startswith("features/")}
 
         def load():
             with np.load(path) as z:
                 return {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("features/")}
-        return meta, Source(paths, failed, load)
+        return meta, Source(paths, failed, load, widths=_widths(shapes, len(paths), path), where=path)
     import h5py
     with h5py.File(path, "r") as f:
         meta = json.loads(f.attrs["run"])
@@ -540,11 +544,20 @@ def read_output(path, fmt):
         if "path_bytes" in f:          # names that are not UTF-8: the exact bytes
             paths = [os.fsdecode(b) for b in f["path_bytes"][()]]
             failed = [(os.fsdecode(b), r) for b, (_, r) in zip(f["failed_path_bytes"][()], failed)]
+        shapes = {k: f["features"][k].shape for k in f["features"]}
 
     def load():
         with h5py.File(path, "r") as f:
             return {k: f["features"][k][()] for k in f["features"]}
-    return meta, Source(paths, failed, load)
+    return meta, Source(paths, failed, load, widths=_widths(shapes, len(paths), path), where=path)
+
+
+def _widths(shapes, n, path):
+    """{dataset: shape} of an output's features -> {dataset: D}; ValueError unless every one is (n, D)."""
+    for k, shp in shapes.items():
+        if len(shp) != 2 or shp[0] != n:
+            raise ValueError(f"features/{k} has shape {tuple(shp)} for {n} path(s)")
+    return {k: int(shp[1]) for k, shp in shapes.items()}
 
 
 # ---------------------------------------------------------------------------------- output
@@ -1040,7 +1053,7 @@ def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, tod
         check_resumable(_read_run_json(meta_path), meta, parts_dir)
     else:
         _atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta).encode()))
-    for s in parts:
+    for s in sources:
         if s.widths is not None and s.widths != {k: d for k, (d, _) in dims.items()}:
             raise UsageError(f"{shown(s.where)}: holds features {s.widths}, this run makes "
                              f"{ {k: d for k, (d, _) in dims.items()} }; it is not from this run: start over with --force")
