@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -581,7 +582,17 @@ def count_rows(sources):
 
 
 def assemble(out, fmt, listing, sources, meta, dims):
-    """Write the final file from checkpoint sources, rows in input-listing order (temp + rename)."""
+    """Write the final file from checkpoint sources, rows in input-listing order (temp + rename;
+    the temporary file is removed when anything stops the writing)."""
+    try:
+        return _assemble(out, fmt, listing, sources, meta, dims)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(f"{out}.tmp{os.getpid()}")
+        raise
+
+
+def _assemble(out, fmt, listing, sources, meta, dims):
     pos = {p: i for i, p in enumerate(listing.paths)}
     ok_rows, failed_rows = [], []     # (position, source index, row in source)
     for si, src in enumerate(sources):
