@@ -968,6 +968,13 @@ def main(argv=None):
                                   "with --resume to continue") from None
             drop_if_empty(parts_dir)
             raise Interrupted("nothing was written") from None
+        except (OSError, MemoryError) as e:   # a full disk, a vanished folder, too little memory mid-run
+            if has_checkpoints(parts_dir):
+                what = os_error_line(e) if isinstance(e, OSError) else "out of memory"
+                raise UsageError(f"{what}; the finished batches are kept in {shown(parts_dir)}: fix that and run "
+                                 "the same command with --resume") from None
+            drop_if_empty(parts_dir)
+            raise
         except BaseException:
             drop_if_empty(parts_dir)    # e.g. --cluster with an unreachable scheduler: nothing to resume
             raise

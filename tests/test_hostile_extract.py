@@ -213,6 +213,39 @@ def test_link_cycles_and_any_bytes_in_names(env, capsys, tmp_path):
     assert shown(bad).endswith("caf\\xe9-\\xff.png") and shown(nl).endswith("two\\nlines.png")
 
 
+def test_class_folders_with_any_bytes_in_names(env, capsys, tmp_path):
+    root = tmp_path / "classes"
+    odd = os.fsdecode(os.path.join(os.fsencode(str(root)), b"\xffclass"))
+    os.makedirs(odd)
+    (root / "plain").mkdir()
+    _save_png(os.path.join(odd, "a.png"), 30, 30, 1)
+    _save_png(root / "plain" / "b.png", 30, 30, 2)
+    out = str(tmp_path / "cls.h5")
+    rc, err = extract(capsys, str(root), "-o", out, *common(env))
+    assert rc == 0, err
+    with h5py.File(out) as f:
+        assert list(f["class_names"].asstr()[()]) == ["plain", "\\xffclass"]
+        assert list(f["labels"][()]) == [0, 1]        # classes in code-point order, as the walk
+
+
+def test_disk_error_mid_run_keeps_checkpoints_and_says_resume(env, capsys, tmp_path, monkeypatch):
+    import minicaffe.extract as ex
+    real, calls = ex.write_part, {"n": 0}
+
+    def full_disk(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(28, "No space left on device", a[0] + "/part-0000001.npz")
+        return real(*a, **k)
+    monkeypatch.setattr(ex, "write_part", full_disk)
+    out = str(tmp_path / "full.h5")
+    rc, err = extract(capsys, env["imgs"], "-o", out, *common(env), "--batch-size", "2")
+    assert rc == 2 and one_error_line(err) and "No space left on device" in err and "--resume" in err, err
+    monkeypatch.setattr(ex, "write_part", real)
+    rc, err = extract(capsys, env["imgs"], "-o", out, *common(env), "--batch-size", "2", "--resume")
+    assert rc == 0 and "2 image(s) already done, 3 to go" in err, err
+
+
 # ------------------------------------------------------------------------------------ outputs and CLI errors
 def test_odd_output_paths_are_one_line(env, capsys, tmp_path):
     cases = {"/proc/minicaffe-hostile.h5": "cannot write there",
