@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -307,12 +308,19 @@ def connect(spec, threads=None):
         # the nanny takes these from os.environ over its config, and copies its config into os.environ:
         # set them here for the spawn, pass them to the worker too, and restore ours afterwards
         saved = {k: os.environ.get(k) for k in env}
+        # Ctrl-C reaches every process of the terminal's group: worker processes started with SIGINT
+        # ignored (kept across exec; Python then installs no handler) leave it to this process,
+        # which cancels the shards and closes the cluster, instead of each printing a traceback
+        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is \
+            threading.main_thread() else None
         try:
             os.environ.update(env)
             with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
                 cluster = LocalCluster(n_workers=val, threads_per_worker=1, processes=True, host="127.0.0.1",
                                        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, env=env)
         finally:
+            if sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)

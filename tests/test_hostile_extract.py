@@ -314,30 +314,49 @@ def one_line_130(err):
     return len(lines) == 1 and lines[0].startswith("minicaffe: interrupted") and "Traceback" not in err
 
 
-@pytest.mark.slow
-def test_sigint_to_the_process_group_is_quiet(env, tmp_path):
-    """Ctrl-C in a terminal reaches the driver and every decoder process: one line, no traceback."""
+def _sigint_group_after_first_part(env, tmp_path, extra, part):
+    """Run extract in its own process group, SIGINT the group after the first finished `part`
+    file -> (return code, stderr)."""
     d = tmp_path / "many"
     d.mkdir()
     for i in range(12):
         _save_png(d / f"x{i:02d}.png", 30 + i, 40, i)
     out = str(tmp_path / "g.h5")
     cmd = [sys.executable, "-m", "minicaffe.extract", str(d), "-o", out, "--prototxt", PROTO, "--weights",
-           env["weights"], "--backend", "numpy", "--workers", "2", "--layers", "fc7", "--batch-size", "2", "-q"]
+           env["weights"], "--backend", "numpy", "--layers", "fc7", "--batch-size", "2", "-q", *extra]
     p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "MINICAFFE_EXTRACT_THROTTLE": "0.5"},
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and p.poll() is None:
-        if os.path.isdir(out + ".parts") and any(f.startswith("part-") and f.endswith(".npz")
+        if os.path.isdir(out + ".parts") and any(f.startswith(part[0]) and f.endswith(part[1])
                                                  for f in os.listdir(out + ".parts")):
             break
         time.sleep(0.05)
     assert p.poll() is None, f"ended before the interrupt: {p.communicate()[1][-2000:]}"
     os.killpg(p.pid, signal.SIGINT)          # as a terminal's Ctrl-C: the whole foreground group
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err[-3000:]
+    return p.returncode, err
+
+
+@pytest.mark.slow
+def test_sigint_to_the_process_group_is_quiet(env, tmp_path):
+    """Ctrl-C in a terminal reaches the driver and every decoder process: one line, no traceback."""
+    rc, err = _sigint_group_after_first_part(env, tmp_path, ["--workers", "2"], ("part-", ".npz"))
+    assert rc == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     assert one_line_130(err) and "--resume" in err, err
+
+
+@pytest.mark.slow
+def test_sigint_with_a_local_cluster_is_quiet(env, tmp_path):
+    """The same with --cluster local:2: the Dask worker processes print nothing either."""
+    pytest.importorskip("distributed")
+    rc, err = _sigint_group_after_first_part(env, tmp_path, ["--cluster", "local:2", "--shard-size", "2"],
+                                             ("shard-", ".h5"))
+    assert rc == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("minicaffe: interrupted; ") and "--resume" in last, err
 
 
 def test_cluster_that_fails_before_any_work_leaves_no_checkpoint(env, capsys, tmp_path, monkeypatch):
