@@ -481,6 +481,14 @@ def test_truncated_cached_weights_are_not_converted(fixtures_dir, tmp_path, monk
         assert "python -m minicaffe.weights fetch test-trunc --force" in row[0]
         with pytest.raises(WeightsError, match="fetch test-trunc --force"):
             MODELS["test-trunc"].load(backend="numpy")
+        # `fetch NAME` (no --force) replaces the damaged file; the download is a local copy here
+        monkeypatch.setattr(weights, "download", lambda url, dest, **kw: shutil.copy(
+            fixtures_dir / "caffenet_small.caffemodel", dest))
+        logged = []
+        weights.fetch("test-trunc", log=logged.append)
+        assert "is damaged" in logged[0] and "fetching it again" in logged[0], logged
+        assert weights.status(MODELS["test-trunc"])[0] == "converted"
+        MODELS["test-trunc"].load(backend="numpy")
     finally:
         MODELS.pop("test-trunc", None)
 
