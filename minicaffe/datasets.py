@@ -6,7 +6,9 @@ An INPUT is one of:
   (:data:`IMAGE_EXTENSIONS`, case-insensitive; hidden files and folders are skipped). If the
   folder holds no images directly but has sub-folders, it is read as an ``ImageFolder`` layout
   ``root/<class_name>/**/<image>``: each image gets the label of its first-level sub-folder,
-  classes numbered in sorted name order (as torchvision's ``ImageFolder``);
+  classes numbered in sorted name order (as torchvision's ``ImageFolder``). Symbolic links are
+  followed, but each real folder and file is visited once (link cycles end; a file reached by two
+  links or hard-linked twice is listed once); names may hold any bytes;
 * a **text list** (extension ``.txt``, ``.lst``, ``.list``, ``.tsv``): one image per line,
   ``path`` or ``path label`` where a trailing integer is the label, or ``path<TAB>label`` where
   the label may be any string (a class name). Relative paths are taken relative to the list's

@@ -7,6 +7,8 @@ Two stages, so the expensive one can run in worker processes and the cheap one b
    an int resizes the short side keeping the aspect ratio) -> (H, W, 3) uint8 RGB. The resize
    runs on 8-bit data and rounds to 8 bits, like Caffe's own uint8 pipeline (``convert_imageset``
    + data layer); pycaffe's float ``skimage`` resize differs from it by the resampling filter.
+   An image whose resized size would exceed ``MAX_RESIZED_PIXELS`` (an extreme aspect ratio under a
+   short-side resize) is refused with an ImageError before any resizing.
 2. :func:`normalize_batch` (per batch): float32 0..255 -> channel order (RGB->BGR for Caffe
    models) -> HWC->CHW -> subtract the mean image / channel means -> divide by std -> times
    ``input_scale`` -> crop: ``center`` (offset ``(H - crop) // 2``, as Caffe's TEST-phase data
