@@ -243,6 +243,9 @@ def main(argv=None):
     if not args.prototxt or not args.weights:
         raise MinicaffeError("give --prototxt and --weights (or --model NAME)")
     args.against = split_against(args.against)
+    if args.json and args.json != "-":
+        from .cli import check_writable
+        check_writable(args.json, "--json")
     for a in args.against:
         if a not in KINDS and not a.startswith("caffe-npz:"):
             raise MinicaffeError(f"--against {a!r}: choose caffe-npz:BLOBS.npz, opencv, torch or pycaffe")

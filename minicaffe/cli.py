@@ -41,6 +41,18 @@ def shown(path):
 _ESCAPED = ("Cc", "Cf", "Zl", "Zp", "Cs")
 
 
+def check_writable(path, flag):
+    """Before long work: MinicaffeError unless ``path``'s folder exists and this user may create
+    files in it (``flag``: the option that named it), so the work is not lost at the end."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise MinicaffeError(f"{flag} {shown(path)}: no such folder {shown(folder)}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MinicaffeError(f"{flag} {shown(path)}: cannot write in {shown(folder)} (permission denied)")
+    if os.path.isdir(path):
+        raise MinicaffeError(f"{flag} {shown(path)}: is a folder; give a file name")
+
+
 def os_error_line(e):
     """OSError -> '<file>: <reason>' (the file and the system's words, no errno number)."""
     what = e.strerror or str(e) or type(e).__name__

@@ -69,8 +69,10 @@ def build_torch_parser(kind):
 
 
 def _check_h5_name(out):
+    from .cli import check_writable
     if os.path.splitext(out)[1].lower() not in (".h5", ".hdf5"):
         raise MinicaffeError(f"-o {out}: minicaffe weights are HDF5; give a .h5 (or .hdf5) name")
+    check_writable(out, "-o")
 
 
 def main_torch(kind, argv):

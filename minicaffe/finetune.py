@@ -223,6 +223,8 @@ def main(argv=None):
     if os.path.splitext(args.out)[1].lower() not in (".h5", ".hdf5"):
         raise MinicaffeError(f"--out {args.out}: the refined weights are HDF5; give a .h5 (or .hdf5) name")
     proto_out = os.path.splitext(args.out)[0] + ".prototxt"
+    from .cli import check_writable
+    check_writable(args.out, "--out")          # before the training, not after it
     tr = list_inputs(args.train)
     if not tr.has_labels or any(l < 0 for l in tr.labels):
         raise MinicaffeError(f"{args.train}: every training image needs a label (ImageFolder layout or labelled list)")

@@ -128,6 +128,21 @@ def build_parser():
     return p
 
 
+def check_figure_path(path):
+    """--png: a writable place and a format matplotlib writes, checked before the attacks run."""
+    import os
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from .cli import check_writable
+    check_writable(path, "--png")
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if ext not in formats:
+        raise MinicaffeError(f"--png {path}: unknown figure extension {('.' + ext) if ext else '(none)'!r}; "
+                             f"use one of {', '.join('.' + f for f in sorted(formats))}")
+
+
 def parse_eps(text, png_eps=None):
     """--eps text -> list of floats; with ``png_eps`` (--png given) it must be one of them."""
     try:
@@ -147,6 +162,8 @@ def main(argv=None):
     from .preprocess import preprocess_image
     args = build_parser().parse_args(argv)
     eps_list = parse_eps(args.eps, args.png_eps if args.png else None)
+    if args.png:
+        check_figure_path(args.png)
     spec = get_model(args.model)
     net = spec.load(backend="cpu")
     logits = args.logits or spec.aliases.get("logits")

@@ -520,6 +520,22 @@ def test_robustness_png_eps_must_be_attacked(capsys):
     err = capsys.readouterr().err
     assert rc == 2 and one_error_line(err) and "--eps '0,a'" in err, err
     assert robustness.parse_eps("0,1,2", 2.0) == [0.0, 1.0, 2.0]
+    for png, want in (("/no/such/folder/x.png", "no such folder /no/such/folder"),
+                      ("fig.txt", "unknown figure extension '.txt'; use one of")):
+        rc = run(robustness.main, ["--eps", "0,1", "--png", png])
+        err = capsys.readouterr().err
+        assert rc == 2 and one_error_line(err) and want in err, err
+
+
+def test_outputs_of_long_commands_are_checked_before_the_work(fixtures_dir, tmp_path, capsys):
+    from minicaffe import check, finetune
+    for mod, argv, want in (
+            (finetune, [str(tmp_path), "--train-from", "fc8", "--out", "/no/such/folder/w.h5"], "--out"),
+            (check, ["--prototxt", PROTO, "--weights", str(fixtures_dir / "caffenet_small.caffemodel"), "--random",
+                     "1", "--against", "torch", "--json", "/no/such/folder/r.json"], "--json")):
+        rc = run(mod.main, argv)
+        err = capsys.readouterr().err
+        assert rc == 2 and one_error_line(err) and f"{want} /no/such/folder/" in err and "no such folder" in err, err
 
 
 def test_finetuned_weights_with_a_new_classifier_reach_extract(env, tmp_path, capsys, monkeypatch):
