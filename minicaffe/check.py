@@ -7,7 +7,9 @@ translator) or ``pycaffe`` (Caffe itself). For every blob the reference has, it 
 shape, max |ref|, max abs error, relative error (max |ours - ref| / max |ref|, the project-wide
 measure), the index of the worst element and PASS/FAIL against ``--tol``, then a one-line
 verdict naming the first blob (in net order) that diverges. Exit status: 0 when every compared
-blob passes, 1 when any fails, 2 on a usage/file error (one line, no traceback). ``--json OUT``
+blob passes, 1 when any fails, 2 on a usage/file error (one line, no traceback) or when a
+reference cannot run here (not installed, cannot read the net): the others still run and are
+reported, then one ``error:`` line per reference that could not run. ``--json OUT``
 writes the same rows for machines. With ``caffe-npz`` and no input option, the npz's own input
 blob is used. It compares values only; it does not time anything, and it does not decide which
 of two disagreeing frameworks is right.
@@ -176,11 +178,13 @@ def make_input(args, net, refs):
 
 
 # ---------------------------------------------------------------------------------- main
-def run_check(prototxt, weights, x, against, tol=1e-4, backend="cpu", net=None):
+def run_check(prototxt, weights, x, against, tol=1e-4, backend="cpu", net=None, errors=None):
     """Run minicaffe and each reference on x: (N, C, H, W). Returns (rows per reference, ours, net).
 
     ``against``: list of reference names (see :func:`minicaffe.reference.reference_blobs`);
-    ``net``: an already built :class:`minicaffe.Net` of the same prototxt + weights (else built).
+    ``net``: an already built :class:`minicaffe.Net` of the same prototxt + weights (else built);
+    ``errors``: a dict to collect reference name -> MinicaffeError of the references that cannot
+    run (the others still run); without it the first such error is raised.
     """
     if net is None:
         from .net import Net
@@ -189,7 +193,14 @@ def run_check(prototxt, weights, x, against, tol=1e-4, backend="cpu", net=None):
     order = list(ours)
     out = OrderedDict()
     for kind in against:
-        ref = reference_blobs(kind, prototxt, weights, x)
+        try:
+            ref = reference_blobs(kind, prototxt, weights, x)
+        except Exception as e:  # a reference's own failure (cv2.error, ...) is reported, not fatal
+            if errors is None:
+                raise
+            errors[kind] = e if isinstance(e, MinicaffeError) else \
+                MinicaffeError(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")
+            continue
         out[kind] = compare_blobs(ours, ref, tol, order)
     return out, ours, net
 
@@ -208,7 +219,8 @@ def build_parser():
     src.add_argument("--random", type=int, metavar="N", help=f"N seeded random inputs (normal x{RANDOM_SCALE:g})")
     p.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
     p.add_argument("--against", action="append", required=True, metavar="REF",
-                   help="caffe-npz:BLOBS.npz | opencv | torch | pycaffe (repeat to compare with several)")
+                   help="caffe-npz:BLOBS.npz | opencv | torch | pycaffe (repeat, or separate by commas, to "
+                        "compare with several: --against torch,opencv)")
     p.add_argument("--tol", type=float, default=1e-4, help="max relative error per blob (default 1e-4)")
     p.add_argument("--backend", default="cpu", choices=("numpy", "cpu", "cuda"), help="minicaffe backend")
     p.add_argument("--json", metavar="OUT", help="also write the rows and verdicts as JSON ('-' = stdout)")
@@ -230,6 +242,10 @@ def main(argv=None):
             args.weights = str(w)
     if not args.prototxt or not args.weights:
         raise MinicaffeError("give --prototxt and --weights (or --model NAME)")
+    args.against = split_against(args.against)
+    if args.json and args.json != "-":
+        from .cli import check_writable
+        check_writable(args.json, "--json")
     for a in args.against:
         if a not in KINDS and not a.startswith("caffe-npz:"):
             raise MinicaffeError(f"--against {a!r}: choose caffe-npz:BLOBS.npz, opencv, torch or pycaffe")
@@ -243,7 +259,11 @@ def main(argv=None):
     from .net import Net
     net = Net(args.prototxt, args.weights, backend=args.backend)
     x, described = make_input(args, net, args.against)
-    results, ours, net = run_check(args.prototxt, args.weights, x, args.against, args.tol, args.backend, net)
+    cannot = OrderedDict()
+    results, ours, net = run_check(args.prototxt, args.weights, x, args.against, args.tol, args.backend, net,
+                                   errors=cannot)
+    if not results:          # nothing could run: the reason, on one line
+        raise next(iter(cannot.values()))
     input_name = net.input_names[0]
     report = {"prototxt": args.prototxt, "weights": args.weights, "input": described,
               "input_shape": list(x.shape), "backend": args.backend, "tol": args.tol, "references": []}
@@ -263,7 +283,12 @@ def main(argv=None):
         print(v, file=out)
         report["references"].append({"against": kind, "pass": v.startswith("PASS"), "verdict": v,
                                      "not_compared": unmatched, "rows": [asdict(r) for r in rows]})
-    report["pass"] = all_ok
+    for kind, e in cannot.items():
+        print(f"\n== against {kind} ==\nnot run: {e}", file=out)
+        report["references"].append({"against": kind, "pass": False, "verdict": f"not run: {e}", "not_compared": [],
+                                     "rows": [], "error": str(e)})
+    report["pass"] = all_ok and not cannot
+    report["not_run"] = list(cannot)
     if args.json:
         text = json.dumps(report, indent=1, allow_nan=True)
         if to_stdout_json:
@@ -274,7 +299,32 @@ def main(argv=None):
                     f.write(text + "\n")
             except OSError as e:
                 raise MinicaffeError(f"{args.json}: cannot write the JSON report: {e.strerror}") from None
+    for kind, e in cannot.items():
+        print(f"minicaffe: error: --against {kind} could not run: {e}", file=sys.stderr)
+    if cannot:
+        return 2
     return 0 if all_ok else 1
+
+
+def split_against(values):
+    """--against values, each possibly comma-separated -> references in order, each once.
+    A caffe-npz path is taken whole (it may hold commas) up to the next ',opencv' / ',torch' / ..."""
+    out = []
+    for v in values:
+        parts = v.split(",")
+        k = 0
+        while k < len(parts):
+            item = parts[k]
+            if item.startswith("caffe-npz:"):
+                while k + 1 < len(parts) and parts[k + 1].strip() not in KINDS and \
+                        not parts[k + 1].startswith("caffe-npz:"):
+                    k += 1
+                    item += "," + parts[k]
+            item = item.strip() if not item.startswith("caffe-npz:") else item
+            if item and item not in out:
+                out.append(item)
+            k += 1
+    return out
 
 
 if __name__ == "__main__":

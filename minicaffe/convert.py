@@ -68,8 +68,16 @@ def build_torch_parser(kind):
     return p
 
 
+def _check_h5_name(out):
+    from .cli import check_writable
+    if os.path.splitext(out)[1].lower() not in (".h5", ".hdf5"):
+        raise MinicaffeError(f"-o {out}: minicaffe weights are HDF5; give a .h5 (or .hdf5) name")
+    check_writable(out, "-o")
+
+
 def main_torch(kind, argv):
     args = build_torch_parser(kind).parse_args(argv)
+    _check_h5_name(args.output)
     proto = args.prototxt or os.path.splitext(args.output)[0] + ".prototxt"
     for out in (args.output, proto):
         if os.path.exists(out) and not args.force:
@@ -91,6 +99,7 @@ def main(argv=None):
     if argv and argv[0] in SUBCOMMANDS:
         return main_torch(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    _check_h5_name(args.output)
     if os.path.exists(args.output) and not args.force:
         raise MinicaffeError(f"{args.output}: exists; pass --force to overwrite")
     for f in (args.prototxt, args.weights):

@@ -6,7 +6,9 @@ An INPUT is one of:
   (:data:`IMAGE_EXTENSIONS`, case-insensitive; hidden files and folders are skipped). If the
   folder holds no images directly but has sub-folders, it is read as an ``ImageFolder`` layout
   ``root/<class_name>/**/<image>``: each image gets the label of its first-level sub-folder,
-  classes numbered in sorted name order (as torchvision's ``ImageFolder``);
+  classes numbered in sorted name order (as torchvision's ``ImageFolder``). Symbolic links are
+  followed, but each real folder and file is visited once (link cycles end; a file reached by two
+  links or hard-linked twice is listed once); names may hold any bytes;
 * a **text list** (extension ``.txt``, ``.lst``, ``.list``, ``.tsv``): one image per line,
   ``path`` or ``path label`` where a trailing integer is the label, or ``path<TAB>label`` where
   the label may be any string (a class name). Relative paths are taken relative to the list's
@@ -51,15 +53,59 @@ def is_image_name(name):
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _walk_images(root):
-    """Sorted recursive list of image files under root (hidden entries skipped)."""
+def _walk_images(root, seen=None):
+    """Sorted recursive list of image files under root (hidden entries skipped).
+
+    Symbolic links are followed, but each real folder and each real file (``(st_dev, st_ino)``) is
+    visited once, so link cycles end and a file reached by two links is listed once (the first
+    path in walk order; ``seen`` carries the set across calls). The order is ``os.walk``'s
+    top-down order: a folder's files, sorted, then its sub-folders, sorted. Unreadable folders are
+    skipped as ``os.walk`` skips them. Names may hold any bytes (Python's surrogate escapes).
+    """
+    seen = set() if seen is None else seen
     out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fn in sorted(filenames):
-            if not fn.startswith(".") and is_image_name(fn):
-                out.append(os.path.join(dirpath, fn))
+    _mark_dir(root, seen)
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        files, dirs = [], []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                is_dir = e.is_dir()
+            except OSError:
+                is_dir = False
+            try:
+                st = e.stat()
+                key = (st.st_dev, st.st_ino)
+            except OSError:          # a dangling link: listed as os.walk does, it fails at extraction
+                key = None
+            if is_dir:
+                if key is None or ("dir", *key) not in seen:
+                    if key is not None:
+                        seen.add(("dir", *key))
+                    dirs.append(e.name)
+            elif is_image_name(e.name) and (key is None or key not in seen):
+                if key is not None:
+                    seen.add(key)
+                files.append(e.name)
+        out.extend(os.path.join(top, fn) for fn in sorted(files))
+        stack.extend(os.path.join(top, d) for d in sorted(dirs, reverse=True))
     return out
+
+
+def _mark_dir(path, seen):
+    try:
+        st = os.stat(path)
+        seen.add(("dir", st.st_dev, st.st_ino))
+    except OSError:
+        pass
 
 
 def _is_image_folder_layout(root):
@@ -119,15 +165,20 @@ def list_inputs(inputs, root=None, labels=True):
     labels : False ignores ImageFolder layouts and list labels (all -1).
     """
     entries = []          # (path, int label | str class name | None)
+    seen = set()          # (st_dev, st_ino) of every folder and file walked: link cycles end
     for inp in inputs:
         s = os.fspath(inp)
         if os.path.isdir(s):
+            _mark_dir(s, seen)
             if labels and _is_image_folder_layout(s):
-                for d in sorted(e.name for e in os.scandir(s) if e.is_dir() and not e.name.startswith(".")):
-                    for p in _walk_images(os.path.join(s, d)):
+                classes = sorted(e.name for e in os.scandir(s) if e.is_dir() and not e.name.startswith("."))
+                for d in classes:        # a link inside one class folder cannot pull in another class
+                    _mark_dir(os.path.join(s, d), seen)
+                for d in classes:
+                    for p in _walk_images(os.path.join(s, d), seen):
                         entries.append((os.path.normpath(p), d))
             else:
-                entries.extend((os.path.normpath(p), None) for p in _walk_images(s))
+                entries.extend((os.path.normpath(p), None) for p in _walk_images(s, seen))
         elif os.path.lexists(s):
             if s.lower().endswith(LIST_EXTENSIONS):
                 entries.extend(_read_list(s, root))
@@ -144,7 +195,7 @@ def list_inputs(inputs, root=None, labels=True):
                          f"(class names: {names[:5]}{'...' if len(names) > 5 else ''})")
     index = {n: i for i, n in enumerate(names)}
     out = Listing(class_names=names or None)
-    seen = set()
+    seen = set()      # paths: a path listed twice is kept once
     for p, l in entries:
         if p in seen:
             out.duplicates += 1

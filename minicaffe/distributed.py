@@ -27,7 +27,7 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
+import signal
 import socket
 import sys
 import threading
@@ -153,12 +153,17 @@ def run_shard(cfg: ModelConfig, job: ShardJob):
             time.sleep(job.throttle)
     t0 = time.perf_counter()
     feats = {k: np.concatenate(v) if v else np.empty((0, dims[k][0]), np.float32) for k, v in chunks.items()}
+    nonfinite = sum(int(np.count_nonzero(~np.isfinite(v))) for v in feats.values())
+    bad_rows = np.zeros(len(ok_paths), bool)
+    for v in feats.values():
+        bad_rows |= ~np.isfinite(v).all(axis=1)
+    nonfinite_rows = int(bad_rows.sum())
     write_shard(job.part, ok_paths, failed, feats, seq=job.seq)
     write_s = time.perf_counter() - t0
     return {"seq": job.seq, "part": job.part, "n": len(job.paths), "n_ok": len(ok_paths), "failed": failed,
             "host": socket.gethostname(), "pid": os.getpid(), "net_load_s": 0.0 if was_cached else load_s,
             "decode_s": decode_s, "forward_s": forward_s, "write_s": write_s, "start": t_start, "end": time.time(),
-            "threads": _threads()}
+            "threads": _threads(), "nonfinite": nonfinite, "nonfinite_rows": nonfinite_rows}
 
 
 def _threads():
@@ -180,13 +185,16 @@ def write_shard(path, paths, failed, feats, seq=-1):
     """One shard -> HDF5 ``path`` (temp name + fsync + rename: the final name only ever holds a whole file).
 
     paths: (n,) written rows; failed: [(path, reason)]; feats: dataset name -> (n, D) float32.
+    Paths and reasons are stored as their exact file-system bytes (a file name may be any bytes).
     """
     import h5py
-    strs = h5py.string_dtype("utf-8")
+    raw = h5py.string_dtype("ascii")      # h5py's type for arbitrary bytes
     tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
     with h5py.File(tmp, "w") as f:
-        f.create_dataset("paths", data=np.asarray(paths, dtype=object).reshape(-1), dtype=strs)
-        f.create_dataset("failed", data=np.asarray(failed, dtype=object).reshape(-1, 2), dtype=strs)
+        f.create_dataset("paths", data=np.asarray([os.fsencode(p) for p in paths], dtype=object).reshape(-1),
+                         dtype=raw)
+        f.create_dataset("failed", data=np.asarray([[os.fsencode(p), os.fsencode(r)] for p, r in failed],
+                                                   dtype=object).reshape(-1, 2), dtype=raw)
         g = f.create_group("features")
         for k, v in feats.items():
             g.create_dataset(k, data=np.asarray(v, np.float32))
@@ -210,18 +218,26 @@ def read_shards(parts_dir, warn=None):
         path = os.path.join(parts_dir, fn)
         try:
             with h5py.File(path, "r") as f:
-                paths = list(f["paths"].asstr()[()])
-                failed = [tuple(r) for r in f["failed"].asstr()[()].reshape(-1, 2)]
+                # bytes either way: utf-8 strings (older parts) or raw file-name bytes decode the same
+                paths = [os.fsdecode(b) for b in f["paths"][()].reshape(-1)]
+                failed = [(os.fsdecode(a), os.fsdecode(b)) for a, b in f["failed"][()].reshape(-1, 2)]
                 seq = int(f.attrs.get("seq", -1))
+                widths = {}
+                for k, ds in f["features"].items():
+                    if ds.ndim != 2 or ds.shape[0] != len(paths) or ds.dtype != np.float32:
+                        raise ValueError(f"features {k!r} are {ds.dtype} {ds.shape}, expected float32 "
+                                         f"({len(paths)}, D)")
+                    widths[k] = ds.shape[1]
         except Exception as e:  # noqa: BLE001 - a damaged part is redone, never trusted
             if warn:
-                warn(f"{path}: unreadable part ({type(e).__name__}: {e}); its images will be extracted again")
+                from .cli import shown
+                warn(f"{shown(path)}: unreadable part ({type(e).__name__}: {e}); its images will be extracted again")
             continue
 
         def load(path=path):
             with h5py.File(path, "r") as f:
                 return {k: f["features"][k][()] for k in f["features"]}
-        out.append(Source(paths, failed, load, seq))
+        out.append(Source(paths, failed, load, seq, widths, path))
     return out
 
 
@@ -292,12 +308,19 @@ def connect(spec, threads=None):
         # the nanny takes these from os.environ over its config, and copies its config into os.environ:
         # set them here for the spawn, pass them to the worker too, and restore ours afterwards
         saved = {k: os.environ.get(k) for k in env}
+        # Ctrl-C reaches every process of the terminal's group: worker processes started with SIGINT
+        # ignored (kept across exec; Python then installs no handler) leave it to this process,
+        # which cancels the shards and closes the cluster, instead of each printing a traceback
+        sigint = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is \
+            threading.main_thread() else None
         try:
             os.environ.update(env)
             with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
                 cluster = LocalCluster(n_workers=val, threads_per_worker=1, processes=True, host="127.0.0.1",
                                        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, env=env)
         finally:
+            if sigint is not None:
+                signal.signal(signal.SIGINT, sigint)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -344,7 +367,8 @@ def run(args, listing, fx, meta, sources, parts_dir, out, fmt):
     """
     from tqdm import tqdm
 
-    from .extract import _THROTTLE_ENV, assemble, warn
+    from .cli import shown
+    from .extract import _THROTTLE_ENV, NonFinite, finish, warn
 
     shard_size = args.shard_size if args.shard_size is not None else DEFAULT_SHARD_SIZE
     if shard_size < 1:
@@ -374,30 +398,36 @@ def run(args, listing, fx, meta, sources, parts_dir, out, fmt):
     merged, dropped = dedupe([*sources, *read_shards(parts_dir, warn)])
     missing = set(listing.paths) - {p for s in merged for p in [*s.paths, *(q for q, _ in s.failed)]}
     if missing:
-        raise ClusterError(f"{len(missing)} image(s) (e.g. {sorted(missing)[0]}) are in no finished part; "
+        raise ClusterError(f"{len(missing)} image(s) (e.g. {shown(min(missing))}) are in no finished part; "
                            "rerun with --resume")
-    t_merge = time.perf_counter()
-    n, m = assemble(out, fmt, listing, merged, meta, dims)
-    merge_s = time.perf_counter() - t_merge
-    shutil.rmtree(parts_dir, ignore_errors=True)   # a late orphaned write may race with the removal
+    want = {k: d for k, (d, _) in dims.items()}
+    for s in merged:
+        if s.widths is not None and s.widths != want:
+            raise ClusterError(f"{s.where}: holds features {s.widths}, this run makes {want}; it is not from this "
+                               "run: start over with --force")
+    nonfinite = NonFinite()
+    nonfinite.values = sum(r.get("nonfinite", 0) for r in results)
+    nonfinite.rows = sum(r.get("nonfinite_rows", 0) for r in results)
+    nonfinite.report()
     n_new = sum(r["n"] for r in results)
+    rate = f" in {elapsed:.1f}s ({n_new / elapsed:.1f} images/s on {n_workers} worker(s))" if n_new and elapsed else ""
+    t_merge = time.perf_counter()
+    # writes OUT and removes the parts (a late orphaned write may race with the removal: ignored)
+    rc = finish(out, fmt, listing, merged, meta, dims, parts_dir, True, rate)
+    merge_s = time.perf_counter() - t_merge
     LAST_RUN.clear()
     LAST_RUN.update(results=results, elapsed=elapsed, workers=n_workers, shards=len(jobs), images=n_new,
                     resumed=len(done), dropped_duplicates=dropped, run_id=run_id, merge_s=merge_s)
-    rate = f" in {elapsed:.1f}s ({n_new / elapsed:.1f} images/s on {n_workers} worker(s))" if n_new and elapsed else ""
-    print(f"minicaffe: wrote {out}: {n} image(s) x {', '.join(f'{k} ({d})' for k, (d, _) in dims.items())}, "
-          f"{m} failed{rate}", file=sys.stderr)
-    if results and not args.quiet:
+    if rc == 0 and results and not args.quiet:
         print("minicaffe: " + summarize(results, elapsed), file=sys.stderr)
-    if n == 0:
-        print(f"minicaffe: error: no image could be used ({m} failed; see the warnings above)", file=sys.stderr)
-        return 1
-    return 0
+    return rc
 
 
 def _submit(args, fx, meta, jobs, parts_abs, tqdm, warn):
     """Submit every shard, follow them to the end -> (results, seconds, workers seen)."""
     from distributed import as_completed
+
+    from .cli import shown
     try:
         from distributed.client import FutureCancelledError
     except ImportError:  # pragma: no cover - older distributed: the plain CancelledError
@@ -448,7 +478,7 @@ def _submit(args, fx, meta, jobs, parts_abs, tqdm, warn):
                                        "are kept: rerun with --resume") from None
                 results.append(r)
                 for p, reason in r["failed"]:
-                    warn(f"{p}: {reason}", bar)
+                    warn(f"{shown(p)}: {reason}", bar)
                 n_img += r["n"]
                 bar.update(r["n"])
                 el = time.perf_counter() - t0

@@ -8,7 +8,12 @@ a temporary name and renamed), so ``OUT`` is either absent or complete, and a ru
 moment (even SIGKILL) continues with ``--resume`` to a file equal to an uninterrupted run's:
 batches are fixed windows of the input list, so a resumed run forwards exactly the same batches.
 Unusable images are listed in ``failed`` with a reason and one warning line; the exit status is 0
-when any image succeeded, 1 when none did, 2 on a usage error. It does not train or fine-tune.
+when any image succeeded, 1 when none did (then no OUT is written), 2 on a usage error, 130 on
+Ctrl-C (whose line says to continue with ``--resume``). One run at a time writes an OUT: a second
+gets a one-line error (``fcntl.flock`` on ``OUT.lock``, removed at the end). ``--resume`` checks a
+digest of everything that determines the features (net text, weights content, preprocessing with
+the mean image's content, layers, crop, backend) and names what differs. Damaged checkpoints are
+set aside and their images extracted again. It does not train or fine-tune.
 
 Output layout (HDF5; the .npz has the same keys)::
 
@@ -18,13 +23,16 @@ Output layout (HDF5; the .npz has the same keys)::
     paths             (N,) utf-8, in input order     labels (N,) int64 (-1 = none), if any
     class_names       (K,) utf-8, if labels are class names
     failed            (M, 2) utf-8 rows (path, reason)
+    path_bytes, failed_path_bytes   (N,), (M,) the exact file-name bytes, only when a name is not
+                      UTF-8 (``paths`` then shows those bytes as \\xNN; HDF5 only, .npz keeps them)
     attrs: model, prototxt, weights, weights_sha1, preprocessing (JSON), crop, layers,
-           minicaffe_version, backend, created
+           minicaffe_version, backend, created, determinants (JSON), features_digest
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -37,7 +45,7 @@ import time
 import numpy as np
 
 from . import __version__
-from .cli import exit_with
+from .cli import Interrupted, exit_with, os_error_line, shown
 from .datasets import InputError, list_inputs
 from .errors import MinicaffeError
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
@@ -54,6 +62,9 @@ from .preprocess import (
 
 PRE_SUFFIX = ".pre"
 PARTS_SUFFIX = ".parts"
+LOCK_SUFFIX = ".lock"
+#: output extensions (lower case) -> format
+OUTPUT_FORMATS = {".h5": "h5", ".hdf5": "h5", ".hdf": "h5", ".npz": "npz"}
 #: test hook: seconds to sleep after each checkpoint, so a test can SIGKILL a run mid-way
 _THROTTLE_ENV = "MINICAFFE_EXTRACT_THROTTLE"
 
@@ -274,8 +285,9 @@ class DecodePool:
         finally:
             ex.shutdown(wait=False, cancel_futures=True)
 
-    def close(self):
-        self.ex.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait=True):
+        """wait=False (Ctrl-C): drop the queued chunks; decoders finish their current one and exit."""
+        self.ex.shutdown(wait=wait, cancel_futures=True)
 
 
 def _lower_priority(priority):
@@ -292,7 +304,12 @@ def _lower_priority(priority):
 
 
 def _decoder_init(pid, priority="normal", numba=True):
-    """Decoder-process initializer: set the scheduling priority and the resizer, then watch the parent."""
+    """Decoder-process initializer: set the scheduling priority and the resizer, then watch the parent.
+
+    Ctrl-C reaches every process of the terminal's foreground group: decoders ignore it (no
+    traceback from each of them), the extracting process stops and shuts the pool down."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from . import preprocess
     preprocess.BILINEAR_RESIZER = "numba" if numba else "pillow"
     _lower_priority(priority)
@@ -404,13 +421,23 @@ def write_part(parts_dir, seq, index, paths, feats, failed):
 
 
 class Source:
-    """Rows already done: a checkpoint file or a finished output. Features load only when assembling."""
+    """Rows already done: a checkpoint file or a finished output. Features load only when assembling.
 
-    def __init__(self, paths, failed, load, seq=-1):
+    ``widths``: dataset name -> feature width D, when known without loading (checkpoints), so a
+    checkpoint of other layers is refused before any work; ``where``: the file, for errors."""
+
+    def __init__(self, paths, failed, load, seq=-1, widths=None, where=None):
         self.paths, self.failed, self._load, self.seq = paths, failed, load, seq
+        self.widths, self.where = widths, where
 
     def feats(self):
-        return self._load()
+        try:
+            return self._load()
+        except MinicaffeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a checkpoint damaged after it was listed (bad CRC, I/O error)
+            raise UsageError(f"{shown(self.where or '<checkpoint>')}: damaged checkpoint ({type(e).__name__}: {e}); "
+                             "delete it and run again with --resume to extract its images again") from None
 
 
 def _load_part_feats(path):
@@ -418,47 +445,154 @@ def _load_part_feats(path):
         return {k[2:]: z[k] for k in z.files if k.startswith("f:")}
 
 
-def read_parts(parts_dir):
-    """-> [Source] in checkpoint order (``*.tmp<pid>`` leftovers of a killed write are ignored)."""
+def _npy_header(zf, name):
+    """(shape, dtype) of member ``name`` of an .npz (a zipfile.ZipFile) from its header alone."""
+    with zf.open(name) as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _fortran, dtype = read(fh)
+    return tuple(shape), dtype
+
+
+def _read_part(path):
+    """One checkpoint -> (paths, failed, widths); ValueError naming what is wrong when it is damaged."""
+    import zipfile
+    with np.load(path, allow_pickle=False) as z:
+        need = {"index", "paths", "failed"}
+        if not need <= set(z.files):
+            raise ValueError(f"missing {', '.join(sorted(need - set(z.files)))}")
+        paths = z["paths"]
+        failed = z["failed"]
+        index = z["index"]
+        if paths.ndim != 1 or paths.dtype.kind != "U" or failed.ndim != 2 or failed.shape[1] != 2 \
+                or failed.dtype.kind != "U" or index.shape != (len(paths) + len(failed),):
+            raise ValueError(f"inconsistent rows (paths {paths.shape}, failed {failed.shape}, index {index.shape})")
+        widths = {}
+        with zipfile.ZipFile(path) as zf:
+            for k in z.files:
+                if k.startswith("f:"):
+                    shape, dtype = _npy_header(zf, k + ".npy")
+                    if len(shape) != 2 or shape[0] != len(paths) or dtype != np.float32:
+                        raise ValueError(f"features {k[2:]!r} are {dtype} {shape}, expected float32 "
+                                         f"({len(paths)}, D)")
+                    widths[k[2:]] = shape[1]
+        return [str(p) for p in paths], [tuple(map(str, r)) for r in failed], widths
+
+
+def read_parts(parts_dir, bar=None):
+    """-> [Source] in checkpoint order (``*.tmp<pid>`` leftovers of a killed write are ignored).
+
+    A damaged checkpoint (truncated, not an .npz, rows that do not add up) is renamed
+    ``*.damaged`` with one warning; its images are extracted again."""
     out = []
     for fn in sorted(os.listdir(parts_dir)):
         if not (fn.startswith("part-") and fn.endswith(".npz")):
             continue
         path = os.path.join(parts_dir, fn)
-        with np.load(path) as z:
-            paths = [str(p) for p in z["paths"]]
-            failed = [tuple(map(str, r)) for r in z["failed"]]
-        out.append(Source(paths, failed, lambda path=path: _load_part_feats(path), int(fn[5:12])))
+        try:
+            seq = int(fn[5:-4])
+            paths, failed, widths = _read_part(path)
+        except Exception as e:  # noqa: BLE001 - whatever np.load / zipfile raise on a damaged file
+            warn(f"{shown(path)}: damaged checkpoint ({type(e).__name__}: {e}); its images will be extracted again",
+                 bar)
+            try:
+                os.replace(path, path + ".damaged")
+            except OSError:
+                pass
+            continue
+        out.append(Source(paths, failed, lambda path=path: _load_part_feats(path), seq, widths, path))
     return out
+
+
+def has_checkpoints(parts_dir):
+    """Whether ``parts_dir`` holds finished work (checkpoints or shard parts), not just run.json."""
+    try:
+        names = os.listdir(parts_dir)
+    except OSError:
+        return False
+    return any((n.startswith("part-") and n.endswith(".npz")) or (n.startswith("shard-") and n.endswith(".h5"))
+               for n in names)
+
+
+def drop_if_empty(parts_dir):
+    """Remove a checkpoint folder that holds no finished work (a run that failed or was stopped
+    before its first checkpoint), so it does not ask the next run for --resume."""
+    if os.path.isdir(parts_dir) and not has_checkpoints(parts_dir):
+        shutil.rmtree(parts_dir, ignore_errors=True)
 
 
 def read_output(path, fmt):
     """A finished output -> (its run metadata, Source) for --resume on a complete file."""
     if fmt == "npz":
+        import zipfile
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
             paths = [str(p) for p in z["paths"]]
             failed = [tuple(map(str, r)) for r in z["failed"].reshape(-1, 2)]
+            with zipfile.ZipFile(path) as zf:
+                shapes = {k.split("/", 1)[1]: _npy_header(zf, k + ".npy")[0] for k in z.files
+                          if k.startswith("features/")}
 
         def load():
             with np.load(path) as z:
                 return {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("features/")}
-        return meta, Source(paths, failed, load)
+        return meta, Source(paths, failed, load, widths=_widths(shapes, len(paths), path), where=path)
     import h5py
     with h5py.File(path, "r") as f:
         meta = json.loads(f.attrs["run"])
         paths = list(f["paths"].asstr()[()])
         failed = [tuple(r) for r in f["failed"].asstr()[()].reshape(-1, 2)]
+        if "path_bytes" in f:          # names that are not UTF-8: the exact bytes
+            paths = [os.fsdecode(b) for b in f["path_bytes"][()]]
+            failed = [(os.fsdecode(b), r) for b, (_, r) in zip(f["failed_path_bytes"][()], failed)]
+        shapes = {k: f["features"][k].shape for k in f["features"]}
 
     def load():
         with h5py.File(path, "r") as f:
             return {k: f["features"][k][()] for k in f["features"]}
-    return meta, Source(paths, failed, load)
+    return meta, Source(paths, failed, load, widths=_widths(shapes, len(paths), path), where=path)
+
+
+def _widths(shapes, n, path):
+    """{dataset: shape} of an output's features -> {dataset: D}; ValueError unless every one is (n, D)."""
+    for k, shp in shapes.items():
+        if len(shp) != 2 or shp[0] != n:
+            raise ValueError(f"features/{k} has shape {tuple(shp)} for {n} path(s)")
+    return {k: int(shp[1]) for k, shp in shapes.items()}
 
 
 # ---------------------------------------------------------------------------------- output
+def utf8_text(s):
+    """str -> the same str when it is valid UTF-8 text, else its bytes with the non-UTF-8 ones as \\xNN
+    (file names are any bytes on Linux; Python holds the others as surrogate escapes, which HDF5's
+    UTF-8 strings cannot store)."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        try:
+            return os.fsencode(s).decode("utf-8", "backslashreplace")
+        except UnicodeError:
+            return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def count_rows(sources):
+    """Image rows (not failed ones) over sources."""
+    return sum(len(s.paths) for s in sources)
+
+
 def assemble(out, fmt, listing, sources, meta, dims):
-    """Write the final file from checkpoint sources, rows in input-listing order (temp + rename)."""
+    """Write the final file from checkpoint sources, rows in input-listing order (temp + rename;
+    the temporary file is removed when anything stops the writing)."""
+    try:
+        return _assemble(out, fmt, listing, sources, meta, dims)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(f"{out}.tmp{os.getpid()}")
+        raise
+
+
+def _assemble(out, fmt, listing, sources, meta, dims):
     pos = {p: i for i, p in enumerate(listing.paths)}
     ok_rows, failed_rows = [], []     # (position, source index, row in source)
     for si, src in enumerate(sources):
@@ -505,6 +639,10 @@ def assemble(out, fmt, listing, sources, meta, dims):
         return n, len(failed_rows)
     import h5py
     strs = h5py.string_dtype("utf-8")
+    shown_paths = [utf8_text(p) for p in paths]
+    raw = shown_paths != paths or any(utf8_text(p) != p for _, p, _ in failed_rows)
+    if len(failed):
+        failed = np.asarray([[utf8_text(p), utf8_text(r)] for p, r in failed], dtype=object).reshape(-1, 2)
     with h5py.File(tmp, "w") as f:
         g = f.create_group("features")
         dsets = {}
@@ -523,12 +661,19 @@ def assemble(out, fmt, listing, sources, meta, dims):
                     ds[rows[0]:rows[-1] + 1] = data
                 else:
                     ds[rows] = data
-        f.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=strs, maxshape=(None,),
+        f.create_dataset("paths", data=np.asarray(shown_paths, dtype=object), dtype=strs, maxshape=(None,),
                          chunks=True)
+        if raw:
+            bytes_t = h5py.string_dtype("ascii")      # h5py's type for arbitrary bytes
+            f.create_dataset("path_bytes", data=np.asarray([os.fsencode(p) for p in paths], dtype=object),
+                             dtype=bytes_t, shape=(n,))
+            f.create_dataset("failed_path_bytes", dtype=bytes_t, shape=(len(failed_rows),),
+                             data=np.asarray([os.fsencode(p) for _, p, _ in failed_rows], dtype=object))
         if listing.has_labels:
             f.create_dataset("labels", data=labels, maxshape=(None,), chunks=True)
         if listing.class_names:
-            f.create_dataset("class_names", data=np.asarray(listing.class_names, dtype=object), dtype=strs)
+            f.create_dataset("class_names", data=np.asarray([utf8_text(c) for c in listing.class_names], dtype=object),
+                             dtype=strs)
         fd = f.create_dataset("failed", data=failed if len(failed) else np.empty((0, 2), object),
                               dtype=strs, maxshape=(None, 2), chunks=True)
         fd.attrs["columns"] = ["path", "reason"]
@@ -637,15 +782,90 @@ def load_model(args, spec=None):
         from .net import Net
         net = Net(args.prototxt, args.weights, backend=args.backend)
         aliases = {k: v for k, v in DECAF_ALIASES.items() if v in net.blob_shapes}
+        if args.preprocess in MODELS:    # a model's refined copy (finetune) keeps that model's aliases
+            aliases.update({k: v for k, v in MODELS[args.preprocess].aliases.items() if v in net.blob_shapes})
         desc = {"model": os.path.basename(args.prototxt), "prototxt": os.path.abspath(args.prototxt)}
     else:
         spec_m = get_model(args.model or default_model())
-        net = spec_m.load(args.backend, weights=args.weights) if args.weights else spec_m.load(args.backend)
+        if args.weights:
+            try:
+                net = spec_m.load(args.backend, weights=args.weights)
+            except MinicaffeError as e:
+                raise _weights_for_other_net(args.weights, spec_m.name, e) from None
+        else:
+            net = spec_m.load(args.backend)
         aliases = dict(spec_m.aliases)
         desc = {"model": spec_m.name, "prototxt": spec_m.prototxt}
     desc["weights"] = os.path.abspath(net.weights_path) if net.weights_path else ""
     desc["weights_sha1"] = net.weights_sha1 or ""
     return net, spec, aliases, desc
+
+
+def _weights_for_other_net(weights, model, err):
+    """--model M --weights W that do not fit M: when W carries its own net (finetune's output, a
+    converted file) the error says exactly which flags use it."""
+    proto_attr = ""
+    if str(weights).lower().endswith((".h5", ".hdf5")):
+        try:
+            import h5py
+            with h5py.File(weights, "r") as f:
+                proto_attr = str(f.attrs.get("prototxt", "") or "")
+        except Exception:  # noqa: BLE001 - not readable as HDF5: the loader's own error stands
+            proto_attr = ""
+    if not proto_attr:
+        return err
+    side = os.path.splitext(weights)[0] + ".prototxt"
+    how = (f"use --prototxt {side} --weights {weights} --preprocess {model}" if os.path.isfile(side) else
+           f"write its net with python -c \"import h5py; open('{side}', 'w').write(h5py.File('{weights}')"
+           f".attrs['prototxt'])\", then use --prototxt {side} --weights {weights} --preprocess {model}")
+    return UsageError(f"{shown(weights)}: these weights are for another net than model {model} "
+                      f"(e.g. refined by finetune with a new classifier size): {how}  [{err}]")
+
+
+def feature_determinants(net, spec, layers, args):
+    """Everything that decides the feature values, by content (never by file name) -> dict."""
+    import hashlib
+
+    from .io import file_digest
+    pre = spec.describe()
+    if spec.mean_image is not None:
+        pre["mean_image"] = "sha1:" + file_digest(spec.mean_image)
+    return {"net": "sha1:" + hashlib.sha1((net.prototxt_text or "").encode("utf-8", "surrogateescape")).hexdigest(),
+            "weights": "sha1:" + (net.weights_sha1 or ""), "preprocessing": pre,
+            "layers": [r.key for r in layers], "concat": bool(args.concat), "crop": args.crop,
+            "backend": args.backend}
+
+
+def determinants_digest(det):
+    import hashlib
+    return hashlib.sha1(json.dumps(det, sort_keys=True).encode()).hexdigest()
+
+
+#: settings compared on resume for outputs made before the features digest existed
+_LEGACY_SAME_RUN = ("model", "weights_sha1", "preprocessing", "crop", "layers", "concat", "batch_size")
+
+
+def check_resumable(old, new, where):
+    """UsageError naming what differs when ``old`` (a run's metadata) cannot be continued by ``new``."""
+    if not isinstance(old, dict):
+        raise UsageError(f"{shown(where)}: its run description is damaged; start over with --force")
+    if "features_digest" not in old:
+        _check_same(old, new, _LEGACY_SAME_RUN, where)
+        return
+    if old["features_digest"] != new["features_digest"]:
+        od, nd = old.get("determinants") or {}, new["determinants"]
+        same = lambda k: json.dumps(od.get(k), sort_keys=True) == json.dumps(nd.get(k), sort_keys=True)
+        diff = [k for k in nd if not same(k)] or ["setup"]
+        detail = "; ".join(f"{k}: was {_short(od.get(k))}, now {_short(nd.get(k))}" for k in diff[:3])
+        raise UsageError(f"{shown(where)}: was made with a different {', '.join(diff)} ({detail}); resume with the "
+                         "same net, weights and options, or start over with --force")
+    # batches are fixed windows of the input list: the same windows make a resumed file equal to a whole run's
+    _check_same(old, new, ("batch_size",), where)
+
+
+def _short(v):
+    t = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    return t if len(t) <= 60 else t[:57] + "..."
 
 
 def warn(msg, bar=None):
@@ -656,30 +876,125 @@ def warn(msg, bar=None):
         print(line, file=sys.stderr)
 
 
+class OutputLock:
+    """Exclusive lock of one output and its checkpoint folder for the whole run.
+
+    ``fcntl.flock`` on ``OUT.lock`` (never blocking: a second writer gets a one-line error naming the
+    holder's pid). The kernel drops the lock when its holder dies, even by SIGKILL, so a stale file
+    never blocks; a finished run removes the file. A run that opened the file just before the
+    holder removed it finds a different file at the path after locking, and tries again."""
+
+    def __init__(self, out):
+        self.out, self.path, self.fd = out, out + LOCK_SUFFIX, None
+
+    def __enter__(self):
+        import fcntl
+        for _ in range(100):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as e:
+                raise UsageError(f"{shown(self.out)}: cannot write there ({os_error_line(e)}); choose another -o") \
+                    from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_small(fd)
+                os.close(fd)
+                raise UsageError(f"{shown(self.out)}: another extract run{f' (pid {holder})' if holder else ''} is "
+                                 "writing this output; wait for it to finish or choose another -o") from None
+            except OSError as e:
+                os.close(fd)
+                raise UsageError(f"{shown(self.out)}: cannot lock {shown(self.path)} ({e.strerror}); "
+                                 "choose another -o") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                return self
+            os.close(fd)
+        raise UsageError(f"{shown(self.out)}: cannot lock {shown(self.path)} (it keeps being replaced)")
+
+    def __exit__(self, *exc):
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        return False
+
+
+def _read_small(fd):
+    try:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+
+
+def output_format(out, fmt=None):
+    """-o OUT [--format] -> 'h5' or 'npz'; an unknown extension is a usage error unless --format says."""
+    ext = os.path.splitext(out)[1].lower()
+    if fmt:
+        return fmt
+    if ext not in OUTPUT_FORMATS:
+        raise UsageError(f"-o {shown(out)}: unknown output extension {ext or '(none)'!r}; use one of "
+                         f"{', '.join(OUTPUT_FORMATS)} (or force one with --format h5|npz)")
+    return OUTPUT_FORMATS[ext]
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out = args.output
-    fmt = args.format or ("npz" if out.lower().endswith(".npz") else "h5")
+    fmt = output_format(out, args.format)
     parts_dir = out + PARTS_SUFFIX
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     if args.resume and args.force:
         raise UsageError("--resume and --force contradict each other; choose one")
+    if os.path.isdir(out):
+        raise UsageError(f"{shown(out)} is a folder; -o needs a file name")
+    if os.path.lexists(parts_dir) and not os.path.isdir(parts_dir):
+        raise UsageError(f"{shown(parts_dir)} exists and is not a folder; extract keeps its checkpoints there: "
+                         "move it away or choose another -o")
+    with OutputLock(out):
+        try:
+            return _main_locked(args, out, fmt, parts_dir)
+        except KeyboardInterrupt:
+            if has_checkpoints(parts_dir):
+                raise Interrupted(f"the finished batches are kept in {shown(parts_dir)}; run the same command "
+                                  "with --resume to continue") from None
+            drop_if_empty(parts_dir)
+            raise Interrupted("nothing was written") from None
+        except (OSError, MemoryError) as e:   # a full disk, a vanished folder, too little memory mid-run
+            if has_checkpoints(parts_dir):
+                what = os_error_line(e) if isinstance(e, OSError) else "out of memory"
+                raise UsageError(f"{what}; the finished batches are kept in {shown(parts_dir)}: fix that and run "
+                                 "the same command with --resume") from None
+            drop_if_empty(parts_dir)
+            raise
+        except BaseException:
+            drop_if_empty(parts_dir)    # e.g. --cluster with an unreachable scheduler: nothing to resume
+            raise
+
+
+def _main_locked(args, out, fmt, parts_dir):
+    drop_if_empty(parts_dir)     # a run stopped before its first checkpoint left nothing to resume
     if not args.resume and not args.force:
         if os.path.exists(parts_dir):
-            raise UsageError(f"{parts_dir} holds checkpoints of an interrupted run; continue it with --resume "
-                             "or discard it with --force")
+            raise UsageError(f"{shown(parts_dir)} holds checkpoints of an interrupted run; continue it with "
+                             "--resume or discard it with --force")
         if os.path.exists(out):
-            raise UsageError(f"{out} exists; add --resume to extend it or --force to overwrite it")
-    if os.path.isdir(out):
-        raise UsageError(f"{out} is a folder; -o needs a file name")
+            raise UsageError(f"{shown(out)} exists; add --resume to extend it or --force to overwrite it")
 
     try:
         listing = list_inputs(args.inputs, root=args.root, labels=not args.no_labels)
     except InputError as e:
         raise UsageError(str(e)) from None
     if not listing.paths:
-        raise UsageError(f"no images found in {' '.join(args.inputs)} "
+        raise UsageError(f"no images found in {' '.join(shown(i) for i in args.inputs)} "
                          "(folders are searched for image extensions; lists need one path per line)")
     if listing.duplicates:
         warn(f"{listing.duplicates} duplicate path(s) in the inputs were skipped")
@@ -693,7 +1008,8 @@ def main(argv=None):
         try:
             old_meta, old = read_output(out, fmt)
         except Exception as e:  # noqa: BLE001 - any reader failure means the file is not ours
-            raise UsageError(f"{out}: cannot read it to resume ({type(e).__name__}: {e}); use --force") from None
+            raise UsageError(f"{shown(out)}: cannot read it to resume ({type(e).__name__}: {e}); use --force") \
+                from None
         sources.append(old)
     parts = read_parts(parts_dir) if os.path.isdir(parts_dir) else []
     sources.extend(parts)
@@ -707,13 +1023,26 @@ def main(argv=None):
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     pool = (DecodePool(workers, decoder_priority(args.decoder_priority), n_images=len(todo))
             if workers > 0 and todo and not args.cluster else None)
+    stopped = False
     try:
         decoded = iter_decoded(todo_paths, spec, workers, prefetch=2 * args.batch_size,
                                max_pixels=args.max_pixels, min_size=args.min_size, pool=pool)
         return _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, todo, todo_paths, decoded)
+    except KeyboardInterrupt:
+        stopped = True
+        raise
     finally:
         if pool is not None:
-            pool.close()
+            pool.close(wait=not stopped)
+
+
+def _read_run_json(meta_path):
+    try:
+        with open(meta_path, "rb") as fh:
+            return json.loads(fh.read().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"{shown(meta_path)}: damaged run description ({type(e).__name__}: {e}); "
+                         "start over with --force") from None
 
 
 def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, todo, todo_paths, decoded):
@@ -724,24 +1053,28 @@ def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, tod
     layers = resolve_layers(net, names, aliases, args.pre_relu)
     fx = FeatureExtractor(net, spec, layers, crop=args.crop, concat=args.concat)
     dims = fx.feature_dims()
+    det = feature_determinants(net, spec, layers, args)
     meta = dict(desc, preprocessing=json.dumps(spec.describe()), crop=args.crop,
                 layers=json.dumps([r.key for r in layers]), concat=bool(args.concat),
                 minicaffe_version=__version__, backend=args.backend, batch_size=args.batch_size,
-                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), determinants=det,
+                features_digest=determinants_digest(det),
                 layer_info={r.dataset: {"blob": r.blob, "pre_relu": r.pre, "requested": r.request} for r in layers})
     if args.concat:
         meta["layer_info"] = {"concat": {"layers": [r.key for r in layers],
                                          "dims": [int(np.prod(net.blob_shapes[r.blob][1:])) for r in layers]}}
-    same_run = ("model", "weights_sha1", "preprocessing", "crop", "layers", "concat", "batch_size")
     if old_meta is not None:
-        _check_same(old_meta, meta, same_run, out)
+        check_resumable(old_meta, meta, out)
     os.makedirs(parts_dir, exist_ok=True)
     meta_path = os.path.join(parts_dir, "run.json")
     if os.path.exists(meta_path):
-        with open(meta_path) as fh:
-            _check_same(json.load(fh), meta, same_run, parts_dir)
+        check_resumable(_read_run_json(meta_path), meta, parts_dir)
     else:
         _atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta).encode()))
+    for s in sources:
+        if s.widths is not None and s.widths != {k: d for k, (d, _) in dims.items()}:
+            raise UsageError(f"{shown(s.where)}: holds features {s.widths}, this run makes "
+                             f"{ {k: d for k, (d, _) in dims.items()} }; it is not from this run: start over with --force")
     if args.cluster:   # shards on Dask workers, merged here (issue 10: minicaffe/distributed.py)
         from .distributed import run as run_on_cluster
         return run_on_cluster(args, listing, fx, meta, sources, parts_dir, out, fmt)
@@ -754,6 +1087,7 @@ def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, tod
     throttle = float(os.environ.get(_THROTTLE_ENV, "0") or 0)
     seq = max([s.seq for s in parts], default=-1) + 1
     n_ok = n_fail = 0
+    nonfinite = NonFinite()
     bar = tqdm(total=len(todo), unit="img", desc="extract", disable=args.quiet or not todo, file=sys.stderr,
                dynamic_ncols=True)
     t0 = time.perf_counter()
@@ -766,13 +1100,14 @@ def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, tod
                 p = todo_paths[i]
                 if img is None:
                     failed.append((p, reason))
-                    warn(f"{p}: {reason}", bar)
+                    warn(f"{shown(p)}: {reason}", bar)
                 else:
                     images.append(img)
                     ok_paths.append(p)
             feats = fx.features(images) if images else {k: np.empty((0, d), np.float32) for k, (d, _) in dims.items()}
+            nonfinite.add(feats)
             part = write_part(parts_dir, seq, [todo[w0 + k] for k in range(len(window))], ok_paths, feats, failed)
-            sources.append(Source(ok_paths, failed, lambda part=part: _load_part_feats(part), seq))
+            sources.append(Source(ok_paths, failed, lambda part=part: _load_part_feats(part), seq, where=part))
             seq += 1
             n_ok += len(ok_paths)
             n_fail += len(failed)
@@ -783,16 +1118,44 @@ def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, tod
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
+    nonfinite.report()
+    return finish(out, fmt, listing, sources, meta, dims, parts_dir, args.quiet,
+                  f" in {elapsed:.1f}s ({n_ok / elapsed:.1f} images/s)" if todo and elapsed > 0 else "")
 
-    n, m = assemble(out, fmt, listing, sources, meta, dims)
-    shutil.rmtree(parts_dir)
-    rate = f" in {elapsed:.1f}s ({n_ok / elapsed:.1f} images/s)" if todo and elapsed > 0 else ""
-    print(f"minicaffe: wrote {out}: {n} image(s) x {', '.join(f'{k} ({d})' for k, (d, _) in dims.items())}, "
-          f"{m} failed{rate}", file=sys.stderr)
-    if n == 0:
-        print(f"minicaffe: error: no image could be used ({m} failed; see the warnings above)", file=sys.stderr)
+
+class NonFinite:
+    """Counts NaN/inf feature values over a run (broken weights or overflow), for one warning."""
+
+    def __init__(self):
+        self.values = self.rows = 0
+
+    def add(self, feats):
+        for v in feats.values():
+            bad = ~np.isfinite(v)
+            if bad.any():
+                self.values += int(bad.sum())
+                self.rows += int(bad.any(axis=1).sum())
+
+    def report(self, bar=None):
+        if self.values:
+            warn(f"{self.values} non-finite feature value(s) (NaN or inf) in {self.rows} image row(s); the weights "
+                 "may hold NaN/inf or overflow (check them with python -m minicaffe.check)", bar)
+
+
+def finish(out, fmt, listing, sources, meta, dims, parts_dir, quiet, rate=""):
+    """Assemble OUT from every source (unless no image succeeded), remove the checkpoints, report -> exit status."""
+    n_rows = count_rows(sources)
+    n_failed = sum(len(s.failed) for s in sources)
+    if n_rows == 0:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        print(f"minicaffe: error: no image could be used ({n_failed} failed; see the warnings above); "
+              f"{shown(out)} was not written", file=sys.stderr)
         return 1
-    if not args.quiet:
+    n, m = assemble(out, fmt, listing, sources, meta, dims)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    print(f"minicaffe: wrote {shown(out)}: {n} image(s) x {', '.join(f'{k} ({d})' for k, (d, _) in dims.items())}, "
+          f"{m} failed{rate}", file=sys.stderr)
+    if not quiet:
         first = next(iter(dims))
         path = os.path.abspath(out)
         how = (f"h5py.File({path!r})['features/{first}'][:]" if fmt == "h5"
@@ -804,7 +1167,7 @@ def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, tod
 def _check_same(old, new, keys, where):
     for k in keys:
         if str(old.get(k)) != str(new.get(k)):
-            raise UsageError(f"{where}: was made with {k}={old.get(k)!r}, this run has {new.get(k)!r}; "
+            raise UsageError(f"{shown(where)}: was made with {k}={old.get(k)!r}, this run has {new.get(k)!r}; "
                              "use the same options to resume, or --force to start over")
 
 

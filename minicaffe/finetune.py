@@ -9,7 +9,8 @@ on an ImageFolder / list dataset read by :mod:`minicaffe.datasets` and preproces
 output at the cut (the one blob ``--train-from`` reads) is cached and the training iterations run
 the net from ``--train-from`` on (start/end of ``Net.forward``), so the cut must be a single blob
 that no later layer bypasses. Dropout above the cut runs in Caffe's TRAIN mode. Writes the refined
-weights as ``.h5`` (with the edited prototxt and provenance attributes) and, with ``--test``,
+weights as ``.h5`` (with the edited prototxt and provenance attributes), the edited prototxt next to
+it (``OUT`` with ``.prototxt``: ``extract --prototxt`` takes it with the weights) and, with ``--test``,
 reports held-out accuracy of the refined net and of frozen vs refined features + logistic
 regression (the transfer protocol's classifier). It does not augment data (the cached features
 would have to be recomputed per epoch) and trains on the numpy/cpu backends only.
@@ -215,8 +216,15 @@ def build_parser():
 
 
 def main(argv=None):
+    import os
+
     from .datasets import list_inputs
     args = build_parser().parse_args(argv)
+    if os.path.splitext(args.out)[1].lower() not in (".h5", ".hdf5"):
+        raise MinicaffeError(f"--out {args.out}: the refined weights are HDF5; give a .h5 (or .hdf5) name")
+    proto_out = os.path.splitext(args.out)[0] + ".prototxt"
+    from .cli import check_writable
+    check_writable(args.out, "--out")          # before the training, not after it
     tr = list_inputs(args.train)
     if not tr.has_labels or any(l < 0 for l in tr.labels):
         raise MinicaffeError(f"{args.train}: every training image needs a label (ImageFolder layout or labelled list)")
@@ -231,6 +239,14 @@ def main(argv=None):
     net.save_h5(args.out, base=json.dumps(source, default=str), classes=json.dumps(tr.class_names or []),
                 train_from=args.train_from, replaced=replaced, iters=args.iters, base_lr=args.lr,
                 train_inputs=json.dumps([str(t) for t in args.train]), final_loss=float(losses[-1]))
+    # the refined net differs from the base model (the new classifier size): its own prototxt goes along
+    tmp = f"{proto_out}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(net.prototxt_text)
+    os.replace(tmp, proto_out)
+    pre_name = args.model or "caffe"
+    print(f"wrote {args.out} and {proto_out}; features of the refined net: python -m minicaffe.extract IMAGES "
+          f"-o feats.h5 --prototxt {proto_out} --weights {args.out} --preprocess {pre_name}", file=sys.stderr)
     report = {"out": args.out, "classes": n_classes, "train_images": len(tr.paths),
               "loss_first": float(losses[0]), "loss_last": float(np.mean(losses[-10:]))}
     if args.test:

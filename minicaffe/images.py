@@ -33,7 +33,8 @@ _MODES_16 = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 def _fail(path, reason):
-    return ImageError(f"{path}: {reason}")
+    from .cli import shown  # any bytes in a file name, shown on one line
+    return ImageError(f"{shown(path)}: {reason}")
 
 
 def _open_checked(path):

@@ -16,7 +16,7 @@ import os
 import pathlib
 from dataclasses import dataclass, field
 
-from .errors import ModelError
+from .errors import ModelError, WeightsError
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 MODELS_DIR = DATA / "models"
@@ -84,7 +84,14 @@ class ModelSpec:
             raise ModelError(f"model {self.name!r}: no weights found (looked for {self.weights_name} in "
                              f"{', '.join(str(d) for d in weights_dirs())}); see `python -m minicaffe.weights "
                              f"fetch {self.name}` or weights/README.md")
-        return Net(self.prototxt, str(w), backend=backend)
+        try:
+            return Net(self.prototxt, str(w), backend=backend)
+        except WeightsError as e:
+            if weights is not None:
+                raise
+            # the cached conversion: most often a copy cut short; say how to replace it
+            raise WeightsError(f"{e}; if the cached file is damaged, run python -m minicaffe.weights fetch "
+                               f"{self.name} --force") from None
 
 
 def weights_dirs():

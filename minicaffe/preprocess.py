@@ -7,6 +7,8 @@ Two stages, so the expensive one can run in worker processes and the cheap one b
    an int resizes the short side keeping the aspect ratio) -> (H, W, 3) uint8 RGB. The resize
    runs on 8-bit data and rounds to 8 bits, like Caffe's own uint8 pipeline (``convert_imageset``
    + data layer); pycaffe's float ``skimage`` resize differs from it by the resampling filter.
+   An image whose resized size would exceed ``MAX_RESIZED_PIXELS`` (an extreme aspect ratio under a
+   short-side resize) is refused with an ImageError before any resizing.
 2. :func:`normalize_batch` (per batch): float32 0..255 -> channel order (RGB->BGR for Caffe
    models) -> HWC->CHW -> subtract the mean image / channel means -> divide by std -> times
    ``input_scale`` -> crop: ``center`` (offset ``(H - crop) // 2``, as Caffe's TEST-phase data
@@ -57,13 +59,23 @@ def resized_shape(h, w, resize):
     return int(rh), int(rw)
 
 
-def resize_rgb(img, spec: Preprocessing):
+def check_resized(h, w, resize, what="<image>"):
+    """-> (H, W) of an h x w image resized per ``resize``; ImageError if that exceeds MAX_RESIZED_PIXELS."""
+    H, W = resized_shape(h, w, resize)
+    if H * W > MAX_RESIZED_PIXELS:
+        from .cli import shown
+        raise ImageError(f"{shown(what)}: extreme aspect ratio: {w}x{h} px would be resized to {W}x{H} = {H * W} pixels "
+                         f"(limit {MAX_RESIZED_PIXELS}); crop it to a less elongated shape first")
+    return H, W
+
+
+def resize_rgb(img, spec: Preprocessing, what="<array>"):
     """img: (h, w, 3) uint8 RGB -> (H, W, 3) uint8 RGB resized per ``spec.resize``."""
     from PIL import Image
     h, w = img.shape[:2]
-    if resized_shape(h, w, spec.resize) == (h, w):
+    if check_resized(h, w, spec.resize, what) == (h, w):
         return np.ascontiguousarray(img)
-    return resize_pil(Image.fromarray(img, "RGB"), spec)
+    return resize_pil(Image.fromarray(img, "RGB"), spec, what)
 
 
 #: who resizes RGB images bilinearly: "numba" (:mod:`minicaffe.resize`) or "pillow". Both give the
@@ -74,6 +86,10 @@ BILINEAR_RESIZER = "numba"
 #: where they lie in one 16 MB block (~4 MP, ``resize.pillow_packed_pixels``), larger images through a
 #: copy, which would double a decoder's memory for a 50-megapixel photo (Pillow's resize copies no input)
 NUMBA_RESIZE_MAX_PIXELS = 16_000_000
+#: refuse an image whose resized size would exceed this many pixels (48 MiB as RGB uint8). Only a
+#: short-side resize (``resize`` an int) can get there, from an extreme aspect ratio: an 8x20000
+#: strip resized to a short side of 256 would be 256x640000; the net sees one crop of it anyway
+MAX_RESIZED_PIXELS = 1 << 24
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,10 +98,10 @@ def _pillow_is_13():
     return int(__version__.split(".")[0]) >= 13
 
 
-def resize_pil(im, spec: Preprocessing):
+def resize_pil(im, spec: Preprocessing, what="<image>"):
     """im: PIL RGB image -> (H, W, 3) uint8 RGB resized per ``spec.resize``."""
     w, h = im.size                      # Pillow sizes are (width, height); numpy shapes (height, width)
-    H, W = resized_shape(h, w, spec.resize)
+    H, W = check_resized(h, w, spec.resize, what)
     if (H, W) != (h, w):
         numba = BILINEAR_RESIZER == "numba" and w * h <= NUMBA_RESIZE_MAX_PIXELS
         if spec.interpolation == "bilinear" and im.mode == "RGB" and sys.byteorder == "little" \
@@ -124,7 +140,8 @@ def array_to_rgb(x, what="<array>"):
 def load_resized(source, spec: Preprocessing, max_pixels=DEFAULT_MAX_PIXELS, min_size=DEFAULT_MIN_SIZE):
     """Path or array -> (H, W, 3) uint8 RGB at the model's resize size (stage 1)."""
     if isinstance(source, (str, os.PathLike)):
-        return resize_pil(load_image_pil(source, max_pixels=max_pixels, min_size=min_size), spec)
+        return resize_pil(load_image_pil(source, max_pixels=max_pixels, min_size=min_size), spec,
+                          os.fspath(source))
     else:
         img = array_to_rgb(source)
         if min(img.shape[:2]) < min_size:
@@ -143,9 +160,10 @@ def worker_load(args):
     try:
         return i, load_resized(path, spec, max_pixels, min_size), None
     except ImageError as e:
-        msg = str(e)
-        prefix = f"{path}: "
-        return i, None, msg.removeprefix(prefix)
+        from .cli import shown
+        return i, None, str(e).removeprefix(f"{shown(path)}: ").removeprefix(f"{path}: ")
+    except MemoryError:       # one image too large for the memory left: the others go on
+        return i, None, "out of memory while decoding or resizing this image"
 
 
 def worker_load_many(tasks):

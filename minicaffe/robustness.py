@@ -124,14 +124,46 @@ def build_parser():
     p.add_argument("--eps", default="0,0.5,1,2,4", help="comma-separated pixel levels (0..255 scale)")
     p.add_argument("--steps", type=int, default=3, help="iterations of the iterated FGSM")
     p.add_argument("--png", default=None, help="write original/perturbation/adversarial figure here")
-    p.add_argument("--png-eps", type=float, default=1.0)
+    p.add_argument("--png-eps", type=float, default=1.0, help="the eps the figure shows; must be one of --eps")
     return p
+
+
+def check_figure_path(path):
+    """--png: a writable place and a format matplotlib writes, checked before the attacks run."""
+    import os
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from .cli import check_writable
+    check_writable(path, "--png")
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    if ext not in formats:
+        raise MinicaffeError(f"--png {path}: unknown figure extension {('.' + ext) if ext else '(none)'!r}; "
+                             f"use one of {', '.join('.' + f for f in sorted(formats))}")
+
+
+def parse_eps(text, png_eps=None):
+    """--eps text -> list of floats; with ``png_eps`` (--png given) it must be one of them."""
+    try:
+        eps = [float(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        raise MinicaffeError(f"--eps {text!r}: expected comma-separated pixel levels, e.g. --eps 0,0.5,1,2") from None
+    if not eps or any(not np.isfinite(e) or e < 0 for e in eps):
+        raise MinicaffeError(f"--eps {text!r}: expected one or more finite pixel levels >= 0, e.g. --eps 0,1,2")
+    if png_eps is not None and png_eps not in eps:
+        raise MinicaffeError(f"--png-eps {png_eps:g} is not among --eps {','.join(f'{e:g}' for e in eps)}: the figure "
+                             f"shows one attacked eps; add it to --eps or choose --png-eps from those")
+    return eps
 
 
 def main(argv=None):
     from .models import class_names, get_model
     from .preprocess import preprocess_image
     args = build_parser().parse_args(argv)
+    eps_list = parse_eps(args.eps, args.png_eps if args.png else None)
+    if args.png:
+        check_figure_path(args.png)
     spec = get_model(args.model)
     net = spec.load(backend="cpu")
     logits = args.logits or spec.aliases.get("logits")
@@ -147,7 +179,7 @@ def main(argv=None):
     cls = class_names(spec.labels)
     rows = []
     advs = {}
-    for eps in [float(e) for e in args.eps.split(",")]:
+    for eps in eps_list:
         row = {"eps": eps}
         for kind, steps in (("fgsm", 1), ("ifgsm", args.steps)):
             adv = fgsm(net, x, clean, eps, logits, unit, lo, hi, steps=steps)
@@ -164,7 +196,7 @@ def main(argv=None):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        key = ("fgsm", args.png_eps) if ("fgsm", args.png_eps) in advs else next(iter(advs))
+        key = ("fgsm", args.png_eps)
         adv, pred = advs[key]
         n = min(4, len(x))
         fig, axs = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)

