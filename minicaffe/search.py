@@ -369,7 +369,7 @@ class ANNIndex:
             faiss = cls._faiss()
             nlist = int(params.get("nlist") or max(1, min(65536, int(4 * np.sqrt(max(n, 1))))))
             nlist = min(nlist, max(1, n // 39))       # FAISS wants >= 39 training points per cell
-            idx.params.update(nlist=nlist, nprobe=int(params.get("nprobe") or max(1, nlist // 32)))
+            idx.params.update(nlist=nlist, nprobe=int(params.get("nprobe") or min(nlist, max(16, nlist // 32))))
             quant = faiss.IndexFlatIP(d)
             impl = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
             impl.train(_training_sample(ff, min(n, 64 * nlist), chunk_rows, seed))
