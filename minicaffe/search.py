@@ -261,7 +261,8 @@ def near_duplicates(features, threshold=0.95, chunk_rows=None, index=None, k=10,
 
     Exact (``index`` None): a blocked self-join over the upper triangle, every pair found, chunks
     read from the file so memory stays bounded; O(N^2 D) work. With an approximate ``index``:
-    only pairs among each row's ``k`` nearest neighbours (O(N k) pairs at most). Sorted by score
+    only pairs among each row's ``k`` nearest neighbours (O(N k) pairs at most), scored by the
+    index (exact dot products of the stored normalised rows). Sorted by score
     descending, then (i, j).
     """
     ff = _as_rows(features)
@@ -271,9 +272,11 @@ def near_duplicates(features, threshold=0.95, chunk_rows=None, index=None, k=10,
     if index is not None:
         for q0 in range(0, n, QUERY_BLOCK):
             q1 = min(n, q0 + QUERY_BLOCK)
-            s, j = index.search_rescored(ff, ff.read(q0, q1), k, exclude=np.arange(q0, q1))
+            # the Flat-storing indexes score candidates with exact dot products: no re-read from the
+            # file, whose random row reads would cost a whole HDF5 chunk each
+            s, j = index.search(ff.read(q0, q1), k + 1)
             i = np.broadcast_to(np.arange(q0, q1)[:, None], j.shape)
-            keep = (s >= thr) & (j >= 0)
+            keep = (s >= thr) & (j >= 0) & (j != i)
             a, b = i[keep], j[keep]
             out_p.append(np.stack([np.minimum(a, b), np.maximum(a, b)], 1))
             out_s.append(s[keep])
@@ -370,10 +373,13 @@ class ANNIndex:
             nlist = int(params.get("nlist") or max(1, min(65536, int(4 * np.sqrt(max(n, 1))))))
             nlist = min(nlist, max(1, n // 39))       # FAISS wants >= 39 training points per cell
             idx.params.update(nlist=nlist, nprobe=int(params.get("nprobe") or min(nlist, max(16, nlist // 32))))
-            quant = faiss.IndexFlatIP(d)
-            impl = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
-            impl.train(_training_sample(ff, min(n, 64 * nlist), chunk_rows, seed))
-            impl.nprobe = idx.params["nprobe"]
+            if nlist < 2:                      # too few rows to cluster: one cell is a flat (exact) index
+                impl = faiss.IndexFlatIP(d)
+                idx.params.update(nlist=1, nprobe=1)
+            else:
+                impl = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+                impl.train(_training_sample(ff, min(n, 64 * nlist), chunk_rows, seed))
+                impl.nprobe = idx.params["nprobe"]
         elif kind == "faiss-hnsw":
             faiss = cls._faiss()
             idx.params.update(M=int(params.get("M") or 32), ef_construction=int(params.get("ef_construction") or 80),
@@ -405,8 +411,9 @@ class ANNIndex:
         """nprobe (faiss-ivf) or ef (HNSW): larger is slower and closer to exact."""
         v = int(value)
         if self.kind == "faiss-ivf":
-            self.params["nprobe"] = v
-            self.impl.nprobe = v
+            self.params["nprobe"] = min(v, self.params.get("nlist", v))
+            if hasattr(self.impl, "nprobe"):
+                self.impl.nprobe = self.params["nprobe"]
         elif self.kind == "faiss-hnsw":
             self.params["ef"] = v
             self.impl.hnsw.efSearch = v

@@ -7,10 +7,14 @@ post-ReLU features), 1000 held-out queries from the same distribution. Exact top
 build seconds, query ms per query, recall@10 of the raw index and after exact re-scoring, index
 file size. Part 2 (``stream``): writes an N x 4096 float32 HDF5 file as ``minicaffe.extract``
 lays it out (default 200k rows = 3.2 GB, in --tmp), searches it in a child process and reports
-the child's peak RSS and time, then deletes the file. Prints Markdown tables for docs/search.md.
+the child's peak RSS and time, then deletes the file. Part 3 (``photos``): the near-duplicate collection of the tests (tests/search_photos.py: six
+real photos + mirror / crop / JPEG copies) through the embedded EfficientNet-Lite0: recall of
+each image's own copies, the cosine gap, rotated query copies, and the HTML report with its
+screenshot (``--screenshot docs/search_report.png``). Prints Markdown tables for docs/search.md.
 
     nice -n 19 python scripts/bench_search.py ann
     nice -n 19 python scripts/bench_search.py stream --rows 200000 --tmp /tmp
+    nice -n 19 python scripts/bench_search.py photos --screenshot docs/search_report.png
 """
 from __future__ import annotations
 
@@ -84,15 +88,20 @@ def bench_ann(args):
 
 
 CHILD = r"""
-import resource, sys, time, numpy as np
+import sys, time, numpy as np
 sys.path.insert(0, sys.argv[1])
 from minicaffe.search import open_features, search
-t0 = time.perf_counter()
+
+def status(key):   # kB from /proc/self/status: VmRSS now, VmHWM the peak so far
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(key + ":"))
+
 with open_features(sys.argv[2]) as ff:
     q = ff.read(0, 10) + 0.01
-    s, i = search(ff, q, 10)
+    before, t0 = status("VmRSS"), time.perf_counter()
+    s, i = search(ff, q, 10, chunk_rows=int(sys.argv[3]) or None)
     assert (i[:, 0] == np.arange(10)).all(), i[:, 0]
-print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(time.perf_counter() - t0, before, status("VmHWM"))
 """
 
 
@@ -115,17 +124,68 @@ def bench_stream(args):
         size = os.path.getsize(path)
         print(f"wrote {path}: {args.rows} x {d} float32, {size / 1e9:.2f} GB in {time.perf_counter() - t0:.0f}s")
         root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-        out = subprocess.run([sys.executable, "-c", CHILD, root, path], capture_output=True, text=True, check=True)
-        secs, rss_kb = out.stdout.split()
-        base_code = ("import resource, sys, h5py; sys.path.insert(0, sys.argv[1]); import minicaffe.search; "
-                     "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-        base = subprocess.run([sys.executable, "-c", base_code, root], capture_output=True, text=True, check=True)
-        print(f"| {args.rows} x {d} float32 | {size / 1e9:.2f} GB | 10 queries, k=10 | {float(secs):.1f} s | "
-              f"peak RSS {int(rss_kb) / 1024:.0f} MiB (interpreter + imports alone: {int(base.stdout) / 1024:.0f} MiB) |")
+        print("| file | chunk rows | 10 queries, k=10 | RSS before the search | peak RSS |\n|---|---|---|---|---|")
+        for chunk in (0, 1024):
+            out = subprocess.run([sys.executable, "-c", CHILD, root, path, str(chunk)], capture_output=True,
+                                 text=True, check=True)
+            secs, before, peak = out.stdout.split()
+            print(f"| {args.rows} x {d} float32, {size / 1e9:.2f} GB | {chunk or 'default (4096)'} | "
+                  f"{float(secs):.1f} s | {int(before) / 1024:.0f} MiB | {int(peak) / 1024:.0f} MiB |", flush=True)
     finally:
         if os.path.exists(path):
             os.remove(path)
             print(f"deleted {path}")
+
+
+def bench_photos(args):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from search_photos import group_recall, make_collection, stem
+
+    from minicaffe import report
+    from minicaffe.cli import run
+    from minicaffe.extract import main as extract_main
+    from minicaffe.search import QueryEncoder, l2_normalize, open_features, search_rows
+    from minicaffe.search import main as search_main
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)   # paths in the file and the page stay short: coll/chelsea.png
+        group = make_collection("coll", "queries")
+        assert run(extract_main, ["coll", "-o", "coll.h5", "--workers", "0", "-q"]) == 0
+        with open_features("coll.h5") as ff:
+            n = len(ff)
+            x = l2_normalize(ff.read(0, n))
+            g = np.asarray([group[os.path.basename(p)] for p in ff.paths])
+            sim = x @ x.T
+            mate = (g[:, None] == g[None, :]) & ~np.eye(n, dtype=bool)
+            print(f"{n} images ({len(set(g))} photos x 4), EfficientNet-Lite0 {ff.dataset} ({ff.dim})")
+            print(f"own copies: cosine {sim[mate].min():.3f} .. {sim[mate].max():.3f}; other photos: "
+                  f"{sim[g[:, None] != g[None, :]].min():.3f} .. {sim[g[:, None] != g[None, :]].max():.3f}")
+            print("\n| method | recall@1 | recall@3 | own copies above every other photo |\n|---|---|---|---|")
+            methods = [("exact", None)]
+            try:
+                methods.append(("faiss-ivf", ANNIndex.build(ff, "faiss-ivf")))
+            except Exception as e:  # noqa: BLE001 - FAISS is optional
+                print(f"(faiss-ivf skipped: {e})")
+            for name, idx in methods:
+                s, j = search_rows(ff, np.arange(n), k=n - 1, index=idx)
+                above = sum(bool((g[j[i][:3]] == g[i]).all()) for i in range(n))
+                print(f"| {name} | {group_recall(ff.paths, j[:, :1], group):.3f} | "
+                      f"{group_recall(ff.paths, j[:, :3], group):.3f} | {above}/{n} |")
+            queries = sorted(os.listdir("queries"))
+            f, _ = QueryEncoder(ff).encode([os.path.join("queries", q) for q in queries])
+            s, j = search(ff, f, 4)
+            hits = [float(np.mean(g[jj] == stem(q).rsplit("_", 1)[0])) for q, jj in zip(queries, j)]
+            print(f"\nrotated 8 deg + 60% queries (never extracted): recall@4 {np.mean(hits):.3f}, "
+                  f"top-1 cosine {s[:, 0].min():.3f} .. {s[:, 0].max():.3f}")
+        if args.screenshot:
+            page = os.path.join(tmp, "search.html")
+            run(search_main, ["coll.h5", "--query", "queries/rocket_rot.png", "queries/chelsea_rot.png", "-k", "5",
+                              "--html", page, "--thumb", "120"])
+            shot = os.path.join(tmp, "shot.png")
+            r = report.browser_check(page, shot, size=(980, 720))
+            print(f"browser: {r['state']}, {r['loaded']}/{r['total']} images")
+            from PIL import Image
+            Image.open(shot).convert("RGB").quantize(128).save(args.screenshot, optimize=True)
+            print(f"wrote {args.screenshot} ({os.path.getsize(args.screenshot) // 1024} KiB)")
 
 
 def main():
@@ -142,8 +202,12 @@ def main():
     s.add_argument("--rows", type=int, default=200_000)
     s.add_argument("--tmp", default=tempfile.gettempdir())
     s.add_argument("--seed", type=int, default=0)
+    ph = sub.add_parser("photos")
+    ph.add_argument("--screenshot", help="write the HTML report's screenshot here (PNG)")
     args = p.parse_args()
-    bench_ann(args) if args.cmd == "ann" else bench_stream(args)
+    if getattr(args, "screenshot", None):
+        args.screenshot = os.path.abspath(args.screenshot)
+    {"ann": bench_ann, "stream": bench_stream, "photos": bench_photos}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,14 @@ def test_near_duplicates_exact_equals_full_matrix():
             assert (np.diff(scores) <= 0).all()
     groups = duplicate_groups(near_duplicates(x, 0.9)[0])
     assert [0, 100, 120] in groups and len(groups) == 10, groups
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return
+    idx = ANNIndex.build(x, "faiss-ivf")          # 3 cells, all visited: must equal exact
+    pa, sa = near_duplicates(x, 0.9, index=idx, k=5)
+    pe, se = near_duplicates(x, 0.9)
+    assert pa.tolist() == pe.tolist() and np.abs(sa - se).max() <= 1e-5, (pa.tolist(), pe.tolist())
 
 
 def test_streaming_peak_memory_is_bounded(tmp_path):
