@@ -62,7 +62,10 @@ class FeatureFile:
         return int(self.rows.shape[1])
 
     def read(self, i0, i1):
-        """Rows [i0, i1) -> (i1 - i0, D) float32 (only these rows are read from disk)."""
+        """Rows [i0, i1) -> a new (i1 - i0, D) float32 array (only these rows are read from disk;
+        never a view of in-memory rows, so callers may normalise it in place)."""
+        if isinstance(self.rows, np.ndarray):
+            return np.array(self.rows[i0:i1], dtype=np.float32)
         return np.asarray(self.rows[i0:i1], dtype=np.float32)
 
     def take(self, idx):
@@ -172,11 +175,17 @@ def open_features(path, layer=None):
     return ff
 
 
-def l2_normalize(x):
-    """x: (N, D) -> (N, D) float32 rows of unit length (all-zero rows stay zero, so they score 0)."""
+def l2_normalize(x, inplace=False):
+    """x: (N, D) -> (N, D) float32 rows of unit length (all-zero rows stay zero, so they score 0).
+
+    ``inplace``: divide a float32 ``x`` in place (a chunk just read from disk needs no copy)."""
     x = np.asarray(x, np.float32)
     n = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64)).astype(np.float32)
-    return x / np.maximum(n, np.float32(1e-30))[:, None]
+    n = np.maximum(n, np.float32(1e-30))[:, None]
+    if inplace:
+        x /= n
+        return x
+    return x / n
 
 
 def default_chunk_rows(dim):
@@ -229,7 +238,7 @@ def search(features, queries, k=10, chunk_rows=None, exclude=None, progress=None
     best_i = np.empty((m, 0), np.int64)
     for i0 in range(0, n, chunk_rows):
         i1 = min(n, i0 + chunk_rows)
-        block = l2_normalize(ff.read(i0, i1))
+        block = l2_normalize(ff.read(i0, i1), inplace=True)
         s = q @ block.T                                              # (M, c) cosines
         hit = (excl >= i0) & (excl < i1)
         s[np.nonzero(hit)[0], excl[hit] - i0] = -np.inf
@@ -256,7 +265,7 @@ def search_rows(features, rows, k=10, chunk_rows=None, index=None):
 
 
 # ---------------------------------------------------------------------------------- duplicates
-def near_duplicates(features, threshold=0.95, chunk_rows=None, index=None, k=10, progress=None):
+def near_duplicates(features, threshold=0.9, chunk_rows=None, index=None, k=10, progress=None):
     """Pairs of rows whose cosine is >= threshold -> (pairs (P, 2) int64 with i < j, scores (P,)).
 
     Exact (``index`` None): a blocked self-join over the upper triangle, every pair found, chunks
@@ -287,10 +296,10 @@ def near_duplicates(features, threshold=0.95, chunk_rows=None, index=None, k=10,
         qb = max(1, min(QUERY_BLOCK, chunk_rows))
         for q0 in range(0, n, qb):
             q1 = min(n, q0 + qb)
-            q = l2_normalize(ff.read(q0, q1))
+            q = l2_normalize(ff.read(q0, q1), inplace=True)
             for c0 in range(q0, n, chunk_rows):          # upper triangle: rows from q0 on
                 c1 = min(n, c0 + chunk_rows)
-                s = q @ l2_normalize(ff.read(c0, c1)).T
+                s = q @ l2_normalize(ff.read(c0, c1), inplace=True).T
                 ii, jj = np.nonzero(s >= thr)
                 gi, gj = ii + q0, jj + c0
                 keep = gj > gi
@@ -397,7 +406,7 @@ class ANNIndex:
             impl.set_ef(idx.params["ef"])
         for i0 in range(0, n, chunk_rows):
             i1 = min(n, i0 + chunk_rows)
-            x = l2_normalize(ff.read(i0, i1))
+            x = l2_normalize(ff.read(i0, i1), inplace=True)
             if kind == "hnswlib":
                 impl.add_items(x, np.arange(i0, i1))
             else:
@@ -618,7 +627,7 @@ def build_parser():
     what.add_argument("--duplicates", action="store_true",
                       help="list every pair of rows with cosine >= --threshold, joined into groups")
     p.add_argument("-k", "--top", type=int, default=5, help="neighbours per query (default 5)")
-    p.add_argument("--threshold", type=float, default=0.95, help="cosine for --duplicates (default 0.95)")
+    p.add_argument("--threshold", type=float, default=0.9, help="cosine for --duplicates (default 0.9)")
     p.add_argument("--layer", help="which stored layer (dataset, blob or alias; default: the only one)")
     p.add_argument("--chunk-rows", type=int, help="rows read from the file at once (default: ~64 MiB worth)")
     a = p.add_argument_group("approximate search (large collections; needs the 'search' extra)")

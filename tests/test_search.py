@@ -60,7 +60,9 @@ def test_exact_matches_sklearn(chunk):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((301, 24)).astype(np.float32)
     q = rng.standard_normal((9, 24)).astype(np.float32) * 5.0      # scale must not matter
+    x0 = x.copy()
     s, i = search(x, q, 6, chunk_rows=chunk)
+    assert (x == x0).all(), "search changed the caller's array"
     d, j = NearestNeighbors(n_neighbors=6, metric="cosine", algorithm="brute").fit(x).kneighbors(q)
     bad = np.argwhere(i != j)
     assert not len(bad), f"chunk {chunk}: rows differ from sklearn at {bad[:5].tolist()}: {i[bad[0][0]]} vs {j[bad[0][0]]}"
