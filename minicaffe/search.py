@@ -243,6 +243,7 @@ def search(features, queries, k=10, chunk_rows=None, exclude=None, progress=None
         hit = (excl >= i0) & (excl < i1)
         s[np.nonzero(hit)[0], excl[hit] - i0] = -np.inf
         best_s, best_i = _merge_topk(best_s, best_i, s, i0, k)
+        del block, s        # free this chunk before the next read: one chunk in memory at a time
         if progress:
             progress(i1)
     best_s, best_i = _sort_topk(best_s, best_i)
@@ -305,6 +306,7 @@ def near_duplicates(features, threshold=0.9, chunk_rows=None, index=None, k=10, 
                 keep = gj > gi
                 out_p.append(np.stack([gi[keep], gj[keep]], 1))
                 out_s.append(s[ii[keep], jj[keep]])
+                del s           # one chunk's scores at a time
             if progress:
                 progress(q1)
     pairs = np.concatenate(out_p).astype(np.int64) if out_p else np.empty((0, 2), np.int64)
@@ -546,7 +548,8 @@ class QueryEncoder:
             raise SearchError(f"{ff.path}: has no record of the extraction run (model, preprocessing); "
                               "query by --row, or re-extract with python -m minicaffe.extract")
         pre = json.loads(meta["preprocessing"]) if isinstance(meta["preprocessing"], str) else meta["preprocessing"]
-        spec = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
+        known = {f.name for f in dataclasses.fields(Preprocessing)}
+        spec = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items() if k in known})
         model = meta.get("model", "")
         want_sha1 = meta.get("weights_sha1") or ""
         w = weights or meta.get("weights") or None

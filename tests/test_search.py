@@ -145,6 +145,29 @@ def test_streaming_peak_memory_is_bounded(tmp_path):
     assert peaks[20000] > size, f"whole-file chunk peaked at {peaks[20000] / 1e6:.1f} MB < file {size / 1e6:.1f} MB"
 
 
+def test_layers_and_npz(tmp_path):
+    """Files with several layers need --layer (dataset, blob or requested alias); .npz files work too."""
+    x, y = _clustered(30, 6, 6), _clustered(30, 9, 7)
+    meta = {"layer_info": {"fc6": {"blob": "fc6", "pre_relu": False, "requested": "decaf6"},
+                           "fc7.pre": {"blob": "fc7", "pre_relu": True, "requested": "fc7.pre"}}}
+    h5 = str(tmp_path / "two.h5")
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("features/fc6", data=x)
+        f.create_dataset("features/fc7.pre", data=y)
+        f.attrs["run"] = json.dumps(meta)
+    with pytest.raises(Exception, match="several layers"):
+        open_features(h5)
+    for name, want in (("decaf6", "fc6"), ("fc6", "fc6"), ("fc7.pre", "fc7.pre")):
+        with open_features(h5, name) as ff:
+            assert ff.dataset == want and ff.paths[0] == "row 0", (name, ff.dataset)
+    npz = str(tmp_path / "one.npz")
+    np.savez(npz, **{"features/fc6": x, "paths": np.asarray([f"p{i}" for i in range(30)]),
+                     "meta": np.asarray(json.dumps(meta))})
+    with open_features(npz) as ff, open_features(h5, "decaf6") as fh:
+        a, b = search_rows(ff, [4], 5), search_rows(fh, [4], 5)
+        assert ff.row_of("p4") == 4 and (a[1] == b[1]).all() and np.abs(a[0] - b[0]).max() == 0, (a, b)
+
+
 # ---------------------------------------------------------------------------------- approximate
 @pytest.mark.parametrize("kind", ["faiss-ivf", "faiss-hnsw"])
 def test_ann_recall_and_save_load(kind, tmp_path):
