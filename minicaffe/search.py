@@ -739,7 +739,7 @@ def _write_html(args, ff, results, pairs, scores, groups, index):
     def img_of(row):
         return resolve_image(ff.paths[row], ff.path) or ff.paths[row]
 
-    method = "exact (cosine, streamed)" if index is None else f"approximate ({index.kind}, re-scored exactly)"
+    method = "exact (cosine, streamed)" if index is None else f"approximate ({index.kind})"
     sections = [report.Table(["features file", "layer", "rows", "dimensions", "search"],
                              [[ff.path, ff.dataset, len(ff), ff.dim, method]])]
     for label, img, r, s, j in results:

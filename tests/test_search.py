@@ -311,12 +311,19 @@ def test_cli_bad_input_is_one_error_line(photos, capsys, tmp_path, argv, msg):
 def test_cli_ann_builds_then_reuses_index(photos, capsys, tmp_path):
     pytest.importorskip("faiss")
     idx = str(tmp_path / "coll.ivf")
-    for verb in ("built", "loaded"):
-        rc = run(main, [photos["h5"], "--row", "1", "--ann", "faiss-ivf", "--index", idx, "-k", "3"])
-        cap = capsys.readouterr()
-        assert rc == 0 and verb in cap.err, cap.err
-    exact = run(main, [photos["h5"], "--row", "1", "-k", "3"])
-    assert exact == 0 and capsys.readouterr().out == cap.out, "re-scored approximate answer differs from exact"
+    answers = []
+    for verb in ("built", "loaded", None):
+        out = str(tmp_path / f"{verb}.json")
+        ann = ["--ann", "faiss-ivf", "--index", idx] if verb else []
+        rc = run(main, [photos["h5"], "--row", "1", "-k", "3", "--json", out, *ann])
+        err = capsys.readouterr().err
+        assert rc == 0 and (verb is None or verb in err), err
+        with open(out) as f:
+            answers.append(json.load(f)["queries"][0]["neighbours"])
+    for got in answers[:2]:     # re-scored approximate answers equal the exact one
+        assert [n["row"] for n in got] == [n["row"] for n in answers[2]], (got, answers[2])
+        err = max(abs(a["score"] - b["score"]) for a, b in zip(got, answers[2]))
+        assert err <= 1e-5, f"approximate scores differ from exact by {err:.2e}"
 
 
 def test_cli_html_is_self_contained(photos, capsys, tmp_path):
