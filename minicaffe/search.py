@@ -33,6 +33,10 @@ DEFAULT_CHUNK_BYTES = 64 << 20
 #: query rows scored together against one chunk (bounds the (queries, chunk) score matrix)
 QUERY_BLOCK = 1024
 ANN_KINDS = ("faiss-ivf", "faiss-hnsw", "hnswlib")
+#: files with at least this many rows get a progress bar (unless --quiet)
+PROGRESS_ROWS = 100_000
+#: most bytes of rows the IVF k-means trains on (a sample spread over the file)
+TRAIN_BYTES = 1 << 30
 
 
 class SearchError(MinicaffeError):
@@ -319,7 +323,7 @@ def near_duplicates(features, threshold=0.9, chunk_rows=None, index=None, k=10, 
     return pairs, scores
 
 
-def duplicate_groups(pairs, n=None):
+def duplicate_groups(pairs):
     """pairs: (P, 2) -> list of groups (sorted row lists) joined through any pair; largest first."""
     parent = {}
 
@@ -382,14 +386,15 @@ class ANNIndex:
         if kind == "faiss-ivf":
             faiss = cls._faiss()
             nlist = int(params.get("nlist") or max(1, min(65536, int(4 * np.sqrt(max(n, 1))))))
-            nlist = min(nlist, max(1, n // 39))       # FAISS wants >= 39 training points per cell
+            sample = min(n, 64 * nlist, TRAIN_BYTES // (4 * d))
+            nlist = min(nlist, max(1, sample // 39))  # FAISS wants >= 39 training points per cell
             idx.params.update(nlist=nlist, nprobe=int(params.get("nprobe") or min(nlist, max(16, nlist // 32))))
             if nlist < 2:                      # too few rows to cluster: one cell is a flat (exact) index
                 impl = faiss.IndexFlatIP(d)
                 idx.params.update(nlist=1, nprobe=1)
             else:
                 impl = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-                impl.train(_training_sample(ff, min(n, 64 * nlist), chunk_rows, seed))
+                impl.train(_training_sample(ff, sample, chunk_rows, seed))
                 impl.nprobe = idx.params["nprobe"]
         elif kind == "faiss-hnsw":
             faiss = cls._faiss()
@@ -646,6 +651,7 @@ def build_parser():
     o.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML page with thumbnails")
     o.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
     o.add_argument("--thumb", type=int, default=160, help="thumbnail side in the HTML, pixels (default 160)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar (shown for files of 100k rows or more)")
     return p
 
 
@@ -669,6 +675,27 @@ def _get_index(args, ff):
     return idx
 
 
+class _progress:
+    """A tqdm bar over the file's rows on stderr for large files (a callable: rows done so far)."""
+
+    def __init__(self, args, total, what):
+        self.bar = None
+        if not args.quiet and total >= PROGRESS_ROWS:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit="row", desc=what, file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, done):
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if not (args.query or args.row or args.duplicates):
@@ -682,21 +709,30 @@ def main(argv=None):
         if len(ff) == 0:
             raise SearchError(f"{ff.path}: features/{ff.dataset} has no rows")
         index = _get_index(args, ff)
-        results = []   # (label, query image or None, query row or None, scores, rows)
+        # rows and query images are searched together: one pass over the file
+        labels, qs, excl = [], [], []   # labels: (label, image path or None, row or None)
         rows = [ff.row_of(r) for r in args.row]
         if rows:
-            s, j = search_rows(ff, rows, args.top, args.chunk_rows, index)
-            results += [(ff.paths[r], resolve_image(ff.paths[r], ff.path), r, s[n], j[n]) for n, r in enumerate(rows)]
+            labels += [(ff.paths[r], resolve_image(ff.paths[r], ff.path), r) for r in rows]
+            qs.append(ff.take(rows))
+            excl += rows
         if args.query:
             def on_error(img, e):
                 failed.append(img)
                 print(f"minicaffe: error: {e}", file=sys.stderr)
-            enc = QueryEncoder(ff, args.backend, args.weights)
-            q, ok = enc.encode(args.query, args.batch, on_error)
-            if len(q):
-                s, j = (index.search_rescored(ff, q, args.top) if index is not None
-                        else search(ff, q, args.top, args.chunk_rows))
-                results += [(args.query[i], args.query[i], None, s[n], j[n]) for n, i in enumerate(ok)]
+            q, ok = QueryEncoder(ff, args.backend, args.weights).encode(args.query, args.batch, on_error)
+            labels += [(args.query[i], args.query[i], None) for i in ok]
+            qs.append(q)
+            excl += [-1] * len(ok)
+        results = []    # (label, image, row, scores, neighbour rows)
+        if labels:
+            q, excl = np.concatenate(qs), np.asarray(excl, np.int64)
+            if index is not None:
+                s, j = index.search_rescored(ff, q, args.top, exclude=excl)
+            else:
+                with _progress(args, len(ff), "search") as bar:
+                    s, j = search(ff, q, args.top, args.chunk_rows, exclude=excl, progress=bar)
+            results = [(*lab, s[n], j[n]) for n, lab in enumerate(labels)]
         for label, _, r, s, j in results:
             print(f"{label}" + (f"  (row {r})" if r is not None else ""))
             for rank, (sc, jj) in enumerate(zip(s, j), 1):
@@ -704,7 +740,9 @@ def main(argv=None):
                     print(f"  {rank:3d}  {sc:.4f}  {ff.paths[jj]}  (row {jj})")
         pairs = scores = groups = None
         if args.duplicates:
-            pairs, scores = near_duplicates(ff, args.threshold, args.chunk_rows, index, k=max(args.top, 10))
+            with _progress(args, len(ff), "duplicates") as bar:
+                pairs, scores = near_duplicates(ff, args.threshold, args.chunk_rows, index, k=max(args.top, 10),
+                                                progress=bar)
             groups = duplicate_groups(pairs)
             how = "exact" if index is None else f"{index.kind}, among each row's {max(args.top, 10)} nearest"
             print(f"near-duplicates (cosine >= {args.threshold:g}, {how}): {len(pairs)} pair(s) in "

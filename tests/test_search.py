@@ -353,3 +353,14 @@ def test_cli_html_is_self_contained(photos, capsys, tmp_path):
         return
     r = browser_check(page)
     assert (r["state"], r["loaded"], r["total"]) == ("ok", 29, 29), (r["state"], r["loaded"], r["total"], r["stderr"][-2000:])
+
+
+def test_cli_progress_bar_on_large_files(tmp_path, capsys, monkeypatch):
+    import minicaffe.search as ms
+    path = _write_h5(str(tmp_path / "f.h5"), _clustered(300, 8, 8))
+    monkeypatch.setattr(ms, "PROGRESS_ROWS", 100)          # "large" = 100 rows here
+    assert run(main, [path, "--row", "0", "--duplicates", "--chunk-rows", "50"]) == 0
+    err = capsys.readouterr().err
+    assert "search: 100%" in err and "duplicates: 100%" in err and "300/300" in err, err
+    assert run(main, [path, "--row", "0", "--quiet"]) == 0
+    assert "search" not in capsys.readouterr().err
