@@ -36,7 +36,7 @@ from minicaffe.search import ANN_KINDS, ANNIndex, recall_at_k, search
 def clustered(n, d, seed, clusters=2000, rank=64, local=0.7, noise=0.5):
     """(n, d) float32 synthetic features: cluster centres in a rank-`rank` subspace, a spread
     within the cluster in that subspace (``local``), isotropic ``noise``, then ReLU. The defaults
-    give a nearest neighbour at cosine ~0.74 and the 10th at ~0.67 (real CNN features' range)."""
+    put neighbour cosines in real CNN features' range (docs/search.md)."""
     rng = np.random.default_rng(seed)
     basis = rng.standard_normal((rank, d)).astype(np.float32) / np.sqrt(rank)
     centres = rng.standard_normal((clusters, rank)).astype(np.float32) @ basis

@@ -35,7 +35,7 @@ from minicaffe.search import (
 )
 
 pytest.importorskip("skimage.data")
-#: between the photos' own copies (lowest 0.75) and unrelated photos (highest 0.31) on EfficientNet-Lite0 pool
+#: a cosine between those of the photos' own copies and of unrelated photos (both ranges: docs/search.md)
 DUP_THRESHOLD = 0.6
 
 
