@@ -280,18 +280,23 @@ def find_browser():
 
 
 def _chromium(browser, profile, *args, timeout):
+    # --disable-dev-shm-usage: containers often have a tiny /dev/shm, where Chromium's renderer crashes
     cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+           "--disable-dev-shm-usage",
            f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args]
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def browser_check(html_path, screenshot=None, size=(1280, 1600), browser=None, timeout=120):
-    """Open ``html_path`` from disk in headless Chromium -> dict(state, loaded, total, screenshot, dom).
+    """Open ``html_path`` from disk in headless Chromium -> dict(state, loaded, total, screenshot,
+    dom, returncode, stderr).
 
     ``state`` is what the page's own script wrote after load (``ok``: every <img> decoded;
-    ``broken``; ``pending``: the script did not run). With ``screenshot`` a PNG of the first
-    ``size`` (width, height) pixels is written there. Raises FileNotFoundError without a browser.
+    ``broken``; ``pending``: the script did not run; ``missing``: no status element, e.g. the
+    browser did not start: see ``returncode`` and ``stderr``). With ``screenshot`` a PNG of the
+    first ``size`` (width, height) pixels is written there. Raises FileNotFoundError without a
+    browser, subprocess.TimeoutExpired when it hangs past ``timeout`` seconds.
     """
     import re
     browser = browser or find_browser()
@@ -308,4 +313,4 @@ def browser_check(html_path, screenshot=None, size=(1280, 1600), browser=None, t
     attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', m.group(1))) if m else {}
     return {"state": attrs.get("state", "missing"), "loaded": int(attrs.get("loaded", -1)),
             "total": int(attrs.get("total", -1)), "screenshot": screenshot if screenshot else None,
-            "dom": dom, "stderr": out.stderr}
+            "dom": dom, "returncode": out.returncode, "stderr": out.stderr}

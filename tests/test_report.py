@@ -11,6 +11,7 @@ import base64
 import io
 import os
 import re
+import subprocess
 from html.parser import HTMLParser
 
 import numpy as np
@@ -107,11 +108,22 @@ def test_write_html_replaces_atomically(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     b = report.find_browser()
     if b is None:
         pytest.skip("no Chromium-family browser installed (apt-get install chromium); "
                     "the HTML was still checked as text")
+    # a browser that cannot start here (no usable sandbox-less mode, no display libraries) is no
+    # verdict on the page: probe it once with an empty page
+    probe = tmp_path_factory.mktemp("probe") / "empty.html"
+    report.write_html(str(probe), "probe", [])
+    try:
+        r = report.browser_check(str(probe), browser=b)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"{b} did not answer within the timeout")
+    if r["state"] != "ok":
+        pytest.skip(f"{b} did not render an empty page (exit {r['returncode']}): "
+                    f"{r['stderr'].strip().splitlines()[-1:] or 'no message'}")
     return b
 
 

@@ -352,6 +352,8 @@ def test_cli_html_is_self_contained(photos, capsys, tmp_path):
         print("no Chromium-family browser: the page was checked as text only", file=sys.stderr)
         return
     r = browser_check(page)
+    if r["state"] == "missing" and r["returncode"] != 0:   # the browser did not start: no verdict on the page
+        pytest.skip(f"browser did not start (exit {r['returncode']}): {r['stderr'].strip().splitlines()[-1:]}")
     assert (r["state"], r["loaded"], r["total"]) == ("ok", 29, 29), (r["state"], r["loaded"], r["total"], r["stderr"][-2000:])
 
 
