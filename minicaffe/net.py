@@ -50,10 +50,17 @@ MAX_PARAMS = 4 * 10**9
 _ALIASING_TYPES = {"Flatten", "Dropout"}
 
 
-def _plain_inplace_relu(layer, blob):
-    """True when ``layer`` is a ReLU with slope 0 rectifying ``blob`` in place."""
-    return (layer.type == "ReLU" and layer.bottoms == [blob] and layer.tops == [blob]
-            and getattr(layer, "slope", 0.0) == 0.0)
+def _fusable_activation(layer, blob):
+    """For a layer rectifying ``blob`` in place as the producing layer's output pass can: None if
+    it cannot be fused, else the kernels' keywords — ReLU with slope 0 ``{"relu": True}``, a Clip
+    / ReLU6 from 0 to hi ``{"relu": True, "relu_cap": hi}``."""
+    if layer.bottoms != [blob] or layer.tops != [blob]:
+        return None
+    if layer.type == "ReLU" and getattr(layer, "slope", 0.0) == 0.0:
+        return {"relu": True}
+    if layer.type in ("Clip", "ReLU6") and getattr(layer, "lo", None) == 0.0:
+        return {"relu": True, "relu_cap": float(layer.hi)}
+    return None
 
 
 def _phase_ok(lp, phase):
@@ -84,8 +91,8 @@ class Net:
     """A Caffe net for inference. See the module docstring.
 
     ``fuse_relu`` (attribute, default True): on the cpu backend, a Convolution or InnerProduct
-    followed by an in-place ReLU (slope 0) applies the ReLU in its own output pass and the ReLU
-    layer does no work. Blobs are identical (Caffe's in-place semantics: the blob is post-ReLU
+    followed by an in-place ReLU (slope 0) or Clip / ReLU6 from 0 applies it in its own output pass
+    and the activation layer does no work. Blobs are identical (Caffe's in-place semantics: the blob is post-ReLU
     either way); both layers' hooks still run, and the producing layer's after-hook already sees
     the rectified values. ``keep_pre_activation=True`` turns fusion off.
 
@@ -379,12 +386,13 @@ class Net:
                 inplace = False
             if inplace and layer.bottoms[0] in aliased:
                 inplace = False
-            extra = {}
-            if fuse and layer.fuses_relu and i < i1 and len(layer.tops) == 1 and _plain_inplace_relu(
-                    self.layers[i + 1], layer.tops[0]):
-                extra, fused = {"relu": True}, i + 1
+            extra = None
+            if fuse and layer.fuses_relu and i < i1 and len(layer.tops) == 1:
+                extra = _fusable_activation(self.layers[i + 1], layer.tops[0])
+                if extra is not None:
+                    fused = i + 1
             try:
-                tops = layer.forward(bottoms, params.get(layer.name, []), backend, inplace=inplace, **extra)
+                tops = layer.forward(bottoms, params.get(layer.name, []), backend, inplace=inplace, **(extra or {}))
             except MinicaffeError:
                 raise
             except (ValueError, IndexError) as e:

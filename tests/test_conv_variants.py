@@ -93,9 +93,23 @@ FUSING = {
 }
 
 
+FUSING_CAP = {
+    "cpu": lambda x, w, b, s, p, d, g, c: C.convolution_cpu(x, w, b, s, p, d, g, relu=True, relu_cap=c),
+    "gather": lambda x, w, b, s, p, d, g, c: C.convolution_gather_cpu(x, w, b, s, p, d, g, relu=True, relu_cap=c),
+    "wide": lambda x, w, b, s, p, d, g, c: C.convolution_wide_cpu(x, w, b, p, d, g, relu=True, relu_cap=c),
+    "phase": lambda x, w, b, s, p, d, g, c: C.convolution_phase_cpu(x, w, b, s, p, g, relu=True, relu_cap=c),
+    "winograd": lambda x, w, b, s, p, d, g, c: C.convolution_winograd_cpu(x, w, b, p, g, relu=True, relu_cap=c),
+    "1x1": lambda x, w, b, s, p, d, g, c: C.convolution_1x1_cpu(x, w, b, relu=True, relu_cap=c),
+    "depthwise": lambda x, w, b, s, p, d, g, c: C.convolution_depthwise_cpu(x, w, b, s, p, d, g, relu=True,
+                                                                            relu_cap=c),
+    "direct": lambda x, w, b, s, p, d, g, c: C.convolution_direct_cpu(x, w, b, s, p, d, g, relu=True, relu_cap=c),
+}
+
+
 @pytest.mark.parametrize("variant,case", PAIRS, ids=[f"{v}-{c[0]}" for v, c in PAIRS])
 def test_variant_fused_relu(variant, case):
-    """relu=True equals max(0, conv) of the reference (the fused in-place ReLU), with and without bias."""
+    """relu=True equals max(0, conv) of the reference (the fused in-place ReLU), and with relu_cap
+    min(max(0, conv), cap) (a fused ReLU6), with and without bias."""
     name, xs, ws, stride, pad, dil, group = case
     rng = np.random.default_rng(12)
     x = (rng.standard_normal(xs) * 10).astype(np.float32)
@@ -106,6 +120,11 @@ def test_variant_fused_relu(variant, case):
         got = FUSING[variant](x, w, b, stride, pad, dil, group)
         assert (got >= 0).all() and (got == 0).any(), f"{variant} {name}: not rectified"
         _assert_close(got, np.maximum(ref, 0), 2e-5, f"{variant}+relu {name} bias={b is not None}")
+        # ReLU6 / Clip(0, cap): the cap sits inside the outputs' range
+        cap = float(np.percentile(ref, 80))
+        got = FUSING_CAP[variant](x, w, b, stride, pad, dil, group, cap)
+        assert got.max() <= np.float32(cap) and (got == np.float32(cap)).any(), f"{variant} {name}: not capped"
+        _assert_close(got, np.clip(ref, 0, cap), 2e-5, f"{variant}+relu6 {name} bias={b is not None}")
 
 
 @pytest.mark.parametrize("variant", ["direct", "winograd"])

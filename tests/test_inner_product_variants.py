@@ -19,9 +19,12 @@ def test_inner_product_cpu_variants_vs_reference(n, m, k, bias):
                                      None if b is None else b.astype(np.float64))
     for name, f in (("rows", ip.inner_product_rows_cpu), ("cpu", ip.inner_product_cpu),
                     ("rows+relu", lambda *a: ip.inner_product_rows_cpu(*a, relu=True)),
-                    ("cpu+relu", lambda *a: ip.inner_product_cpu(*a, relu=True))):
+                    ("cpu+relu", lambda *a: ip.inner_product_cpu(*a, relu=True)),
+                    ("rows+relu6", lambda *a: ip.inner_product_rows_cpu(*a, relu=True, relu_cap=0.5)),
+                    ("cpu+relu6", lambda *a: ip.inner_product_cpu(*a, relu=True, relu_cap=0.5))):
         got = f(x, w, b)
-        want = np.maximum(ref, 0) if name.endswith("relu") else ref
+        want = (np.clip(ref, 0, 0.5) if name.endswith("relu6") else np.maximum(ref, 0) if name.endswith("relu")
+                else ref)
         err = np.abs(got - want)
         rel = err.max() / np.abs(ref).max()
         assert got.shape == (n, m) and got.dtype == np.float32

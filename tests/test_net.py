@@ -178,10 +178,13 @@ layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
 layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
         convolution_param { num_output: 24 kernel_size: 3 pad: 1 group: 2 } }
 layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "relu2b" type: "ReLU6" bottom: "conv2" top: "conv2" }
 layer { name: "leaky" type: "Convolution" bottom: "conv2" top: "leaky"
         convolution_param { num_output: 16 kernel_size: 3 } }
 layer { name: "relu3" type: "ReLU" bottom: "leaky" top: "leaky" relu_param { negative_slope: 0.1 } }
-layer { name: "fc" type: "InnerProduct" bottom: "leaky" top: "fc" inner_product_param { num_output: 10 } }
+layer { name: "c6" type: "Convolution" bottom: "leaky" top: "c6" convolution_param { num_output: 8 kernel_size: 1 } }
+layer { name: "relu6" type: "ReLU6" bottom: "c6" top: "c6" }
+layer { name: "fc" type: "InnerProduct" bottom: "c6" top: "fc" inner_product_param { num_output: 10 } }
 layer { name: "relu4" type: "ReLU" bottom: "fc" top: "fc" }
 layer { name: "out" type: "InnerProduct" bottom: "fc" top: "out" inner_product_param { num_output: 4 } }
 layer { name: "relu5" type: "ReLU" bottom: "out" top: "out2" }
@@ -201,17 +204,19 @@ def test_fused_relu_gives_the_same_blobs_and_runs_every_hook(batch):
     ref = Net(_FUSE_NET, fused.params, backend="numpy")
     ran = []
     for layer in fused.layers:
-        if layer.type == "ReLU":
+        if layer.type in ("ReLU", "Clip"):
             layer.forward = (lambda f, n: lambda *a, **k: (ran.append(n), f(*a, **k))[1])(layer.forward, layer.name)
     seen = []
     fused.add_hook(before=lambda net, i, l: seen.append(("b", l.name)), after=lambda net, i, l, t: seen.append(("a", l.name)))
     a, b, r = fused.forward(x), plain.forward(x), ref.forward(x)
     names = [l.name for l in fused.layers]
     assert seen == [(k, n) for n in names for k in ("b", "a")]
-    assert ran == ["relu3", "relu5"], f"ReLU layers that did their own pass: {ran}"
+    assert ran == ["relu2b", "relu3", "relu5"], f"activation layers that did their own pass: {ran}"
     assert list(a) == list(b) == list(r)
     for k in a:
         scale = max(float(np.abs(r[k]).max()), 1e-30)
         assert np.abs(a[k] - b[k]).max() / scale <= 1e-5, f"{k}: fused vs unfused {np.abs(a[k] - b[k]).max():.3e}"
         assert np.abs(a[k] - r[k]).max() / scale <= 1e-5, f"{k}: fused vs numpy {np.abs(a[k] - r[k]).max():.3e}"
     assert (a["conv1"] >= 0).all() and (a["fc"] >= 0).all() and (a["leaky"] < 0).any()
+    assert a["conv2"].max() == 6.0      # relu2 fused, then ReLU6 (not fusable after a fused layer) capped
+    assert a["c6"].max() == 6.0 and a["c6"].min() == 0.0      # conv + ReLU6 fused

@@ -16,6 +16,7 @@ from numba import cuda, float32, njit, prange
 
 from ..backend import device_empty, to_device
 from .base import Layer, as_bool, register
+from .convolution.cache import fused_cap
 
 
 def inner_product_reference(x, w, b, transpose=False):
@@ -27,18 +28,18 @@ def inner_product_reference(x, w, b, transpose=False):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _add_bias_rows(y, b, has_bias, relu):
+def _add_bias_rows(y, b, has_bias, relu, cap):
     # y: (N, M) += b, then max(0, .) when relu
     N, M = y.shape
     for n in prange(N):
         row = y[n]
         for m in range(M):
             v = row[m] + b[m] if has_bias else row[m]
-            row[m] = max(v, np.float32(0.0)) if relu else v
+            row[m] = min(max(v, np.float32(0.0)), cap) if relu else v
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=True)
-def _fc_rows(x, w, b, has_bias, relu, y):
+def _fc_rows(x, w, b, has_bias, relu, cap, y):
     # x: (N, K), w: (M, K) -> y: (N, M). Four weight rows per task, each row's dot products with all
     # N inputs while the rows are in cache: the weights are read from memory once per batch.
     # fastmath lets LLVM vectorise the reductions (the summation order differs from BLAS's).
@@ -77,10 +78,10 @@ def _fc_rows(x, w, b, has_bias, relu, y):
             bj = b[jj] if has_bias else np.float32(0.0)
             for n in range(N):
                 v = y[n, jj] + bj
-                y[n, jj] = max(v, np.float32(0.0)) if relu else v
+                y[n, jj] = min(max(v, np.float32(0.0)), cap) if relu else v
 
 
-def inner_product_rows_cpu(x, w, b, transpose=False, relu=False):
+def inner_product_rows_cpu(x, w, b, transpose=False, relu=False, relu_cap=None):
     """Same contract as :func:`inner_product_reference` (``transpose=False`` only): every weight
     row meets all N inputs while it is in cache. For small batches, where BLAS would pack (copy)
     the whole weight matrix per call, this reads it once."""
@@ -90,7 +91,7 @@ def inner_product_rows_cpu(x, w, b, transpose=False, relu=False):
     w = np.ascontiguousarray(w, dtype=np.float32)
     y = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
     has_bias = b is not None
-    _fc_rows(x, w, b if has_bias else np.zeros(1, np.float32), has_bias, relu, y)
+    _fc_rows(x, w, b if has_bias else np.zeros(1, np.float32), has_bias, relu, fused_cap(relu_cap), y)
     return y
 
 
@@ -99,15 +100,15 @@ def inner_product_rows_cpu(x, w, b, transpose=False, relu=False):
 ROWS_BATCHES = range(2, 17)
 
 
-def inner_product_cpu(x, w, b, transpose=False, relu=False):
+def inner_product_cpu(x, w, b, transpose=False, relu=False, relu_cap=None):
     """Same contract as :func:`inner_product_reference` (``relu=True``: max(0, .) applied with the
     bias, the fused in-place ReLU)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not transpose and x.shape[0] in ROWS_BATCHES:
-        return inner_product_rows_cpu(x, w, b, relu=relu)
+        return inner_product_rows_cpu(x, w, b, relu=relu, relu_cap=relu_cap)
     y = np.matmul(x, w if transpose else w.T)  # (N,K)x(K,M): BLAS sees W as a transposed operand, no copy
     if b is not None or relu:
-        _add_bias_rows(y, b if b is not None else np.zeros(1, np.float32), b is not None, relu)
+        _add_bias_rows(y, b if b is not None else np.zeros(1, np.float32), b is not None, relu, fused_cap(relu_cap))
     return y
 
 
@@ -184,13 +185,13 @@ class InnerProduct(Layer):
     #: the cpu kernels can apply a following in-place ReLU with the bias (``relu=True``)
     fuses_relu = True
 
-    def forward(self, bottoms, params, backend, inplace=False, relu=False):
+    def forward(self, bottoms, params, backend, inplace=False, relu=False, relu_cap=None):
         x = bottoms[0]
         lead = tuple(x.shape[:self._ax])
         x2 = x.reshape(int(np.prod(lead)), -1)  # row-major flatten of (C, H, W): Caffe's order
         b = params[1] if self.bias_term else None
         if backend == "cpu":
-            y = inner_product_cpu(x2, params[0], b, self.transpose, relu)
+            y = inner_product_cpu(x2, params[0], b, self.transpose, relu, relu_cap)
         elif relu:
             raise ValueError(f"the {backend} backend does not fuse ReLU")
         else:

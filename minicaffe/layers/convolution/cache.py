@@ -47,3 +47,8 @@ def cached_transform(w, tag, make):
     while len(_FILTER_CACHE) > FILTER_CACHE_SIZE:
         _FILTER_CACHE.pop(next(iter(_FILTER_CACHE)))
     return out
+
+
+def fused_cap(relu_cap):
+    """The fused activation's upper bound as the kernels take it (float32; inf: plain ReLU)."""
+    return np.float32(np.inf if relu_cap is None else relu_cap)

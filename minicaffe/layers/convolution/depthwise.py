@@ -133,7 +133,8 @@ def _depthwise_s1(x, w, b, has_bias, pt, pl, mult, y):
         _dw_plane_s1(x[n, m // mult], w[m, 0], b[m] if has_bias else np.float32(0.0), pt, pl, y[n, m])
 
 
-def convolution_depthwise_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False):
+def convolution_depthwise_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False,
+                              relu_cap=None):
     """x: (N, C, H, W), w: (C*mult, 1, kh, kw) -> (N, C*mult, Ho, Wo); depthwise only
     (``group == C``), same contract as :func:`convolution_reference` for those layers."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -156,5 +157,5 @@ def convolution_depthwise_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation
     else:
         _depthwise(x, w, bb, has_bias, sh, sw, pt, pl, dh, dw, M // C, y)
     if relu:
-        np.maximum(y, 0, out=y)
+        np.clip(y, 0, np.inf if relu_cap is None else relu_cap, out=y)
     return y

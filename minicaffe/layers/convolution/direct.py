@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...simd import MR, NR, indirect_tile
-from .cache import cached_transform
+from .cache import fused_cap, cached_transform
 from .reference import conv_out_size
 
 #: tiles per task (a few output rows: tasks stay many, a panel stays hot across them)
@@ -78,7 +78,7 @@ def _pack_weights(w, group):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _direct(xp, offs, bp, b, has_bias, relu, sh, sw, Cg, y):
+def _direct(xp, offs, bp, b, has_bias, relu, cap, sh, sw, Cg, y):
     # xp: (N, C, Hp, Wp) padded; offs: (K,) tap offsets within a group's channels; bp: (G, P, K*NR)
     # packed weights; y: (N, M, Ho, Wo). Tiles run over the output plane's pixels in row-major
     # order (a tile may span two rows; the plane's last tile is shifted back to end at the last
@@ -121,8 +121,8 @@ def _direct(xp, offs, bp, b, has_bias, relu, sh, sw, Cg, y):
                 dst = yn[m0 + mm]
                 for p in range(MR):
                     v = cs[p * NR + mm] + bias
-                    if relu and v < 0:
-                        v = np.float32(0.0)
+                    if relu:
+                        v = min(max(v, np.float32(0.0)), cap)
                     dst[q0 + p] = v
 
 
@@ -136,10 +136,11 @@ def direct_applies(x_shape, w, stride, pad, dilation, group):
     return not (group == C and Cg == 1) and Ho * Wo >= MR
 
 
-def convolution_direct_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False):
+def convolution_direct_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False,
+                           relu_cap=None):
     """x: (N, C, H, W), w: (M, C/group, kh, kw) -> (N, M, Ho, Wo); same contract as
     :func:`convolution_reference` where :func:`direct_applies` (``relu=True``: max(0, .) applied
-    when the tile is stored, the fused in-place ReLU)."""
+    when the tile is stored, the fused in-place ReLU; ``relu_cap``: also min(., cap), ReLU6)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
     M, Cg, kh, kw = w.shape
@@ -160,5 +161,5 @@ def convolution_direct_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1
     has_bias = b is not None
     bb = np.ascontiguousarray(b, dtype=np.float32) if has_bias else np.zeros(1, np.float32)
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
-    _direct(xp, offs, bp, bb, has_bias, relu, sh, sw, Cg, y)
+    _direct(xp, offs, bp, bb, has_bias, relu, fused_cap(relu_cap), sh, sw, Cg, y)
     return y

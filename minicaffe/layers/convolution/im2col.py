@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .cache import fused_cap
 from .reference import conv_out_size
 
 #: bytes allowed for one im2col buffer; batches are processed in chunks that fit, small enough for
@@ -72,7 +73,7 @@ def _im2col_wide(xf, n0, nb, kh, kw, dh, dw, Wp, L, col):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _crop_wide(yw, b, has_bias, relu, n0, nb, Wp, L, y):
+def _crop_wide(yw, b, has_bias, relu, cap, n0, nb, Wp, L, y):
     # yw: (M, nb*L) wide GEMM result -> y[n0:n0+nb]: (N, M, Ho, Wo) + bias (then max(0, .) when
     # relu), dropping each row's Wp - Wo garbage columns; bias and ReLU ride along so the output
     # is touched once
@@ -88,7 +89,7 @@ def _crop_wide(yw, b, has_bias, relu, n0, nb, Wp, L, y):
             dst = y[n0 + n, m, oh]
             if relu:
                 for ow in range(Wo):
-                    dst[ow] = max(src[ow] + bias, np.float32(0.0))
+                    dst[ow] = min(max(src[ow] + bias, np.float32(0.0)), cap)
             else:
                 for ow in range(Wo):
                     dst[ow] = src[ow] + bias
@@ -136,7 +137,7 @@ def _im2col_phase(xs, nb, kh, kw, s, Ws, L, col):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _add_bias_planes(y, b, relu):
+def _add_bias_planes(y, b, relu, cap):
     # y: (N, M, P) += b[m], then max(0, .) when relu
     N, M, P = y.shape
     for t in prange(N * M):
@@ -146,7 +147,7 @@ def _add_bias_planes(y, b, relu):
         row = y[n, m]
         if relu:
             for p in range(P):
-                row[p] = max(row[p] + bm, np.float32(0.0))
+                row[p] = min(max(row[p] + bm, np.float32(0.0)), cap)
         else:
             for p in range(P):
                 row[p] += bm
@@ -157,7 +158,7 @@ def _im2col_chunk(N, K, L):
     return int(max(1, min(N, IM2COL_BUDGET // max(1, K * L * 4))))
 
 
-def _wide_gemms(w, b, group, nb, L, Wrow, fill, y, per_group=False, relu=False):
+def _wide_gemms(w, b, group, nb, L, Wrow, fill, y, per_group=False, relu=False, relu_cap=None):
     """The chunk loop shared by the im2col convolutions. For each chunk of <= nb images,
     ``fill(n0, cur, g, col)`` writes the im2col rows (of group g, or of all groups when g is None;
     OIHW row order), one GEMM per group writes Wrow columns per output row into a (M, cur*L)
@@ -182,11 +183,11 @@ def _wide_gemms(w, b, group, nb, L, Wrow, fill, y, per_group=False, relu=False):
                 fill(n0, cur, g, col)
             cg = col if per_group else col[g * Kg:(g + 1) * Kg]
             np.matmul(w2[g * Mg:(g + 1) * Mg], cg, out=yw[g * Mg:(g + 1) * Mg])
-        _crop_wide(yw, bb, has_bias, relu, n0, cur, Wrow, L, y)
+        _crop_wide(yw, bb, has_bias, relu, fused_cap(relu_cap), n0, cur, Wrow, L, y)
     return y
 
 
-def convolution_wide_cpu(x, w, b, pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False):
+def convolution_wide_cpu(x, w, b, pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False, relu_cap=None):
     """x: (N, C, H, W), w: (M, C/group, kh, kw) -> (N, M, Ho, Wo); stride-1 convolution by "wide"
     im2col + one BLAS GEMM per group and chunk (same contract as :func:`convolution_reference`
     for stride 1).
@@ -221,10 +222,11 @@ def convolution_wide_cpu(x, w, b, pad=(0, 0, 0, 0), dilation=(1, 1), group=1, re
     # is still in cache when the GEMM reads it (CaffeNet conv2, cold caches as in the net: 3.5 vs
     # 3.9 ms). Several images per chunk: all groups' columns in one pass (batch 64: 181 vs 203 ms).
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
-    return _wide_gemms(w, b, group, nb, L, Wp, fill, y, per_group=nb == 1 and group > 1, relu=relu)
+    return _wide_gemms(w, b, group, nb, L, Wp, fill, y, per_group=nb == 1 and group > 1, relu=relu,
+                       relu_cap=relu_cap)
 
 
-def convolution_phase_cpu(x, w, b, stride, pad=(0, 0, 0, 0), group=1, relu=False):
+def convolution_phase_cpu(x, w, b, stride, pad=(0, 0, 0, 0), group=1, relu=False, relu_cap=None):
     """x: (N, C, H, W), w: (M, C/group, kh, kw), stride (s, s) -> (N, M, Ho, Wo); strided
     convolution (no dilation) by stride-phase planes + "wide" im2col + one GEMM per group and chunk
     (same contract as :func:`convolution_reference` for those layers).
@@ -253,14 +255,15 @@ def convolution_phase_cpu(x, w, b, stride, pad=(0, 0, 0, 0), group=1, relu=False
         _im2col_phase(xs, cur, kh, kw, st, Ws, L, col)
 
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
-    return _wide_gemms(w, b, group, nb, L, Ws, fill, y, relu=relu)
+    return _wide_gemms(w, b, group, nb, L, Ws, fill, y, relu=relu, relu_cap=relu_cap)
 
 
 #: route strided convs like conv1 through space-to-depth + Winograd in ``convolution_cpu``. Off:
 #: measured neutral against im2col with 2 threads (conv1 0.96-1.02x at batch 1/10/64), and it needs
 
 
-def convolution_gather_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False):
+def convolution_gather_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False,
+                           relu_cap=None):
     """x: (N, C, H, W), w: (M, C/group, kh, kw) -> (N, M, Ho, Wo) by the per-pixel im2col gather
     + one GEMM per group and chunk: any stride and dilation (same contract as
     :func:`convolution_reference`). The output rows are exactly Wo wide, so the crop pass only
@@ -279,10 +282,11 @@ def convolution_gather_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1
     def fill(n0, cur, g, col):
         _im2col(x, n0, cur, kh, kw, sh, sw, pt, pl, dh, dw, Ho, Wo, col)
 
-    return _wide_gemms(w, b, group, nb, P, Wo, fill, np.empty((N, M, Ho, Wo), dtype=np.float32), relu=relu)
+    return _wide_gemms(w, b, group, nb, P, Wo, fill, np.empty((N, M, Ho, Wo), dtype=np.float32), relu=relu,
+                       relu_cap=relu_cap)
 
 
-def convolution_1x1_cpu(x, w, b, relu=False):
+def convolution_1x1_cpu(x, w, b, relu=False, relu_cap=None):
     """x: (N, C, H, W), w: (M, C, 1, 1) -> (N, M, H, W): a 1x1 stride-1 unpadded convolution is a
     plain GEMM per image, (M, C) @ (C, H*W); no im2col copy."""
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -290,5 +294,5 @@ def convolution_1x1_cpu(x, w, b, relu=False):
     M = w.shape[0]
     y = np.matmul(w.reshape(M, C), x.reshape(N, C, H * W))
     if b is not None or relu:
-        _add_bias_planes(y, b if b is not None else np.zeros(M, np.float32), relu)
+        _add_bias_planes(y, b if b is not None else np.zeros(M, np.float32), relu, fused_cap(relu_cap))
     return y.reshape(N, M, H, W)

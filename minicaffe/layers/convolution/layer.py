@@ -56,28 +56,29 @@ def winograd_applies(w, stride, dilation, group, x_shape):
 WINOGRAD_MIN_BATCH = 4
 
 
-def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False):
+def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False, relu_cap=None):
     """x: (N, C, H, W) -> (N, M, Ho, Wo); same contract as :func:`convolution_reference`
-    (``relu=True``: max(0, .) applied in the output pass, the fused in-place ReLU)."""
+    (``relu=True``: max(0, .) applied in the output pass, the fused in-place ReLU; ``relu_cap``: also
+    min(., cap), a fused ReLU6 / Clip(0, cap))."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
     M, Cg, kh, kw = w.shape
     sh, sw = stride
     dh, dw = dilation
     if group == C and Cg == 1:
-        return convolution_depthwise_cpu(x, w, b, stride, pad, dilation, group, relu)
+        return convolution_depthwise_cpu(x, w, b, stride, pad, dilation, group, relu, relu_cap)
     if WINOGRAD and winograd_applies(w, stride, dilation, group, x.shape):
-        return convolution_winograd_cpu(x, w, b, pad, group, relu)
+        return convolution_winograd_cpu(x, w, b, pad, group, relu, relu_cap)
     if kh == kw == 1 and sh == sw == 1 and tuple(pad) == (0, 0, 0, 0) and group == 1:
-        return convolution_1x1_cpu(x, w, b, relu)
+        return convolution_1x1_cpu(x, w, b, relu, relu_cap)
     if DIRECT and direct_applies(x.shape, w, stride, pad, dilation, group):
-        return convolution_direct_cpu(x, w, b, stride, pad, dilation, group, relu)
+        return convolution_direct_cpu(x, w, b, stride, pad, dilation, group, relu, relu_cap)
     if sh == sw == 1:
-        return convolution_wide_cpu(x, w, b, pad, dilation, group, relu)
+        return convolution_wide_cpu(x, w, b, pad, dilation, group, relu, relu_cap)
     if sh == sw and dh == dw == 1:
-        return convolution_phase_cpu(x, w, b, stride, pad, group, relu)
+        return convolution_phase_cpu(x, w, b, stride, pad, group, relu, relu_cap)
     # unequal strides, or strided and dilated
-    return convolution_gather_cpu(x, w, b, stride, pad, dilation, group, relu)
+    return convolution_gather_cpu(x, w, b, stride, pad, dilation, group, relu, relu_cap)
 
 
 def conv_geometry(layer, p):
@@ -147,11 +148,12 @@ class Convolution(Layer):
     #: the cpu kernels can apply a following in-place ReLU in their output pass (``relu=True``)
     fuses_relu = True
 
-    def forward(self, bottoms, params, backend, inplace=False, relu=False):
+    def forward(self, bottoms, params, backend, inplace=False, relu=False, relu_cap=None):
         w = params[0]
         b = params[1] if self.bias_term else None
         if backend == "cpu":
-            return [convolution_cpu(bottoms[0], w, b, self.stride, self.pad, self.dilation, self.group, relu)]
+            return [convolution_cpu(bottoms[0], w, b, self.stride, self.pad, self.dilation, self.group, relu,
+                                    relu_cap)]
         f = {"numpy": convolution_reference, "cuda": convolution_cuda}[backend]
         y = f(bottoms[0], w, b, self.stride, self.pad, self.dilation, self.group)
         if relu:

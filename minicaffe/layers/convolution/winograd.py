@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .cache import cached_transform
+from .cache import fused_cap, cached_transform
 
 
 def winograd_filters(w, group=1):
@@ -136,7 +136,7 @@ def _winograd_input(xt, nb, G, ks, th, tw, V):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _winograd_output(Mt, b, has_bias, relu, n0, nb, th, tw, y):
+def _winograd_output(Mt, b, has_bias, relu, cap, n0, nb, th, tw, y):
     # Mt: (36, G, nb*th*tw, Mg) -> y[n0:n0+nb]: (N, M, Ho, Wo) = A^T m A (+ bias, then max(0, .)
     # when relu), the last tile row / column cropped to Ho x Wo. The transform runs along
     # contiguous vectors of output channels; the NHWC -> NCHW reorder happens in the final store.
@@ -177,10 +177,10 @@ def _winograd_output(Mt, b, has_bias, relu, n0, nb, th, tw, y):
                         r2 = e1[m] + e2[m] + 4.0 * (e3[m] + e4[m]) + bias
                         r3 = e1[m] - e2[m] + 8.0 * (e3[m] - e4[m]) + e5[m] + bias
                         if relu:
-                            r0 = max(r0, np.float32(0.0))
-                            r1 = max(r1, np.float32(0.0))
-                            r2 = max(r2, np.float32(0.0))
-                            r3 = max(r3, np.float32(0.0))
+                            r0 = min(max(r0, np.float32(0.0)), cap)
+                            r1 = min(max(r1, np.float32(0.0)), cap)
+                            r2 = min(max(r2, np.float32(0.0)), cap)
+                            r3 = min(max(r3, np.float32(0.0)), cap)
                         o0[m] = r0
                         o1[m] = r1
                         o2[m] = r2
@@ -223,10 +223,10 @@ def _winograd_filters_uncached(w, group=1):
 WINOGRAD_BUDGET = 48 << 20
 
 
-def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1, relu=False):
+def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1, relu=False, relu_cap=None):
     """x: (N, C, H, W), w: (M, C/group, k, k) -> (N, M, Ho, Wo); stride-1 convolution by Winograd
     F(4x4, 3x3) (same contract as :func:`convolution_reference` for those layers; ``relu=True``
-    applies max(0, .) to the output, as a following in-place ReLU would).
+    applies max(0, .) to the output, as a following in-place ReLU would; ``relu_cap``: also min(., cap)).
 
     Per chunk of images: pad + reorder to NHWC, transform every 6x6 tile along channel vectors
     (V: 36 x tiles x channels), 36 GEMMs per group (tiles x K) @ (K x Mg) through BLAS, and the
@@ -262,5 +262,5 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1, relu=False):
         _winograd_input(xt, cur, group, ks, th, tw, V)
         for g in range(group):
             np.matmul(V[:, g], U[:, g], out=Mt[:, g])       # 36 x (tiles, S*Cg) @ (S*Cg, Mg)
-        _winograd_output(Mt, bb, has_bias, relu, n0, cur, th, tw, y)
+        _winograd_output(Mt, bb, has_bias, relu, fused_cap(relu_cap), n0, cur, th, tw, y)
     return y
