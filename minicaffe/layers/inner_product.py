@@ -38,55 +38,65 @@ def _add_bias_rows(y, b, has_bias, relu, cap):
             row[m] = min(max(v, np.float32(0.0)), cap) if relu else v
 
 
+#: weight rows per task of the small-batch kernel
+ROWS_MR = 8
+#: k-chunk: the task's ROWS_MR row chunks (16 KB) stay in L1 while every input meets them
+_KC = 512
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=True)
 def _fc_rows(x, w, b, has_bias, relu, cap, y):
-    # x: (N, K), w: (M, K) -> y: (N, M). Four weight rows per task, each row's dot products with all
-    # N inputs while the rows are in cache: the weights are read from memory once per batch.
-    # fastmath lets LLVM vectorise the reductions (the summation order differs from BLAS's).
+    # x: (N, K), w: (M, K) -> y: (N, M), M >= ROWS_MR. Each task takes ROWS_MR weight rows (the last
+    # block shifted back to end at M) and, k-chunk by k-chunk, meets every input with them while
+    # they are in L1: the weights stream from memory once per batch. fastmath lets LLVM vectorise
+    # the dot products along k (the summation order differs from BLAS's).
     N, K = x.shape
     M = w.shape[0]
-    for jb in prange((M + 3) // 4):
-        j = 4 * jb
-        if j + 4 <= M:
-            w0, w1, w2, w3 = w[j], w[j + 1], w[j + 2], w[j + 3]
+    for t in prange((M + ROWS_MR - 1) // ROWS_MR):
+        j = min(t * ROWS_MR, M - ROWS_MR)
+        acc = np.zeros((N, ROWS_MR), dtype=np.float32)
+        for k0 in range(0, K, _KC):
+            k1 = min(K, k0 + _KC)
+            w0, w1, w2, w3 = w[j, k0:k1], w[j + 1, k0:k1], w[j + 2, k0:k1], w[j + 3, k0:k1]
+            w4, w5, w6, w7 = w[j + 4, k0:k1], w[j + 5, k0:k1], w[j + 6, k0:k1], w[j + 7, k0:k1]
             for n in range(N):
-                xr = x[n]
-                s0 = np.float32(0.0)
-                s1 = np.float32(0.0)
-                s2 = np.float32(0.0)
-                s3 = np.float32(0.0)
-                for k in range(K):
+                xr = x[n, k0:k1]
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+                for k in range(k1 - k0):
                     xv = xr[k]
                     s0 += w0[k] * xv
                     s1 += w1[k] * xv
                     s2 += w2[k] * xv
                     s3 += w3[k] * xv
-                y[n, j] = s0
-                y[n, j + 1] = s1
-                y[n, j + 2] = s2
-                y[n, j + 3] = s3
-        else:
-            for jj in range(j, M):
-                wr = w[jj]
-                for n in range(N):
-                    xr = x[n]
-                    s = np.float32(0.0)
-                    for k in range(K):
-                        s += wr[k] * xr[k]
-                    y[n, jj] = s
-        for jj in range(j, min(j + 4, M)):
-            bj = b[jj] if has_bias else np.float32(0.0)
+                    s4 += w4[k] * xv
+                    s5 += w5[k] * xv
+                    s6 += w6[k] * xv
+                    s7 += w7[k] * xv
+                a = acc[n]
+                a[0] += s0
+                a[1] += s1
+                a[2] += s2
+                a[3] += s3
+                a[4] += s4
+                a[5] += s5
+                a[6] += s6
+                a[7] += s7
+        for r in range(ROWS_MR):
+            bias = b[j + r] if has_bias else np.float32(0.0)
             for n in range(N):
-                v = y[n, jj] + bj
-                y[n, jj] = min(max(v, np.float32(0.0)), cap) if relu else v
+                v = acc[n, r] + bias
+                if relu:
+                    v = min(max(v, np.float32(0.0)), cap)
+                y[n, j + r] = v
 
 
 def inner_product_rows_cpu(x, w, b, transpose=False, relu=False, relu_cap=None):
-    """Same contract as :func:`inner_product_reference` (``transpose=False`` only): every weight
-    row meets all N inputs while it is in cache. For small batches, where BLAS would pack (copy)
-    the whole weight matrix per call, this reads it once."""
-    if transpose:
-        raise ValueError("inner_product_rows_cpu takes (M, K) weights")
+    """Same contract as :func:`inner_product_reference` (``transpose=False`` and M >= 8 only):
+    every block of weight rows meets all N inputs while it is in cache, so the weights stream from
+    memory once per call. For small batches, where BLAS would pack (copy) the whole weight matrix
+    per call, this is faster."""
+    if transpose or w.shape[0] < ROWS_MR:
+        raise ValueError(f"inner_product_rows_cpu takes (M, K) weights with M >= {ROWS_MR}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
     y = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
@@ -95,16 +105,16 @@ def inner_product_rows_cpu(x, w, b, transpose=False, relu=False, relu_cap=None):
     return y
 
 
-#: batch sizes that :func:`inner_product_cpu` sends to :func:`inner_product_rows_cpu` (at batch 1
-#: BLAS's GEMV already reads the weights once; from ~16 images BLAS's packed GEMM wins)
-ROWS_BATCHES = range(2, 17)
+#: largest batch that :func:`inner_product_cpu` sends to :func:`inner_product_rows_cpu` (beyond,
+#: BLAS's packed GEMM amortises its copy of the weights)
+ROWS_MAX_BATCH = 16
 
 
 def inner_product_cpu(x, w, b, transpose=False, relu=False, relu_cap=None):
     """Same contract as :func:`inner_product_reference` (``relu=True``: max(0, .) applied with the
     bias, the fused in-place ReLU)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    if not transpose and x.shape[0] in ROWS_BATCHES:
+    if not transpose and x.shape[0] <= ROWS_MAX_BATCH and w.shape[0] >= ROWS_MR:
         return inner_product_rows_cpu(x, w, b, relu=relu, relu_cap=relu_cap)
     y = np.matmul(x, w if transpose else w.T)  # (N,K)x(K,M): BLAS sees W as a transposed operand, no copy
     if b is not None or relu:
