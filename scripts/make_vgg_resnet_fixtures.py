@@ -18,6 +18,8 @@ prototxt, after in-place layers) and ``CASE.json``.
     MINICAFFE_CAFFE_BUILD=/work/caffe-build nice -n 19 python scripts/make_vgg_resnet_fixtures.py
 
 It is run by hand where Caffe is built (see ../shared/tools/caffe); the tests only read its output.
+``--table`` needs no Caffe: it prints the markdown table of docs/models.md (worst relative error
+per blob, minicaffe's numpy and cpu backends against the saved Caffe blobs).
 """
 from __future__ import annotations
 
@@ -142,7 +144,29 @@ def make(caffe, case, text, seed, zero_factor_layer=None):
     print(f"{case}: {len(blobs)} blobs, {size / 1e6:.2f} MB, output {blobs['prob'].shape}")
 
 
+def table():
+    sys.path.insert(0, str(ROOT))
+    from minicaffe import Net
+    for case in ("vgg16_small", "resnet50_small"):
+        z = np.load(OUT / f"{case}_blobs.npz")
+        ref = {k: z[k] for k in z.files}
+        x = np.load(OUT / f"{case}_input.npy")
+        errs = {}
+        for backend in ("numpy", "cpu"):
+            out = Net(OUT / f"{case}.prototxt", OUT / f"{case}.caffemodel", backend=backend).forward(x)
+            errs[backend] = {k: float(np.abs(out[k].astype(np.float64) - r).max() / max(np.abs(r).max(), 1e-30))
+                             for k, r in ref.items()}
+        print(f"\n{case} (input {tuple(x.shape)})\n\n| blob | shape | numpy | cpu |\n|---|---|---|---|")
+        for k, r in ref.items():
+            print(f"| {k} | {'x'.join(map(str, r.shape))} | {errs['numpy'][k]:.1e} | {errs['cpu'][k]:.1e} |")
+        for b in ("numpy", "cpu"):
+            w = max(errs[b], key=errs[b].get)
+            print(f"\nworst [{b}]: {w} {errs[b][w]:.2e}")
+
+
 def main():
+    if "--table" in sys.argv[1:]:
+        return table()
     sys.path.insert(0, str(SHARED / "tools" / "caffe"))
     os.environ.setdefault("MINICAFFE_CAFFE_BUILD", "/work/caffe-build")
     from pycaffe_import import caffe
