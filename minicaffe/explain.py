@@ -890,7 +890,7 @@ def units_main(args):
                 for r, j in enumerate(order):
                     w.writerow([r, int(j), f"{v[j]:.6g}", paths[j]])
             png = f"units_{layer}_unit{u}_top.png"
-            how = f" ({args.reduce} over positions)" if len(shp) > 1 else ""
+            how = f" ({args.reduce} over positions)" if int(np.prod(shp[1:])) > 1 else ""
             cap = f"{args.layer} unit {u}: the {len(order)} top-activating of {len(v)} images{how}"
             save_top_images(man.outdir / png, [paths[j] for j in order], v[order], cap, args.root)
             man.add(png, cap, {"unit": u, "top_value": float(v[order[0]]), "mean": float(v.mean()),
