@@ -143,13 +143,15 @@ def saliency_map(grad):
     return np.abs(grad).max(axis=1)
 
 
-def saliency(net, x, target, smooth=16, noise=0.15, seed=0, batch=16):
+def saliency(net, x, target, smooth=16, noise=0.15, seed=0, batch=8):
     """x: (C, H, W) one input -> (score, class or channel, saliency (H, W), gradient (C, H, W)).
 
     ``smooth`` 0: the plain gradient at x. ``smooth`` n > 0: SmoothGrad (Smilkov et al. 2017),
     the mean gradient over n copies of x plus Gaussian noise of standard deviation ``noise``
     times x's value range (drawn from ``numpy.random.default_rng(seed)``), for the class of the
-    clean image; the plain gradient of a ReLU6 net is dominated by which units sit at a kink.
+    clean image, ``batch`` noisy copies per backward (a TRAIN-phase forward keeps every layer's
+    input, so memory grows with it); the plain gradient of a ReLU6 net is dominated by which
+    units sit at a kink.
     """
     score, cls, g = input_gradient(net, x[None], target)
     if smooth <= 0:
@@ -251,7 +253,7 @@ def most_salient_box(sal, patch):
 
 
 def salient_vs_random(net, x, target, prep, patch=56, n_random=8, seed=0, fill="gray", smooth=16, noise=0.15,
-                      batch=16):
+                      batch=8):
     """x: (N, C, H, W) -> per image dict: class, base score, the drop when the most salient
     ``patch`` x ``patch`` region (by :func:`saliency` with ``smooth``/``noise``) is occluded, and
     the drops for ``n_random`` random regions of the same size (positions from

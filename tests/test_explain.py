@@ -282,6 +282,7 @@ def lite0(tmp_path_factory):
             os.environ["MINICAFFE_HOME"] = old
 
 
+@pytest.mark.slow
 def test_salient_region_matters_more_than_random_on_real_photos(lite0):
     """Occluding the most salient 56x56 region (SmoothGrad, 8 noisy copies) lowers the top-1 logit
     more than the mean of 6 random 56x56 regions (seed 0), on each of three real photos."""
