@@ -301,7 +301,7 @@ def sample_photos():
 def load_inputs(sources, prep, on_error=None):
     """Paths or arrays -> (kept indices, net inputs (N, 3, c, c), display crops (N, c, c, 3) uint8
     RGB). An image that cannot be read is skipped after ``on_error(source, error)``."""
-    from .preprocess import _crop_offsets, load_resized, normalize_batch
+    from .preprocess import load_resized, normalize_batch
     keep, xs, shows = [], [], []
     for i, s in enumerate(sources):
         try:
@@ -312,7 +312,7 @@ def load_inputs(sources, prep, on_error=None):
                 raise
             on_error(s, e)
             continue
-        y0, x0, _ = _crop_offsets(rgb.shape[0], rgb.shape[1], prep.crop, "center")[0]
+        y0, x0 = (rgb.shape[0] - prep.crop) // 2, (rgb.shape[1] - prep.crop) // 2   # the center crop's corner
         shows.append(rgb[y0:y0 + prep.crop, x0:x0 + prep.crop])
         keep.append(i)
     if not xs:

@@ -297,3 +297,14 @@ def test_salient_region_matters_more_than_random_on_real_photos(lite0):
         print(f"{name}: class {r['class']} score {r['score']:.2f} salient drop {r['salient_drop']:.3f} "
               f"random {rnd:.3f} ({np.round(r['random_drops'], 2)})")
         assert r["salient_drop"] > rnd, f"{name}: salient drop {r['salient_drop']:.3f} <= random {rnd:.3f}"
+
+
+def test_display_crop_is_what_the_net_sees():
+    """The picture under each overlay is the very crop fed to the net (pixel-aligned)."""
+    img = np.random.default_rng(4).integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    spec = Preprocessing(resize=(12, 16), crop=8, channel_order="BGR", mean_values=(10.0, 20.0, 30.0))
+    keep, x, shows = E.load_inputs([img, np.zeros((2, 2, 3), np.uint8)], spec, on_error=lambda s, e: None)
+    assert keep == [0] and x.shape == (1, 3, 8, 8) and shows[0].shape == (8, 8, 3)
+    # HWC RGB -> CHW BGR, minus the BGR means: must equal the net input exactly
+    want = shows[0][:, :, ::-1].transpose(2, 0, 1).astype(np.float32) - np.float32([10, 20, 30]).reshape(3, 1, 1)
+    assert np.array_equal(x[0], want)
