@@ -121,3 +121,15 @@ def test_registry_entries(name, prototxt):
     assert spec.source["url"].startswith(("http://", "https://")) and len(spec.source["sha1"]) == 40
     assert spec.preprocessing.crop == 224 and spec.preprocessing.channel_order == "BGR"
     assert spec.converter is None                    # an official Caffe binary, converted like CaffeNet
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fetch_conversion_path(case, tmp_path):
+    """What `weights fetch vgg16|resnet50` does after the download: caffemodel -> .h5 against the
+    prototxt (VGG's in legacy V1 text); the converted net gives Caffe's output."""
+    from minicaffe.convert import convert_caffemodel
+    ref, x = _load(case)
+    out = tmp_path / "w.h5"
+    convert_caffemodel(str(FIX / f"{case}.prototxt"), str(FIX / f"{case}.caffemodel"), str(out))
+    prob = Net(FIX / f"{case}.prototxt", out, backend="cpu").forward(x, fetch=["prob"])["prob"]
+    assert rel_err(prob, ref["prob"]) < TOL
