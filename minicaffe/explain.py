@@ -485,6 +485,16 @@ def _norm01(a):
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
+def _blur(a, sigma):
+    """(H, W) -> Gaussian-blurred (H, W), separable, borders padded by reflection."""
+    r = max(1, int(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    a = np.pad(np.asarray(a, np.float64), r, mode="reflect")
+    a = np.apply_along_axis(np.convolve, 0, a, k, mode="valid")
+    return np.apply_along_axis(np.convolve, 1, a, k, mode="valid")
+
+
 def save_overlay(path, rgb, heat, title, heat_title, signed=False, box=None):
     """rgb: (H, W, 3) uint8, heat: (H, W) -> PNG of image | heat map | overlay."""
     plt = _plt()
@@ -502,9 +512,8 @@ def save_overlay(path, rgb, heat, title, heat_title, signed=False, box=None):
     else:
         # a pixel-level gradient map has a few extreme pixels: the colour scale stops at the 99th
         # percentile, and the overlay shows the map blurred to the scale of image parts
-        from scipy.ndimage import gaussian_filter
         im = axs[1].imshow(heat, cmap="inferno", vmin=0, vmax=float(np.percentile(heat, 99)) or None)
-        over = gaussian_filter(np.asarray(heat, np.float64), sigma=max(heat.shape) / 60)
+        over = _blur(heat, sigma=max(heat.shape) / 60)
     fig.colorbar(im, ax=axs[1], fraction=0.046, pad=0.04)
     axs[1].set_title(heat_title, fontsize=8)
     axs[2].imshow(rgb)

@@ -308,3 +308,12 @@ def test_display_crop_is_what_the_net_sees():
     # HWC RGB -> CHW BGR, minus the BGR means: must equal the net input exactly
     want = shows[0][:, :, ::-1].transpose(2, 0, 1).astype(np.float32) - np.float32([10, 20, 30]).reshape(3, 1, 1)
     assert np.array_equal(x[0], want)
+
+
+def test_overlay_blur_is_a_normalised_gaussian():
+    a = np.zeros((21, 21))
+    a[10, 10] = 1.0
+    b = E._blur(a, 2.0)
+    assert b.shape == a.shape and abs(b.sum() - 1) < 1e-9 and b.argmax() == 10 * 21 + 10
+    np.testing.assert_allclose(b, b.T, atol=1e-15)                 # same kernel along both axes
+    assert abs(b[10, 12] / b[10, 10] - np.exp(-0.5)) < 1e-9           # Gaussian profile, sigma 2
