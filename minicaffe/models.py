@@ -133,6 +133,25 @@ register_model(ModelSpec(
      "sha1": "405fc5acd08a3bb12de8ee5e23a96bec22f08204"},
     "BVLC GoogLeNet"))
 
+register_model(ModelSpec(
+    "vgg16", str(MODELS_DIR / "vgg16.deploy.prototxt"), "vgg16.h5",
+    # the VGG team's evaluation: isotropic rescale (short side 256 here), mean pixel subtracted in BGR
+    Preprocessing(resize=256, crop=224, channel_order="BGR", mean_values=(103.939, 116.779, 123.68)),
+    {"decaf6": "fc6", "decaf7": "fc7", "logits": "fc8"},
+    {"url": "http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/VGG_ILSVRC_16_layers.caffemodel",
+     "sha1": "9363e1f6d65f7dba68c4f27a1e62105cdf6c4e24"},
+    "VGG-16 (Simonyan & Zisserman, ILSVRC-2014 configuration D; CC BY 4.0)"))
+register_model(ModelSpec(
+    "resnet50", str(MODELS_DIR / "resnet50.deploy.prototxt"), "resnet50.h5",
+    # the release subtracts ResNet_mean.binaryproto (a 224x224 mean image that ships beside the
+    # weights); its channel means stand in for it here
+    Preprocessing(resize=256, crop=224, channel_order="BGR", mean_values=(104.0, 117.0, 123.0)),
+    {"features": "pool5", "logits": "fc1000"},
+    {"url": "https://onedrive.live.com/download?cid=4006CBB8476FF777&resid=4006CBB8476FF777%2117895"
+            "&authkey=%21AAFW2%2DFVoxeVRck",
+     "sha1": "b7c79ccc21ad0479cddc0dd78b1d20c4d722908d"},
+    "ResNet-50 (He et al. 2015, the authors' Caffe release; MIT)"))
+
 
 # --- PyTorch-trained models (converted by minicaffe.converters) ------------------------------
 
