@@ -95,11 +95,15 @@ def _dw_plane_phase(img, wk, bias, s, pt, pl, out):
                 continue
             src = img[ih]
             for b in range(s):
-                dst = xs[a, b, p * Ws:(p + 1) * Ws]
-                for q in range(Ws):
-                    iw = q * s + b - pl
-                    if 0 <= iw < W:
-                        dst[q] = src[iw]
+                # phase columns q with 0 <= q*s + b - pl < W, found once: the copy is branch-free
+                q0 = max(0, (pl - b + s - 1) // s)
+                q1 = min(Ws, (W - 1 + pl - b) // s + 1)
+                if q1 <= q0:
+                    continue
+                dst = xs[a, b, p * Ws + q0:p * Ws + q1]
+                sv = src[q0 * s + b - pl:(q1 - 1) * s + b - pl + 1:s]
+                for q in range(q1 - q0):
+                    dst[q] = sv[q]
     acc = np.full(L, bias, dtype=np.float32)
     for i in range(kh):
         for j in range(kw):
