@@ -1,17 +1,21 @@
 """Layer types, one module each, registered by their Caffe type string in :data:`REGISTRY`."""
 from . import (  # noqa: F401  # noqa: F401,E402  (BatchNorm/Scale for converted PyTorch/TF nets)
+               accuracy,
                batchnorm,
                concat,
                convolution,
                dropout,
+               dummy_data,
                eltwise,
                flatten,
                inner_product,
                loss,
                lrn,
                pooling,
+               python_layer,
                relu,
                scale,
                softmax,
+               split,
 )
 from .base import REGISTRY, Layer, register  # noqa: F401
