@@ -69,8 +69,8 @@ def main(argv=None):
             common.append("--center_only")
         real_out, ours_out = os.path.join(d, "real.npy"), os.path.join(d, "ours.npy")
         env = dict(os.environ, MINICAFFE_CAFFE_BUILD=args.caffe_build, GLOG_minloglevel="2")
-        runner = ("import runpy, sys; sys.path.insert(0, %r); from pycaffe_import import caffe; "
-                  "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')" % SHIM)
+        runner = (f"import runpy, sys; sys.path.insert(0, {SHIM!r}); from pycaffe_import import caffe; "
+                  "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
         real_cmd = [sys.executable, "-c", runner, classify] + [real_out if a is None else a for a in common]
         subprocess.run(real_cmd, check=True, env=env, cwd=d)
         env_ours = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))

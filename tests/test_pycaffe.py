@@ -440,8 +440,8 @@ def test_netspec_builds_a_loadable_net(tmp_path):
     pytest.importorskip("google.protobuf")
     L, P = caffe.layers, caffe.params
     n = caffe.NetSpec()
-    n.data, n.label = L.DummyData(shape=[dict(dim=[2, 1, 8, 8]), dict(dim=[2])], ntop=2)
-    n.conv = L.Convolution(n.data, kernel_size=3, num_output=4, weight_filler=dict(type="xavier"))
+    n.data, n.label = L.DummyData(shape=[{"dim": [2, 1, 8, 8]}, {"dim": [2]}], ntop=2)
+    n.conv = L.Convolution(n.data, kernel_size=3, num_output=4, weight_filler={"type": "xavier"})
     n.pool = L.Pooling(n.conv, kernel_size=2, stride=2, pool=P.Pooling.MAX)
     n.relu = L.ReLU(n.pool, in_place=True)
     n.ip = L.InnerProduct(n.relu, num_output=3)
@@ -452,7 +452,7 @@ def test_netspec_builds_a_loadable_net(tmp_path):
     net = caffe.Net(_write(tmp_path, "spec.prototxt", str(proto)), caffe.TRAIN)
     assert net._layer_names == ["data", "conv", "pool", "relu", "ip", "loss"]
     assert net.blobs["pool"].shape == (2, 4, 3, 3) and net.blob_loss_weights["loss"] == 2.0
-    anon = L.Softmax(L.InnerProduct(L.DummyData(shape=dict(dim=[1, 2])), num_output=2)).to_proto()
+    anon = L.Softmax(L.InnerProduct(L.DummyData(shape={"dim": [1, 2]}), num_output=2)).to_proto()
     assert [lay.name for lay in anon.layer] == ["DummyData1", "InnerProduct1", "Softmax1"]
     with pytest.raises(TypeError, match=r"^Silence input 0 is not a Top"):
         L.Silence(L.DummyData(ntop=2), ntop=0)
@@ -461,7 +461,7 @@ def test_netspec_builds_a_loadable_net(tmp_path):
 def _run(args, cwd, **kw):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-                          **kw)
+                          check=False, **kw)
 
 
 def test_main_runs_an_unchanged_script(tmp_path):

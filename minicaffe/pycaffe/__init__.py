@@ -20,18 +20,46 @@ import sys
 from ..layers import REGISTRY
 from ..layers.python_layer import TEST, TRAIN, Blob
 from ..layers.python_layer import Layer as Layer
-from . import io  # noqa: F401  (caffe.io is an attribute of caffe, as in pycaffe)
-from ._mode import set_device, set_mode_cpu, set_mode_gpu, set_random_seed  # noqa: F401
-from .classifier import Classifier  # noqa: F401
-from .detector import Detector  # noqa: F401
-from .net import Net  # noqa: F401
-from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,  # noqa: F401
-                     RMSPropSolver, SGDSolver, get_solver)
+from . import io
+from ._mode import set_device, set_mode_cpu, set_mode_gpu, set_random_seed
+from .classifier import Classifier
+from .detector import Detector
+from .net import Net
+from .solver import (
+    AdaDeltaSolver,
+    AdaGradSolver,
+    AdamSolver,
+    NesterovSolver,
+    RMSPropSolver,
+    SGDSolver,
+    get_solver,
+)
 
-__all__ = ["Net", "Blob", "Layer", "TRAIN", "TEST", "Classifier", "Detector", "SGDSolver", "NesterovSolver",
-           "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver", "set_mode_cpu",
-           "set_mode_gpu", "set_device", "set_random_seed", "layer_type_list", "io", "install", "init_log",
-           "log"]
+__all__ = [
+    "TEST",
+    "TRAIN",
+    "AdaDeltaSolver",
+    "AdaGradSolver",
+    "AdamSolver",
+    "Blob",
+    "Classifier",
+    "Detector",
+    "Layer",
+    "NesterovSolver",
+    "Net",
+    "RMSPropSolver",
+    "SGDSolver",
+    "get_solver",
+    "init_log",
+    "install",
+    "io",
+    "layer_type_list",
+    "log",
+    "set_device",
+    "set_mode_cpu",
+    "set_mode_gpu",
+    "set_random_seed",
+]
 
 _LAZY = {"layers": "net_spec", "params": "net_spec", "NetSpec": "net_spec", "to_proto": "net_spec",
          "proto": None, "net_spec": None}

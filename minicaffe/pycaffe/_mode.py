@@ -1,6 +1,13 @@
 """pycaffe's global state: the CPU/GPU mode, the device and the random seed (Caffe keeps these
-per process, too). It holds no nets; :mod:`minicaffe.pycaffe.net` reads the mode at run time."""
+per process, too), and the error type of pycaffe's own argument checks. It holds no nets;
+:mod:`minicaffe.pycaffe.net` reads the mode at run time."""
 from __future__ import annotations
+
+
+class PycaffeError(Exception):
+    """What pycaffe raises as a bare ``Exception`` (e.g. "Input is not batch sized"): a subclass,
+    so code that catches ``Exception`` keeps working."""
+
 
 _state = {"mode": "cpu", "device": 0, "seed": None}
 

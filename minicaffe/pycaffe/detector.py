@@ -73,12 +73,12 @@ class Detector(Net):
         box = np.round(np.tile(center, 2) + scale * np.array((-half_h, -half_w, half_h, half_w)))
         scale_h = size / (box[2] - box[0] + 1)
         scale_w = size / (box[3] - box[1] + 1)
-        pad_y = int(round(max(0, -box[0]) * scale_h))  # rows that fall outside the image
-        pad_x = int(round(max(0, -box[1]) * scale_w))
+        pad_y = round(max(0, -box[0]) * scale_h)  # rows that fall outside the image
+        pad_x = round(max(0, -box[1]) * scale_w)
         im_h, im_w = im.shape[:2]
         box = np.clip(box, 0.0, [im_h, im_w, im_h, im_w])
-        crop_h = int(round((box[2] - box[0] + 1) * scale_h))
-        crop_w = int(round((box[3] - box[1] + 1) * scale_w))
+        crop_h = round((box[2] - box[0] + 1) * scale_h)
+        crop_w = round((box[3] - box[1] + 1) * scale_w)
         crop_h = min(crop_h, size - pad_y)
         crop_w = min(crop_w, size - pad_x)
         context = caffe_io.resize_image(im[int(box[0]):int(box[2]), int(box[1]):int(box[3])], (crop_h, crop_w))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._mode import PycaffeError
+
 
 def _pb2():
     from .proto import caffe_pb2
@@ -165,7 +167,7 @@ class Transformer:
 
     def __check_input(self, in_):
         if in_ not in self.inputs:
-            raise Exception(f"{in_} is not one of the net inputs: {self.inputs}")
+            raise PycaffeError(f"{in_} is not one of the net inputs: {self.inputs}")
 
     def preprocess(self, in_, data):
         """(H, W, K) image -> (K, H', W') float32 net input for blob ``in_``."""
@@ -206,14 +208,14 @@ class Transformer:
         """Axis order from the image to the input, e.g. (2, 0, 1) for HWC -> CHW."""
         self.__check_input(in_)
         if len(order) != len(self.inputs[in_]) - 1:
-            raise Exception("Transpose order needs to have the same number of dimensions as the input.")
+            raise PycaffeError("Transpose order needs to have the same number of dimensions as the input.")
         self.transpose[in_] = order
 
     def set_channel_swap(self, in_, order):
         """Channel order of the input, e.g. (2, 1, 0) for RGB -> BGR."""
         self.__check_input(in_)
         if len(order) != self.inputs[in_][1]:
-            raise Exception("Channel swap needs to have the same number of dimensions as the input channels.")
+            raise PycaffeError("Channel swap needs to have the same number of dimensions as the input channels.")
         self.channel_swap[in_] = order
 
     def set_raw_scale(self, in_, scale):

@@ -32,6 +32,7 @@ from ..layers.python_layer import TEST, TRAIN, Blob, make_python_layer
 from ..net import V1_TYPE_NAMES
 from ..solver import prototxt_multipliers
 from . import _mode
+from ._mode import PycaffeError
 
 PHASE_NAMES = {TRAIN: "TRAIN", TEST: "TEST"}
 
@@ -60,9 +61,7 @@ def state_meets_rule(rule, phase, level, stages):
         return False
     if any(str(s) not in stages for s in rule.getall("stage")):
         return False
-    if any(str(s) in stages for s in rule.getall("not_stage")):
-        return False
-    return True
+    return not any(str(s) in stages for s in rule.getall("not_stage"))
 
 
 def layer_included(lp, phase, level, stages):
@@ -189,8 +188,22 @@ class LayerView:
 
 
 class _Slot:
-    __slots__ = ("name", "type", "lp", "bottoms", "tops", "impl", "python", "params", "mults",
-                 "bshapes", "saved", "need_backward", "filled", "loss_weights")
+    __slots__ = (
+        "bottoms",
+        "bshapes",
+        "filled",
+        "impl",
+        "loss_weights",
+        "lp",
+        "mults",
+        "name",
+        "need_backward",
+        "params",
+        "python",
+        "saved",
+        "tops",
+        "type",
+    )
 
 
 class Net:
@@ -512,10 +525,10 @@ class Net:
             outputs = set(self.outputs + blobs)
         if kwargs:
             if set(kwargs) != set(self.inputs):
-                raise Exception("Input blob arguments do not match net inputs.")
+                raise PycaffeError("Input blob arguments do not match net inputs.")
             for name, arr in kwargs.items():
                 if arr.shape[0] != self._blobs[name].shape[0]:
-                    raise Exception("Input is not batch sized")
+                    raise PycaffeError("Input is not batch sized")
                 self._blobs[name].data[...] = arr
         self._forward(start_ind, end_ind)
         return {out: self._blobs[out].data for out in outputs}
@@ -534,10 +547,10 @@ class Net:
             outputs = set(self.inputs + diffs)
         if kwargs:
             if set(kwargs) != set(self.outputs):
-                raise Exception("Top diff arguments do not match net outputs.")
+                raise PycaffeError("Top diff arguments do not match net outputs.")
             for name, d in kwargs.items():
                 if d.shape[0] != self._blobs[name].shape[0]:
-                    raise Exception("Diff is not batch sized")
+                    raise PycaffeError("Diff is not batch sized")
                 self._blobs[name].diff[...] = d
         self._backward(start_ind, end_ind)
         return {out: self._blobs[out].diff for out in outputs}
@@ -561,8 +574,8 @@ class Net:
         for batch in self._batch(kwargs):
             for out, arr in self.forward(blobs=blobs, **batch).items():
                 all_outs[out].extend(arr.copy())
-        for out in all_outs:
-            all_outs[out] = np.asarray(all_outs[out])
+        for out, rows in all_outs.items():
+            all_outs[out] = np.asarray(rows)
         pad = len(next(iter(all_outs.values()))) - len(next(iter(kwargs.values())))
         if pad:
             for out in all_outs:

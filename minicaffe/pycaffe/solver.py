@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import typing
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def _f32(x):
 class _Param:
     """Typed access to the SolverParameter Message with Caffe's defaults."""
 
-    DEFAULTS = {"test_interval": 0, "test_initialization": True, "display": 0, "average_loss": 1,
+    DEFAULTS: typing.ClassVar[dict] = {"test_interval": 0, "test_initialization": True, "display": 0, "average_loss": 1,
                 "max_iter": 0, "iter_size": 1, "lr_policy": "fixed", "gamma": 0.0, "power": 0.0,
                 "momentum": 0.0, "weight_decay": 0.0, "regularization_type": "L2", "stepsize": 0,
                 "clip_gradients": -1.0, "snapshot": 0, "snapshot_prefix": "", "snapshot_after_train": True,
@@ -261,8 +262,8 @@ class Solver:
 
     def restore(self, state_file):
         """Resume from a ``.solverstate`` (needs protobuf: ``pip install minicaffe[pycaffe]``)."""
-        from .proto import caffe_pb2
         from .io import blobproto_to_array
+        from .proto import caffe_pb2
         st = caffe_pb2.SolverState()
         with open(os.fspath(state_file), "rb") as f:
             st.ParseFromString(f.read())
