@@ -6,7 +6,7 @@
 # The test files are copied from CAFFE_SOURCE_TREE/python/caffe/test/ into a temporary folder
 # (they are never part of this project) and run with pytest through
 # `python -m minicaffe.pycaffe -m pytest`, so `import caffe` resolves to minicaffe.pycaffe.
-# test_coord_map.py is left out: the drop-in does not provide caffe.coord_map.
+
 set -euo pipefail
 src=${1:?usage: $0 CAFFE_SOURCE_TREE [pytest args...]}
 shift
@@ -19,7 +19,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 files="test_net.py test_io.py test_solver.py test_python_layer.py test_python_layer_with_param_str.py
-       test_layer_type_list.py test_net_spec.py"
+       test_layer_type_list.py test_net_spec.py test_coord_map.py"
 for f in $files; do
     cp "$tests/$f" "$tmp/"
 done

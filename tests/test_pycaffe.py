@@ -524,3 +524,39 @@ def test_classifier_predict_matches_manual_pipeline(tmp_path):
         want.append((p / p.sum(1, keepdims=True)).mean(0))
     _close(got, np.array(want), 1e-5, "Classifier.predict with 10-crop oversampling")
     assert clf.predict(ims, oversample=False).shape == (3, 5)
+
+
+def test_data_layer_reads_lmdb_with_caffes_transform(tmp_path):
+    lmdb = pytest.importorskip("lmdb")
+    pytest.importorskip("google.protobuf")
+    import io as _io
+
+    from PIL import Image
+    rng = np.random.default_rng(8)
+    raw = [rng.integers(0, 256, (3, 4, 5)).astype(np.uint8) for _ in range(3)]
+    env = lmdb.open(str(tmp_path / "db"), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        for i, a in enumerate(raw):
+            txn.put(f"{i:08d}".encode(), caffe.io.array_to_datum(a, label=i).SerializeToString())
+        buf = _io.BytesIO()
+        Image.fromarray(raw[0].transpose(1, 2, 0)[:, :, ::-1]).save(buf, format="PNG")  # CHW BGR -> HWC RGB
+        enc = caffe.io.array_to_datum(raw[0], label=7)
+        enc.data, enc.encoded = buf.getvalue(), True
+        txn.put(b"00000003", enc.SerializeToString())
+    env.close()
+    proto = _write(tmp_path, "data.prototxt", f"""
+        layer {{ name: 'd' type: 'Data' top: 'data' top: 'label'
+          data_param {{ source: '{tmp_path / "db"}' batch_size: 3 backend: LMDB }}
+          transform_param {{ crop_size: 3 mean_value: 1 mean_value: 2 mean_value: 3 scale: 0.5 }} }}""")
+    net = caffe.Net(proto, caffe.TEST)
+    assert net.blobs["data"].shape == (3, 3, 3, 3) and "Data" in caffe.layer_type_list()
+    mean = np.array([1, 2, 3], np.float32)[:, None, None]
+
+    def want(a):  # TEST phase: the centre 3x3 window, (x - mean) * scale
+        return (a[:, 0:3, 1:4].astype(np.float32) - mean) * 0.5
+    net.forward()
+    _close(net.blobs["data"].data, np.stack([want(a) for a in raw]), 0, "first batch")
+    _close(net.blobs["label"].data, [0, 1, 2], 0, "labels")
+    net.forward()  # the encoded record, then the cursor wraps to the first ones
+    _close(net.blobs["data"].data, np.stack([want(raw[0]), want(raw[0]), want(raw[1])]), 0, "encoded + wrap")
+    _close(net.blobs["label"].data, [7, 0, 1], 0, "labels after the wrap")

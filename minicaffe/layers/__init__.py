@@ -4,6 +4,7 @@ from . import (  # noqa: F401  # noqa: F401,E402  (BatchNorm/Scale for converted
                batchnorm,
                concat,
                convolution,
+               data,
                dropout,
                dummy_data,
                eltwise,

@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 _LAZY = {"layers": "net_spec", "params": "net_spec", "NetSpec": "net_spec", "to_proto": "net_spec",
-         "proto": None, "net_spec": None}
+         "proto": None, "net_spec": None, "coord_map": None}
 
 
 def __getattr__(name):

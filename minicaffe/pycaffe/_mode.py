@@ -16,6 +16,10 @@ def mode():
     return _state["mode"]
 
 
+def seed():
+    return _state["seed"]
+
+
 def set_mode_cpu():
     _state["mode"] = "cpu"
 

@@ -257,7 +257,10 @@ class Net:
         self._slots = []
         self.layers = []
         self._inputs = []
-        self._rng = np.random.default_rng(0)
+        # Caffe seeds from caffe.set_random_seed, else at random: here NumPy's global generator
+        # (np.random.seed makes a run repeatable)
+        seed = _mode.seed()
+        self._rng = np.random.default_rng(np.random.randint(2 ** 31) if seed is None else seed)
         seen = set()
         for name, t, lp in entries:
             if name in seen:
@@ -299,7 +302,7 @@ class Net:
                                  f"(supported: {', '.join(sorted(REGISTRY))})")
             try:
                 s.impl = REGISTRY[t](name, lp, s.bottoms, s.tops)
-                if t == "Dropout":
+                if t in ("Dropout", "Data", "DummyData"):  # seeded from the net's generator
                     s.impl.phase = PHASE_NAMES[self.phase]
                     s.impl.rng = np.random.default_rng(self._rng.integers(2 ** 63))
                 shapes = s.impl.shapes if t == "Input" else s.impl.setup([b.shape for b in bottom])
