@@ -458,8 +458,8 @@ def test_netspec_builds_a_loadable_net(tmp_path):
         L.Silence(L.DummyData(ntop=2), ntop=0)
 
 
-def _run(args, cwd, **kw):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _run(args, cwd, extra_env=None, **kw):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(extra_env or {}))
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
                           check=False, **kw)
 
@@ -560,3 +560,63 @@ def test_data_layer_reads_lmdb_with_caffes_transform(tmp_path):
     net.forward()  # the encoded record, then the cursor wraps to the first ones
     _close(net.blobs["data"].data, np.stack([want(raw[0]), want(raw[0]), want(raw[1])]), 0, "encoded + wrap")
     _close(net.blobs["label"].data, [7, 0, 1], 0, "labels after the wrap")
+
+
+def test_coord_map_through_conv_pool_deconv():
+    pytest.importorskip("google.protobuf")
+    from minicaffe.pycaffe.coord_map import coord_map_from_to, crop
+    L = caffe.layers
+
+    def spec(pool=2, dstride=2, dpad=0):
+        n = caffe.NetSpec()
+        n.data = L.Input(shape={"dim": [1, 1, 50, 50]})
+        n.conv = L.Convolution(n.data, num_output=2, kernel_size=3, pad=0)
+        n.pool = L.Pooling(n.conv, kernel_size=pool, stride=pool)
+        n.deconv = L.Deconvolution(n.pool, num_output=2, kernel_size=2 * dstride, stride=dstride, pad=dpad)
+        return n
+    # conv 3x3 (offset +1), pool 2x (x2, offset +0.5 in pool units), deconv 2x: the identity overall
+    n = spec()
+    ax, a, b = coord_map_from_to(n.deconv, n.data)
+    assert (ax, float(a[0]), float(b[0])) == (1, 1.0, 0.0)
+    n = spec(pool=4, dstride=4)
+    ax, a, b = coord_map_from_to(n.deconv, n.data)
+    assert (ax, float(a[0]), float(b[0])) == (1, 1.0, -1.0)
+    n = spec(pool=4, dstride=4)
+    n.crop = crop(n.deconv, n.data)
+    p = n.to_proto().layer[-1]
+    assert p.type == "Crop" and p.crop_param.axis == 2 and list(p.crop_param.offset) == [1]
+    n = spec()
+    n.ip = L.InnerProduct(n.deconv, num_output=3)
+    with pytest.raises(RuntimeError):
+        coord_map_from_to(n.ip, n.data)
+    n = spec(pool=3)
+    with pytest.raises(AssertionError, match="scale mismatch"):
+        crop(n.deconv, n.data)
+
+
+@pytest.mark.slow
+def test_gpu_mode_forward_matches_cpu_in_the_cuda_simulator(tmp_path):
+    proto = _write(tmp_path, "gpu.prototxt", """
+        layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } } }
+        layer { name: 'conv' type: 'Convolution' bottom: 'data' top: 'conv'
+                convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: 'xavier' } } }
+        layer { name: 'relu' type: 'ReLU' bottom: 'conv' top: 'conv' }
+        layer { name: 'pool' type: 'Pooling' bottom: 'conv' top: 'pool' pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+        layer { name: 'ip' type: 'InnerProduct' bottom: 'pool' top: 'ip'
+                inner_product_param { num_output: 5 weight_filler { type: 'xavier' } } }
+        layer { name: 'prob' type: 'Softmax' bottom: 'ip' top: 'prob' }
+    """)
+    code = textwrap.dedent("""
+        import sys, numpy as np
+        import minicaffe.pycaffe as caffe
+        np.random.seed(0)
+        net = caffe.Net(sys.argv[1], caffe.TEST)
+        net.blobs["data"].data[...] = np.random.default_rng(0).standard_normal((2, 3, 8, 8))
+        cpu = {k: v.copy() for k, v in net.forward(blobs=["conv", "pool"]).items()}
+        caffe.set_mode_gpu()
+        gpu = net.forward(blobs=["conv", "pool"])
+        print(max(float(np.abs(gpu[k] - cpu[k]).max()) for k in cpu))
+    """)
+    r = _run(["-c", code, proto], tmp_path, extra_env={"NUMBA_ENABLE_CUDASIM": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert float(r.stdout.split()[-1]) < 1e-5, f"GPU-mode forward differs from CPU mode by {r.stdout.split()[-1]}"
