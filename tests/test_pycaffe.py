@@ -620,3 +620,51 @@ def test_gpu_mode_forward_matches_cpu_in_the_cuda_simulator(tmp_path):
     r = _run(["-c", code, proto], tmp_path, extra_env={"NUMBA_ENABLE_CUDASIM": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     assert float(r.stdout.split()[-1]) < 1e-5, f"GPU-mode forward differs from CPU mode by {r.stdout.split()[-1]}"
+
+
+@pytest.mark.parametrize("proto,model,blobs,inp", [
+    ("caffenet_small_v1.prototxt", "caffenet_small_v1.caffemodel", "caffenet_small_blobs_224.npz",
+     "caffenet_small_input_224.npy"),
+    ("alexnet_small.prototxt", "alexnet_small_v1.caffemodel", "alexnet_small_blobs_227.npz",
+     "alexnet_small_input_227.npy"),
+])
+def test_blobs_match_real_caffe_fixtures(fixtures_dir, proto, model, blobs, inp):
+    """Legacy V1 prototxt / caffemodel, input reshaped as pycaffe users do: every blob vs Caffe's."""
+    net = caffe.Net(str(fixtures_dir / proto), str(fixtures_dir / model), caffe.TEST)
+    x = np.load(fixtures_dir / inp)
+    name = net.inputs[0]
+    net.blobs[name].reshape(*x.shape)
+    net.blobs[name].data[...] = x
+    net.forward()
+    ref = np.load(fixtures_dir / blobs)
+    assert net._inputs == [0]
+    for k in ref.files:
+        want = ref[k]
+        err = np.abs(net.blobs[k].data - want).max() / max(np.abs(want).max(), 1e-12)
+        assert err <= 1e-4, f"{proto}: blob {k} max rel error {err:.3g} against real Caffe"
+
+
+def test_detector_windows(tmp_path):
+    pytest.importorskip("skimage")
+    from PIL import Image
+    proto = _write(tmp_path, "det.prototxt", """
+        layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 2 dim: 3 dim: 4 dim: 4 } } }
+        layer { name: 'fc' type: 'InnerProduct' bottom: 'data' top: 'fc'
+                inner_product_param { num_output: 3 weight_filler { type: 'gaussian' std: 0.1 } } }
+    """)
+    caffe.Net(proto, caffe.TEST).save(str(tmp_path / "w.caffemodel"))
+    rgb = (np.random.default_rng(9).uniform(size=(12, 16, 3)) * 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "im.png")
+    det = caffe.Detector(proto, str(tmp_path / "w.caffemodel"), raw_scale=255, channel_swap=(2, 1, 0))
+    windows = [np.array([0, 0, 4, 4]), np.array([2, 3, 10, 11]), np.array([5, 5, 9, 9])]
+    out = det.detect_windows([(str(tmp_path / "im.png"), windows)])
+    assert [d["filename"] for d in out] == [str(tmp_path / "im.png")] * 3
+    im = rgb / 255.0
+    w, b = det.params["fc"][0].data, det.params["fc"][1].data
+    for d, win in zip(out, windows):
+        crop = caffe.io.resize_image(im[win[0]:win[2], win[1]:win[3]].astype(np.float32), (4, 4))
+        x = crop.transpose(2, 0, 1)[::-1] * 255  # HWC RGB -> CHW BGR, 0-255
+        _close(d["prediction"], w @ x.ravel() + b, 1e-3, f"window {win.tolist()}")
+    ctx = caffe.Detector(proto, str(tmp_path / "w.caffemodel"), raw_scale=255, channel_swap=(2, 1, 0), context_pad=1)
+    c = ctx.crop(im.astype(np.float32), np.array([0, 0, 6, 6]))
+    assert c.shape == (4, 4, 3)

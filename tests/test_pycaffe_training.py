@@ -39,7 +39,7 @@ def fixture_dir(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("solver", ["sgd", "nesterov", "adam"])
+@pytest.mark.parametrize("solver", ["sgd", "nesterov", "adam", "adagrad", "rmsprop", "adadelta"])
 def test_loss_curve_matches_real_caffe(fixture_dir, solver):
     ref = np.load(os.path.join(FIX, "tiny_curves.npz"))
     losses, s = _curve(f"tiny_solver_{solver}.prototxt", "tiny_init.caffemodel", ref["data"], ref["labels"])
@@ -49,7 +49,7 @@ def test_loss_curve_matches_real_caffe(fixture_dir, solver):
     assert err.max() <= TOL, (f"{solver}: max abs loss difference {err.max():.3g} at iteration {i} "
                               f"(ours {losses[i]:.7f}, Caffe {want[i]:.7f})")
     assert s.iter == ITERS
-    assert want[-1] < 0.5 * want[0], "the reference run must actually learn, or the test shows little"
+    assert want[-1] < 0.6 * want[0], "the reference run must actually learn, or the test shows little"
 
 
 def test_final_weights_match_real_caffe(fixture_dir):

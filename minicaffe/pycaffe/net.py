@@ -256,7 +256,7 @@ class Net:
         self._blobs = OrderedDict()
         self._slots = []
         self.layers = []
-        self._inputs = []
+        self._input_names = []
         # Caffe seeds from caffe.set_random_seed, else at random: here NumPy's global generator
         # (np.random.seed makes a run repeatable)
         seed = _mode.seed()
@@ -272,7 +272,7 @@ class Net:
             available.difference_update(sl.bottoms)
             available.update(sl.tops)
         # Caffe keeps the unconsumed blobs in a std::set: outputs come sorted by name
-        self._outputs = sorted(available)
+        self._output_names = sorted(available)
         self._init_backward_flags()
 
     def _add_layer(self, name, t, lp):
@@ -320,7 +320,7 @@ class Net:
             s.params = [Blob(shp, data=self._filler(s, i, shp)) for i, shp in enumerate(s.impl.param_shapes)]
             self.layers.append(LayerView(name, t, s.params))
             if t == "Input":
-                self._inputs.extend(s.tops)
+                self._input_names.extend(s.tops)
             elif t == "DummyData":  # Caffe fills every DummyData top once at set-up
                 self._run_engine(s)
         n = len(s.params)
@@ -486,11 +486,26 @@ class Net:
 
     @property
     def inputs(self):
-        return list(self._inputs)
+        return list(self._input_names)
 
     @property
     def outputs(self):
-        return list(self._outputs)
+        return list(self._output_names)
+
+    @property
+    def _inputs(self):
+        """Indices of the input blobs in ``blobs`` (pycaffe's low-level attribute)."""
+        names = list(self._blobs)
+        return [names.index(b) for b in self._input_names]
+
+    @property
+    def _outputs(self):
+        names = list(self._blobs)
+        return [names.index(b) for b in self._output_names]
+
+    @property
+    def _blobs_list(self):
+        return list(self._blobs.values())
 
     @property
     def blob_loss_weights(self):
