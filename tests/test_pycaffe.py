@@ -470,13 +470,13 @@ def test_main_runs_an_unchanged_script(tmp_path):
         import sys
         import caffe
         import caffe.io
-        from caffe.proto import caffe_pb2
         from helper_mod import VALUE
-        print(caffe.__name__, caffe.io.__name__, caffe_pb2.__name__, VALUE, sys.argv[1:], caffe.TRAIN, caffe.TEST)
+        blob = caffe.proto.caffe_pb2.BlobProto()  # no explicit import of caffe.proto, as in pycaffe
+        print(caffe.__name__, caffe.io.__name__, type(blob).__module__, VALUE, sys.argv[1:], caffe.TRAIN, caffe.TEST)
     """)
     r = _run(["-m", "minicaffe.pycaffe", script, "a", "--b"], tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["minicaffe.pycaffe", "minicaffe.pycaffe.io", "minicaffe.pycaffe.proto.caffe_pb2",
+    assert r.stdout.split() == ["minicaffe.pycaffe", "minicaffe.pycaffe.io", "caffe_pb2",
                                 "42", "['a',", "'--b']", "0", "1"]
     r = _run(["-m", "minicaffe.pycaffe", str(tmp_path / "missing.py")], tmp_path)
     assert r.returncode == 2 and r.stderr.strip().endswith("missing.py: no such script")
