@@ -668,3 +668,26 @@ def test_detector_windows(tmp_path):
     ctx = caffe.Detector(proto, str(tmp_path / "w.caffemodel"), raw_scale=255, channel_swap=(2, 1, 0), context_pad=1)
     c = ctx.crop(im.astype(np.float32), np.array([0, 0, 6, 6]))
     assert c.shape == (4, 4, 3)
+
+
+def test_bad_inputs_are_one_line_minicaffe_errors(tmp_path):
+    from minicaffe.errors import MinicaffeError
+    cases = {
+        "missing file": lambda: caffe.Net(str(tmp_path / "nope.prototxt"), caffe.TEST),
+        "unknown type": lambda: caffe.Net(_write(tmp_path, "u.prototxt", """
+            layer { name: 'x' type: 'Frobnicate' top: 'x' }"""), caffe.TEST),
+        "unknown bottom": lambda: caffe.Net(_write(tmp_path, "b.prototxt", """
+            layer { name: 'ip' type: 'InnerProduct' bottom: 'nothing' top: 'ip' inner_product_param { num_output: 1 } }"""),
+            caffe.TEST),
+        "weights of another net": lambda: caffe.Net(_write(tmp_path, "w.prototxt", SIMPLE), caffe.TEST).copy_from(
+            str(tmp_path / "other.caffemodel")),
+    }
+    other = caffe.Net(_write(tmp_path, "o.prototxt", SIMPLE.replace("num_output: 5", "num_output: 6")), caffe.TEST)
+    other.save(str(tmp_path / "other.caffemodel"))
+    for what, fn in cases.items():
+        with pytest.raises(MinicaffeError) as e:
+            fn()
+        msg = str(e.value)
+        assert "\n" not in msg and len(msg) < 400, f"{what}: {msg!r}"
+    with pytest.raises(ValueError, match="phase"):
+        caffe.Net(_write(tmp_path, "p.prototxt", SIMPLE), 7)

@@ -122,7 +122,7 @@ def _layer_entries(proto, path):
     return out
 
 
-def insert_splits(entries):
+def insert_splits(entries, where="<prototxt>"):
     """Caffe's InsertSplits: entries (name, type, lp) -> new entries with Split layers, and
     bottoms renamed ``<blob>_<producer>_<top index>_split_<k>``."""
     last_top, src, count, loss_w = {}, {}, {}, {}
@@ -130,7 +130,7 @@ def insert_splits(entries):
         for j, b in enumerate(lp.getall("bottom")):
             b = str(b)
             if b not in last_top:
-                raise ModelError(f"layer {name!r} reads blob {b!r}, which no earlier layer produces")
+                raise ModelError(f"{where}: layer {name!r} reads blob {b!r}, which no earlier layer produces")
             src[(i, j)] = last_top[b]
             count[last_top[b]] = count.get(last_top[b], 0) + 1
         tops = [str(x) for x in lp.getall("top")]
@@ -232,13 +232,13 @@ class Net:
         self.phase, self.level, self.stages = phase, int(level), [str(s) for s in stages]
         if isinstance(network_file, Message):
             proto, self._path = network_file, None
-        elif isinstance(network_file, (str, os.PathLike)) and os.path.exists(os.fspath(network_file)):
-            self._path = os.fspath(network_file)
-            proto = parse_file(self._path)
+        elif isinstance(network_file, str) and "{" in network_file and not os.path.exists(network_file):
+            proto, self._path = parse(network_file), None  # prototxt text (a convenience pycaffe lacks)
         elif isinstance(network_file, (str, os.PathLike)):
-            raise FileNotFoundError(f"{os.fspath(network_file)}: no such prototxt file")
+            self._path = os.fspath(network_file)
+            proto = parse_file(self._path)  # PrototxtError names the file when it cannot be read
         else:
-            proto, self._path = parse(str(network_file)), None
+            proto, self._path = parse(str(network_file)), None  # e.g. a caffe_pb2.NetParameter
         self._build(proto)
         if weights is not None:
             self.copy_from(weights)
@@ -252,7 +252,7 @@ class Net:
         self._force_backward = str(proto.get("force_backward", "false")).lower() in ("true", "1")
         entries = [e for e in _layer_entries(proto, self._path)
                    if layer_included(e[2], self.phase, self.level, self.stages)]
-        entries = insert_splits(entries)
+        entries = insert_splits(entries, self._where())
         self._blobs = OrderedDict()
         self._slots = []
         self.layers = []
@@ -380,10 +380,10 @@ class Net:
             except MinicaffeError:
                 raise
             except (TypeError, ValueError, IndexError, ZeroDivisionError) as e:
-                raise ModelError(f"layer {s.name!r} ({s.type}): cannot reshape for {shapes}: {e}") from None
+                raise ModelError(f"{self._where()}: layer {s.name!r} ({s.type}): cannot reshape for {shapes}: {e}") from None
             for p, shp in zip(s.params, s.impl.param_shapes):
                 if p.shape != tuple(shp):
-                    raise ModelError(f"layer {s.name!r} ({s.type}): input {shapes} needs parameter shape "
+                    raise ModelError(f"{self._where()}: layer {s.name!r} ({s.type}): input {shapes} needs parameter shape "
                                      f"{tuple(shp)}, the blob is {p.shape}")
             s.bshapes = shapes
             for tn, shp in zip(s.tops, tshapes):
