@@ -691,3 +691,42 @@ def test_bad_inputs_are_one_line_minicaffe_errors(tmp_path):
         assert "\n" not in msg and len(msg) < 400, f"{what}: {msg!r}"
     with pytest.raises(ValueError, match="phase"):
         caffe.Net(_write(tmp_path, "p.prototxt", SIMPLE), 7)
+
+
+def test_hdf5_data_layer_walks_files_and_wraps(tmp_path):
+    import h5py
+    rng = np.random.default_rng(10)
+    xs = [rng.standard_normal((3, 2, 2)).astype(np.float32), rng.standard_normal((2, 2, 2)).astype(np.float32)]
+    for i, x in enumerate(xs):
+        with h5py.File(tmp_path / f"part{i}.h5", "w") as f:
+            f["data"] = x
+            f["label"] = np.arange(len(x), dtype=np.float64) + 10 * i
+    (tmp_path / "list.txt").write_text(f"{tmp_path / 'part0.h5'}\n{tmp_path / 'part1.h5'}\n")
+    proto = _write(tmp_path, "h5.prototxt", f"""
+        layer {{ name: 'd' type: 'HDF5Data' top: 'data' top: 'label'
+                 hdf5_data_param {{ source: '{tmp_path / "list.txt"}' batch_size: 4 }} }}""")
+    net = caffe.Net(proto, caffe.TRAIN)
+    assert net.blobs["data"].shape == (4, 2, 2) and net.blobs["label"].shape == (4,)
+    all_x = np.concatenate(xs)
+    net.forward()
+    _close(net.blobs["data"].data, all_x[:4], 0, "rows 0-2 of file 0, row 0 of file 1")
+    _close(net.blobs["label"].data, [0, 1, 2, 10], 0, "labels across the file boundary")
+    net.forward()
+    _close(net.blobs["label"].data, [11, 0, 1, 2], 0, "labels after wrapping to the first file")
+
+
+def test_memory_data_layer_and_set_input_arrays(tmp_path):
+    proto = _write(tmp_path, "mem.prototxt", """
+        layer { name: 'd' type: 'MemoryData' top: 'data' top: 'label'
+                memory_data_param { batch_size: 2 channels: 1 height: 2 width: 2 } }
+        layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip' inner_product_param { num_output: 1 } }""")
+    net = caffe.Net(proto, caffe.TEST)
+    x = np.arange(16, dtype=np.float32).reshape(4, 1, 2, 2)
+    net.set_input_arrays(x, np.array([5.0, 6.0, 7.0, 8.0], np.float32))
+    for want in (0, 2, 0):
+        net.forward()
+        _close(net.blobs["data"].data, x[want:want + 2], 0, f"batch starting at row {want}")
+        _close(net.blobs["label"].data, [5 + want, 6 + want], 0, "labels")
+    from minicaffe.errors import MinicaffeError
+    with pytest.raises(MinicaffeError, match="multiple of batch_size"):
+        net.set_input_arrays(x[:3], np.zeros(3, np.float32))

@@ -12,9 +12,9 @@ their input for the backward, loss tops are seeded with their ``loss_weight`` as
 diffs accumulate (``clear_param_diffs``) and parameters without weights are filled by the
 prototxt's fillers (Caffe's default: constant 0). The layer math is minicaffe's (``cpu``
 backend, Numba); Python layers are called on the net's own blobs. The pycaffe conveniences
-(``forward(**inputs)``, ``forward_all``, ``top_names``...) follow BVLC's pycaffe.py. It does not
-do parameter sharing by ``param { name }``, ``MemoryData``/``Data``/``HDF5Data`` readers, or GPU
-training: with ``set_mode_gpu`` the forward of layers that have CUDA kernels runs on the device.
+(``forward(**inputs)``, ``forward_all``, ``top_names``, ``set_input_arrays``...) follow BVLC's
+pycaffe.py. It does not do parameter sharing by ``param { name }`` or GPU training: with
+``set_mode_gpu`` the forward of layers that have CUDA kernels runs on the device.
 """
 from __future__ import annotations
 
@@ -302,7 +302,7 @@ class Net:
                                  f"(supported: {', '.join(sorted(REGISTRY))})")
             try:
                 s.impl = REGISTRY[t](name, lp, s.bottoms, s.tops)
-                if t in ("Dropout", "Data", "DummyData"):  # seeded from the net's generator
+                if t in ("Dropout", "Data", "DummyData", "HDF5Data"):  # seeded from the net's generator
                     s.impl.phase = PHASE_NAMES[self.phase]
                     s.impl.rng = np.random.default_rng(self._rng.integers(2 ** 63))
                 shapes = s.impl.shapes if t == "Input" else s.impl.setup([b.shape for b in bottom])
@@ -721,8 +721,12 @@ class Net:
         self._load_arrays(source, path)
 
     def set_input_arrays(self, data, labels):
-        raise ModelError("set_input_arrays feeds a MemoryData layer, which minicaffe does not provide; "
-                         "use an Input layer and net.blobs[name].data[...] = array")
+        """Hand (N, C, H, W) data and N labels to the net's first layer, a MemoryData layer."""
+        first = self._slots[0] if self._slots else None
+        if first is None or first.type != "MemoryData":
+            raise ModelError(f"{self._where()}: set_input_arrays may only be called if the first layer is a "
+                             "MemoryData layer")
+        first.impl.reset(data, labels)
 
     def __repr__(self):
         return f"<minicaffe pycaffe Net {self.name!r}: {len(self._slots)} layers>"
