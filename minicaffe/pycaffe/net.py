@@ -504,10 +504,6 @@ class Net:
         return [names.index(b) for b in self._output_names]
 
     @property
-    def _blobs_list(self):
-        return list(self._blobs.values())
-
-    @property
     def blob_loss_weights(self):
         w = OrderedDict((b, 0.0) for b in self._blobs)
         for s in self._slots:
