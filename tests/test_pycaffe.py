@@ -730,3 +730,34 @@ def test_memory_data_layer_and_set_input_arrays(tmp_path):
     from minicaffe.errors import MinicaffeError
     with pytest.raises(MinicaffeError, match="multiple of batch_size"):
         net.set_input_arrays(x[:3], np.zeros(3, np.float32))
+
+
+def test_dropout_train_phase_and_forward_backward_all(tmp_path):
+    proto = _write(tmp_path, "drop.prototxt", """
+        force_backward: true
+        layer { name: 'data' type: 'Input' top: 'data' input_param { shape { dim: 4 dim: 50 } } }
+        layer { name: 'drop' type: 'Dropout' bottom: 'data' top: 'data' dropout_param { dropout_ratio: 0.25 } }
+        layer { name: 'ip' type: 'InnerProduct' bottom: 'data' top: 'ip'
+                inner_product_param { num_output: 3 weight_filler { type: 'gaussian' } } }
+    """)
+    np.random.seed(11)
+    x = np.random.default_rng(12).standard_normal((6, 50)).astype(np.float32)
+    test = caffe.Net(proto, caffe.TEST)
+    w = test.params["ip"][0].data
+    _close(test.forward(data=x[:4])["ip"], x[:4] @ w.T, 1e-5, "TEST-phase dropout is the identity")
+    train = caffe.Net(proto, caffe.TRAIN)
+    train.share_with(test)
+    out = train.forward(data=x[:4])
+    kept = train.blobs["data"].data != 0  # the in-place top: x * mask / 0.75
+    assert 0.5 < kept.mean() < 0.95, f"kept fraction {kept.mean():.2f} for ratio 0.25"
+    _close(train.blobs["data"].data[kept], x[:4][kept] / 0.75, 1e-5, "kept units scaled by 1 / (1 - ratio)")
+    _close(out["ip"], train.blobs["data"].data @ w.T, 1e-5, "ip sees the dropped-out input")
+    g = np.ones((4, 3), np.float32)
+    dx = train.backward(ip=g)["data"]
+    _close(dx, (g @ w) * kept / 0.75, 1e-5, "dropout backward uses the forward's mask")
+    outs, diffs = test.forward_backward_all(data=x, ip=np.ones((6, 3), np.float32))
+    _close(outs["ip"], x @ w.T, 1e-5, "forward_backward_all outputs over 2 batches (padded)")
+    _close(diffs["data"], np.ones((6, 3)) @ w, 1e-5, "forward_backward_all input diffs")
+    test.blobs["data"].reshape(2, 50)
+    test.reshape()
+    assert test.blobs["ip"].shape == (2, 3)
