@@ -761,3 +761,14 @@ def test_dropout_train_phase_and_forward_backward_all(tmp_path):
     test.blobs["data"].reshape(2, 50)
     test.reshape()
     assert test.blobs["ip"].shape == (2, 3)
+
+
+def test_single_process_helpers():
+    assert caffe.has_nccl() is False and caffe.solver_count() == 1 and caffe.solver_rank() == 0
+    caffe.set_solver_count(1)
+    with pytest.raises(ValueError, match="one solver"):
+        caffe.set_solver_count(2)
+    t = caffe.Timer()
+    t.start()
+    t.stop()
+    assert t.ms >= 0

@@ -49,7 +49,9 @@ __all__ = [
     "Net",
     "RMSPropSolver",
     "SGDSolver",
+    "Timer",
     "get_solver",
+    "has_nccl",
     "init_log",
     "install",
     "io",
@@ -58,7 +60,12 @@ __all__ = [
     "set_device",
     "set_mode_cpu",
     "set_mode_gpu",
+    "set_multiprocess",
     "set_random_seed",
+    "set_solver_count",
+    "set_solver_rank",
+    "solver_count",
+    "solver_rank",
 ]
 
 _LAZY = {"layers": "net_spec", "params": "net_spec", "NetSpec": "net_spec", "to_proto": "net_spec",
@@ -76,6 +83,55 @@ def __getattr__(name):
 def layer_type_list():
     """The layer type strings this engine can build (Caffe's LayerRegistry::LayerTypeList)."""
     return sorted(REGISTRY)
+
+
+def has_nccl():
+    """No NCCL here: training runs in one process."""
+    return False
+
+
+def solver_count():
+    return 1
+
+
+def set_solver_count(count):
+    if int(count) != 1:
+        raise ValueError("minicaffe trains with one solver (no NCCL multi-GPU training)")
+
+
+def solver_rank():
+    return 0
+
+
+def set_solver_rank(rank):
+    if int(rank) != 0:
+        raise ValueError("minicaffe trains with one solver: the only rank is 0")
+
+
+def set_multiprocess(multiprocess):
+    """Accepted for pycaffe compatibility; there is one process."""
+
+
+class Timer:
+    """pycaffe's Timer: ``start()``, ``stop()``, ``ms`` (elapsed milliseconds between them)."""
+
+    def __init__(self):
+        self._t0 = self._t1 = None
+
+    def start(self):
+        import time
+        self._t0, self._t1 = time.perf_counter(), None
+
+    def stop(self):
+        import time
+        self._t1 = time.perf_counter()
+
+    @property
+    def ms(self):
+        import time
+        if self._t0 is None:
+            return 0.0
+        return ((self._t1 if self._t1 is not None else time.perf_counter()) - self._t0) * 1e3
 
 
 def init_log(*args, **kwargs):
