@@ -75,7 +75,12 @@ _LAZY = {"layers": "net_spec", "params": "net_spec", "NetSpec": "net_spec", "to_
 def __getattr__(name):
     # NetSpec and caffe_pb2 need protobuf: import them when first asked for
     if name in _LAZY:
-        mod = importlib.import_module(f"{__name__}.{_LAZY[name] or name}")
+        try:
+            mod = importlib.import_module(f"{__name__}.{_LAZY[name] or name}")
+        except ImportError as e:
+            if "google" not in str(e):
+                raise
+            raise ImportError(f"caffe.{name} needs protobuf: pip install 'minicaffe[pycaffe]' ({e})") from None
         return mod if _LAZY[name] is None else getattr(mod, name)
     raise AttributeError(f"module 'caffe' (minicaffe.pycaffe) has no attribute {name!r}")
 
