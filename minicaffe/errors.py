@@ -18,7 +18,7 @@ class PrototxtError(MinicaffeError):
         self.path, self.line, self.col = path, line, col
         where = str(path) if path else "<prototxt>"
         if line is not None:
-            where += f":{line}:{col}"
+            where += f":{line}" + (f":{col}" if col is not None else "")
         super().__init__(f"{where}: {msg}")
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from .backend import check_backend, is_device_array, synchronize, to_device, to_host
 from .errors import MinicaffeError, ModelError, PrototxtError, WeightsError
 from .io import file_digest
+from .io.caffe_schema import check_net
 from .io.prototxt import Enum, Message, parse, parse_file
 from .layers import REGISTRY
 
@@ -117,6 +118,7 @@ class Net:
 
     def _build_layers(self):
         proto = self.proto
+        check_net(proto, self.prototxt_path)
         v1 = proto.getall("layers")
         cur = proto.getall("layer")
         if v1 and cur:
