@@ -36,3 +36,11 @@ class BackendError(MinicaffeError):
 
 class ImageError(MinicaffeError):
     """An image that cannot be decoded or used."""
+
+
+class MinicaffeWarning(UserWarning):
+    """Base class of minicaffe's warnings: the run goes on, but the user should know."""
+
+
+class NonFiniteWeightsWarning(MinicaffeWarning):
+    """Weights holding NaN or Inf (names the file and the layers); ``Net(..., strict=True)`` refuses them."""
