@@ -18,8 +18,10 @@ from .prototxt import Message
 __all__ = ["SCHEMA", "check_net"]
 
 _FILLER = "FillerParameter"
+#: a field of a layer type minicaffe does not run: accepted by name, not looked into
+_ANY = "*"
 
-#: message -> {field name: sub-message type, or None for a scalar / an unchecked message}
+#: message -> {field name: sub-message type, None for a scalar, or _ANY}
 SCHEMA: dict[str, dict[str, str | None]] = {
     "NetParameter": {
         "name": None, "input": None, "input_shape": "BlobShape", "input_dim": None,
@@ -44,37 +46,37 @@ SCHEMA: dict[str, dict[str, str | None]] = {
         "include": "NetStateRule", "exclude": "NetStateRule",
         "transform_param": "TransformationParameter", "loss_param": "LossParameter",
         # layer-specific parameters: checked where minicaffe runs the layer, else accepted by name
-        "accuracy_param": None, "argmax_param": None, "batch_norm_param": "BatchNormParameter",
-        "bias_param": None, "clip_param": "ClipParameter", "concat_param": "ConcatParameter",
-        "contrastive_loss_param": None, "convolution_param": "ConvolutionParameter", "crop_param": None,
-        "data_param": None, "dropout_param": "DropoutParameter", "dummy_data_param": None,
-        "eltwise_param": "EltwiseParameter", "elu_param": None, "embed_param": None, "exp_param": None,
-        "flatten_param": "FlattenParameter", "hdf5_data_param": None, "hdf5_output_param": None,
-        "hinge_loss_param": None, "image_data_param": None, "infogain_loss_param": None,
+        "accuracy_param": _ANY, "argmax_param": _ANY, "batch_norm_param": "BatchNormParameter",
+        "bias_param": _ANY, "clip_param": "ClipParameter", "concat_param": "ConcatParameter",
+        "contrastive_loss_param": _ANY, "convolution_param": "ConvolutionParameter", "crop_param": _ANY,
+        "data_param": _ANY, "dropout_param": "DropoutParameter", "dummy_data_param": _ANY,
+        "eltwise_param": "EltwiseParameter", "elu_param": _ANY, "embed_param": _ANY, "exp_param": _ANY,
+        "flatten_param": "FlattenParameter", "hdf5_data_param": _ANY, "hdf5_output_param": _ANY,
+        "hinge_loss_param": _ANY, "image_data_param": _ANY, "infogain_loss_param": _ANY,
         "inner_product_param": "InnerProductParameter", "input_param": "InputParameter",
-        "log_param": None, "lrn_param": "LRNParameter", "memory_data_param": None, "mvn_param": None,
-        "parameter_param": None, "pooling_param": "PoolingParameter", "power_param": None,
-        "prelu_param": None, "python_param": None, "recurrent_param": None, "reduction_param": None,
-        "relu_param": "ReLUParameter", "reshape_param": None, "scale_param": "ScaleParameter",
-        "sigmoid_param": None, "softmax_param": "SoftmaxParameter", "spp_param": None,
-        "slice_param": None, "swish_param": None, "tanh_param": None, "threshold_param": None,
-        "tile_param": None, "window_data_param": None,
+        "log_param": _ANY, "lrn_param": "LRNParameter", "memory_data_param": _ANY, "mvn_param": _ANY,
+        "parameter_param": _ANY, "pooling_param": "PoolingParameter", "power_param": _ANY,
+        "prelu_param": _ANY, "python_param": _ANY, "recurrent_param": _ANY, "reduction_param": _ANY,
+        "relu_param": "ReLUParameter", "reshape_param": _ANY, "scale_param": "ScaleParameter",
+        "sigmoid_param": _ANY, "softmax_param": "SoftmaxParameter", "spp_param": _ANY,
+        "slice_param": _ANY, "swish_param": _ANY, "tanh_param": _ANY, "threshold_param": _ANY,
+        "tile_param": _ANY, "window_data_param": _ANY,
     },
     "V1LayerParameter": {
         "bottom": None, "top": None, "name": None, "include": "NetStateRule", "exclude": "NetStateRule",
         "type": None, "blobs": "BlobProto", "param": None, "blob_share_mode": None, "blobs_lr": None,
         "weight_decay": None, "loss_weight": None,
-        "accuracy_param": None, "argmax_param": None, "concat_param": "ConcatParameter",
-        "contrastive_loss_param": None, "convolution_param": "ConvolutionParameter", "data_param": None,
-        "dropout_param": "DropoutParameter", "dummy_data_param": None, "eltwise_param": "EltwiseParameter",
-        "exp_param": None, "hdf5_data_param": None, "hdf5_output_param": None, "hinge_loss_param": None,
-        "image_data_param": None, "infogain_loss_param": None,
+        "accuracy_param": _ANY, "argmax_param": _ANY, "concat_param": "ConcatParameter",
+        "contrastive_loss_param": _ANY, "convolution_param": "ConvolutionParameter", "data_param": _ANY,
+        "dropout_param": "DropoutParameter", "dummy_data_param": _ANY, "eltwise_param": "EltwiseParameter",
+        "exp_param": _ANY, "hdf5_data_param": _ANY, "hdf5_output_param": _ANY, "hinge_loss_param": _ANY,
+        "image_data_param": _ANY, "infogain_loss_param": _ANY,
         "inner_product_param": "InnerProductParameter", "lrn_param": "LRNParameter",
-        "memory_data_param": None, "mvn_param": None, "pooling_param": "PoolingParameter",
-        "power_param": None, "relu_param": "ReLUParameter", "sigmoid_param": None,
-        "softmax_param": "SoftmaxParameter", "slice_param": None, "tanh_param": None,
-        "threshold_param": None, "window_data_param": None,
-        "transform_param": "TransformationParameter", "loss_param": "LossParameter", "layer": None,
+        "memory_data_param": _ANY, "mvn_param": _ANY, "pooling_param": "PoolingParameter",
+        "power_param": _ANY, "relu_param": "ReLUParameter", "sigmoid_param": _ANY,
+        "softmax_param": "SoftmaxParameter", "slice_param": _ANY, "tanh_param": _ANY,
+        "threshold_param": _ANY, "window_data_param": _ANY,
+        "transform_param": "TransformationParameter", "loss_param": "LossParameter", "layer": _ANY,
     },
     "TransformationParameter": {
         "scale": None, "mirror": None, "crop_size": None, "mean_file": None, "mean_value": None,
@@ -128,10 +130,15 @@ def _check(msg, mtype, shown, path):
                 line, col = m.where(i)
                 raise PrototxtError(f"unknown field {k!r} in {name}", path, line, col)
             sub = known[k]
-            if sub is None:
+            if sub == _ANY:
                 continue
-            line, col = m.where(i)
+            if sub is None:
+                if isinstance(v, Message):
+                    line, col = m.where(i)
+                    raise PrototxtError(f"field {k!r} in {name} takes a value, not a message", path, line, col)
+                continue
             if not isinstance(v, Message):
+                line, col = m.where(i)
                 raise PrototxtError(f"field {k!r} in {name} must be a message {{ ... }}", path, line, col)
             todo.append((v, sub, k + owner))
 

@@ -133,7 +133,7 @@ def _read(path, f, h5py, with_attrs, expected):
         _fail(path, f"not a minicaffe weights file (format={fmt!r})")
     size = os.path.getsize(path)
     groups = []
-    for key in f.keys():
+    for key in f:
         g = _child(path, h5py, f, key, f"top-level entry {key!r}")
         if not isinstance(g, h5py.Group):
             _fail(path, f"unexpected dataset {key!r} at the top level")

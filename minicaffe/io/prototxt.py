@@ -86,7 +86,7 @@ _TOKEN = re.compile(
     (?P<ws>[ \t\r\f\v]+)
   | (?P<nl>\n)
   | (?P<comment>\#[^\n]*)
-  | (?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+  | (?P<str>"[^"\\\n]*(?:\\.[^"\\\n]*)*"|'[^'\\\n]*(?:\\.[^'\\\n]*)*')
   | (?P<num>[-+]?(?:(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?[fF]?|0[xX][0-9a-fA-F]+|inf(?:inity)?|nan)(?![A-Za-z0-9_.]))
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
   | (?P<punct>[{}<>:\[\],;])
@@ -267,7 +267,7 @@ class _Parser:
         if kind == "str":
             parts, total = [], 0
             while True:
-                parts.append(_unescape(val[1:-1], lambda m: PrototxtError(m, self.path, line, col)))
+                parts.append(_unescape(val[1:-1], lambda m, line=line, col=col: PrototxtError(m, self.path, line, col)))
                 total += len(parts[-1])
                 if total > MAX_STRING_CHARS:
                     raise PrototxtError(f"concatenated string longer than {MAX_STRING_CHARS:,} characters",
