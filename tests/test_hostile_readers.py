@@ -540,6 +540,7 @@ def test_random_init_float32_memory():
     text = ('input: "data" input_shape { dim: 1 dim: 4000 }\n'
             'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
             'inner_product_param { num_output: 2000 bias_term: false } }')
+    minicaffe.Net(text.replace("4000", "4"), backend="numpy")  # imports and first-use caches, untraced
     tracemalloc.start()
     try:
         net = minicaffe.Net(text, backend="numpy")
@@ -690,7 +691,8 @@ MEMORY_CASES = {
         "from minicaffe.io.caffemodel import read_caffemodel\nread_caffemodel({p!r})", "e.caffemodel"),
     "caffemodel 25 MB of unpacked floats": (
         lambda d: build_unpacked_floats(d / "f.caffemodel", 5_000_000),
-        "from minicaffe.io.caffemodel import read_caffemodel\nread_caffemodel({p!r})\nmsg = 'read'",
+        ("from minicaffe.io.caffemodel import read_caffemodel\n"
+         "n = read_caffemodel({p!r})[1]['l'][1][0].size\nmsg = f'read: {{n:,}} floats'"),
         "f.caffemodel"),
     "prototxt 10 MB quoted string": (
         lambda d: (d / "g.prototxt").write_text('name: "' + "x" * (10 << 20) + '"\n'),
@@ -712,7 +714,8 @@ def measure_all():
             build(d)
             p = str(d / fname)
             msg, peak = run_bounded(code.format(p=p), timeout=300)
-            print(f"| {name} | {os.path.getsize(p):,} | {peak:.0f} | {(msg or 'accepted')[len(p) + 2:][:70]} |")
+            msg = (msg or "accepted").removeprefix(p).lstrip(":0123456789 ")
+            print(f"| {name} | {os.path.getsize(p):,} | {peak:.0f} | {msg[:90]} |")
 
 
 if __name__ == "__main__":
