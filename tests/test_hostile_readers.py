@@ -526,6 +526,7 @@ def test_duplicate_non_inplace_top():
 
 def test_huge_input_shape_refused():
     text = NET.replace("input_dim: 8 input_dim: 8", "input_dim: 100000 input_dim: 100000") % ""
+    minicaffe.Net(NET % "")  # imports and first-use caches, untraced
     tracemalloc.start()
     try:
         _refused(lambda: minicaffe.Net(text), "blob 'data'", "more than 2,147,483,647")
