@@ -126,6 +126,11 @@ class Net:
     def _where(self):
         return self.prototxt_path or "<prototxt>"
 
+    def _named(self, e):
+        """A layer's ModelError with the prototxt file in front (one line naming file and problem)."""
+        where = self._where()
+        return e if str(e).startswith(where) else ModelError(f"{where}: {e}")
+
     def _build_layers(self):
         proto = self.proto
         check_net(proto, self.prototxt_path)
@@ -174,8 +179,8 @@ class Net:
             try:
                 layer = REGISTRY[t](str(name), lp2, [str(b) for b in lp.getall("bottom")],
                                     [str(x) for x in lp.getall("top")])
-            except MinicaffeError:
-                raise
+            except ModelError as e:
+                raise self._named(e) from None
             except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as e:
                 raise ModelError(f"{self._where()}: layer {name!r} ({t}) has an invalid parameter: {e}") from None
             if t == "Input":
@@ -225,8 +230,8 @@ class Net:
                                      "which no earlier layer produces")
             try:
                 tops = layer.setup([shapes[b] for b in layer.bottoms])
-            except MinicaffeError:
-                raise
+            except ModelError as e:
+                raise self._named(e) from None
             except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError,
                     ZeroDivisionError) as e:
                 raise layer.err(f"cannot set up for input shapes {[shapes[b] for b in layer.bottoms]}: {e}") from None
