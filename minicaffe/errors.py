@@ -18,7 +18,7 @@ class PrototxtError(MinicaffeError):
         self.path, self.line, self.col = path, line, col
         where = str(path) if path else "<prototxt>"
         if line is not None:
-            where += f":{line}:{col}"
+            where += f":{line}" + (f":{col}" if col is not None else "")
         super().__init__(f"{where}: {msg}")
 
 
@@ -36,3 +36,11 @@ class BackendError(MinicaffeError):
 
 class ImageError(MinicaffeError):
     """An image that cannot be decoded or used."""
+
+
+class MinicaffeWarning(UserWarning):
+    """Base class of minicaffe's warnings: the run goes on, but the user should know."""
+
+
+class NonFiniteWeightsWarning(MinicaffeWarning):
+    """Weights holding NaN or Inf (names the file and the layers); ``Net(..., strict=True)`` refuses them."""

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import warnings
 from collections import OrderedDict
 
 import numpy as np
 
 from .backend import check_backend, is_device_array, synchronize, to_device, to_host
-from .errors import MinicaffeError, ModelError, PrototxtError, WeightsError
+from .errors import MinicaffeError, ModelError, NonFiniteWeightsWarning, PrototxtError, WeightsError
 from .io import file_digest
+from .io.caffe_schema import check_net
 from .io.prototxt import Enum, Message, parse, parse_file
 from .layers import REGISTRY
 
@@ -45,6 +47,12 @@ V1_TYPE_NAMES = {
 
 #: refuse nets larger than this many parameters (a corrupt prototxt must not exhaust memory)
 MAX_PARAMS = 4 * 10**9
+
+#: most elements of one blob, as in Caffe (a blob's count must fit in an int)
+MAX_BLOB_COUNT = 2**31 - 1
+
+#: most axes of one blob (Caffe's kMaxBlobAxes)
+MAX_BLOB_AXES = 32
 
 #: layers whose top may share memory with their bottom (so later in-place kernels must copy)
 _ALIASING_TYPES = {"Flatten", "Dropout"}
@@ -102,13 +110,16 @@ class Net:
     weights : path to ``.caffemodel`` / ``.h5``, a mapping name -> [arrays], or None (seeded random)
     backend : ``"numpy"`` (reference), ``"cpu"`` (Numba) or ``"cuda"``
     seed : seed of the random weights when ``weights`` is None
+    strict : refuse weights holding NaN/Inf (:class:`WeightsError`) instead of warning
+        (:class:`NonFiniteWeightsWarning`, naming each such layer)
     """
 
     fuse_relu = True
 
-    def __init__(self, prototxt, weights=None, backend="cpu", seed=0, phase="TEST"):
+    def __init__(self, prototxt, weights=None, backend="cpu", seed=0, phase="TEST", strict=False):
         self.backend = check_backend(backend)
         self.phase = phase
+        self.strict = bool(strict)
         self.proto, self.prototxt_path, self.prototxt_text = load_net_definition(prototxt)
         self.name = str(self.proto.get("name", "net"))
         self._build_layers()
@@ -136,8 +147,14 @@ class Net:
     def _where(self):
         return self.prototxt_path or "<prototxt>"
 
+    def _named(self, e):
+        """A layer's ModelError with the prototxt file in front (one line naming file and problem)."""
+        where = self._where()
+        return e if str(e).startswith(where) else ModelError(f"{where}: {e}")
+
     def _build_layers(self):
         proto = self.proto
+        check_net(proto, self.prototxt_path)
         v1 = proto.getall("layers")
         cur = proto.getall("layer")
         if v1 and cur:
@@ -183,8 +200,8 @@ class Net:
             try:
                 layer = REGISTRY[t](str(name), lp2, [str(b) for b in lp.getall("bottom")],
                                     [str(x) for x in lp.getall("top")])
-            except MinicaffeError:
-                raise
+            except ModelError as e:
+                raise self._named(e) from None
             except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as e:
                 raise ModelError(f"{self._where()}: layer {name!r} ({t}) has an invalid parameter: {e}") from None
             if t == "Input":
@@ -193,6 +210,20 @@ class Net:
             self.layers.append(layer)
         if not self.layers:
             raise ModelError(f"{self._where()}: the net has no layers")
+        # as in Caffe, a blob has one producer; a later layer may only rewrite it in place
+        # (its top i names its own bottom i, e.g. ReLU: bottom "conv1" top "conv1")
+        produced = {n: "input" for n in self.input_names if n not in
+                    {t for l in self.layers if l.type == "Input" for t in l.tops}}
+        for layer in self.layers:
+            for i, top in enumerate(layer.tops):
+                inplace = i < len(layer.bottoms) and layer.bottoms[i] == top
+                if top in produced and not inplace:
+                    raise ModelError(f"{self._where()}: blob {top!r} is produced by both {produced[top]} and layer "
+                                     f"{layer.name!r} (only an in-place layer, with the same bottom and top, may "
+                                     "write an existing blob)")
+                if top in layer.tops[:i]:
+                    raise ModelError(f"{self._where()}: layer {layer.name!r} lists top {top!r} twice")
+                produced.setdefault(top, f"layer {layer.name!r}")
         seen = set()
         for layer in self.layers:
             if layer.name in seen:
@@ -201,8 +232,11 @@ class Net:
         self._layer_index = {l.name: i for i, l in enumerate(self.layers)}
 
     def _add_input(self, name, shape, layer=True):
-        if len(shape) == 0 or any((not isinstance(d, int)) or d < 1 for d in shape):
+        if len(shape) == 0 or len(shape) > MAX_BLOB_AXES or any(
+                (not isinstance(d, int)) or isinstance(d, bool) or d < 1 for d in shape):
             raise PrototxtError(f"input {name!r} has an invalid shape {shape}", self.prototxt_path)
+        if name in self.input_shapes:
+            raise PrototxtError(f"input {name!r} is declared twice", self.prototxt_path)
         self.input_names.append(name)
         self.input_shapes[name] = tuple(shape)
 
@@ -217,8 +251,8 @@ class Net:
                                      "which no earlier layer produces")
             try:
                 tops = layer.setup([shapes[b] for b in layer.bottoms])
-            except MinicaffeError:
-                raise
+            except ModelError as e:
+                raise self._named(e) from None
             except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError,
                     ZeroDivisionError) as e:
                 raise layer.err(f"cannot set up for input shapes {[shapes[b] for b in layer.bottoms]}: {e}") from None
@@ -226,6 +260,13 @@ class Net:
                 raise layer.err(f"produces {len(tops)} outputs but lists {len(layer.tops)} tops")
             for t, s in zip(layer.tops, tops):
                 shapes[t] = tuple(int(d) for d in s)
+        for name, shp in shapes.items():  # declared sizes, before any blob is allocated
+            count = 1
+            for d in shp:
+                count *= d
+            if count > MAX_BLOB_COUNT:
+                raise ModelError(f"{self._where()}: blob {name!r} would have shape {shp} = {count:,} elements, "
+                                 f"more than {MAX_BLOB_COUNT:,} (Caffe's limit); check the input shape")
         return shapes
 
     # ------------------------------------------------------------------ weights
@@ -241,7 +282,9 @@ class Net:
             digest.shutdown(wait=False)
             if path.endswith((".h5", ".hdf5")):
                 from .io.h5weights import load_h5
-                source, _attrs = load_h5(path), None
+                # only the layers of this net are read, each checked against its shape first
+                expected = {l.name: l.param_shapes for l in self.layers if l.param_shapes}
+                source = load_h5(path, expected=expected)
             else:
                 from .io.caffemodel import read_caffemodel
                 _, layers = read_caffemodel(path)
@@ -275,6 +318,26 @@ class Net:
                     a = a.reshape(shp)
                 out.append(np.ascontiguousarray(a))
             self.params[layer.name] = out
+        self._check_finite(path)
+
+    def _check_finite(self, path):
+        """Warn (or with ``strict`` refuse) for each layer whose weights hold NaN or Inf."""
+        bad = []
+        for name, blobs in self.params.items():
+            for i, a in enumerate(blobs):
+                # one float reduction first: its sum is finite unless some value is not
+                if np.isfinite(a.sum()):
+                    continue
+                n = int(a.size - np.count_nonzero(np.isfinite(a)))
+                if n:
+                    bad.append(f"layer {name!r} blob {i} has {n} non-finite value{'s' if n > 1 else ''} (NaN/Inf)")
+        if not bad:
+            return
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        msg = f"{path}: {'; '.join(bad[:3])}{more}; its features will be NaN"
+        if self.strict:
+            raise WeightsError(msg)
+        warnings.warn(msg, NonFiniteWeightsWarning, stacklevel=3)
 
     def save_h5(self, path, **attrs):
         from .io.h5weights import save_h5

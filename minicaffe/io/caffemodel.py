@@ -5,8 +5,11 @@ Only the fields needed for weights are decoded: ``NetParameter.name`` (1), ``Net
 legacy ``V1LayerParameter``: name 4, type 5 as an enum, blobs 6). ``BlobProto`` gives ``shape``
 (7, ``BlobShape.dim`` 1) or the legacy ``num/channels/height/width`` (1-4), and ``data`` (5,
 packed or not) or ``double_data`` (8). Every length read from the file is checked against the
-bytes that remain, so corrupt or truncated input raises :class:`WeightsError`, never an
-IndexError or a huge allocation. The writer emits the current format (used to turn seeded
+bytes that remain, and every blob's declared shape (at most 32 dims, at most 2**31-1 elements,
+as in Caffe) against the values actually present before anything is allocated, so corrupt or
+truncated input raises :class:`WeightsError`, never an IndexError or a huge allocation; the
+message nesting is fixed (net, layer, blob, shape), so there is no recursion, and memory stays
+proportional to the file size. The writer emits the current format (used to turn seeded
 weights into a real caffemodel that Caffe, OpenCV and this reader load alike).
 """
 from __future__ import annotations
@@ -92,18 +95,35 @@ def _string(view, r):
         r.fail("a name is not UTF-8")
 
 
+#: most axes of one blob (Caffe's kMaxBlobAxes)
+MAX_BLOB_AXES = 32
+#: largest element count of one blob (Caffe refuses blobs whose count exceeds INT_MAX)
+MAX_BLOB_COUNT = 2**31 - 1
+
+
 def _packed_varints(view, path, what):
     r = _Reader(view, path, what)
     out = []
     while r.pos < r.end:
+        if len(out) >= MAX_BLOB_AXES:
+            r.fail(f"a blob shape has more than {MAX_BLOB_AXES} dims")
         out.append(r.varint())
     return out
 
 
+def _append_scalar(chunks, val):
+    """Unpacked values (one field each) gather into one bytearray: no Python object per element."""
+    if not chunks or not isinstance(chunks[-1], bytearray):
+        chunks.append(bytearray())
+    chunks[-1] += val
+
+
 def _blob(view, path, where):
+    """One BlobProto -> float32 array. The declared shape is checked against the bytes present
+    before anything is allocated; the data is copied exactly once (memory ~ the blob's bytes)."""
     r = _Reader(view, path, where)
     shape, legacy = None, {}
-    chunks, dchunks = [], []
+    chunks, dchunks = [], []  # memoryviews into the file buffer (no copies yet)
     for num, wt, val in r.fields():
         if num == 7 and wt == 2:  # BlobShape
             sr = _Reader(val, path, where + " shape")
@@ -111,6 +131,8 @@ def _blob(view, path, where):
             for n2, w2, v2 in sr.fields():
                 if n2 == 1:
                     dims.extend(_packed_varints(v2, path, where) if w2 == 2 else [v2])
+                    if len(dims) > MAX_BLOB_AXES:
+                        r.fail(f"a blob shape has more than {MAX_BLOB_AXES} dims")
             shape = dims
         elif num in (1, 2, 3, 4) and wt == 0:
             legacy[num] = val
@@ -118,30 +140,42 @@ def _blob(view, path, where):
             if wt == 2:
                 if len(val) % 4:
                     r.fail("float data length is not a multiple of 4")
-                chunks.append(np.frombuffer(val, dtype="<f4"))
+                chunks.append(val)
             elif wt == 5:
-                chunks.append(np.frombuffer(val, dtype="<f4"))
+                _append_scalar(chunks, val)
         elif num == 8:  # double data
             if wt == 2:
                 if len(val) % 8:
                     r.fail("double data length is not a multiple of 8")
-                dchunks.append(np.frombuffer(val, dtype="<f8"))
+                dchunks.append(val)
             elif wt == 1:
-                dchunks.append(np.frombuffer(val, dtype="<f8"))
+                _append_scalar(dchunks, val)
+    if chunks and dchunks:
+        r.fail("a blob holds both float and double data")
+    itemsize = 8 if dchunks else 4
+    present = sum(len(c) for c in (dchunks or chunks)) // itemsize
     if shape is None:
-        shape = [legacy.get(i, 1) for i in (1, 2, 3, 4)] if legacy else None
-    data = np.concatenate(chunks) if chunks else (
-        np.concatenate(dchunks).astype(np.float32) if dchunks else np.zeros(0, np.float32))
-    if shape is None:
-        shape = [data.size]
+        shape = [legacy.get(i, 1) for i in (1, 2, 3, 4)] if legacy else [present]
+    # dims are int64 on the wire: a negative one arrives as a huge varint, refused with the rest
+    for d in shape:
+        if d > MAX_BLOB_COUNT:
+            raise WeightsError(f"{path}: {where}: shape {tuple(shape)} has a dim larger than {MAX_BLOB_COUNT} "
+                               "(negative or corrupt)")
     count = 1
     for d in shape:
         count *= d
-        if count > data.size and count > 1 << 40:
-            break
-    if count != data.size:
-        raise WeightsError(f"{path}: {where}: shape {tuple(shape)} needs {count} values but the file holds {data.size}")
-    return np.array(data, dtype=np.float32).reshape(shape)
+    if count > MAX_BLOB_COUNT:
+        raise WeightsError(f"{path}: {where}: shape {tuple(shape)} has {count} elements, more than Caffe's "
+                           f"limit of {MAX_BLOB_COUNT}")
+    if count != present:
+        raise WeightsError(f"{path}: {where}: shape {tuple(shape)} needs {count} values but the file holds {present}")
+    if not count:
+        return np.zeros(shape, np.float32)
+    parts = dchunks or chunks
+    raw = parts[0] if len(parts) == 1 else b"".join(parts)
+    if dchunks:
+        return np.frombuffer(raw, dtype="<f8").astype(np.float32).reshape(shape)
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
 
 
 def read_caffemodel(path):

@@ -7,6 +7,10 @@ identifiers such as ``MAX`` or ``true``); the net builder interprets them. Suppo
 ``#`` comments, single and double quotes with C escapes, adjacent string concatenation,
 ``field: value``, ``field { ... }``, ``field: { ... }``, ``< ... >`` braces, ``[a, b]`` lists and
 optional ``,``/``;`` separators. Errors are :class:`PrototxtError` with line and column.
+Input is bounded before it can exhaust memory or the stack: file size, string length, field
+count and nesting depth each have a cap (refused with line:col), tokens are produced lazily and
+nesting is counted, so a hostile file never raises RecursionError. Field *names* are checked
+against Caffe's schema separately (:mod:`minicaffe.io.caffe_schema`), since the parser has none.
 It deliberately does not write text (the converters format their own prototxt).
 """
 from __future__ import annotations
@@ -25,14 +29,22 @@ class Enum(str):
 class Message:
     """Ordered multimap of field name -> values, as a protobuf message in text form."""
 
-    __slots__ = ("fields", "line")
+    __slots__ = ("fields", "line", "pos")
 
     def __init__(self, line=None):
         self.fields: list[tuple[str, object]] = []
         self.line = line
+        self.pos: list[tuple[int, int] | None] = []  # (line, col) of each field's name, when parsed
 
-    def add(self, key, value):
+    def add(self, key, value, pos=None):
         self.fields.append((key, value))
+        self.pos.append(pos)
+
+    def where(self, index):
+        """(line, col) of field ``index`` when the parser recorded it, else (message line, None)."""
+        if len(self.pos) == len(self.fields) and self.pos[index] is not None:
+            return self.pos[index]
+        return self.line, None
 
     def getall(self, key):
         return [v for k, v in self.fields if k == key]
@@ -74,7 +86,7 @@ _TOKEN = re.compile(
     (?P<ws>[ \t\r\f\v]+)
   | (?P<nl>\n)
   | (?P<comment>\#[^\n]*)
-  | (?P<str>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
+  | (?P<str>"[^"\\\n]*(?:\\.[^"\\\n]*)*"|'[^'\\\n]*(?:\\.[^'\\\n]*)*')
   | (?P<num>[-+]?(?:(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?[fF]?|0[xX][0-9a-fA-F]+|inf(?:inity)?|nan)(?![A-Za-z0-9_.]))
   | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
   | (?P<punct>[{}<>:\[\],;])
@@ -86,42 +98,39 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "a"
             "b": "\b", "f": "\f", "v": "\v", "?": "?"}
 
 
+#: deepest nesting of messages (protobuf's own text parser stops at 100 as well)
+MAX_DEPTH = 100
+#: longest quoted string literal, in characters (names and paths are far shorter)
+MAX_STRING_CHARS = 1 << 20
+#: largest prototxt file, in bytes (GoogLeNet's deploy file is ~40 KB)
+MAX_TEXT_BYTES = 32 << 20
+#: most fields in one file (each costs ~150 bytes of Python objects)
+MAX_FIELDS = 1_000_000
+
+_ESCAPE = re.compile(r"\\(?:([ntr\\'\"abfv?])|([0-7]{1,3})|[xX]([0-9a-fA-F]{1,2})|(.)|$)", re.DOTALL)
+
+
 def _unescape(body, err):
-    out, i = [], 0
-    while i < len(body):
-        c = body[i]
-        if c != "\\":
-            out.append(c)
-            i += 1
-            continue
-        i += 1
-        if i >= len(body):
-            raise err("dangling backslash in string")
-        c = body[i]
-        if c in _ESCAPES:
-            out.append(_ESCAPES[c])
-            i += 1
-        elif c in "01234567":
-            j = i
-            while j < len(body) and j < i + 3 and body[j] in "01234567":
-                j += 1
-            out.append(chr(int(body[i:j], 8)))
-            i = j
-        elif c in "xX":
-            j = i + 1
-            while j < len(body) and j < i + 3 and body[j] in "0123456789abcdefABCDEF":
-                j += 1
-            if j == i + 1:
-                raise err("bad \\x escape in string")
-            out.append(chr(int(body[i + 1:j], 16)))
-            i = j
-        else:
-            raise err(f"unknown escape \\{c} in string")
-    return "".join(out)
+    """C escapes -> characters, one regex pass (no per-character Python objects)."""
+    if "\\" not in body:
+        return body
+
+    def sub(m):
+        simple, octal, hexa, other = m.groups()
+        if simple is not None:
+            return _ESCAPES[simple]
+        if octal is not None:
+            return chr(int(octal, 8))
+        if hexa is not None:
+            return chr(int(hexa, 16))
+        if other is not None:
+            raise err("bad \\x escape in string" if other in "xX" else f"unknown escape \\{other} in string")
+        raise err("dangling backslash in string")
+    return _ESCAPE.sub(sub, body)
 
 
 def _tokenize(text, path):
-    toks = []  # (kind, value, line, col)
+    """Yield (kind, value, line, col) lazily (memory ~ one token), ending with an 'eof' token."""
     pos, line, line_start = 0, 1, 0
     n = len(text)
     while pos < n:
@@ -129,7 +138,6 @@ def _tokenize(text, path):
         if m is None:
             raise PrototxtError(f"unexpected character {text[pos]!r}", path, line, pos - line_start + 1)
         kind = m.lastgroup
-        val = m.group(kind)
         col = pos - line_start + 1
         if kind == "nl":
             line += 1
@@ -137,10 +145,12 @@ def _tokenize(text, path):
         elif kind in ("ws", "comment"):
             pass
         else:
-            toks.append((kind, val, line, col))
+            if kind == "str" and m.end() - pos - 2 > MAX_STRING_CHARS:
+                raise PrototxtError(f"quoted string of {m.end() - pos - 2:,} characters (at most "
+                                    f"{MAX_STRING_CHARS:,} are allowed)", path, line, col)
+            yield (kind, m.group(kind), line, col)
         pos = m.end()
-    toks.append(("eof", "", line, pos - line_start + 1))
-    return toks
+    yield ("eof", "", line, pos - line_start + 1)
 
 
 def _number(tok, path, line, col):
@@ -163,21 +173,34 @@ class _Parser:
     def __init__(self, text, path):
         self.path = path
         self.toks = _tokenize(text, path)
-        self.i = 0
+        self.cur = next(self.toks)
+        self.n_fields = 0
 
     def err(self, msg, tok=None):
-        tok = tok or self.toks[self.i]
+        tok = tok or self.cur
         return PrototxtError(msg, self.path, tok[2], tok[3])
 
     def peek(self):
-        return self.toks[self.i]
+        return self.cur
 
     def next(self):
-        t = self.toks[self.i]
-        self.i += 1
+        t = self.cur
+        if t[0] != "eof":
+            self.cur = next(self.toks)
         return t
 
-    def message(self, closer, line):
+    def add(self, msg, key, value, tok):
+        self.n_fields += 1
+        if self.n_fields > MAX_FIELDS:
+            raise self.err(f"more than {MAX_FIELDS:,} fields (not a net definition?)", tok)
+        msg.add(key, value, (tok[2], tok[3]))
+
+    def open_message(self, t, depth):
+        if depth >= MAX_DEPTH:
+            raise self.err(f"messages nested deeper than {MAX_DEPTH} levels", t)
+        return self.message("}" if t[1] == "{" else ">", t[2], depth + 1)
+
+    def message(self, closer, line, depth=0):
         msg = Message(line)
         while True:
             t = self.peek()
@@ -197,7 +220,8 @@ class _Parser:
                 continue
             if t[0] != "ident":
                 raise self.err(f"expected a field name, found {t[1]!r}")
-            key = self.next()[1]
+            ktok = self.next()
+            key = ktok[1]
             colon = False
             if self.peek()[0] == "punct" and self.peek()[1] == ":":
                 self.next()
@@ -205,17 +229,17 @@ class _Parser:
             t = self.peek()
             if t[0] == "punct" and t[1] in "{<":
                 self.next()
-                msg.add(key, self.message("}" if t[1] == "{" else ">", t[2]))
+                self.add(msg, key, self.open_message(t, depth), ktok)
             elif t[0] == "punct" and t[1] == "[" and colon:
                 self.next()
-                self.list_into(msg, key)
+                self.list_into(msg, key, ktok, depth)
             elif not colon:
                 raise self.err(f"expected ':' or '{{' after field {key!r}, found {t[1]!r}" if t[0] != "eof"
                                else f"unexpected end of file after field {key!r}")
             else:
-                msg.add(key, self.scalar())
+                self.add(msg, key, self.scalar(), ktok)
 
-    def list_into(self, msg, key):
+    def list_into(self, msg, key, ktok, depth):
         if self.peek()[0] == "punct" and self.peek()[1] == "]":
             self.next()
             return
@@ -223,24 +247,31 @@ class _Parser:
             t = self.peek()
             if t[0] == "punct" and t[1] in "{<":
                 self.next()
-                msg.add(key, self.message("}" if t[1] == "{" else ">", t[2]))
+                self.add(msg, key, self.open_message(t, depth), ktok)
             else:
-                msg.add(key, self.scalar())
-            t = self.next()
+                self.add(msg, key, self.scalar(), ktok)
+            t = self.peek()
             if t[0] == "punct" and t[1] == "]":
+                self.next()
                 return
             if not (t[0] == "punct" and t[1] == ","):
-                self.i -= 1
                 raise self.err(f"expected ',' or ']' in list, found {t[1]!r}" if t[0] != "eof"
                                else "unexpected end of file in list")
+            self.next()
 
     def scalar(self):
-        t = self.next()
+        t = self.peek()
         kind, val, line, col = t
+        if kind in ("str", "num", "ident"):
+            self.next()
         if kind == "str":
-            parts = []
+            parts, total = [], 0
             while True:
-                parts.append(_unescape(val[1:-1], lambda m: PrototxtError(m, self.path, line, col)))
+                parts.append(_unescape(val[1:-1], lambda m, line=line, col=col: PrototxtError(m, self.path, line, col)))
+                total += len(parts[-1])
+                if total > MAX_STRING_CHARS:
+                    raise PrototxtError(f"concatenated string longer than {MAX_STRING_CHARS:,} characters",
+                                        self.path, line, col)
                 if self.peek()[0] != "str":
                     break
                 kind, val, line, col = self.next()
@@ -251,12 +282,14 @@ class _Parser:
             if val.lower() in ("inf", "infinity", "nan"):
                 return _number(val, self.path, line, col)
             return Enum(val)
-        self.i -= 1
         raise self.err(f"expected a value, found {val!r}" if kind != "eof" else "unexpected end of file, expected a value")
 
 
 def parse(text: str, path=None) -> Message:
     """Parse prototxt text into a :class:`Message`; raises :class:`PrototxtError`."""
+    if len(text) > MAX_TEXT_BYTES:
+        raise PrototxtError(f"{len(text):,} bytes is too large for a net definition (at most "
+                            f"{MAX_TEXT_BYTES:,})", path)
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -268,7 +301,7 @@ def parse(text: str, path=None) -> Message:
 def parse_file(path) -> Message:
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(MAX_TEXT_BYTES + 1)
     except OSError as e:
         raise PrototxtError(f"cannot read file: {e.strerror}", path) from None
     return parse(data, path)

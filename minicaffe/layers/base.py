@@ -55,9 +55,9 @@ class Layer:
         for i, shp in enumerate(self.param_shapes):
             if i == 0 and len(shp) >= 2:
                 fan_in = int(np.prod(shp[1:]))
-                out.append((rng.standard_normal(shp) * np.sqrt(2.0 / max(fan_in, 1))).astype(np.float32))
+                out.append(normal_float32(rng, shp, np.sqrt(2.0 / max(fan_in, 1))))
             else:
-                out.append((rng.standard_normal(shp) * 0.01).astype(np.float32))
+                out.append(normal_float32(rng, shp, 0.01))
         return out
 
     def err(self, msg):
@@ -68,6 +68,42 @@ class Layer:
         from ..io.prototxt import Message
         m = self.lp.get(msg_name)
         return m if m is not None else Message()
+
+
+#: elements drawn per float64 chunk by :func:`normal_float32` (8 MB of scratch)
+INIT_CHUNK = 1 << 20
+
+
+def normal_float32(rng, shape, scale):
+    """shape -> float32 array of ``rng.standard_normal * scale``, drawn in float64 chunks.
+
+    The same values as ``(rng.standard_normal(shape) * scale).astype(np.float32)`` (the stream is
+    drawn in order), without ever holding the whole array in float64.
+    """
+    import numpy as np
+    out = np.empty(shape, dtype=np.float32)
+    flat = out.reshape(-1)
+    for i in range(0, flat.size, INIT_CHUNK):
+        n = min(INIT_CHUNK, flat.size - i)
+        flat[i:i + n] = rng.standard_normal(n) * scale
+    return out
+
+
+def int_value(layer, name, v, lo=None):
+    """A parameter that must be an integer (``dilation: 1.5`` is refused, not truncated)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise layer.err(f"{name} must be an integer, got {v!r}")
+    if lo is not None and v < lo:
+        raise layer.err(f"{name} must be >= {lo}, got {v}")
+    return v
+
+
+def float_value(layer, name, v):
+    """A parameter that must be a (finite) number."""
+    import math
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise layer.err(f"{name} must be a finite number, got {v!r}")
+    return float(v)
 
 
 def hw_param(layer, p, name, default=None, required=False):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .base import Layer, register
+from .base import Layer, int_value, register
 from .softmax import _as3, softmax_cpu
 
 NO_IGNORE = None
@@ -117,7 +117,7 @@ class SoftmaxWithLoss(Layer):
         super().__init__(name, lp, bottoms, tops)
         if len(self.bottoms) != 2:
             raise self.err("needs two bottoms: scores and labels")
-        self.axis = self.pget("softmax_param").get("axis", 1)
+        self.axis = int_value(self, "softmax_param.axis", self.pget("softmax_param").get("axis", 1))
         lossp = self.pget("loss_param")
         self.ignore_label = lossp.get("ignore_label")
         norm = lossp.get("normalization")

@@ -150,6 +150,10 @@ def lrn_cuda(x, size, alpha, beta, k, region=ACROSS):
     return y
 
 
+#: largest accepted local_size (real nets use 3 to 11)
+MAX_LOCAL_SIZE = 1023
+
+
 @register("LRN")
 class LRN(Layer):
     def __init__(self, name, lp, bottoms, tops):
@@ -158,6 +162,8 @@ class LRN(Layer):
         self.size = p.get("local_size", 5)
         if not isinstance(self.size, int) or self.size < 1 or self.size % 2 == 0:
             raise self.err(f"local_size must be a positive odd integer, got {self.size!r}")
+        if self.size > MAX_LOCAL_SIZE:  # the reference pads the channel axis by local_size
+            raise self.err(f"local_size {self.size} is larger than {MAX_LOCAL_SIZE}")
         self.alpha = float(p.get("alpha", 1.0))
         self.beta = float(p.get("beta", 0.75))
         self.k = float(p.get("k", 1.0))

@@ -10,7 +10,7 @@ import numpy as np
 from numba import cuda, njit, prange
 
 from ..backend import blocks, device_empty
-from .base import Layer, register
+from .base import Layer, int_value, register
 
 
 def softmax_reference(x, axis=1):
@@ -83,7 +83,7 @@ def softmax_cuda(x, axis=1):
 class Softmax(Layer):
     def __init__(self, name, lp, bottoms, tops):
         super().__init__(name, lp, bottoms, tops)
-        self.axis = self.pget("softmax_param").get("axis", 1)
+        self.axis = int_value(self, "softmax_param.axis", self.pget("softmax_param").get("axis", 1))
 
     def setup(self, shapes):
         n = len(shapes[0])

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from ..base import Layer, as_bool, hw_param, register
+from ..base import Layer, as_bool, hw_param, int_value, register
 from .backward import convolution_backward_cpu
 from .cuda import convolution_cuda
 from .depthwise import convolution_depthwise_cpu
@@ -95,16 +95,19 @@ def conv_geometry(layer, p):
     if any(v is not None for v in asym):
         if p.has("pad") or p.has("pad_h"):
             raise layer.err("give either pad/pad_h/pad_w or pad_top/pad_bottom/pad_left/pad_right")
-        pad = tuple(int(v or 0) for v in asym)
+        pad = tuple(int_value(layer, k, v or 0, 0) for k, v in zip(("pad_top", "pad_bottom", "pad_left",
+                                                                      "pad_right"), asym))
     dil = p.getall("dilation")
     if len(dil) == 0:
         dh = dw = 1
     elif len(dil) == 1:
         dh = dw = dil[0]
-    else:
+    elif len(dil) == 2:
         dh, dw = dil[0], dil[1]
-    if dh < 1 or dw < 1:
-        raise layer.err("dilation must be >= 1")
+    else:
+        raise layer.err(f"dilation given {len(dil)} times; 2-D layers take 1 or 2 values")
+    int_value(layer, "dilation", dh, 1)
+    int_value(layer, "dilation", dw, 1)
     return (kh, kw), (sh, sw), pad, (dh, dw)
 
 
