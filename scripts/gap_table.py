@@ -160,10 +160,10 @@ def main(argv=None):
             out["onnxruntime"] = (ortt, ort_total)
         except ImportError as e:
             print(f"# onnxruntime skipped: {e}", file=sys.stderr)
-    from minicaffe.profile import machine_info
-    mi = machine_info("cpu")
+    from benchmark import machine_info      # scripts/benchmark.py: CPU model and ISA flags
+    mi = machine_info()
     print(f"# {os.path.basename(a.prototxt)}, batch {a.batch}, {a.threads} threads, "
-          f"{mi.get('cpu', '?')}; medians of {a.iterations} runs, ms")
+          f"{mi['cpu']} ({mi['cpu_flags']}); medians of {a.iterations} runs, ms")
     peers = [p for p in ("openvino", "onnxruntime") if p in out]
     print("| layer | minicaffe | " + " | ".join(peers) + " | minicaffe / best peer |")
     print("|---|---|" + "---|" * len(peers) + "---|")
