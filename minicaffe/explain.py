@@ -643,6 +643,8 @@ def build_parser():
         s.add_argument("--preprocess", default=None,
                        help="with --prototxt: 'caffe' or a model name whose preprocessing to use (default caffe)")
         s.add_argument("--backend", default="cpu", choices=("numpy", "cpu"))
+        s.add_argument("--html", metavar="OUT.html", default=None,
+                       help="also write a self-contained HTML page of everything in OUTDIR's manifest")
         return s
 
     for name, help_ in (("saliency", "input gradient of the class score or a unit"),
@@ -681,6 +683,8 @@ def build_parser():
                    help="a conv channel's value per image: spatial max or mean (default max)")
     u.add_argument("--root", default=None, help="folder the stored paths are relative to (default: as stored)")
     u.add_argument("-o", "--output", required=True, metavar="OUTDIR")
+    u.add_argument("--html", metavar="OUT.html", default=None,
+                   help="also write a self-contained HTML page of everything in OUTDIR's manifest")
     return p
 
 
@@ -806,7 +810,36 @@ def main(argv=None):
             man.add(png, cap, nums, command=args.cmd, source=srcs[i], target=target.blob, **common)
             print(f"{man.outdir / png}: {cap}", file=sys.stderr)
     man.write()
+    _maybe_html(args, man)
     return 1 if failed else 0
+
+
+def manifest_report(manifest_path, html_path, title="minicaffe explain"):
+    """Lay out an ``OUTDIR/manifest.json`` (:class:`Manifest`) as one self-contained HTML page:
+    each PNG with its caption and numbers, each CSV table beside it (first 50 rows)."""
+    import csv
+
+    from . import report
+    mpath = pathlib.Path(manifest_path)
+    doc = json.loads(mpath.read_text(encoding="utf-8"))
+    sections = []
+    for it in doc.get("items", []):
+        nums = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in it.get("numbers", {}).items())
+        sections.append(report.Figure(mpath.parent / it["image"], caption=nums,
+                                      title=it.get("caption") or it["image"]))
+        for t in it.get("tables", []) or []:
+            with open(mpath.parent / t, newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f))
+            if rows:
+                sections.append(report.Table(rows[0], rows[1:51], title=t,
+                                             caption=f"{len(rows) - 1} rows" + (" (first 50 shown)" if len(rows) > 51 else "")))
+    return report.write_html(html_path, title, sections, subtitle=f"{len(doc.get('items', []))} items from {mpath}")
+
+
+def _maybe_html(args, man):
+    if getattr(args, "html", None):
+        out = manifest_report(man.path, args.html)
+        print(f"{out}: HTML report", file=sys.stderr)
 
 
 def grid_main(args, net, aliases, x, shows, names, srcs, man, common):
@@ -911,6 +944,7 @@ def units_main(args):
     finally:
         close()
     man.write()
+    _maybe_html(args, man)
     return 0
 
 

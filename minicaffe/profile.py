@@ -470,6 +470,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     p.add_argument("--json", metavar="OUT", help="write the full report as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="write the stacked-bar chart (matplotlib)")
+    p.add_argument("--html", metavar="OUT.html", help="write a self-contained HTML page: the chart and every "
+                                                      "batch's per-layer table")
     p.add_argument("--caffe-log", nargs="+", default=[], metavar="FILE",
                    help="`caffe time` logs to compare with (batch size from the log or a _bN file name)")
     p.add_argument("--caffe-format", action="store_true", help="print our numbers as `caffe time` does")
@@ -514,7 +516,31 @@ def main(argv=None):
     if args.plot:
         plot(report, args.plot)
         print(f"wrote {args.plot}")
+    if args.html:
+        write_html_report(report, args.html, args.plot)
+        print(f"wrote {args.html}")
     return 0
+
+
+def write_html_report(report: dict, out_html: str, chart_png: str | None = None):
+    """The profile as one self-contained page (:mod:`minicaffe.report`): the stacked-bar chart
+    (``chart_png``, or drawn into a temporary file) and, per batch size, the per-layer table."""
+    import tempfile
+
+    from . import report as rep
+    with tempfile.TemporaryDirectory() as tmp:
+        png = chart_png or os.path.join(tmp, "profile.png")
+        if not chart_png:
+            plot(report, png)
+        sections = [rep.Figure(png, caption="per-layer share of the forward pass, by layer group")]
+        for run in report["runs"]:
+            rows = [[l["name"], l["type"], f"{l['min_ms']:.3f}", f"{l['median_ms']:.3f}", f"{100 * l['share']:.1f}%",
+                     f"{l['flops'] / 1e6:.1f}", f"{l['gflops_per_s']:.1f}"] for l in run["layers"]]
+            sections.append(rep.Table(["layer", "type", "min ms", "median ms", "share", "MFLOP", "GFLOP/s"], rows,
+                                      title=f"batch {run['batch']}",
+                                      caption=f"whole forward median {run['forward_ms']['median_ms']:.2f} ms, "
+                                              f"{run['images_per_s']:.1f} images/s; fc share {100 * run['fc_share']:.1f}%"))
+        rep.write_html(out_html, f"minicaffe profile: {report.get('net', '')}".strip(), sections)
 
 
 if __name__ == "__main__":

@@ -202,9 +202,17 @@ def test_cli_on_tiny_net(tiny, tmp_path, capsys, monkeypatch):
     assert rc == 0, cap.err
     rc, cap = _cli(["grid", imgs[1], "--layer", "conv1", "--order", "mean", "--max-channels", "4", *base], capsys)
     assert rc == 0, cap.err
-    rc, cap = _cli(["check", *imgs, "--patch", "8", "--random", "3", "--smooth", "2", *base], capsys)
+    html = tmp_path / "explain.html"
+    rc, cap = _cli(["check", *imgs, "--patch", "8", "--random", "3", "--smooth", "2", *base, "--html", str(html)],
+                   capsys)
     assert rc == 0 and "salient > random in" in cap.out, cap.out
     doc = json.loads((out / "manifest.json").read_text())
+    page = html.read_text()
+    # every manifest item is on the page, embedded (no file references, no network)
+    assert page.count("data:image/png;base64,") >= len(doc["items"])
+    for it in doc["items"]:
+        assert it["caption"].split(":")[0] in page
+    assert 'src="http' not in page and "src='http" not in page
     kinds = {it["command"] for it in doc["items"]}
     assert kinds == {"saliency", "occlusion", "grid", "check"}
     for it in doc["items"]:

@@ -253,3 +253,30 @@ def test_cuda_path_under_simulator(tmp_path):
     assert [l["group"] for l in run["layers"]] == ["conv", "ReLU", "pool", "fc"]
     assert all(len(l["samples_ms"]) == 2 and l["min_ms"] > 0 for l in run["layers"])
     assert run["fc_layers"] == ["fc1"] and "fc1 share:" in res.stdout
+
+
+def test_profile_html_page(tmp_path):
+    """--html: one self-contained page with the chart and a per-layer table per batch size; it
+    renders in a real headless browser where one is installed."""
+    from minicaffe import report
+    from minicaffe.profile import main
+    proto = tmp_path / "p.prototxt"
+    proto.write_text("""name: "p"
+input: "data" input_shape { dim: 1 dim: 3 dim: 12 dim: 12 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "fc" type: "InnerProduct" bottom: "conv" top: "fc" inner_product_param { num_output: 3 } }
+""")
+    out = tmp_path / "profile.html"
+    assert main(["--prototxt", str(proto), "--batch", "1,2", "--iterations", "2", "-q", "--html", str(out)]) == 0
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == 1
+    assert "batch 1" in page and "batch 2" in page
+    for name in ("conv", "relu", "fc"):
+        assert f">{name}<" in page
+    if report.find_browser() is None:
+        pytest.skip("no Chromium-family browser installed: the page was checked as text only")
+    res = report.browser_check(out, screenshot=tmp_path / "shot.png")
+    if res["state"] == "missing":
+        pytest.skip(f"the browser could not render: {res.get('stderr', '')[:200]}")
+    assert res["state"] == "ok" and res["loaded"] == res["total"] == 1, res
