@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
-from .errors import MinicaffeError
+from .errors import MinicaffeError, MinicaffeWarning
 
 
 class Interrupted(KeyboardInterrupt):
@@ -60,7 +61,27 @@ def os_error_line(e):
     return ": ".join([*(shown(n) for n in names), what]) if names else what
 
 
+def _one_line_warnings(show):
+    """-> a ``warnings.showwarning`` that prints minicaffe's own warnings as one ``minicaffe:
+    warning:`` line (no source line) and hands every other warning to ``show``."""
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, MinicaffeWarning):
+            print(f"minicaffe: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+    return showwarning
+
+
 def run(main, argv=None):
+    previous = warnings.showwarning
+    warnings.showwarning = _one_line_warnings(previous)
+    try:
+        return _run(main, argv)
+    finally:
+        warnings.showwarning = previous
+
+
+def _run(main, argv):
     try:
         rc = main(argv)
     except MinicaffeError as e:

@@ -719,6 +719,8 @@ def build_parser():
                         "instead of the mean image. e.g. --mean channel")
     m.add_argument("--crop-size", type=int, help="crop side (default: the preprocessing's). e.g. --crop-size 224")
     m.add_argument("--backend", default="cpu", choices=("numpy", "cpu", "cuda"), help="e.g. --backend cuda")
+    m.add_argument("--strict", action="store_true",
+                   help="refuse weights holding NaN/Inf (default: a warning naming each such layer)")
     f = p.add_argument_group("features")
     f.add_argument("--layers", help="comma-separated blob names or aliases (decaf5=pool5, decaf6=fc6, decaf7=fc7); "
                                     "'NAME.pre' is the value before the in-place ReLU (default: decaf6, or the model's "
@@ -780,7 +782,7 @@ def load_model(args, spec=None):
     spec = spec if spec is not None else preprocessing_for(args)
     if args.prototxt:
         from .net import Net
-        net = Net(args.prototxt, args.weights, backend=args.backend)
+        net = Net(args.prototxt, args.weights, backend=args.backend, strict=getattr(args, "strict", False))
         aliases = {k: v for k, v in DECAF_ALIASES.items() if v in net.blob_shapes}
         if args.preprocess in MODELS:    # a model's refined copy (finetune) keeps that model's aliases
             aliases.update({k: v for k, v in MODELS[args.preprocess].aliases.items() if v in net.blob_shapes})
@@ -789,11 +791,11 @@ def load_model(args, spec=None):
         spec_m = get_model(args.model or default_model())
         if args.weights:
             try:
-                net = spec_m.load(args.backend, weights=args.weights)
+                net = spec_m.load(args.backend, weights=args.weights, strict=getattr(args, "strict", False))
             except MinicaffeError as e:
                 raise _weights_for_other_net(args.weights, spec_m.name, e) from None
         else:
-            net = spec_m.load(args.backend)
+            net = spec_m.load(args.backend, strict=getattr(args, "strict", False))
         aliases = dict(spec_m.aliases)
         desc = {"model": spec_m.name, "prototxt": spec_m.prototxt}
     desc["weights"] = os.path.abspath(net.weights_path) if net.weights_path else ""

@@ -73,7 +73,7 @@ class ModelSpec:
                 return p
         return None
 
-    def load(self, backend="cpu", weights=None):
+    def load(self, backend="cpu", weights=None, strict=False):
         from .net import Net
         w = weights or self.weights_path()
         if w is None and self.source.get("package"):
@@ -85,7 +85,7 @@ class ModelSpec:
                              f"{', '.join(str(d) for d in weights_dirs())}); see `python -m minicaffe.weights "
                              f"fetch {self.name}` or weights/README.md")
         try:
-            return Net(self.prototxt, str(w), backend=backend)
+            return Net(self.prototxt, str(w), backend=backend, strict=strict)
         except WeightsError as e:
             if weights is not None:
                 raise

@@ -721,3 +721,35 @@ def measure_all():
 
 if __name__ == "__main__":
     measure_all()
+
+
+def test_cli_strict_and_one_line_warning(tmp_path):
+    """extract on weights holding NaN: one ``minicaffe: warning:`` line naming the layer (no source
+    line, no traceback) and the features still written; --strict refuses with one error line."""
+    import subprocess
+    import sys
+
+    import h5py
+    from PIL import Image
+    proto = tmp_path / "n.prototxt"
+    proto.write_text('name: "n"\ninput: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+                     'layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc" '
+                     'inner_product_param { num_output: 3 } }\n')
+    from minicaffe import Net
+    net = Net(str(proto), None, seed=0)
+    net.params["fc"][0][1, 2] = np.nan
+    w = tmp_path / "w.h5"
+    net.save_h5(str(w))
+    img = tmp_path / "img"
+    img.mkdir()
+    Image.fromarray(np.full((10, 10, 3), 99, np.uint8)).save(img / "a.png")
+    base = [sys.executable, "-m", "minicaffe.extract", str(img), "--prototxt", str(proto), "--weights", str(w),
+            "--layers", "fc", "--workers", "0"]
+    r = subprocess.run([*base, "-o", str(tmp_path / "f.h5")], capture_output=True, text=True, timeout=300, check=False)
+    lines = [ln for ln in r.stderr.splitlines() if "warning" in ln and "fc" in ln]
+    assert lines and lines[0].startswith("minicaffe: warning:"), r.stderr
+    assert "Traceback" not in r.stderr and "warnings.warn(" not in r.stderr, r.stderr
+    r = subprocess.run([*base, "-o", str(tmp_path / "g.h5"), "--strict"], capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 2 and r.stderr.startswith("minicaffe: error:") and "fc" in r.stderr, r.stderr
+    assert not (tmp_path / "g.h5").exists()
