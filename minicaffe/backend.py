@@ -77,3 +77,24 @@ def copy_array(a):
         out.copy_to_device(a)
         return out
     return a.copy()
+
+
+#: elements of work below which a cpu kernel runs on the calling thread: waking the thread pool
+#: for a small layer (a pool or softmax at batch 1) costs more than the layer itself
+SERIAL_BELOW = 1 << 17
+
+
+def serial_twin(kernel, **options):
+    """The same Python function as ``kernel`` (an ``@njit(parallel=True)`` dispatcher) compiled
+    without ``parallel`` (``prange`` runs as ``range``) and cached under its own name.
+
+    A twin made with ``njit(kernel.py_func)`` would share the parallel version's on-disk cache
+    entry (Numba keys it by the function's qualified name and line, not by its flags)."""
+    import types
+
+    from numba import njit
+    f = kernel.py_func
+    twin = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial", f.__defaults__, f.__closure__)
+    twin.__qualname__ = f.__qualname__ + "_serial"
+    twin.__module__ = f.__module__
+    return njit(cache=True, nogil=True, **options)(twin)

@@ -67,9 +67,29 @@ VARIANTS = {
 
 PAIRS = [(v, c) for c in CASES for v in VARIANTS if _supports(v, *c[1:])]
 
+#: modules whose kernels run on the calling thread below a size: both ways are tested
+_SIZE_SWITCHED = [("minicaffe.layers.convolution.depthwise", "SERIAL_BELOW"),
+                  ("minicaffe.layers.convolution.im2col", "SERIAL_BELOW"),
+                  ("minicaffe.layers.convolution.direct", "PARALLEL_PAD_FROM"),
+                  ("minicaffe.layers.pooling", "SERIAL_BELOW"), ("minicaffe.layers.softmax", "SERIAL_BELOW"),
+                  ("minicaffe.layers.lrn", "SERIAL_BELOW"), ("minicaffe.layers.eltwise", "SERIAL_BELOW")]
+
+
+@pytest.fixture(params=["serial", "parallel"])
+def threads(request, monkeypatch):
+    """Small shapes run the serial twins by default; "parallel" forces the prange kernels."""
+    import importlib
+    for mod, name in _SIZE_SWITCHED:
+        m = importlib.import_module(mod)
+        if request.param == "parallel":
+            monkeypatch.setattr(m, name, 0)
+        else:
+            monkeypatch.setattr(m, name, 1 << 40)
+    return request.param
+
 
 @pytest.mark.parametrize("variant,case", PAIRS, ids=[f"{v}-{c[0]}" for v, c in PAIRS])
-def test_variant_vs_reference(variant, case):
+def test_variant_vs_reference(variant, case, threads):
     name, xs, ws, stride, pad, dil, group = case
     rng = np.random.default_rng(11)
     x = (rng.standard_normal(xs) * 10).astype(np.float32)
@@ -142,3 +162,21 @@ def test_cached_weight_transforms_follow_in_place_edits(variant):
         ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
                                       (1, 1), (1, 1, 1, 1), (1, 1), 1)
         _assert_close(f(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1), ref, 2e-5, f"{variant} after an edit")
+
+
+def test_small_layers_serial_and_parallel_agree(threads):
+    """pooling, LRN, softmax and eltwise: the serial twins and the prange kernels against the
+    NumPy references (the ``threads`` fixture picks the path)."""
+    from minicaffe.layers import eltwise, lrn, pooling, softmax
+    rng = np.random.default_rng(14)
+    x = (rng.standard_normal((2, 7, 11, 9)) * 3).astype(np.float32)
+    for args in ((0, (3, 3), (2, 2), (0, 0), (5, 4)), (1, (3, 2), (2, 1), (1, 1), (6, 10))):
+        _assert_close(pooling.pooling_cpu(x, *args), pooling.pooling_reference(x.astype(np.float64), *args), 1e-6,
+                      f"pooling {args} {threads}")
+    _assert_close(lrn.lrn_cpu(x, 5, 1e-2, 0.75, 1.0), lrn.lrn_reference(x.astype(np.float64), 5, 1e-2, 0.75, 1.0),
+                  1e-5, f"lrn {threads}")
+    z = rng.standard_normal((3, 10, 4)).astype(np.float32)
+    _assert_close(softmax.softmax_cpu(z), softmax.softmax_reference(z.astype(np.float64)), 1e-6, f"softmax {threads}")
+    _assert_close(eltwise.eltwise_cpu([x, 2 * x], eltwise.SUM, [1.0, -0.5]),
+                  eltwise.eltwise_reference([x.astype(np.float64), 2 * x.astype(np.float64)], eltwise.SUM, [1.0, -0.5]),
+                  1e-6, f"eltwise {threads}")

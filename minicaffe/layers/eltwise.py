@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, njit, prange
 
-from ..backend import blocks, device_empty
+from ..backend import SERIAL_BELOW, blocks, device_empty, serial_twin
 from .base import Layer, register
 
 PROD, SUM, MAX = 0, 1, 2
@@ -49,9 +49,13 @@ def _combine(y, x, op, c, first):
 def eltwise_cpu(xs, op=SUM, coeffs=None):
     coeffs = coeffs or [1.0] * len(xs)
     y = np.empty(xs[0].shape, dtype=np.float32)
+    combine = _combine_serial if y.size < SERIAL_BELOW else _combine
     for k, x in enumerate(xs):
-        _combine(y.reshape(-1), np.ascontiguousarray(x).reshape(-1), op, np.float32(coeffs[k]), k == 0)
+        combine(y.reshape(-1), np.ascontiguousarray(x).reshape(-1), op, np.float32(coeffs[k]), k == 0)
     return y
+
+
+_combine_serial = serial_twin(_combine)
 
 
 @cuda.jit

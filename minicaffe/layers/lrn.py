@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, njit, prange
 
-from ..backend import blocks, device_empty
+from ..backend import SERIAL_BELOW, blocks, device_empty, serial_twin
 from .base import Layer, register
 
 ACROSS, WITHIN = 0, 1
@@ -86,6 +86,9 @@ def _lrn_across(x, size, alpha, beta, k, y):
                 dst[i] = xc[i] * (kk + a * s[i]) ** nb
 
 
+_lrn_across_serial = serial_twin(_lrn_across, fastmath=True)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _lrn_within(x, size, alpha, beta, y):
     N, C, H, W = x.shape
@@ -109,7 +112,7 @@ def lrn_cpu(x, size, alpha, beta, k, region=ACROSS):
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.empty_like(x)
     if region == ACROSS:
-        _lrn_across(x, size, float(alpha), float(beta), float(k), y)
+        (_lrn_across_serial if x.size < SERIAL_BELOW else _lrn_across)(x, size, float(alpha), float(beta), float(k), y)
     else:
         _lrn_within(x, size, float(alpha), float(beta), y)
     return y

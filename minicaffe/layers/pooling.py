@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import cuda, njit, prange
 
-from ..backend import blocks, device_empty
+from ..backend import SERIAL_BELOW, blocks, device_empty, serial_twin
 from .base import Layer, as_bool, hw_param, register
 
 MAX, AVE = 0, 1
@@ -131,11 +131,16 @@ def pooling_cpu(x, method, kernel, stride, pad, out_hw):
     """Same contract as :func:`pooling_reference`."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.empty(x.shape[:2] + tuple(out_hw), dtype=np.float32)
+    small = x.size < SERIAL_BELOW
     if method == 0 and tuple(kernel) == (3, 3) and tuple(pad) == (0, 0):
-        _maxpool3_cpu(x, stride[0], stride[1], y)
+        (_maxpool3_serial if small else _maxpool3_cpu)(x, stride[0], stride[1], y)
         return y
-    _pool_cpu(x, method, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], y)
+    (_pool_serial if small else _pool_cpu)(x, method, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], y)
     return y
+
+
+_pool_serial = serial_twin(_pool_cpu)
+_maxpool3_serial = serial_twin(_maxpool3_cpu)
 
 
 @cuda.jit

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda, njit, prange
 
-from ..backend import blocks, device_empty
+from ..backend import SERIAL_BELOW, blocks, device_empty, serial_twin
 from .base import Layer, int_value, register
 
 
@@ -48,8 +48,11 @@ def softmax_cpu(x, axis=1):
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.empty_like(x)
     s3 = _as3(x.shape, axis)
-    _softmax3(x.reshape(s3), y.reshape(s3))
+    (_softmax3_serial if x.size < SERIAL_BELOW else _softmax3)(x.reshape(s3), y.reshape(s3))
     return y
+
+
+_softmax3_serial = serial_twin(_softmax3)
 
 
 @cuda.jit

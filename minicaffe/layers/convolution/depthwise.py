@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ...backend import SERIAL_BELOW, serial_twin
 from .reference import conv_out_size
 
 
@@ -137,6 +138,10 @@ def _depthwise_s1(x, w, b, has_bias, pt, pl, mult, y):
         _dw_plane_s1(x[n, m // mult], w[m, 0], b[m] if has_bias else np.float32(0.0), pt, pl, y[n, m])
 
 
+_depthwise_s1_serial = serial_twin(_depthwise_s1)
+_depthwise_phase_serial = serial_twin(_depthwise_phase)
+
+
 def convolution_depthwise_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False,
                               relu_cap=None):
     """x: (N, C, H, W), w: (C*mult, 1, kh, kw) -> (N, C*mult, Ho, Wo); depthwise only
@@ -155,9 +160,10 @@ def convolution_depthwise_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation
     bb = b if has_bias else np.zeros(M, np.float32)
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
     if sh == sw == 1 and dh == dw == 1:
-        _depthwise_s1(x, w, bb, has_bias, pt, pl, M // C, y)
+        (_depthwise_s1_serial if y.size < SERIAL_BELOW else _depthwise_s1)(x, w, bb, has_bias, pt, pl, M // C, y)
     elif sh == sw and dh == dw == 1:
-        _depthwise_phase(x, w, bb, has_bias, sh, pt, pl, M // C, y)
+        (_depthwise_phase_serial if y.size < SERIAL_BELOW else _depthwise_phase)(x, w, bb, has_bias, sh, pt, pl,
+                                                                                  M // C, y)
     else:
         _depthwise(x, w, bb, has_bias, sh, sw, pt, pl, dh, dw, M // C, y)
     if relu:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ...backend import serial_twin
 from ...simd import MR, NR, indirect_tile
 from .cache import fused_cap, cached_transform
 from .reference import conv_out_size
@@ -42,7 +43,7 @@ def _pad_planes(x, pt, pl, xp):
                 row[pl + q] = src[q]
 
 
-_pad_planes_serial = njit(cache=True, nogil=True)(_pad_planes.py_func)
+_pad_planes_serial = serial_twin(_pad_planes)
 
 _OFFSETS = {}
 

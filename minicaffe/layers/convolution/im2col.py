@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ...backend import SERIAL_BELOW, serial_twin
 from .cache import fused_cap
 from .reference import conv_out_size
 
@@ -286,6 +287,9 @@ def convolution_gather_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1
                        relu_cap=relu_cap)
 
 
+_add_bias_planes_serial = serial_twin(_add_bias_planes)
+
+
 def convolution_1x1_cpu(x, w, b, relu=False, relu_cap=None):
     """x: (N, C, H, W), w: (M, C, 1, 1) -> (N, M, H, W): a 1x1 stride-1 unpadded convolution is a
     plain GEMM per image, (M, C) @ (C, H*W); no im2col copy."""
@@ -294,5 +298,6 @@ def convolution_1x1_cpu(x, w, b, relu=False, relu_cap=None):
     M = w.shape[0]
     y = np.matmul(w.reshape(M, C), x.reshape(N, C, H * W))
     if b is not None or relu:
-        _add_bias_planes(y, b if b is not None else np.zeros(M, np.float32), relu, fused_cap(relu_cap))
+        (_add_bias_planes_serial if y.size < SERIAL_BELOW else _add_bias_planes)(
+            y, b if b is not None else np.zeros(M, np.float32), relu, fused_cap(relu_cap))
     return y.reshape(N, M, H, W)
