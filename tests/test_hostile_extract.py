@@ -459,8 +459,11 @@ def test_nonfinite_features_are_counted(env, capsys, tmp_path):
     net.save_h5(w)
     rc, err = extract(capsys, env["imgs"], "-o", str(tmp_path / "n.h5"), *common(env, w))
     assert rc == 0, err
-    line = [ln for ln in err.splitlines() if "non-finite" in ln]
+    line = [ln for ln in err.splitlines() if "non-finite feature" in ln]
     assert len(line) == 1 and "5 non-finite feature value(s) (NaN or inf) in 5 image row(s)" in line[0], err
+    # the load-time warning names the weights' layer, one line too
+    weights = [ln for ln in err.splitlines() if "non-finite values" in ln]
+    assert len(weights) == 1 and weights[0].startswith("minicaffe: warning:") and "'fc7'" in weights[0], err
 
 
 # ------------------------------------------------------------------------------------ new-user points
