@@ -293,8 +293,9 @@ def _lower_priority(priority):
 
 def _decoder_init(pid, priority="normal", numba=True):
     """Decoder-process initializer: set the scheduling priority and the resizer, then watch the parent."""
-    from . import preprocess
+    from . import preprocess, runtime
     preprocess.BILINEAR_RESIZER = "numba" if numba else "pillow"
+    runtime.auto_tune()     # the allocator setting (the environment ones came with the parent's environment)
     _lower_priority(priority)
     _exit_with_parent(pid)
 
@@ -658,6 +659,8 @@ def warn(msg, bar=None):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from .runtime import auto_tune
+    auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
     out = args.output
     fmt = args.format or ("npz" if out.lower().endswith(".npz") else "h5")
     parts_dir = out + PARTS_SUFFIX

@@ -18,6 +18,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import runtime as _runtime
 from .backend import check_backend, is_device_array, synchronize, to_device, to_host
 from .errors import MinicaffeError, ModelError, PrototxtError, WeightsError
 from .io import file_digest
@@ -84,6 +85,9 @@ class Net:
     backend : ``"numpy"`` (reference), ``"cpu"`` (Numba) or ``"cuda"``
     seed : seed of the random weights when ``weights`` is None
     """
+
+    #: the first forward applies :func:`minicaffe.runtime.auto_tune` (False on the class or a net: never)
+    tune_runtime = True
 
     def __init__(self, prototxt, weights=None, backend="cpu", seed=0, phase="TEST"):
         self.backend = check_backend(backend)
@@ -301,6 +305,8 @@ class Net:
             are copied back to the host.
         Returns an OrderedDict name -> ndarray; ``net.blobs`` holds the same afterwards.
         """
+        if self.tune_runtime and _runtime.tuning() is None:
+            _runtime.auto_tune()
         if data is not None:
             if not self.input_names:
                 raise ModelError(f"{self._where()}: the net declares no input")

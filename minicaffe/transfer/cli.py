@@ -397,6 +397,8 @@ def render_report(sections, title="DeCAF transfer experiments", header=""):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from ..runtime import auto_tune
+    auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
     sections, vis = run_command(args)
     text = render_report(sections)
     print(text)
