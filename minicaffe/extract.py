@@ -759,6 +759,9 @@ def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, tod
     n_ok = n_fail = 0
     bar = tqdm(total=len(todo), unit="img", desc="extract", disable=args.quiet or not todo, file=sys.stderr,
                dynamic_ncols=True)
+    if not args.quiet:     # a cold Numba cache makes the first batch take seconds: say why, once
+        from .runtime import notice_first_compile
+        notice_first_compile(lambda m: bar.write(m, file=sys.stderr))
     t0 = time.perf_counter()
     try:
         for w0 in range(0, len(todo), args.batch_size):

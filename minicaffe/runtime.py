@@ -32,10 +32,12 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-__all__ = ["Tuning", "auto_tune", "tune", "tuning"]
+__all__ = ["COMPILE_NOTICE", "Tuning", "auto_tune", "notice_first_compile", "tune", "tuning"]
 
 #: the environment variables tune sets when the user has not (value it sets)
 ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "20"}
+#: what :func:`notice_first_compile` says (the tools print it when Numba's cache is cold)
+COMPILE_NOTICE = "minicaffe: compiling kernels (first run only)"
 #: set to "0" to make :func:`auto_tune` (the CLIs' and Net's call) do nothing
 AUTO_ENV = "MINICAFFE_RUNTIME_TUNING"
 
@@ -180,3 +182,32 @@ def _keep_freed_memory(skipped):
         skipped["malloc"] = "no glibc"
         return False
     return True
+
+
+def notice_first_compile(write, message=COMPILE_NOTICE):
+    """Call ``write(message)`` once, when this process first compiles a Numba function.
+
+    Numba fires its ``numba:compile`` event only on a cache miss (a kernel loaded from the on-disk
+    cache does not compile), so a warm run says nothing, and a cold one says why its first batch
+    takes seconds. Returns the listener (``numba.core.event.unregister("numba:compile", it)``
+    removes it early); without Numba nothing happens and None is returned.
+    """
+    try:
+        from numba.core import event
+    except ImportError:
+        return None
+
+    class _Once(event.Listener):
+        fired = False
+
+        def on_start(self, ev):
+            if not self.fired:
+                self.fired = True
+                write(message)
+
+        def on_end(self, ev):
+            pass
+
+    listener = _Once()
+    event.register("numba:compile", listener)
+    return listener
