@@ -37,7 +37,7 @@ import uuid
 import numpy as np
 
 from . import __version__
-from .errors import MinicaffeError
+from .errors import ClusterError, MinicaffeError, UsageError
 
 SHARD_PREFIX = "shard-"
 SHARD_SUFFIX = ".h5"
@@ -46,10 +46,6 @@ DEFAULT_SHARD_SIZE = 256
 WORKER_WAIT_S = 60
 #: what the last :func:`run` in this process did (for scripts/bench_dask.py and the tests)
 LAST_RUN: dict = {}
-
-
-class ClusterError(MinicaffeError):
-    """The Dask cluster cannot be reached or used, or a shard task failed."""
 
 
 # ---------------------------------------------------------------------------------- worker side
@@ -264,7 +260,6 @@ def parse_cluster(spec):
 
 
 def _usage(msg):
-    from .extract import UsageError
     return UsageError(msg)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from . import __version__
 from .cli import exit_with
 from .datasets import InputError, list_inputs
-from .errors import MinicaffeError
+from .errors import UsageError
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
 from .models import CAFFE_PREPROCESSING, DECAF_ALIASES, MODELS, get_model
 from .preprocess import (
@@ -63,10 +63,6 @@ def default_model():
     from . import models
     name = getattr(models, "DEFAULT_MODEL", "efficientnet-lite0")
     return name if name in MODELS else "caffenet"
-
-
-class UsageError(MinicaffeError):
-    """A command-line problem (exit status 2)."""
 
 
 # ---------------------------------------------------------------------------------- layers

@@ -171,3 +171,21 @@ def test_net_tunes_on_first_forward_unless_told_not_to(action):
         assert r["tuning"]["malloc_tuned"] and r["env_added"]["OMP_WAIT_POLICY"] == "PASSIVE", r
     else:
         assert r["tuning"] is None and r["env_added"] == {} and r["calls"] == [], r
+
+
+def test_first_compile_is_announced_once():
+    """Numba's compile event fires on a cache miss only: the notice comes with the first compilation, once."""
+    numba = pytest.importorskip("numba")
+    from numba.core import event
+
+    from minicaffe.runtime import COMPILE_NOTICE, notice_first_compile
+    said = []
+    listener = notice_first_compile(said.append)
+    try:
+        assert said == []
+        f = numba.njit(lambda x: x + 1)        # a fresh function: nothing cached
+        g = numba.njit(lambda x: x * 2)
+        assert f(1) == 2 and said == [COMPILE_NOTICE]
+        assert g(2) == 4 and f(2.5) == 3.5 and said == [COMPILE_NOTICE]
+    finally:
+        event.unregister("numba:compile", listener)
