@@ -113,7 +113,6 @@ class ShardJob:
     batch_size: int
     max_pixels: int
     min_size: int
-    throttle: float = 0.0         # test hook: seconds to sleep after each batch
 
 
 def run_shard(cfg: ModelConfig, job: ShardJob):
@@ -145,8 +144,6 @@ def run_shard(cfg: ModelConfig, job: ShardJob):
             for k, v in feats.items():
                 chunks[k].append(v)
         forward_s += time.perf_counter() - t1
-        if job.throttle:
-            time.sleep(job.throttle)
     t0 = time.perf_counter()
     feats = {k: np.concatenate(v) if v else np.empty((0, dims[k][0]), np.float32) for k, v in chunks.items()}
     write_shard(job.part, ok_paths, failed, feats, seq=job.seq)
@@ -339,7 +336,7 @@ def run(args, listing, fx, meta, sources, parts_dir, out, fmt):
     """
     from tqdm import tqdm
 
-    from .extract import _THROTTLE_ENV, assemble, warn
+    from .extract import assemble, warn
 
     shard_size = args.shard_size if args.shard_size is not None else DEFAULT_SHARD_SIZE
     if shard_size < 1:
@@ -360,7 +357,7 @@ def run(args, listing, fx, meta, sources, parts_dir, out, fmt):
         paths = [listing.paths[i] for i in idx]
         jobs.append(ShardJob(seq, os.path.join(parts_abs, f"{SHARD_PREFIX}{run_id}-{seq:07d}{SHARD_SUFFIX}"),
                              paths, [os.path.abspath(p) for p in paths], args.batch_size, args.max_pixels,
-                             args.min_size, float(os.environ.get(_THROTTLE_ENV, "0") or 0)))
+                             args.min_size))
     results, elapsed, n_workers = [], 0.0, 0
     if jobs:
         results, elapsed, n_workers = _submit(args, fx, meta, jobs, parts_abs, tqdm, warn)

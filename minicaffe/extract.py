@@ -54,8 +54,6 @@ from .preprocess import (
 
 PRE_SUFFIX = ".pre"
 PARTS_SUFFIX = ".parts"
-#: test hook: seconds to sleep after each checkpoint, so a test can SIGKILL a run mid-way
-_THROTTLE_ENV = "MINICAFFE_EXTRACT_THROTTLE"
 
 
 def default_model():
@@ -750,7 +748,6 @@ def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, tod
 
     # ---- the run: windows of `batch_size` inputs -> one checkpoint each ---------------------
     from tqdm import tqdm
-    throttle = float(os.environ.get(_THROTTLE_ENV, "0") or 0)
     seq = max([s.seq for s in parts], default=-1) + 1
     n_ok = n_fail = 0
     bar = tqdm(total=len(todo), unit="img", desc="extract", disable=args.quiet or not todo, file=sys.stderr,
@@ -780,8 +777,6 @@ def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, tod
             n_fail += len(failed)
             bar.update(len(window))
             bar.set_postfix(ok=n_ok, failed=n_fail)
-            if throttle:
-                time.sleep(throttle)
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0

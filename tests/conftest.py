@@ -66,3 +66,10 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def cudasim_caffenet():
     return _CUDASIM
+
+
+def fault_env(**faults):
+    """Environment for a subprocess whose decoders misbehave: tests/hooks/sitecustomize.py reads
+    ``faults`` (MINICAFFE_TEST_CRASH_ON=..., MINICAFFE_TEST_DECODE_DELAY=...) in every process it starts."""
+    path = os.pathsep.join([str(ROOT / "tests" / "hooks"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "PYTHONPATH": path, "MINICAFFE_TEST_HOOKS": "1", **faults}

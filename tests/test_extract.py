@@ -18,7 +18,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import FIXTURES, assert_close
+from conftest import FIXTURES, assert_close, fault_env
 from test_images import BAD_INPUTS, make_bad_inputs, reads_despite_chmod
 
 from minicaffe import Net
@@ -184,7 +184,8 @@ def test_oversample_concat_npz(env, capsys):
     assert rc == 0, err
     z = np.load("o.npz")
     paths = [str(p) for p in z["paths"]]
-    want = np.concatenate([direct(env, paths, "fc6", crop="oversample"), direct(env, paths, "fc7", crop="oversample")], 1)
+    want = np.concatenate([direct(env, paths, "fc6", crop="oversample"),
+                           direct(env, paths, "fc7", crop="oversample")], 1)
     # the same by numbers: mean over the 10 crops of image 0, written out
     x0 = oversample(paths[0], CAFFE_PREPROCESSING)
     f0 = env["net"].forward(x0)["fc7"]
@@ -261,7 +262,7 @@ def test_sigkill_then_resume_equals_uninterrupted(env, capsys, tmp_path):
     common = ["--prototxt", PROTO, "--weights", env["weights"], "--layers", "pool5,fc7", "--batch-size", "4",
               "--workers", "1"]
     cmd = [sys.executable, "-m", "minicaffe.extract", str(many), "-o", out, *common]
-    proc = subprocess.Popen(cmd, env={**os.environ, "MINICAFFE_EXTRACT_THROTTLE": "0.4"},
+    proc = subprocess.Popen(cmd, env=fault_env(MINICAFFE_TEST_DECODE_DELAY="0.1"),     # ~0.4 s per checkpoint
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     parts = out + ".parts"
     deadline = time.time() + 120
@@ -398,7 +399,7 @@ def test_decoder_process_death_is_one_failed_row(env, tmp_path):
     out = str(tmp_path / "c.h5")
     cmd = [sys.executable, "-m", "minicaffe.extract", str(d), "-o", out, "--prototxt", PROTO, "--weights",
            env["weights"], "--layers", "fc7", "--workers", "2", "--batch-size", "3", "-q"]
-    p = subprocess.run(cmd, env={**os.environ, "MINICAFFE_TEST_CRASH_ON": "killer"}, capture_output=True,
+    p = subprocess.run(cmd, env=fault_env(MINICAFFE_TEST_CRASH_ON="killer"), capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     r = read(out)
