@@ -58,9 +58,16 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    import shutil
     p = _CUDASIM.get("proc")
-    if p is not None and p.poll() is None:
-        p.kill()
+    if p is not None:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        if p.stderr is not None:
+            p.stderr.close()
+    if "out" in _CUDASIM:       # the run's own temporary folder (result.json)
+        shutil.rmtree(os.path.dirname(_CUDASIM["out"]), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
