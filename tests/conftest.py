@@ -80,3 +80,17 @@ def fault_env(**faults):
     ``faults`` (MINICAFFE_TEST_CRASH_ON=..., MINICAFFE_TEST_DECODE_DELAY=...) in every process it starts."""
     path = os.pathsep.join([str(ROOT / "tests" / "hooks"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     return {**os.environ, "PYTHONPATH": path, "MINICAFFE_TEST_HOOKS": "1", **faults}
+
+
+class lazy_importorskip:
+    """``torch = lazy_importorskip("torch")`` at module level: the import (or the skip, when the
+    optional package is missing) happens in the first test that uses an attribute, so the tests of a
+    file that do not need the package still run without it."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        if attr.startswith("_"):     # pytest's collection probes module attributes (fixture markers ...)
+            raise AttributeError(attr)
+        return getattr(pytest.importorskip(self._name), attr)

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, assert_close
+from conftest import ROOT, assert_close, lazy_importorskip
 
 from minicaffe import Net
 from minicaffe.converters import efficientnet_lite as E
@@ -17,7 +17,7 @@ from minicaffe.layers import batchnorm as BN
 from minicaffe.layers import scale as SC
 from minicaffe.models import get_model
 
-torch = pytest.importorskip("torch")
+torch = lazy_importorskip("torch")
 
 
 # ------------------------------------------------------------------------------- layers

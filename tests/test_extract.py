@@ -18,7 +18,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import FIXTURES, assert_close, fault_env
+from conftest import FIXTURES, assert_close, fault_env, lazy_importorskip
 from test_images import BAD_INPUTS, make_bad_inputs, reads_despite_chmod
 
 from minicaffe import Net
@@ -28,7 +28,7 @@ from minicaffe.extract import main
 from minicaffe.models import CAFFE_PREPROCESSING
 from minicaffe.preprocess import oversample, preprocess_image
 
-skdata = pytest.importorskip("skimage.data")
+skdata = lazy_importorskip("skimage.data")
 PROTO = str(FIXTURES / "caffenet_small.prototxt")
 PHOTOS = {  # class folder -> real photos
     "animals": [("skimage", "chelsea.png"), ("skimage", "astronaut.png")],

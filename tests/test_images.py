@@ -12,12 +12,13 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import lazy_importorskip
 from PIL import Image
 
 from minicaffe.errors import ImageError
 from minicaffe.images import load_image
 
-SKIMAGE_DATA = pytest.importorskip("skimage.data")
+SKIMAGE_DATA = lazy_importorskip("skimage.data")
 
 
 def real_photo_path():
