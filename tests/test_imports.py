@@ -227,3 +227,11 @@ def test_skipped_images_are_logged_not_printed(caplog, capsys):
     assert [r.levelname for r in caplog.records] == ["WARNING"], caplog.records
     assert "skipping /nonexistent/minicaffe-test.jpg" in caplog.records[0].getMessage()
     assert "skipping" not in capsys.readouterr().err
+
+
+def test_architecture_doc_names_every_module_and_folder():
+    doc = (PKG.parent / "docs" / "architecture.md").read_text()
+    missing = sorted({f"{p.parent.name}/" for p in PKG.rglob("__init__.py") if p.parent != PKG} - set(doc.split()))
+    missing += sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
+                      if p.name not in ("__init__.py", "__main__.py") and p.name not in doc)
+    assert not missing, f"docs/architecture.md does not describe: {', '.join(missing)}"
