@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 # Probe run as ``python -c PROBE ACTION``: prints one JSON object with what it observed.
 PROBE = r"""
@@ -106,8 +107,9 @@ _TUNING_VARS = ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT", "NUMPY_MADVISE_HUG
 def probe(action, **env_extra):
     env = {k: v for k, v in os.environ.items() if k not in _TUNING_VARS and not k.startswith("MALLOC_")}
     env.update(env_extra)
+    # cwd: this checkout's minicaffe first on the path (other tests chdir elsewhere)
     out = subprocess.run([sys.executable, "-c", PROBE, action], capture_output=True, text=True, env=env, timeout=180,
-                         check=False)
+                         check=False, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     if res["timeout0"] is None:
