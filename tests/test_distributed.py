@@ -117,6 +117,7 @@ def assert_same_as_single(env, path):
     assert a["dsattrs"] == ref["dsattrs"]
 
 
+@pytest.mark.slow
 def test_local_cluster_matches_single_process(env, capsys):
     pytest.importorskip("distributed")
     rc = run(main, ["imgs", "-o", "local.h5", *env["common"], "--cluster", "local:2", "--shard-size", "3",
@@ -137,6 +138,7 @@ def test_local_cluster_matches_single_process(env, capsys):
         assert all(r["net_load_s"] == 0 for r in mine[1:]) and mine[0]["net_load_s"] > 0
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_shard(env, cluster, slow_workers):
     lc, client = cluster
     out = "killw.h5"
@@ -171,6 +173,7 @@ def test_worker_killed_mid_shard(env, cluster, slow_workers):
           f"{sorted({r['pid'] for r in rerun})}")
 
 
+@pytest.mark.slow
 def test_resume_after_driver_killed(env, cluster, slow_workers, capsys, tmp_path):
     lc, _ = cluster
     out = str(tmp_path / "killd.h5")

@@ -131,6 +131,7 @@ print("cuda-sim ok")
 """
 
 
+@pytest.mark.slow
 def test_cuda_kernels_under_simulator():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
     r = subprocess.run([sys.executable, "-c", CUDA_SIM], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -177,6 +178,7 @@ def inputs(v, names):
     (1, ("chelsea", "coffee"), True),           # 240x240
     (2, ("chelsea", "astronaut"), True),        # 260x260
 ], ids=["lite0", "lite0-bn-scale", "lite1-240", "lite2-260"])
+@pytest.mark.slow
 def test_logits_match_independent_reference(tmp_path, v, names, fold):
     pth = checkpoint(v)
     h5 = tmp_path / "w.h5"

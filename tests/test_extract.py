@@ -392,6 +392,7 @@ def test_default_model_quickstart(env, capsys):
     assert hint in err, err[-2000:]
 
 
+@pytest.mark.slow
 def test_decoder_process_death_is_one_failed_row(env, tmp_path):
     """A worker killed while decoding one file (codec crash, OOM killer) fails that file only."""
     d = tmp_path / "crashy"

@@ -57,6 +57,7 @@ def _assert_all(ours, ref, what):
     return compared
 
 
+@pytest.mark.slow
 def test_fullsize_agrees_with_opencv(seeded):
     name, proto, path, x, ours = seeded
     ref = opencv_blobs(proto, path, x)
@@ -66,6 +67,7 @@ def test_fullsize_agrees_with_opencv(seeded):
     assert set(compared) == set(ours) - {"data"}
 
 
+@pytest.mark.slow
 def test_fullsize_agrees_with_torch(seeded):
     name, proto, path, x, ours = seeded
     ref = torch_blobs(proto, path, x)
@@ -75,6 +77,7 @@ def test_fullsize_agrees_with_torch(seeded):
     _assert_all(ours, ref, f"{name} vs torch")
 
 
+@pytest.mark.slow
 def test_opencv_and_torch_agree_via_check_cli(tmp_path_factory, tmp_path):
     name, proto, path, x, ours = _seeded("caffenet", tmp_path_factory)
     np.save(tmp_path / "x.npy", x)

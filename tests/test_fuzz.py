@@ -54,6 +54,7 @@ def _one_clear_line(e, *where):
     assert any(w in msg for w in where), f"{type(e).__name__} does not say where ({' / '.join(where)}): {msg!r}"
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(mutated_text())
 def test_prototxt_mutations(text):
@@ -88,6 +89,7 @@ def mutated_bytes(draw):
     return bytes(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(mutated_bytes())
 def test_caffemodel_mutations(tmp_path_factory, data):

@@ -244,6 +244,7 @@ def test_model_resolves_registry_prototxt(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- CUDA (simulator)
+@pytest.mark.slow
 def test_cuda_path_under_simulator(tmp_path):
     proto = tmp_path / "tiny.prototxt"
     proto.write_text(TINY)

@@ -443,6 +443,7 @@ def _deep_vs_baselines(ds, sets, deep, n_train, what):
     return res
 
 
+@pytest.mark.slow
 def test_lfw_deep_features_beat_raw_and_hog(lfw_sets):
     ds, sets = lfw_sets
     assert sets["features"].shape == (50, 1280) and not np.isnan(sets["features"]).any()
@@ -451,6 +452,7 @@ def test_lfw_deep_features_beat_raw_and_hog(lfw_sets):
     _deep_vs_baselines(ds, sets, "features", 10, "lfw_subset")
 
 
+@pytest.mark.slow
 def test_fashion_deep_features_beat_raw_and_hog(fashion_sets):
     ds, sets = fashion_sets
     assert sets["block15/project"].shape == (120, 320 * 7 * 7)

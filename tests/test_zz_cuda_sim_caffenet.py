@@ -5,6 +5,7 @@ import json
 import pytest
 
 
+@pytest.mark.slow
 def test_cuda_backend_small_caffenet_matches_caffe(cudasim_caffenet):
     if "proc" not in cudasim_caffenet:
         pytest.skip("background simulator run not started (MINICAFFE_SKIP_CUDASIM_NET set or fixtures missing)")
