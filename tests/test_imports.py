@@ -235,3 +235,16 @@ def test_architecture_doc_names_every_module_and_folder():
     missing += sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
                       if p.name not in ("__init__.py", "__main__.py") and p.name not in doc)
     assert not missing, f"docs/architecture.md does not describe: {', '.join(missing)}"
+
+
+def test_every_command_tunes_the_process_at_start():
+    """``import minicaffe`` tunes nothing, so each tool's ``main`` calls runtime.auto_tune itself."""
+    missing = []
+    for name, path in modules().items():
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.FunctionDef) and node.name == "main":
+                calls = {getattr(c.func, "id", None) or getattr(c.func, "attr", None)
+                         for c in ast.walk(node) if isinstance(c, ast.Call)}
+                if "auto_tune" not in calls:
+                    missing.append(f"{path.relative_to(PKG.parent)}:{node.lineno}")
+    assert not missing, f"main() without runtime.auto_tune(): {', '.join(missing)}"
