@@ -240,7 +240,7 @@ def test_architecture_doc_names_every_module_and_folder():
 def test_every_command_tunes_the_process_at_start():
     """``import minicaffe`` tunes nothing, so each tool's ``main`` calls runtime.auto_tune itself."""
     missing = []
-    for name, path in modules().items():
+    for path in modules().values():
         for node in ast.parse(path.read_text(), str(path)).body:
             if isinstance(node, ast.FunctionDef) and node.name == "main":
                 calls = {getattr(c.func, "id", None) or getattr(c.func, "attr", None)
