@@ -39,7 +39,7 @@ import numpy as np
 from . import __version__
 from .cli import exit_with
 from .datasets import InputError, list_inputs
-from .errors import UsageError
+from .errors import MinicaffeError, UsageError  # noqa: F401
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
 from .models import CAFFE_PREPROCESSING, DECAF_ALIASES, MODELS, get_model
 from .preprocess import (
