@@ -287,10 +287,11 @@ def _lower_priority(priority):
 
 def _decoder_init(pid, priority="normal", numba=True):
     """Decoder-process initializer: set the scheduling priority and the resizer, then watch the parent."""
-    from . import preprocess, runtime
+    from . import preprocess
     preprocess.BILINEAR_RESIZER = "numba" if numba else "pillow"
-    runtime.auto_tune()     # the allocator setting (the environment ones came with the parent's environment)
     _lower_priority(priority)
+    from .runtime import auto_tune
+    auto_tune()     # the allocator setting (the environment ones came with the parent's environment)
     _exit_with_parent(pid)
 
 

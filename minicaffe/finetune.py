@@ -216,9 +216,9 @@ def build_parser():
 
 def main(argv=None):
     from .datasets import list_inputs
-    args = build_parser().parse_args(argv)
     from .runtime import auto_tune
     auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
+    args = build_parser().parse_args(argv)
     tr = list_inputs(args.train)
     if not tr.has_labels or any(l < 0 for l in tr.labels):
         raise MinicaffeError(f"{args.train}: every training image needs a label (ImageFolder layout or labelled list)")

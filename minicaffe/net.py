@@ -86,9 +86,6 @@ class Net:
     seed : seed of the random weights when ``weights`` is None
     """
 
-    #: the first forward applies :func:`minicaffe.runtime.auto_tune` (False on the class or a net: never)
-    tune_runtime = True
-
     def __init__(self, prototxt, weights=None, backend="cpu", seed=0, phase="TEST"):
         self.backend = check_backend(backend)
         self.phase = phase
@@ -295,6 +292,9 @@ class Net:
                              f"(shape {want}); images must be (N, C, H, W)")
         if x.shape[0] < 1:
             raise ModelError(f"input {name!r} is an empty batch")
+
+    #: the first forward applies :func:`minicaffe.runtime.auto_tune` (False on the class or a net: never)
+    tune_runtime = True
 
     def forward(self, data=None, start=None, end=None, keep_pre_activation=False, fetch=None, **inputs):
         """Run layers ``start``..``end`` (layer names, inclusive) and return blobs by name.

@@ -131,9 +131,9 @@ def build_parser():
 def main(argv=None):
     from .models import class_names, get_model
     from .preprocess import preprocess_image
-    args = build_parser().parse_args(argv)
     from .runtime import auto_tune
     auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
+    args = build_parser().parse_args(argv)
     spec = get_model(args.model)
     net = spec.load(backend="cpu")
     logits = args.logits or spec.aliases.get("logits")
