@@ -36,10 +36,6 @@ class BackendError(MinicaffeError):
     """A backend that was asked for but cannot run here (e.g. CUDA without a GPU)."""
 
 
-class ImageError(MinicaffeError):
-    """An image that cannot be decoded or used."""
-
-
 class UsageError(MinicaffeError):
     """A bad command-line value or combination (one line naming the option); the CLIs exit 2."""
 
@@ -54,3 +50,8 @@ class DatasetError(MinicaffeError):
 
 class ClusterError(MinicaffeError):
     """The Dask cluster cannot be reached or used, or a shard task failed."""
+
+
+class ImageError(MinicaffeError):
+    """An image that cannot be decoded or used."""
+
