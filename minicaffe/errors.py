@@ -54,4 +54,3 @@ class ClusterError(MinicaffeError):
 
 class ImageError(MinicaffeError):
     """An image that cannot be decoded or used."""
-
