@@ -229,6 +229,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from .runtime import auto_tune
+    auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
     args.model_spec = None
     if args.model:
         from .models import get_model

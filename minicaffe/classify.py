@@ -65,6 +65,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from .runtime import auto_tune
+    auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
     if args.top < 1 or args.batch < 1:
         raise MinicaffeError("--top and --batch must be >= 1")
     failed = []

@@ -96,6 +96,8 @@ def main_torch(kind, argv):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    from .runtime import auto_tune
+    auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
     if argv and argv[0] in SUBCOMMANDS:
         return main_torch(argv[0], argv[1:])
     args = build_parser().parse_args(argv)

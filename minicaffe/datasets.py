@@ -25,16 +25,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .errors import MinicaffeError
+from .errors import InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".dib", ".tif", ".tiff",
                     ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k")
 LIST_EXTENSIONS = (".txt", ".lst", ".list", ".tsv")
 NO_LABEL = -1
-
-
-class InputError(MinicaffeError):
-    """An INPUT argument that does not exist or a list file that cannot be parsed (a usage error)."""
 
 
 @dataclass

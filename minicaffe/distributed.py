@@ -37,7 +37,7 @@ import uuid
 import numpy as np
 
 from . import __version__
-from .errors import MinicaffeError
+from .errors import ClusterError, MinicaffeError, UsageError
 
 SHARD_PREFIX = "shard-"
 SHARD_SUFFIX = ".h5"
@@ -46,10 +46,6 @@ DEFAULT_SHARD_SIZE = 256
 WORKER_WAIT_S = 60
 #: what the last :func:`run` in this process did (for scripts/bench_dask.py and the tests)
 LAST_RUN: dict = {}
-
-
-class ClusterError(MinicaffeError):
-    """The Dask cluster cannot be reached or used, or a shard task failed."""
 
 
 # ---------------------------------------------------------------------------------- worker side
@@ -117,7 +113,6 @@ class ShardJob:
     batch_size: int
     max_pixels: int
     min_size: int
-    throttle: float = 0.0         # test hook: seconds to sleep after each batch
 
 
 def run_shard(cfg: ModelConfig, job: ShardJob):
@@ -149,8 +144,6 @@ def run_shard(cfg: ModelConfig, job: ShardJob):
             for k, v in feats.items():
                 chunks[k].append(v)
         forward_s += time.perf_counter() - t1
-        if job.throttle:
-            time.sleep(job.throttle)
     t0 = time.perf_counter()
     feats = {k: np.concatenate(v) if v else np.empty((0, dims[k][0]), np.float32) for k, v in chunks.items()}
     nonfinite = sum(int(np.count_nonzero(~np.isfinite(v))) for v in feats.values())
@@ -280,7 +273,6 @@ def parse_cluster(spec):
 
 
 def _usage(msg):
-    from .extract import UsageError
     return UsageError(msg)
 
 
@@ -368,7 +360,7 @@ def run(args, listing, fx, meta, sources, parts_dir, out, fmt):
     from tqdm import tqdm
 
     from .cli import shown
-    from .extract import _THROTTLE_ENV, NonFinite, finish, warn
+    from .extract import NonFinite, finish, warn
 
     shard_size = args.shard_size if args.shard_size is not None else DEFAULT_SHARD_SIZE
     if shard_size < 1:
@@ -389,7 +381,7 @@ def run(args, listing, fx, meta, sources, parts_dir, out, fmt):
         paths = [listing.paths[i] for i in idx]
         jobs.append(ShardJob(seq, os.path.join(parts_abs, f"{SHARD_PREFIX}{run_id}-{seq:07d}{SHARD_SUFFIX}"),
                              paths, [os.path.abspath(p) for p in paths], args.batch_size, args.max_pixels,
-                             args.min_size, float(os.environ.get(_THROTTLE_ENV, "0") or 0)))
+                             args.min_size))
     results, elapsed, n_workers = [], 0.0, 0
     if jobs:
         results, elapsed, n_workers = _submit(args, fx, meta, jobs, parts_abs, tqdm, warn)

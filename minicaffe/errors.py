@@ -4,6 +4,8 @@ Every problem with user-supplied input (prototxt text, weight files, images, CLI
 backend choice) is raised as a subclass of :class:`MinicaffeError` carrying one line of
 explanation that names the file and the problem. The command-line tools catch exactly this
 type and print that one line instead of a traceback; anything else escaping is a bug.
+Every error class of the package is defined here (the modules that raise them re-export theirs
+under the old names, e.g. ``minicaffe.extract.UsageError``).
 """
 
 
@@ -32,6 +34,22 @@ class ModelError(MinicaffeError):
 
 class BackendError(MinicaffeError):
     """A backend that was asked for but cannot run here (e.g. CUDA without a GPU)."""
+
+
+class UsageError(MinicaffeError):
+    """A bad command-line value or combination (one line naming the option); the CLIs exit 2."""
+
+
+class InputError(UsageError):
+    """An INPUT argument that does not exist or a list file that cannot be parsed."""
+
+
+class DatasetError(MinicaffeError):
+    """A dataset folder or split file is missing or malformed (one line naming the file)."""
+
+
+class ClusterError(MinicaffeError):
+    """The Dask cluster cannot be reached or used, or a shard task failed."""
 
 
 class ImageError(MinicaffeError):

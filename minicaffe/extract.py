@@ -47,7 +47,7 @@ import numpy as np
 from . import __version__
 from .cli import Interrupted, exit_with, os_error_line, shown
 from .datasets import InputError, list_inputs
-from .errors import MinicaffeError
+from .errors import MinicaffeError, UsageError  # noqa: F401
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE
 from .models import CAFFE_PREPROCESSING, DECAF_ALIASES, MODELS, get_model
 from .preprocess import (
@@ -65,8 +65,6 @@ PARTS_SUFFIX = ".parts"
 LOCK_SUFFIX = ".lock"
 #: output extensions (lower case) -> format
 OUTPUT_FORMATS = {".h5": "h5", ".hdf5": "h5", ".hdf": "h5", ".npz": "npz"}
-#: test hook: seconds to sleep after each checkpoint, so a test can SIGKILL a run mid-way
-_THROTTLE_ENV = "MINICAFFE_EXTRACT_THROTTLE"
 
 
 def default_model():
@@ -74,10 +72,6 @@ def default_model():
     from . import models
     name = getattr(models, "DEFAULT_MODEL", "efficientnet-lite0")
     return name if name in MODELS else "caffenet"
-
-
-class UsageError(MinicaffeError):
-    """A command-line problem (exit status 2)."""
 
 
 # ---------------------------------------------------------------------------------- layers
@@ -313,6 +307,8 @@ def _decoder_init(pid, priority="normal", numba=True):
     from . import preprocess
     preprocess.BILINEAR_RESIZER = "numba" if numba else "pillow"
     _lower_priority(priority)
+    from .runtime import auto_tune
+    auto_tune()     # the allocator setting (the environment ones came with the parent's environment)
     _exit_with_parent(pid)
 
 
@@ -949,6 +945,8 @@ def output_format(out, fmt=None):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from .runtime import auto_tune
+    auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
     out = args.output
     fmt = output_format(out, args.format)
     parts_dir = out + PARTS_SUFFIX
@@ -1086,12 +1084,14 @@ def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, tod
 
     # ---- the run: windows of `batch_size` inputs -> one checkpoint each ---------------------
     from tqdm import tqdm
-    throttle = float(os.environ.get(_THROTTLE_ENV, "0") or 0)
     seq = max([s.seq for s in parts], default=-1) + 1
     n_ok = n_fail = 0
     nonfinite = NonFinite()
     bar = tqdm(total=len(todo), unit="img", desc="extract", disable=args.quiet or not todo, file=sys.stderr,
                dynamic_ncols=True)
+    if not args.quiet:     # a cold Numba cache makes the first batch take seconds: say why, once
+        from .runtime import notice_first_compile
+        notice_first_compile(lambda m: bar.write(m, file=sys.stderr))
     t0 = time.perf_counter()
     try:
         for w0 in range(0, len(todo), args.batch_size):
@@ -1115,8 +1115,6 @@ def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, tod
             n_fail += len(failed)
             bar.update(len(window))
             bar.set_postfix(ok=n_ok, failed=n_fail)
-            if throttle:
-                time.sleep(throttle)
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0

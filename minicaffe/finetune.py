@@ -219,6 +219,8 @@ def main(argv=None):
     import os
 
     from .datasets import list_inputs
+    from .runtime import auto_tune
+    auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
     args = build_parser().parse_args(argv)
     if os.path.splitext(args.out)[1].lower() not in (".h5", ".hdf5"):
         raise MinicaffeError(f"--out {args.out}: the refined weights are HDF5; give a .h5 (or .hdf5) name")

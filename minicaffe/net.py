@@ -19,6 +19,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import runtime as _runtime
 from .backend import check_backend, is_device_array, synchronize, to_device, to_host
 from .errors import MinicaffeError, ModelError, NonFiniteWeightsWarning, PrototxtError, WeightsError
 from .io import file_digest
@@ -376,6 +377,9 @@ class Net:
         if x.shape[0] < 1:
             raise ModelError(f"input {name!r} is an empty batch")
 
+    #: the first forward applies :func:`minicaffe.runtime.auto_tune` (False on the class or a net: never)
+    tune_runtime = True
+
     def forward(self, data=None, start=None, end=None, keep_pre_activation=False, fetch=None, **inputs):
         """Run layers ``start``..``end`` (layer names, inclusive) and return blobs by name.
 
@@ -385,6 +389,8 @@ class Net:
             are copied back to the host.
         Returns an OrderedDict name -> ndarray; ``net.blobs`` holds the same afterwards.
         """
+        if self.tune_runtime and _runtime.tuning() is None:
+            _runtime.auto_tune()
         if data is not None:
             if not self.input_names:
                 raise ModelError(f"{self._where()}: the net declares no input")

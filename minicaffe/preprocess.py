@@ -35,8 +35,6 @@ from .images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, load_image_pil
 from .models import Preprocessing
 
 CROP_MODES = ("center", "oversample")
-#: test hook: a worker decoding a path containing this string kills itself (see tests/test_extract.py)
-_CRASH_ENV = "MINICAFFE_TEST_CRASH_ON"
 N_OVERSAMPLE = 10
 
 
@@ -153,10 +151,6 @@ def load_resized(source, spec: Preprocessing, max_pixels=DEFAULT_MAX_PIXELS, min
 def worker_load(args):
     """Process-pool entry: (index, path, spec, max_pixels, min_size) -> (index, array | None, reason)."""
     i, path, spec, max_pixels, min_size = args
-    crash_on = os.environ.get(_CRASH_ENV)
-    if crash_on and crash_on in os.fspath(path):
-        import signal
-        os.kill(os.getpid(), signal.SIGKILL)   # test hook: a decoder killed like the OOM killer would
     try:
         return i, load_resized(path, spec, max_pixels, min_size), None
     except ImageError as e:

@@ -484,6 +484,8 @@ def main(argv=None):
     import sys
 
     args = build_parser().parse_args(argv)
+    from .runtime import auto_tune
+    auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
     batches = _batches(args.batch)
     if args.threads is not None:
         import numba

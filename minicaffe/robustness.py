@@ -160,6 +160,8 @@ def parse_eps(text, png_eps=None):
 def main(argv=None):
     from .models import class_names, get_model
     from .preprocess import preprocess_image
+    from .runtime import auto_tune
+    auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
     args = build_parser().parse_args(argv)
     eps_list = parse_eps(args.eps, args.png_eps if args.png else None)
     if args.png:

@@ -229,6 +229,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from .runtime import auto_tune
+    auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
     if args.cmd == "list":
         print(f"weights directories searched: {', '.join(str(d) for d in weights_dirs())}")
         for name in sorted(MODELS):

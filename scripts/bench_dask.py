@@ -202,4 +202,6 @@ def _noop(*_):
 
 
 if __name__ == "__main__":
+    from minicaffe import runtime
+    runtime.tune()      # what the tools do at start (minicaffe/runtime.py), before any timed work
     main()

@@ -44,7 +44,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from minicaffe.errors import MinicaffeError
+from minicaffe.errors import MinicaffeError  # noqa: E402  (after the sys.path entry above)
 
 DEFAULT_PROTO = os.path.join(REPO, "minicaffe", "data", "models", "bvlc_reference_caffenet.deploy.prototxt")
 FRAMEWORKS = ("minicaffe-numpy", "minicaffe-cpu", "minicaffe-cuda", "openvino", "onnxruntime", "torch",
@@ -314,7 +314,8 @@ from minicaffe import Net
 import numba
 numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 net = Net(proto, weights, backend="cpu")
-x = np.random.default_rng(0).standard_normal((batch,) + tuple(net.input_shapes[net.input_names[0]][1:])).astype(np.float32)
+shape = (batch,) + tuple(net.input_shapes[net.input_names[0]][1:])
+x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 """
 
 _CHILD_STARTUP = _CHILD_COMMON + r"""
@@ -605,7 +606,8 @@ def main(argv=None):
         if not args.no_memory:
             try:
                 memory = peak_rss(args.prototxt, h5, args.threads, max(args.batches))
-                mb = lambda v: f"{v / 2 ** 20:.0f} MiB" if v else "n/a"
+                def mb(v):
+                    return f"{v / 2 ** 20:.0f} MiB" if v else "n/a"
                 what = "peak RSS during" if memory["hwm_reset"] else "process peak RSS (HWM reset refused) around"
                 print(f"minicaffe cpu memory: {what} a batch-{max(args.batches)} forward "
                       f"{mb(memory['peak_rss_during_forward'] or memory['process_maxrss'])}; RSS before it "
@@ -632,8 +634,9 @@ def main(argv=None):
                "settings": {"prototxt": args.prototxt, "batches": args.batches, "repeats": args.repeats,
                             "load_processes": args.load,
                             "warmup": args.warmup, "threads": args.threads, "gap_s": args.gap,
-                            "threads_how": "numba.set_num_threads, BLAS " + blas_how + ", torch.set_num_threads, "
-                                           "ORT intra_op_num_threads, OpenVINO INFERENCE_NUM_THREADS, cv2.setNumThreads",
+                            "threads_how": "numba.set_num_threads, BLAS " + blas_how
+                                           + ", torch.set_num_threads, ORT intra_op_num_threads, "
+                                           "OpenVINO INFERENCE_NUM_THREADS, cv2.setNumThreads",
                             "input": "rng(0).standard_normal * 50, float32"},
                "gflop_per_image": gflop, "sgemm_gflops": sgemm,
                "sgemm_ceiling_images_per_s": {"best": ceil_best, "median": ceil_med},
@@ -649,4 +652,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from minicaffe import runtime
+    runtime.tune()      # what the tools do at start (minicaffe/runtime.py), before any timed work
     main()

@@ -80,4 +80,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from minicaffe import runtime
+    runtime.tune()      # what the tools do at start (minicaffe/runtime.py), before any timed work
     sys.exit(main())

@@ -98,4 +98,6 @@ def main():
 
 
 if __name__ == "__main__":
+    from minicaffe import runtime
+    runtime.tune()      # what the tools do at start (minicaffe/runtime.py), before any timed work
     main()

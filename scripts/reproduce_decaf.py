@@ -70,7 +70,8 @@ def plot_curve(curve, path, label):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.split("\n\n")[-1:]))
     p.add_argument("--data", help="folder holding the datasets' archive folders")
     for proto in CANDIDATES:
@@ -162,4 +163,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from minicaffe import runtime
+    runtime.tune()      # what the tools do at start (minicaffe/runtime.py), before any timed work
     exit_with(main)

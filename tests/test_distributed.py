@@ -19,19 +19,17 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import FIXTURES, assert_close
+from conftest import FIXTURES, assert_close, fault_env
 
 from minicaffe import Net
+from minicaffe import distributed as mdist
 from minicaffe.cli import run
 from minicaffe.extract import main
-
-distributed = pytest.importorskip("distributed")
-from minicaffe import distributed as mdist
 
 PROTO = str(FIXTURES / "caffenet_small.prototxt")
 N_IMAGES = 12
 LAYERS = "pool5,fc7"
-# seconds each worker sleeps after every batch (of 1 image) so kills land mid-run
+# seconds each worker sleeps before every decode (batches of 1 image) so kills land mid-run
 THROTTLE = "0.25"
 
 
@@ -65,10 +63,29 @@ def cluster(env):
     """A LocalCluster the tests hold (and can kill workers of): 2 processes, 1 thread each, loopback only."""
     import logging
 
+    pytest.importorskip("distributed")
     from distributed import Client, LocalCluster
+    # the test hooks (tests/hooks/sitecustomize.py) in every worker, also those the nanny restarts after a kill
+    hooks = {k: v for k, v in fault_env().items() if k in ("PYTHONPATH", "MINICAFFE_TEST_HOOKS")}
+    saved = {k: os.environ.get(k) for k in hooks}
+    os.environ.update(hooks)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL) as lc, Client(lc) as client:
         yield lc, client
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def slow_workers(cluster):
+    """Every decode on the cluster's workers sleeps THROTTLE seconds during the test."""
+    _, client = cluster
+    client.run(lambda: os.environ.__setitem__("MINICAFFE_TEST_DECODE_DELAY", THROTTLE))
+    yield
+    client.run(lambda: os.environ.pop("MINICAFFE_TEST_DECODE_DELAY", None))
 
 
 def read(path):
@@ -100,7 +117,9 @@ def assert_same_as_single(env, path):
     assert a["dsattrs"] == ref["dsattrs"]
 
 
+@pytest.mark.slow
 def test_local_cluster_matches_single_process(env, capsys):
+    pytest.importorskip("distributed")
     rc = run(main, ["imgs", "-o", "local.h5", *env["common"], "--cluster", "local:2", "--shard-size", "3",
                     "--batch-size", "2"])
     err = capsys.readouterr().err
@@ -119,9 +138,9 @@ def test_local_cluster_matches_single_process(env, capsys):
         assert all(r["net_load_s"] == 0 for r in mine[1:]) and mine[0]["net_load_s"] > 0
 
 
-def test_worker_killed_mid_shard(env, cluster, monkeypatch):
+@pytest.mark.slow
+def test_worker_killed_mid_shard(env, cluster, slow_workers):
     lc, client = cluster
-    monkeypatch.setenv("MINICAFFE_EXTRACT_THROTTLE", THROTTLE)
     out = "killw.h5"
     box = {}
     argv = ["imgs", "-o", out, *env["common"], "--cluster", lc.scheduler_address, "--shard-size", "2",
@@ -154,14 +173,14 @@ def test_worker_killed_mid_shard(env, cluster, monkeypatch):
           f"{sorted({r['pid'] for r in rerun})}")
 
 
-def test_resume_after_driver_killed(env, cluster, capsys, tmp_path):
+@pytest.mark.slow
+def test_resume_after_driver_killed(env, cluster, slow_workers, capsys, tmp_path):
     lc, _ = cluster
     out = str(tmp_path / "killd.h5")
     parts = out + ".parts"
     args = ["imgs", "-o", out, *env["common"], "--cluster", lc.scheduler_address, "--shard-size", "2",
             "--batch-size", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "minicaffe.extract", *args],
-                            env={**os.environ, "MINICAFFE_EXTRACT_THROTTLE": THROTTLE},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
 
@@ -210,7 +229,8 @@ def test_usage_errors_are_one_line(env, capsys, tmp_path):
 
 def test_dedupe_keeps_first_occurrence():
     from minicaffe.extract import Source
-    f = lambda rows: (lambda: {"x": np.asarray(rows, np.float32)[:, None]})
+    def f(rows):
+        return lambda: {"x": np.asarray(rows, np.float32)[:, None]}
     a = Source(["p0", "p1"], [("bad", "why")], f([0, 1]))
     b = Source(["p1", "p2"], [("bad", "why again")], f([10, 2]))
     merged, dropped = mdist.dedupe([a, b])

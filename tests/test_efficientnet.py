@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, assert_close
+from conftest import ROOT, assert_close, lazy_importorskip
 
 from minicaffe import Net
 from minicaffe.converters import efficientnet_lite as E
@@ -17,7 +17,7 @@ from minicaffe.layers import batchnorm as BN
 from minicaffe.layers import scale as SC
 from minicaffe.models import get_model
 
-torch = pytest.importorskip("torch")
+torch = lazy_importorskip("torch")
 
 
 # ------------------------------------------------------------------------------- layers
@@ -80,7 +80,8 @@ def test_bn_scale_in_a_net_and_errors():
     with pytest.raises(ModelError, match="use_global_stats"):
         Net(NET.replace("eps: 0.001", "use_global_stats: false"))
     with pytest.raises(ModelError, match="one-bottom"):
-        Net(NET.replace('bottom: "conv" top: "conv" scale_param', 'bottom: "conv" bottom: "data" top: "conv" scale_param'))
+        Net(NET.replace('bottom: "conv" top: "conv" scale_param',
+                        'bottom: "conv" bottom: "data" top: "conv" scale_param'))
 
 
 def test_same_padding_rule():
@@ -121,7 +122,8 @@ assert_close(SC.scale_cuda(D(x), D(g), D(b)).copy_to_host(), SC.scale_reference(
 xd = D(x); out = SC.scale_cuda(xd, D(g), None, inplace=True)
 assert_close(xd.copy_to_host(), SC.scale_reference(x, g), 1e-6, "scale cuda in place")
 for (k, s, pad, mult) in [(3, 2, (0, 1, 0, 1), 1), (5, 1, (2, 2, 2, 2), 2), (3, 2, (1, 2, 0, 1), 1)]:
-    w = rng.standard_normal((3 * mult, 1, k, k)).astype(np.float32); bb = rng.standard_normal(3 * mult).astype(np.float32)
+    w = rng.standard_normal((3 * mult, 1, k, k)).astype(np.float32)
+    bb = rng.standard_normal(3 * mult).astype(np.float32)
     ref = C.convolution_reference(x, w, bb, (s, s), pad, (1, 1), 3)
     assert_close(C.convolution_cuda(D(x), D(w), D(bb), (s, s), pad, (1, 1), 3).copy_to_host(), ref, 1e-5,
                  f"depthwise cuda k{k} s{s} pad{pad} mult{mult}")
@@ -129,6 +131,7 @@ print("cuda-sim ok")
 """
 
 
+@pytest.mark.slow
 def test_cuda_kernels_under_simulator():
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'tests'}")
     r = subprocess.run([sys.executable, "-c", CUDA_SIM], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -175,6 +178,7 @@ def inputs(v, names):
     (1, ("chelsea", "coffee"), True),           # 240x240
     (2, ("chelsea", "astronaut"), True),        # 260x260
 ], ids=["lite0", "lite0-bn-scale", "lite1-240", "lite2-260"])
+@pytest.mark.slow
 def test_logits_match_independent_reference(tmp_path, v, names, fold):
     pth = checkpoint(v)
     h5 = tmp_path / "w.h5"

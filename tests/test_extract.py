@@ -18,7 +18,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import FIXTURES, assert_close
+from conftest import FIXTURES, assert_close, fault_env, lazy_importorskip
 from test_images import BAD_INPUTS, make_bad_inputs, reads_despite_chmod
 
 from minicaffe import Net
@@ -28,7 +28,7 @@ from minicaffe.extract import main
 from minicaffe.models import CAFFE_PREPROCESSING
 from minicaffe.preprocess import oversample, preprocess_image
 
-skdata = pytest.importorskip("skimage.data")
+skdata = lazy_importorskip("skimage.data")
 PROTO = str(FIXTURES / "caffenet_small.prototxt")
 PHOTOS = {  # class folder -> real photos
     "animals": [("skimage", "chelsea.png"), ("skimage", "astronaut.png")],
@@ -185,7 +185,8 @@ def test_oversample_concat_npz(env, capsys):
     assert rc == 0, err
     z = np.load("o.npz")
     paths = [str(p) for p in z["paths"]]
-    want = np.concatenate([direct(env, paths, "fc6", crop="oversample"), direct(env, paths, "fc7", crop="oversample")], 1)
+    want = np.concatenate([direct(env, paths, "fc6", crop="oversample"),
+                           direct(env, paths, "fc7", crop="oversample")], 1)
     # the same by numbers: mean over the 10 crops of image 0, written out
     x0 = oversample(paths[0], CAFFE_PREPROCESSING)
     f0 = env["net"].forward(x0)["fc7"]
@@ -262,7 +263,7 @@ def test_sigkill_then_resume_equals_uninterrupted(env, capsys, tmp_path):
     common = ["--prototxt", PROTO, "--weights", env["weights"], "--layers", "pool5,fc7", "--batch-size", "4",
               "--workers", "1"]
     cmd = [sys.executable, "-m", "minicaffe.extract", str(many), "-o", out, *common]
-    proc = subprocess.Popen(cmd, env={**os.environ, "MINICAFFE_EXTRACT_THROTTLE": "0.4"},
+    proc = subprocess.Popen(cmd, env=fault_env(MINICAFFE_TEST_DECODE_DELAY="0.1"),     # ~0.4 s per checkpoint
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     parts = out + ".parts"
     deadline = time.time() + 120
@@ -293,8 +294,12 @@ def test_sigkill_then_resume_equals_uninterrupted(env, capsys, tmp_path):
     a, b = read(out), read(str(tmp_path / "full.h5"))
     assert a["paths"] == b["paths"] and len(a["paths"]) == 18
     assert list(a["labels"]) == list(b["labels"]) and a["class_names"] == b["class_names"]
+    # Same windows of 4 images in both runs, but the checkpointed rows come from the killed process and
+    # the rest from this one: float32 results of two processes are not guaranteed bit-equal (BLAS and
+    # Numba choose kernels and work splits at run time), so they are compared to rounding: 1e-6
+    # relative, as across batch sizes in test_net. Rows, paths and labels stay exact.
     for k in ("pool5", "fc7"):
-        assert_close(a[k], b[k], 0, f"{k}: resumed vs uninterrupted")
+        assert_close(a[k], b[k], 1e-6, f"{k}: resumed vs uninterrupted")
 
 
 def test_resume_complete_file_adds_new_images(env, capsys, tmp_path):
@@ -388,6 +393,7 @@ def test_default_model_quickstart(env, capsys):
     assert hint in err, err[-2000:]
 
 
+@pytest.mark.slow
 def test_decoder_process_death_is_one_failed_row(env, tmp_path):
     """A worker killed while decoding one file (codec crash, OOM killer) fails that file only."""
     d = tmp_path / "crashy"
@@ -399,7 +405,7 @@ def test_decoder_process_death_is_one_failed_row(env, tmp_path):
     out = str(tmp_path / "c.h5")
     cmd = [sys.executable, "-m", "minicaffe.extract", str(d), "-o", out, "--prototxt", PROTO, "--weights",
            env["weights"], "--layers", "fc7", "--workers", "2", "--batch-size", "3", "-q"]
-    p = subprocess.run(cmd, env={**os.environ, "MINICAFFE_TEST_CRASH_ON": "killer"}, capture_output=True,
+    p = subprocess.run(cmd, env=fault_env(MINICAFFE_TEST_CRASH_ON="killer"), capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     r = read(out)

@@ -57,6 +57,7 @@ def _assert_all(ours, ref, what):
     return compared
 
 
+@pytest.mark.slow
 def test_fullsize_agrees_with_opencv(seeded):
     name, proto, path, x, ours = seeded
     ref = opencv_blobs(proto, path, x)
@@ -66,6 +67,7 @@ def test_fullsize_agrees_with_opencv(seeded):
     assert set(compared) == set(ours) - {"data"}
 
 
+@pytest.mark.slow
 def test_fullsize_agrees_with_torch(seeded):
     name, proto, path, x, ours = seeded
     ref = torch_blobs(proto, path, x)
@@ -75,6 +77,7 @@ def test_fullsize_agrees_with_torch(seeded):
     _assert_all(ours, ref, f"{name} vs torch")
 
 
+@pytest.mark.slow
 def test_opencv_and_torch_agree_via_check_cli(tmp_path_factory, tmp_path):
     name, proto, path, x, ours = _seeded("caffenet", tmp_path_factory)
     np.save(tmp_path / "x.npy", x)
@@ -112,7 +115,8 @@ layer { name: "sum" type: "Eltwise" bottom: "c1" bottom: "c2" top: "sum"
 layer { name: "prod" type: "Eltwise" bottom: "c1" bottom: "c2" top: "prod" eltwise_param { operation: PROD } }
 layer { name: "max" type: "Eltwise" bottom: "sum" bottom: "prod" top: "max" eltwise_param { operation: MAX } }
 layer { name: "cat" type: "Concat" bottom: "max" bottom: "c1" top: "cat" }
-layer { name: "ave" type: "Pooling" bottom: "cat" top: "ave" pooling_param { pool: AVE kernel_size: 4 stride: 3 pad: 1 } }
+layer { name: "ave" type: "Pooling" bottom: "cat" top: "ave"
+        pooling_param { pool: AVE kernel_size: 4 stride: 3 pad: 1 } }
 layer { name: "mx" type: "Pooling" bottom: "cat" top: "mx" pooling_param { pool: MAX kernel_size: 2 stride: 2 pad: 1 } }
 layer { name: "lrn_w" type: "LRN" bottom: "ave" top: "lrn_w"
         lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 norm_region: WITHIN_CHANNEL } }

@@ -19,9 +19,10 @@ MODEL_V1 = (FIXTURES / "caffenet_small_v1.caffemodel").read_bytes() if FIXTURES.
 
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="shared fixtures missing")
 
-TOKENS = ["{", "}", ":", '"', "'", "#", "\n", "[", "]", "<", ">", ",", "-", "1e99", "0x", "layer", "layers", "input_dim:",
-          "num_output: 0", "kernel_size: 100", "group: 3", "stride: 0", "pad: -1", "top: \"x\"", "bottom: \"nope\"",
-          "type: \"Frob\"", "type: CONVOLUTION", "local_size: 2", "pool: STOCHASTIC", "num_output: 99999999", "\\", "\x00"]
+TOKENS = ["{", "}", ":", '"', "'", "#", "\n", "[", "]", "<", ">", ",", "-", "1e99", "0x", "layer", "layers",
+          "input_dim:", "num_output: 0", "kernel_size: 100", "group: 3", "stride: 0", "pad: -1", "top: \"x\"",
+          "bottom: \"nope\"", "type: \"Frob\"", "type: CONVOLUTION", "local_size: 2", "pool: STOCHASTIC",
+          "num_output: 99999999", "\\", "\x00"]
 
 
 @st.composite
@@ -46,7 +47,15 @@ def _numbers_ok(net):
     return all(np.isfinite(a).all() for v in net.params.values() for a in v)
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+def _one_clear_line(e, *where):
+    """The house rule for bad input: one line that says where (any of ``where``) and what."""
+    msg = str(e)
+    assert "\n" not in msg, f"{type(e).__name__} spans lines: {msg!r}"
+    assert any(w in msg for w in where), f"{type(e).__name__} does not say where ({' / '.join(where)}): {msg!r}"
+
+
+@pytest.mark.slow
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(mutated_text())
 def test_prototxt_mutations(text):
     try:
@@ -54,7 +63,9 @@ def test_prototxt_mutations(text):
         net = minicaffe.Net(text, None, backend="numpy")
         assert _numbers_ok(net)
     except MinicaffeError as e:
-        assert str(e)
+        # inline text has no file name: the parser gives <prototxt>:line:col, net building the layer
+        # (a mutated text without "{" is taken for a file path, and that is what the message names)
+        _one_clear_line(e, "<prototxt>", "layer '", "cannot read file")
 
 
 @st.composite
@@ -78,7 +89,8 @@ def mutated_bytes(draw):
     return bytes(data)
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@pytest.mark.slow
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(mutated_bytes())
 def test_caffemodel_mutations(tmp_path_factory, data):
     p = tmp_path_factory.getbasetemp() / "fuzz.caffemodel"
@@ -87,4 +99,4 @@ def test_caffemodel_mutations(tmp_path_factory, data):
         read_caffemodel(p)
         minicaffe.Net(FIXTURES / "caffenet_small.prototxt", p, backend="numpy")
     except MinicaffeError as e:
-        assert str(e)
+        _one_clear_line(e, p.name)

@@ -23,7 +23,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import FIXTURES, ROOT
+from conftest import FIXTURES, ROOT, fault_env
 
 from minicaffe import Net
 from minicaffe.cli import Interrupted, run, shown
@@ -327,7 +327,7 @@ def _sigint_group_after_first_part(env, tmp_path, extra, part):
     out = str(tmp_path / "g.h5")
     cmd = [sys.executable, "-m", "minicaffe.extract", str(d), "-o", out, "--prototxt", PROTO, "--weights",
            env["weights"], "--backend", "numpy", "--layers", "fc7", "--batch-size", "2", "-q", *extra]
-    p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "MINICAFFE_EXTRACT_THROTTLE": "0.5"},
+    p = subprocess.Popen(cmd, cwd=ROOT, env=fault_env(MINICAFFE_TEST_DECODE_DELAY="0.25"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and p.poll() is None:

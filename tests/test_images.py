@@ -12,12 +12,13 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import lazy_importorskip
 from PIL import Image
 
 from minicaffe.errors import ImageError
 from minicaffe.images import load_image
 
-SKIMAGE_DATA = pytest.importorskip("skimage.data")
+SKIMAGE_DATA = lazy_importorskip("skimage.data")
 
 
 def real_photo_path():
@@ -168,14 +169,16 @@ def test_animated_gif_first_frame(bad):
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "PA", "1", "I", "F", "RGBX", "YCbCr"])
 def test_every_mode_becomes_rgb_uint8(tmp_path, mode):
     src = np.asarray(Image.open(real_photo_path()).convert("RGB"))[:40, :50]
-    im = Image.fromarray(src).convert(mode) if mode not in ("I", "F") else Image.fromarray(src).convert("L").convert(mode)
+    base = Image.fromarray(src)
+    im = base.convert(mode) if mode not in ("I", "F") else base.convert("L").convert(mode)
     path = str(tmp_path / f"x_{mode}.{'tiff' if mode in ('I', 'F', 'YCbCr', 'RGBX', 'PA') else 'png'}")
     im.save(path)
     img = load_image(path)
     assert img.shape == (40, 50, 3) and img.dtype == np.uint8
     if mode in ("L", "LA", "I", "F"):
         gray = np.asarray(Image.fromarray(src).convert("L"))
-        assert np.array_equal(img[..., 0], gray), f"{mode}: gray mismatch {np.abs(img[..., 0].astype(int) - gray).max()}"
+        assert np.array_equal(img[..., 0], gray), \
+            f"{mode}: gray mismatch {np.abs(img[..., 0].astype(int) - gray).max()}"
 
 
 def test_exif_orientation_applied(tmp_path):

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from conftest import assert_close
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-
 from minicaffe import Net
 from minicaffe.export import export_onnx, onnx_model
+
+# every test here runs or builds an ONNX graph: without the packages the whole file skips
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
 
 TOL = 1e-4
 

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import MODELS, assert_close
+from conftest import MODELS, assert_close, lazy_importorskip
 from PIL import Image
 
 from minicaffe.errors import ImageError, ModelError
@@ -27,7 +27,7 @@ from minicaffe.preprocess import (
     with_channel_means,
 )
 
-skdata = pytest.importorskip("skimage.data")
+skdata = lazy_importorskip("skimage.data")
 MEAN = np.load(MODELS / "ilsvrc_2012_mean.npy").astype(np.float64)
 
 

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import PIL
 import pytest
+from conftest import lazy_importorskip
 from PIL import Image
 
 from minicaffe.models import CAFFE_PREPROCESSING
@@ -24,7 +25,7 @@ from minicaffe.resize import (
 )
 
 PILLOW_13 = int(PIL.__version__.split(".")[0]) >= 13
-skdata = pytest.importorskip("skimage.data")
+skdata = lazy_importorskip("skimage.data")
 
 
 def pillow(a, H, W):

@@ -8,12 +8,12 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, lazy_importorskip
 
 from minicaffe.errors import WeightsError
 from minicaffe.io.torch_pickle import load_state_dict, load_torch_checkpoint
 
-torch = pytest.importorskip("torch")
+torch = lazy_importorskip("torch")
 
 
 def seeded_state():

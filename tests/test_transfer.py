@@ -278,10 +278,15 @@ def test_cv_classifier_learns_and_dropout_variant_fits():
     y = np.repeat(np.arange(3), 30)
     X = (centres[y] + rng.normal(0, 1, (90, 20))).astype(np.float32)
     tr, te = np.arange(90) % 3 != 0, np.arange(90) % 3 == 0
+    # the floor: a nearest-class-mean classifier on the same training rows (a linear model's baseline)
+    means = np.stack([X[tr][y[tr] == c].mean(0) for c in range(3)])
+    nearest = ((X[te][:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+    floor = mean_per_class_accuracy(y[te], nearest)
     for kind, rate in (("lr", 0.0), ("svm", 0.0), ("svm", 0.5)):
         clf = make_classifier(kind, scale="l2", dropout=rate, seed=0).fit(X[tr], y[tr])
         acc = mean_per_class_accuracy(y[te], clf.predict(X[te]))
-        assert acc >= 0.9, f"{kind} dropout={rate}: mean per-class accuracy {acc:.3f} < 0.9 on separable blobs"
+        assert acc >= floor - 1 / te.sum(), \
+            f"{kind} dropout={rate}: mean per-class accuracy {acc:.3f} below nearest class mean {floor:.3f}"
         assert clf.cv_note_.startswith("C=") and "3-fold CV" in clf.cv_note_, clf.cv_note_
     one = make_classifier("lr").fit(X[[0, 30, 60]], y[[0, 30, 60]])     # 1 image per class
     assert "no CV" in one.cv_note_
@@ -416,32 +421,43 @@ def fashion_sets(cache_dir):
     return ds, sets
 
 
-def _deep_vs_baselines(ds, sets, deep, n_train, margin, what):
+def _deep_vs_baselines(ds, sets, deep, n_train, what):
+    """DeCAF's claim, tested on paired splits: the deep features beat each baseline by more than two
+    standard errors of the per-split differences, and every feature set is above chance by more
+    than three binomial standard errors of a guessing classifier on one split's test images. The
+    floors follow from the splits' sizes, not from numbers this code produced."""
     splits = P.per_class_splits(ds.labels, n_train, n_splits=5, seed=0)
     # a 3-point C grid (the library's default has 6) keeps the 15680-d fits within the time budget
     res = {k: P.evaluate(X, ds.labels, splits, "lr", scale="l2", features=k, Cs=TEST_CS) for k, X in sets.items()}
     msg = ", ".join(f"{k} {100 * r.mean:.1f} ± {100 * r.std:.1f}" for k, r in res.items())
+    chance = 1 / len(np.unique(ds.labels))
+    floor = chance + 3 * np.sqrt(chance * (1 - chance) / len(splits[0].test))
+    for k, r in res.items():
+        assert min(r.per_split) > floor, f"{what}: {k} not above chance {chance:.2f} (+3 s.e. = {floor:.3f}): {msg}"
     for base in ("raw", "hog"):
-        assert res[deep].mean >= res[base].mean + margin, \
-            f"{what}: deep {deep} does not beat {base} by {100 * margin:.0f} points ({msg})"
+        d = np.asarray(res[deep].per_split) - np.asarray(res[base].per_split)
+        se = d.std(ddof=1) / np.sqrt(len(d))
+        assert d.mean() > 2 * se and d.mean() > 0, \
+            f"{what}: deep {deep} - {base} per split {np.round(100 * d, 1)} (mean {100 * d.mean():.1f}, " \
+            f"2 s.e. {200 * se:.1f} points; {msg})"
     return res
 
 
+@pytest.mark.slow
 def test_lfw_deep_features_beat_raw_and_hog(lfw_sets):
     ds, sets = lfw_sets
     assert sets["features"].shape == (50, 1280) and not np.isnan(sets["features"]).any()
     assert sets["raw"].shape == (50, 25 * 25 * 3), "raw: native 25x25, grey replicated to RGB"
-    # 10 train / 15 test per class; measured (this grid): Lite0 99.3 ± 1.3, raw 92.7 ± 1.3, HOG 90.0 ± 4.7 (%)
-    res = _deep_vs_baselines(ds, sets, "features", 10, 0.05, "lfw_subset")
-    assert res["features"].mean >= 0.95, f"Lite0 features on faces vs non-faces: {res['features']}"
+    # 10 train / 15 test per class (the measured accuracies: docs/transfer.md)
+    _deep_vs_baselines(ds, sets, "features", 10, "lfw_subset")
 
 
+@pytest.mark.slow
 def test_fashion_deep_features_beat_raw_and_hog(fashion_sets):
     ds, sets = fashion_sets
     assert sets["block15/project"].shape == (120, 320 * 7 * 7)
-    # 6 train / 6 test per class (few labels, where transfer matters); measured (this grid): Lite0
-    # block15/project 80.3 ± 5.1, raw 63.3 ± 7.8, HOG 71.7 ± 2.4 (%)
-    _deep_vs_baselines(ds, sets, "block15/project", 6, 0.04, "Fashion-MNIST")
+    # 6 train / 6 test per class: few labels, where transfer matters (the measured accuracies: docs/transfer.md)
+    _deep_vs_baselines(ds, sets, "block15/project", 6, "Fashion-MNIST")
 
 
 def test_feature_cache_hit_does_not_recompute(lfw_sets, cache_dir, monkeypatch):

@@ -5,6 +5,7 @@ import json
 import pytest
 
 
+@pytest.mark.slow
 def test_cuda_backend_small_caffenet_matches_caffe(cudasim_caffenet):
     if "proc" not in cudasim_caffenet:
         pytest.skip("background simulator run not started (MINICAFFE_SKIP_CUDASIM_NET set or fixtures missing)")
@@ -14,7 +15,7 @@ def test_cuda_backend_small_caffenet_matches_caffe(cudasim_caffenet):
     with open(cudasim_caffenet["out"]) as f:
         res = json.load(f)
     assert res["ok"], res.get("error")
-    print("\ncuda (simulator) vs Caffe, caffenet_small @227, image 0, %.0f s:" % res["seconds"])
+    print(f"\ncuda (simulator) vs Caffe, caffenet_small @227, image 0, {res['seconds']:.0f} s:")
     for k, v in res["rel_err"].items():
         print(f"  {k:6s} {v:.2e}")
     bad = {k: v for k, v in res["rel_err"].items() if v > 1e-4}

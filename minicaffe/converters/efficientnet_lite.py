@@ -51,7 +51,8 @@ def describe_blocks(sd, path):
     while f"_blocks.{n}._depthwise_conv.weight" in sd:
         n += 1
     if n == 0:
-        raise WeightsError(f"{path}: no _blocks.<i>._depthwise_conv.weight tensors: not an EfficientNet-Lite state_dict")
+        raise WeightsError(f"{path}: no _blocks.<i>._depthwise_conv.weight tensors: "
+                           "not an EfficientNet-Lite state_dict")
     blocks, stage = [], -1
     for i in range(n):
         p = f"_blocks.{i}."

@@ -6,6 +6,9 @@ prototxts). The training-phase mask is not part of the inference engine.
 """
 from __future__ import annotations
 
+import numpy as np
+from numba import njit, prange
+
 from ..backend import copy_array
 from .base import Layer, register
 
@@ -42,9 +45,6 @@ class Dropout(Layer):
 
 # ---------------------------------------------------------------------------------------------
 # training phase: forward with a mask, and backward
-
-import numpy as np
-from numba import njit, prange
 
 
 def dropout_mask(rng, shape, ratio):

@@ -11,6 +11,7 @@ second blob) and other axes are refused with an error. Implementations: ``scale_
 from __future__ import annotations
 
 import numpy as np
+from numba import njit, prange
 
 from ..backend import is_device_array, to_device
 from .base import Layer, as_bool, register
@@ -81,8 +82,6 @@ class Scale(Layer):
 
 # ---------------------------------------------------------------------------------------------
 # backward (training)
-
-from numba import njit, prange
 
 
 def scale_backward_reference(dy, x, gamma, bias_term=True):

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import MinicaffeError, WeightsError
 from ..io.prototxt import parse_file
-from . import as_caffemodel, require
+from .common import as_caffemodel, require
 from .torch_net import _phase_ok
 
 

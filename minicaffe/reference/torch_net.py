@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import ModelError, PrototxtError, WeightsError
 from ..io.prototxt import Message, parse, parse_file
-from . import require
+from .common import require
 
 #: legacy V1 enum type names of the layers translated here -> current type strings
 _V1 = {"CONVOLUTION": "Convolution", "RELU": "ReLU", "POOLING": "Pooling", "LRN": "LRN",
@@ -224,7 +224,8 @@ def build_torch_net(prototxt, weights, seed=None):
     seeding its own random values would compare nothing.
     """
     torch, nn, F, CaffePool, CaffeLRN, CaffeInnerProduct, Lambda = _make_modules()
-    where = os.fspath(prototxt) if isinstance(prototxt, (str, os.PathLike)) and "{" not in str(prototxt) else "<prototxt>"
+    is_path = isinstance(prototxt, (str, os.PathLike)) and "{" not in str(prototxt)
+    where = os.fspath(prototxt) if is_path else "<prototxt>"
     proto = parse_file(where) if where != "<prototxt>" else parse(str(prototxt))
     params = load_weights_mapping(weights)
     if params is None:
@@ -337,11 +338,14 @@ def build_torch_net(prototxt, weights, seed=None):
             op = {"0": "PROD", "1": "SUM", "2": "MAX"}.get(op, op)
             coeff = [float(c) for c in p.getall("coeff")] or [1.0] * len(bottoms)
             if op == "SUM":
-                fn = lambda *xs, c=coeff: sum(ci * x for ci, x in zip(c, xs))
+                def fn(*xs, c=coeff):
+                    return sum(ci * x for ci, x in zip(c, xs))
             elif op == "PROD":
-                fn = lambda *xs: functools.reduce(operator.mul, xs)
+                def fn(*xs):
+                    return functools.reduce(operator.mul, xs)
             else:
-                fn = lambda *xs: torch.stack(xs).amax(0)
+                def fn(*xs):
+                    return torch.stack(xs).amax(0)
             m = Lambda(fn, f"eltwise({op})")
         elif t == "Flatten":
             p = _param(lp, "flatten_param")

@@ -14,7 +14,7 @@ codebook, no PCA) and uses no deep network.
 """
 from __future__ import annotations
 
-import sys
+import logging
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from ..errors import MinicaffeError
 from .features import item_name, load_rgb
 
 BASELINES = ("raw", "hog")
+
+log = logging.getLogger(__name__)   # skipped images (errors="skip"): a warning each
 
 
 def _resize(rgb, size):
@@ -62,7 +64,7 @@ def compute_baseline(images, kind="hog", errors="raise", **kw):
         except MinicaffeError as e:
             if errors == "raise":
                 raise
-            print(f"minicaffe: skipping {item_name(item)}: {e}", file=sys.stderr)
+            log.warning("minicaffe: skipping %s: %s", item_name(item), e)
             rows.append(None)
             bad.append(i)
     d = next((r.size for r in rows if r is not None), 0)

@@ -6,9 +6,10 @@ the data (layouts in :mod:`minicaffe.transfer.protocols`); ``offline lfw|fashion
 machinery on real images that ship with scikit-image / Debian. Each computes (or loads from the
 feature cache) the requested feature sets (``--layers``: aliases or blob names, ``LAYER:gap`` /
 ``LAYER:gmp`` global-pools a blob, ``+`` concatenates, ``select:A|B`` chooses A or B per split by
-CV on the training images, plus the baselines ``hog`` / ``raw``), fits every ``--classifiers`` entry with C chosen by CV on
-the training part, prints one table per protocol and optionally writes ``--out report.md``
-(tables next to the paper's numbers, and per-split paired differences deep minus baseline), ``--json`` (every per-split number) and ``--tsne PNG``.
+CV on the training images, plus the baselines ``hog`` / ``raw``), fits every ``--classifiers``
+entry with C chosen by CV on the training part, prints one table per protocol and optionally
+writes ``--out report.md`` (tables next to the paper's numbers, and per-split paired differences
+deep minus baseline), ``--json`` (every per-split number) and ``--tsne PNG``.
 :func:`run_command` is shared with ``scripts/reproduce_decaf.py``. Bad arguments and missing data
 folders end with one ``minicaffe: error:`` line (exit 2). This module does not download data.
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..cli import exit_with
-from ..errors import MinicaffeError
+from ..errors import UsageError
 from . import experiments as ex
 from . import protocols as P
 from .baselines import BASELINES
@@ -56,10 +57,6 @@ e.g. --layers 'select:features|block15/project|block10/add:gap+block14/add:gap+b
 classifiers: lr, svm, lr+dropout, svm+dropout (DeCAF dropout variant, rate 0.5; see docs/transfer.md).
 features are cached under ~/.cache/minicaffe/features ($MINICAFFE_HOME) or --cache DIR.
 """
-
-
-class UsageError(MinicaffeError):
-    """A bad command-line value (one line naming the option)."""
 
 
 @dataclass
@@ -301,7 +298,8 @@ def run_command(args):
     elif proto == "sun397":
         res = ex.run_sun397(ds, model, specs, n_splits=n, seed=seed, classifiers=classifiers or ["lr"],
                             scale=args.scale, **fkw)
-        sections.append(Section(f"SUN-397 ({len(ds.classes)} classes)", "sun397", res, ["paper: " + PAPER_NOTES["sun397"]]))
+        sections.append(Section(f"SUN-397 ({len(ds.classes)} classes)", "sun397", res,
+                                ["paper: " + PAPER_NOTES["sun397"]]))
         vis = (ds, None)
     elif proto == "office":
         res = ex.run_office(src, tgt, model, specs, n_splits=n, seed=seed, classifiers=classifiers or ["svm"],
@@ -313,7 +311,8 @@ def run_command(args):
         out = ex.run_cub200(by_crop, model, specs, seed=seed, classifiers=classifiers or ["lr"], scale=args.scale,
                            **fkw)
         for crop, res in out.items():
-            sections.append(Section(f"CUB-200-2011 ({crop})", f"cub200:{crop}", res, ["paper: " + PAPER_NOTES["cub200"]]))
+            sections.append(Section(f"CUB-200-2011 ({crop})", f"cub200:{crop}", res,
+                                    ["paper: " + PAPER_NOTES["cub200"]]))
         vis = (next(iter(by_crop.values())), None)
     elif proto == "folder":
         if args.split_protocol == "fixed":
@@ -397,6 +396,8 @@ def render_report(sections, title="DeCAF transfer experiments", header=""):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from ..runtime import auto_tune
+    auto_tune()     # process tuning for fast forwards: minicaffe/runtime.py
     sections, vis = run_command(args)
     text = render_report(sections)
     print(text)

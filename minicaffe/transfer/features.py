@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import sys
@@ -32,6 +33,8 @@ from ..io import file_digest
 
 #: bumped when the way features are computed changes, so old cache entries are never reused
 CACHE_VERSION = 1
+
+log = logging.getLogger(__name__)   # skipped images (errors="skip"): a warning each
 
 
 # ----------------------------------------------------------------------------- image items
@@ -350,7 +353,7 @@ def compute_features(images, model, layers, backend="cpu", batch_size=16, cache=
         except MinicaffeError as e:
             if errors == "raise":
                 raise
-            print(f"minicaffe: skipping {item_name(item)}: {e}", file=sys.stderr)
+            log.warning("minicaffe: skipping %s: %s", item_name(item), e)
             continue
         if cache is None:
             todo.append(i)
@@ -376,7 +379,7 @@ def compute_features(images, model, layers, backend="cpu", batch_size=16, cache=
             except MinicaffeError as e:
                 if errors == "raise":
                     raise
-                print(f"minicaffe: skipping {item_name(images[i])}: {e}", file=sys.stderr)
+                log.warning("minicaffe: skipping %s: %s", item_name(images[i]), e)
         if idx:
             net = fm.net(backend)
             missing = [b for b in fetch if b not in net.blob_shapes]

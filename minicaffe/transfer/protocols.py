@@ -5,8 +5,8 @@ metadata); each protocol returns index splits (:class:`Split`) that are reproduc
 seed (split ``s`` draws from ``numpy.random.default_rng([seed, s])``) and never put an image in
 both train and test. :func:`evaluate` then fits a classifier per split and reports mean
 per-class accuracy, mean ± std over splits; :func:`evaluate_select` first picks, per split, one
-of several candidate feature sets by cross-validation on that split's training rows only. Expected layouts (the archives as their authors
-ship them):
+of several candidate feature sets by cross-validation on that split's training rows only.
+Expected layouts (the archives as their authors ship them):
 
 * **Folder dataset** (:func:`load_folder`): ``ROOT/<class>/**/<image>.(jpg|jpeg|png|bmp|ppm|pgm|tif)``;
   class names are the sorted sub-folder names. Generic protocols: :func:`kfold_splits`
@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import MinicaffeError
+from ..errors import DatasetError
 from .classifiers import (
     classifier_name,
     make_classifier,
@@ -56,10 +56,6 @@ from .classifiers import (
 from .features import ImageRef
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".gif", ".webp")
-
-
-class DatasetError(MinicaffeError):
-    """A dataset folder or split file is missing or malformed (one line naming the file)."""
 
 
 @dataclass

@@ -4,8 +4,9 @@
 accuracy in %, ± std over splits where the paper gives one). :func:`results_table` lays out a
 list of :class:`~minicaffe.transfer.protocols.Result` as one Markdown table with a "paper"
 column filled where a published number matches the row (same protocol, feature and
-classifier; a layer-choice row adds how often each candidate was chosen); :func:`paired_table` gives per-split paired differences of deep features minus
-each baseline. :func:`save_json` keeps the raw per-split numbers. This module computes nothing.
+classifier; a layer-choice row adds how often each candidate was chosen); :func:`paired_table`
+gives per-split paired differences of deep features minus each baseline. :func:`save_json`
+keeps the raw per-split numbers. This module computes nothing.
 """
 from __future__ import annotations
 
