@@ -9,6 +9,8 @@ from __future__ import annotations
 import runpy
 import sys
 
+from .runtime import auto_tune
+
 #: tool name -> module run as __main__, and its one-line purpose
 TOOLS = {
     "extract": ("minicaffe.extract", "deep features of images into HDF5/npz"),
@@ -42,6 +44,7 @@ def main(argv=None) -> int:
     if tool not in TOOLS:
         print(f"minicaffe: error: unknown tool {tool!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    auto_tune()     # once per process; the tool's own main finds it done
     module = TOOLS[tool][0]
     sys.argv = [f"minicaffe {tool}", *rest]
     runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -30,6 +30,7 @@ import numpy as np
 
 from . import __version__
 from .errors import MinicaffeError, ModelError
+from .runtime import auto_tune
 
 #: the manifest's format tag; bump when its keys change meaning
 MANIFEST_FORMAT = "minicaffe-explain/1"
@@ -757,6 +758,7 @@ def _images(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    auto_tune()
     if args.cmd == "units":
         return units_main(args)
     for opt in ("patch", "stride", "batch", "random", "max_channels"):

@@ -27,6 +27,7 @@ import numpy as np
 
 from .cli import exit_with
 from .errors import ImageError, MinicaffeError
+from .runtime import auto_tune
 
 #: bytes of feature rows read at once when no chunk size is given (bounds the streaming memory)
 DEFAULT_CHUNK_BYTES = 64 << 20
@@ -698,6 +699,7 @@ class _progress:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    auto_tune()
     if not (args.query or args.row or args.duplicates):
         raise SearchError("nothing to search for: give --query IMAGE..., --row ROW or --duplicates")
     if args.top < 1 or args.batch < 1 or (args.chunk_rows is not None and args.chunk_rows < 1):

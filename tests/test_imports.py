@@ -198,7 +198,7 @@ KNOWN_STRAY_ERRORS = {"minicaffe/explain.py: UsageError",     # -> from .errors 
 KNOWN_STDERR_PRINTS = {"minicaffe/report.py: _warn"}          # -> warnings.warn / logging
 #: caffe.log() is pycaffe's API, and pycaffe's writes to stderr
 API_STDERR_PRINTS = {"minicaffe/pycaffe/__init__.py: log"}
-KNOWN_UNTUNED_MAINS = {"minicaffe/explain.py", "minicaffe/search.py", "minicaffe/pycaffe/__main__.py"}
+KNOWN_UNTUNED_MAINS = set()
 
 
 def _rel(path):

@@ -12,11 +12,14 @@ import os
 import runpy
 import sys
 
+from ..runtime import auto_tune
+
 USAGE = "usage: python -m minicaffe.pycaffe SCRIPT.py [ARGS...] | -m MODULE [ARGS...]"
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    auto_tune()
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not argv else sys.stdout)
         return 2 if not argv else 0
