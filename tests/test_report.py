@@ -16,13 +16,14 @@ from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+from conftest import lazy_importorskip
 from PIL import Image
 
 from minicaffe import report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHART = os.path.join(ROOT, "docs", "profile_caffenet_cpu.png")     # an existing chart of the project
-skdata = pytest.importorskip("skimage.data")
+skdata = lazy_importorskip("skimage.data")     # only the tests that draw a photo need it
 
 
 class Tags(HTMLParser):

@@ -34,7 +34,6 @@ from minicaffe.search import (
     search_rows,
 )
 
-pytest.importorskip("skimage.data")
 #: a cosine between those of the photos' own copies and of unrelated photos (both ranges: docs/search.md)
 DUP_THRESHOLD = 0.6
 
@@ -197,6 +196,7 @@ def test_ann_recall_and_save_load(kind, tmp_path):
 # ---------------------------------------------------------------------------------- real photos
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
+    pytest.importorskip("skimage.data")      # the sample photos; only the photo tests need it
     root = tmp_path_factory.mktemp("search")
     group = make_collection(str(root / "coll"), str(root / "queries"))
     h5 = str(root / "coll.h5")
