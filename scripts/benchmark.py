@@ -311,6 +311,8 @@ import os, sys, json
 import numpy as np
 proto, weights, batch, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 from minicaffe import Net
+from minicaffe.runtime import auto_tune
+auto_tune()
 import numba
 numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 net = Net(proto, weights, backend="cpu")
@@ -481,6 +483,10 @@ def stop_load(procs):
 
 def main(argv=None):
     args = parse_args(argv)
+    # minicaffe's process tuning, as its tools apply it, before any thread pool starts (OpenMP
+    # reads OMP_WAIT_POLICY once); it is process-wide, so the peers run under it too
+    from minicaffe.runtime import auto_tune
+    auto_tune()
     load_procs = start_load(args.load)
     try:
         import threadpoolctl

@@ -38,7 +38,8 @@ def _layer_of(node_name, names):
     OpenVINO appends parts ("conv1/WithoutBiases") and names reorders by their layouts
     ("pool1_acdb_aBcd16b_norm1")."""
     name = node_name[len("fused "):] if node_name.startswith("fused ") else node_name
-    if name.startswith(("ReorderInput", "ReorderOutput")) or re.search(r"_(abcd|acdb|aBcd\w*|[a-z]*f32|[a-z]*bf16)_", name):
+    if (name.startswith(("ReorderInput", "ReorderOutput"))
+            or re.search(r"_(abcd|acdb|aBcd\w*|[a-z]*f32|[a-z]*bf16)_", name)):
         return REORDER
     if name.endswith("_nchwc"):
         name = name[:-len("_nchwc")]
@@ -76,7 +77,8 @@ def openvino_times(onnx_path, input_name, shape, threads, batch, iterations, nam
         req.infer({input_name: x})
         acc = defaultdict(float)
         for info in req.get_profiling_info():
-            us = info.real_time.total_seconds() * 1e6 if hasattr(info.real_time, "total_seconds") else float(info.real_time)
+            us = (info.real_time.total_seconds() * 1e6 if hasattr(info.real_time, "total_seconds")
+                  else float(info.real_time))
             if us <= 0:
                 continue
             layer = _layer_of(info.node_name, names) or "(other)"
@@ -130,6 +132,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--json", metavar="OUT")
     a = ap.parse_args(argv)
+    from minicaffe.runtime import auto_tune
+    auto_tune()        # before any thread pool starts, as minicaffe's tools do
     import numba
 
     from minicaffe import Net
@@ -156,11 +160,12 @@ def main(argv=None):
         except ImportError as e:
             print(f"# openvino skipped: {e}", file=sys.stderr)
         try:
-            ortt, ort_total = onnxruntime_times(onnx_path, inp, shape, a.threads, a.batch, a.iterations, set(names), tmp)
+            ortt, ort_total = onnxruntime_times(onnx_path, inp, shape, a.threads, a.batch, a.iterations,
+                                                set(names), tmp)
             out["onnxruntime"] = (ortt, ort_total)
         except ImportError as e:
             print(f"# onnxruntime skipped: {e}", file=sys.stderr)
-    from benchmark import machine_info      # scripts/benchmark.py: CPU model and ISA flags
+    from benchmark import machine_info  # scripts/benchmark.py: CPU model and ISA flags
     mi = machine_info()
     print(f"# {os.path.basename(a.prototxt)}, batch {a.batch}, {a.threads} threads, "
           f"{mi['cpu']} ({mi['cpu_flags']}); medians of {a.iterations} runs, ms")

@@ -90,6 +90,23 @@ def _fc_rows(x, w, b, has_bias, relu, cap, y):
                 y[n, j + r] = v
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _bias_transpose(yt, b, has_bias, relu, cap, y):
+    # yt: (M, N) -> y: (N, M) = yt^T + b (then the fused activation); blocks of 32 x 32 so both
+    # sides are read and written a cache line at a time
+    M, N = yt.shape
+    nbm = (M + 31) // 32
+    for t in prange(nbm * ((N + 31) // 32)):
+        m0 = (t % nbm) * 32
+        n0 = (t // nbm) * 32
+        for n in range(n0, min(N, n0 + 32)):
+            for m in range(m0, min(M, m0 + 32)):
+                v = yt[m, n] + b[m] if has_bias else yt[m, n]
+                if relu:
+                    v = min(max(v, np.float32(0.0)), cap)
+                y[n, m] = v
+
+
 def inner_product_rows_cpu(x, w, b, transpose=False, relu=False, relu_cap=None):
     """Same contract as :func:`inner_product_reference` (``transpose=False`` and M >= 8 only):
     every block of weight rows meets all N inputs while it is in cache, so the weights stream from
@@ -116,9 +133,18 @@ def inner_product_cpu(x, w, b, transpose=False, relu=False, relu_cap=None):
     x = np.ascontiguousarray(x, dtype=np.float32)
     if not transpose and x.shape[0] <= ROWS_MAX_BATCH and w.shape[0] >= ROWS_MR:
         return inner_product_rows_cpu(x, w, b, relu=relu, relu_cap=relu_cap)
-    y = np.matmul(x, w if transpose else w.T)  # (N,K)x(K,M): BLAS sees W as a transposed operand, no copy
-    if b is not None or relu:
-        _add_bias_rows(y, b if b is not None else np.zeros(1, np.float32), b is not None, relu, fused_cap(relu_cap))
+    if transpose:
+        y = np.matmul(x, w)    # (N, K) x (K, M)
+        if b is not None or relu:
+            _add_bias_rows(y, b if b is not None else np.zeros(1, np.float32), b is not None, relu,
+                           fused_cap(relu_cap))
+        return y
+    # (M, K) x (K, N): the weights as BLAS's row-major left operand (measured faster than x @ w.T,
+    # whose transposed right operand BLAS repacks), then one pass writes y (N, M) = the transpose
+    # + bias + activation
+    yt = np.matmul(w, x.T)
+    y = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
+    _bias_transpose(yt, b if b is not None else np.zeros(1, np.float32), b is not None, relu, fused_cap(relu_cap), y)
     return y
 
 
