@@ -68,7 +68,8 @@ class ModelConfig:
 
     @classmethod
     def from_args(cls, args, fx, weights_sha1):
-        ab = lambda p: os.path.abspath(p) if p else p      # workers may run in another folder
+        def ab(p):      # workers may run in another folder
+            return os.path.abspath(p) if p else p
         return cls(args.model, ab(args.prototxt), ab(args.weights), args.preprocess, args.mean, args.crop_size,
                    args.backend, tuple(r.request for r in fx.layers), bool(args.pre_relu), bool(args.concat),
                    fx.crop, weights_sha1, __version__)

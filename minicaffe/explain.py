@@ -627,7 +627,8 @@ every run writes PNGs and OUT/manifest.json (image, caption, numbers per PNG)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m minicaffe.explain", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(prog="python -m minicaffe.explain",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="What a prediction or a feature unit responds to, as PNGs.",
                                 epilog=EXAMPLES)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -738,7 +739,8 @@ def _target(args, net, aliases):
         if args.cls is not None:
             raise UsageError("give either --class or --unit, not both")
         return parse_unit(args.unit, net, aliases)
-    blob = resolve_blob(net, args.score_blob, aliases) if getattr(args, "score_blob", None) else logits_blob(net, aliases)
+    blob = (resolve_blob(net, args.score_blob, aliases) if getattr(args, "score_blob", None)
+            else logits_blob(net, aliases))
     cls = getattr(args, "cls", None)
     if cls is not None and not 0 <= cls < net.blob_shapes[blob][1]:
         raise UsageError(f"--class {cls}: blob {blob!r} has {net.blob_shapes[blob][1]} classes")
@@ -826,7 +828,8 @@ def manifest_report(manifest_path, html_path, title="minicaffe explain"):
     doc = json.loads(mpath.read_text(encoding="utf-8"))
     sections = []
     for it in doc.get("items", []):
-        nums = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in it.get("numbers", {}).items())
+        nums = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in it.get("numbers", {}).items())
         sections.append(report.Figure(mpath.parent / it["image"], caption=nums,
                                       title=it.get("caption") or it["image"]))
         for t in it.get("tables", []) or []:
@@ -834,7 +837,8 @@ def manifest_report(manifest_path, html_path, title="minicaffe explain"):
                 rows = list(csv.reader(f))
             if rows:
                 sections.append(report.Table(rows[0], rows[1:51], title=t,
-                                             caption=f"{len(rows) - 1} rows" + (" (first 50 shown)" if len(rows) > 51 else "")))
+                                             caption=f"{len(rows) - 1} rows"
+                                             + (" (first 50 shown)" if len(rows) > 51 else "")))
     return report.write_html(html_path, title, sections, subtitle=f"{len(doc.get('items', []))} items from {mpath}")
 
 

@@ -703,7 +703,8 @@ def build_parser():
     p.add_argument("-o", "--output", required=True, help="output file, .h5 (default) or .npz. e.g. -o feats.h5")
     m = p.add_argument_group("model")
     m.add_argument("--model", default=None,
-                   help=f"registered model: {', '.join(sorted(MODELS))} (default: {default_model()}). e.g. --model caffenet")
+                   help=f"registered model: {', '.join(sorted(MODELS))} (default: {default_model()}). "
+                        "e.g. --model caffenet")
     m.add_argument("--prototxt", help="a deploy prototxt instead of --model. e.g. --prototxt deploy.prototxt")
     m.add_argument("--weights", help="weights for --prototxt (.caffemodel or .h5), or to override --model's. "
                                      "e.g. --weights bvlc_reference_caffenet.caffemodel")
@@ -723,7 +724,8 @@ def build_parser():
                                     "'features' alias, e.g. EfficientNet's global pool). "
                                     "e.g. --layers pool5,fc6.pre,fc7")
     f.add_argument("--pre-relu", action="store_true", help="take every layer before its ReLU (same as NAME.pre)")
-    f.add_argument("--concat", action="store_true", help="store one features/concat (N, sum D) instead of one per layer")
+    f.add_argument("--concat", action="store_true",
+                   help="store one features/concat (N, sum D) instead of one per layer")
     f.add_argument("--crop", choices=CROP_MODES, default="center",
                    help="center crop, or Caffe's 10-crop oversample (4 corners + center, mirrored; features averaged)")
     r = p.add_argument_group("run")
@@ -742,7 +744,8 @@ def build_parser():
     r.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse larger images as decompression bombs (default {DEFAULT_MAX_PIXELS})")
     r.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
-                   help=f"refuse images with a side below this, e.g. 1x1 pixels (default {DEFAULT_MIN_SIZE}; 1 accepts all)")
+                   help=f"refuse images with a side below this, e.g. 1x1 pixels "
+                        f"(default {DEFAULT_MIN_SIZE}; 1 accepts all)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.add_argument("--cluster", help="run shards on Dask workers (docs/distributed.md): local[:N] for N worker "
                                      "processes here, or a scheduler address. e.g. --cluster tcp://10.0.0.5:8786")
@@ -852,7 +855,8 @@ def check_resumable(old, new, where):
         return
     if old["features_digest"] != new["features_digest"]:
         od, nd = old.get("determinants") or {}, new["determinants"]
-        same = lambda k: json.dumps(od.get(k), sort_keys=True) == json.dumps(nd.get(k), sort_keys=True)
+        def same(k):
+            return json.dumps(od.get(k), sort_keys=True) == json.dumps(nd.get(k), sort_keys=True)
         diff = [k for k in nd if not same(k)] or ["setup"]
         detail = "; ".join(f"{k}: was {_short(od.get(k))}, now {_short(nd.get(k))}" for k in diff[:3])
         raise UsageError(f"{shown(where)}: was made with a different {', '.join(diff)} ({detail}); resume with the "
@@ -1074,7 +1078,8 @@ def _run(args, out, fmt, parts_dir, listing, spec, sources, parts, old_meta, tod
     for s in sources:
         if s.widths is not None and s.widths != {k: d for k, (d, _) in dims.items()}:
             raise UsageError(f"{shown(s.where)}: holds features {s.widths}, this run makes "
-                             f"{ {k: d for k, (d, _) in dims.items()} }; it is not from this run: start over with --force")
+                             f"{ {k: d for k, (d, _) in dims.items()} }; "
+                             "it is not from this run: start over with --force")
     if args.cluster:   # shards on Dask workers, merged here (issue 10: minicaffe/distributed.py)
         from .distributed import run as run_on_cluster
         return run_on_cluster(args, listing, fx, meta, sources, parts_dir, out, fmt)

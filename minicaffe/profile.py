@@ -286,13 +286,15 @@ def format_table(report: dict, run: dict) -> str:
     if lb and la and max(lb[0], la[0]) > 0.5 * (m.get("cpu_count") or 1):
         head += (f"\nnote: 1-min load average {lb[0]:.1f} before / {la[0]:.1f} after on {m.get('cpu_count')} cores: "
                  "other processes shared the CPU; minima are the better estimate")
-    cols = f"{'layer':<18}{'type':<13}{'min ms':>9}{'median ms':>11}{'share':>8}{'MFLOP':>10}{'GFLOP/s':>9}{'param MiB':>10}"
+    cols = (f"{'layer':<18}{'type':<13}{'min ms':>9}{'median ms':>11}{'share':>8}{'MFLOP':>10}{'GFLOP/s':>9}"
+            f"{'param MiB':>10}")
     if caffe:
         cols += f" | {'caffe ms':>9}{'caffe %':>8}"
     lines = [head, cols, "-" * len(cols)]
     for l in run["layers"]:
         row = (f"{l['name'][:17]:<18}{l['type'][:12]:<13}{l['min_ms']:9.3f}{l['median_ms']:11.3f}"
-               f"{100 * l['share']:7.1f}%{l['flops'] / 1e6:10.1f}{l['gflops_per_s']:9.2f} {_fmt_bytes(l['param_bytes'])} ")
+               f"{100 * l['share']:7.1f}%{l['flops'] / 1e6:10.1f}{l['gflops_per_s']:9.2f} "
+               f"{_fmt_bytes(l['param_bytes'])} ")
         if caffe:
             c = caffe["layers"].get(l["name"])
             row += f"| {c['ms']:9.3f}{100 * c['share']:7.1f}%" if c else f"| {'-':>9}{'-':>8}"
@@ -311,14 +313,16 @@ def format_table(report: dict, run: dict) -> str:
         line += f"   (Caffe: {100 * caffe['fc_share']:.1f}%)"
     lines.append(line)
     f = run["forward_ms"]
-    line = (f"sum of layer medians {run['sum_of_layer_medians_ms']:.2f} ms; whole forward median {f['median_ms']:.2f} ms "
+    line = (f"sum of layer medians {run['sum_of_layer_medians_ms']:.2f} ms; "
+            f"whole forward median {f['median_ms']:.2f} ms "
             f"(min {f['min_ms']:.2f}); {run['images_per_s']:.1f} images/s; {run['total_flops'] / 1e9:.2f} GFLOP "
             f"-> {run['total_flops'] / (f['median_ms'] * 1e6):.2f} GFLOP/s")
     lines.append(line)
     if caffe:
         line = f"Caffe: Average Forward pass {caffe['forward_ms']} ms"
         if caffe["images_per_s"]:
-            line += f", {caffe['images_per_s']:.1f} images/s; ours / Caffe time: {f['median_ms'] / caffe['forward_ms']:.2f}x"
+            line += (f", {caffe['images_per_s']:.1f} images/s; "
+                     f"ours / Caffe time: {f['median_ms'] / caffe['forward_ms']:.2f}x")
         lines.append(line)
     return "\n".join(lines)
 
@@ -541,7 +545,8 @@ def write_html_report(report: dict, out_html: str, chart_png: str | None = None)
             sections.append(rep.Table(["layer", "type", "min ms", "median ms", "share", "MFLOP", "GFLOP/s"], rows,
                                       title=f"batch {run['batch']}",
                                       caption=f"whole forward median {run['forward_ms']['median_ms']:.2f} ms, "
-                                              f"{run['images_per_s']:.1f} images/s; fc share {100 * run['fc_share']:.1f}%"))
+                                              f"{run['images_per_s']:.1f} images/s; "
+                                              f"fc share {100 * run['fc_share']:.1f}%"))
         rep.write_html(out_html, f"minicaffe profile: {report.get('net', '')}".strip(), sections)
 
 

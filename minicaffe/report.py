@@ -158,7 +158,8 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}.sub{color:
 .note{font-weight:600;margin-top:4px}.cap{color:#555;font-size:12px;word-break:break-all}
 .missing{color:#a00;font-size:12px;padding:8px;text-align:center}
 .sep{align-self:center;font-size:26px;color:#999;padding:0 4px}
-table{border-collapse:collapse;background:#fff;margin:6px 0}th,td{border:1px solid #ccc;padding:4px 10px;text-align:left}
+table{border-collapse:collapse;background:#fff;margin:6px 0}\
+th,td{border:1px solid #ccc;padding:4px 10px;text-align:left}
 th{background:#eee}td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:8px 0}figure img{max-width:100%;background:#fff;border:1px solid #ddd}figcaption{color:#555}
 #report-status{color:#888;font-size:12px;margin-top:32px}

@@ -301,7 +301,8 @@ def resize_bilinear_cpu(img, H, W, vertical_first=None):
 
 
 class _ArrowArray(ctypes.Structure):
-    """The Arrow C Data Interface's ``struct ArrowArray`` (a stable ABI, arrow.apache.org/docs/format/CDataInterface)."""
+    """The Arrow C Data Interface's ``struct ArrowArray``
+    (a stable ABI, arrow.apache.org/docs/format/CDataInterface)."""
 
 
 _ArrowArray._fields_ = [

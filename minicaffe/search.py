@@ -767,7 +767,8 @@ def _write_json(args, ff, results, pairs, scores, groups, index):
             {"row": int(jj), "path": ff.paths[jj], "score": float(sc)} for sc, jj in zip(s, j) if jj >= 0]})
     if pairs is not None:
         out["duplicates"] = {"threshold": args.threshold,
-                             "pairs": [{"rows": [int(a), int(b)], "score": float(sc)} for (a, b), sc in zip(pairs, scores)],
+                             "pairs": [{"rows": [int(a), int(b)], "score": float(sc)}
+                                       for (a, b), sc in zip(pairs, scores)],
                              "groups": groups}
     with open(args.json, "w") as f:
         json.dump(out, f, indent=1)

@@ -129,7 +129,7 @@ def backward(net, top_diffs=None, end=None):
         if d.shape != tuple(arr.shape):
             raise ModelError(f"diff for {name!r} has shape {d.shape}, the blob is {tuple(arr.shape)}")
         diffs[key] = d
-    for i, _, _, tops, tkeys in plan:
+    for i, _, _, _tops, tkeys in plan:
         layer = net.layers[i]
         if getattr(layer, "is_loss", False) and tkeys[0] not in diffs:
             diffs[tkeys[0]] = np.asarray(layer.loss_weight, dtype=np.float32)

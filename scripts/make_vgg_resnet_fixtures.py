@@ -10,10 +10,10 @@ ResNet-50 cut to two blocks per stage (``a``: projection shortcut, ``b``: identi
 stays in the gist's legacy V1 text format. Caffe builds each net, weights are seeded (He-normal
 convolutions, BatchNorm statistics stored as ``mean * s``, ``var * s`` with a moving-average factor
 ``s`` drawn per layer in [0.5, 1000] and one layer with ``s = 0``, which Caffe reads as zero
-statistics; the classifier scaled so the logits spread over a few units), Caffe runs the forward and ``net.save`` writes the ``.caffemodel``. Written to
-``tests/fixtures/caffe/``: ``CASE.prototxt``, ``CASE.caffemodel``, ``CASE_input.npy``,
-``CASE_blobs.npz`` (every blob of the
-prototxt, after in-place layers) and ``CASE.json``.
+statistics; the classifier scaled so the logits spread over a few units), Caffe runs the forward
+and ``net.save`` writes the ``.caffemodel``. Written to ``tests/fixtures/caffe/``: ``CASE.prototxt``,
+``CASE.caffemodel``, ``CASE_input.npy``, ``CASE_blobs.npz`` (every blob of the prototxt, after
+in-place layers) and ``CASE.json``.
 
     MINICAFFE_CAFFE_BUILD=/work/caffe-build nice -n 19 python scripts/make_vgg_resnet_fixtures.py
 

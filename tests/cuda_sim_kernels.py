@@ -73,7 +73,8 @@ def test_tiny_net_cuda_backend():
     import minicaffe
     proto = """
     input: "data" input_dim: 2 input_dim: 3 input_dim: 9 input_dim: 9
-    layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 4 kernel_size: 3 group: 1 } }
+    layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+            convolution_param { num_output: 4 kernel_size: 3 group: 1 } }
     layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
     layer { name: "p1" type: "Pooling" bottom: "c1" top: "p1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
     layer { name: "n1" type: "LRN" bottom: "p1" top: "n1" lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 } }

@@ -65,7 +65,8 @@ CASES = [
     ("conv_group_stride_asympad_dil",
      ('type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 group: 2 stride_h: 2 stride_w: 1 '
       'pad_top: 1 pad_bottom: 0 pad_left: 1 pad_right: 2 dilation: 1 dilation: 2 }'), [(2, 4, 7, 6)], {}),
-    ("conv_depthwise", 'type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 group: 3 stride: 2 pad: 1 }',
+    ("conv_depthwise",
+     'type: "Convolution" convolution_param { num_output: 6 kernel_size: 3 group: 3 stride: 2 pad: 1 }',
      [(2, 3, 5, 5)], {}),
     ("conv_1x1_nobias", 'type: "Convolution" convolution_param { num_output: 4 kernel_size: 1 bias_term: false }',
      [(2, 3, 3, 4)], {}),
@@ -195,7 +196,8 @@ def test_max_pool_gradient_goes_to_first_maximum():
 NET = """
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 3 dim: 2 dim: 5 dim: 5 } } }
 layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 3 } } }
-layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
 layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
 layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2" convolution_param { num_output: 4 kernel_size: 1 } }
 layer { name: "sum" type: "Eltwise" bottom: "c1" bottom: "c2" top: "sum" }

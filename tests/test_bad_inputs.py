@@ -55,12 +55,15 @@ def test_wrong_input(fixtures_dir):
 def test_bad_layer_parameters():
     base = 'input: "data" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
     for body, msg in [
-        ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { kernel_size: 3 } }', "num_output"),
-        ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { num_output: 4 kernel_size: 3 group: 2 } }',
+        ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" convolution_param { kernel_size: 3 } }',
+         "num_output"),
+        ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+         'convolution_param { num_output: 4 kernel_size: 3 group: 2 } }',
          "not divisible by group"),
         ('layer { name: "n" type: "LRN" bottom: "data" top: "n" lrn_param { local_size: 4 } }', "odd"),
         ('layer { name: "n" type: "LRN" bottom: "data" top: "n" lrn_param { alpha: "x" } }', "invalid parameter"),
-        ('layer { name: "p" type: "Pooling" bottom: "nothere" top: "p" pooling_param { kernel_size: 2 } }', "which no earlier layer"),
+        ('layer { name: "p" type: "Pooling" bottom: "nothere" top: "p" pooling_param { kernel_size: 2 } }',
+         "which no earlier layer"),
     ]:
         with pytest.raises(ModelError, match=msg):
             minicaffe.Net(base + body)

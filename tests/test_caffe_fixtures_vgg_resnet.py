@@ -114,7 +114,8 @@ def test_full_vgg16_seeded():
     assert net.params["fc6"][0].shape == (4096, 25088)
 
 
-@pytest.mark.parametrize("name,prototxt", [("vgg16", "vgg16.deploy.prototxt"), ("resnet50", "resnet50.deploy.prototxt")])
+@pytest.mark.parametrize("name,prototxt",
+                         [("vgg16", "vgg16.deploy.prototxt"), ("resnet50", "resnet50.deploy.prototxt")])
 def test_registry_entries(name, prototxt):
     spec = get_model(name)
     assert pathlib.Path(spec.prototxt) == MODELS / prototxt

@@ -50,7 +50,8 @@ def all_rows(report):
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_check_passes_on_every_caffe_fixture(fixtures_dir, tmp_path, case):
     _, proto, model, npz = case
-    rc, rep = run_check(tmp_path, fixtures_dir / proto, fixtures_dir / model, "--against", f"caffe-npz:{fixtures_dir / npz}")
+    rc, rep = run_check(tmp_path, fixtures_dir / proto, fixtures_dir / model,
+                        "--against", f"caffe-npz:{fixtures_dir / npz}")
     rows = all_rows(rep)
     worst = max(rows, key=lambda r: r["rel"])
     assert rc == 0, f"{case[0]}: failed {failed_blobs(rep)}; worst {worst['blob']} rel {worst['rel']:.3e}"

@@ -24,15 +24,16 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import minicaffe
-from minicaffe.errors import (
+# after the sys.path insert: run as a script, this file must import the checkout's minicaffe
+import minicaffe  # noqa: E402
+from minicaffe.errors import (  # noqa: E402
     ModelError,
     NonFiniteWeightsWarning,
     PrototxtError,
     WeightsError,
 )
-from minicaffe.io import caffemodel, h5weights, prototxt, torch_pickle
-from minicaffe.io.torch_pickle import (
+from minicaffe.io import caffemodel, h5weights, prototxt, torch_pickle  # noqa: E402
+from minicaffe.io.torch_pickle import (  # noqa: E402
     LEGACY_MAGIC,
     load_state_dict,
     load_torch_checkpoint,

@@ -30,7 +30,8 @@ def test_inner_product_cpu_variants_vs_reference(n, m, k, bias):
         err = np.abs(got - want)
         rel = err.max() / np.abs(ref).max()
         assert got.shape == (n, m) and got.dtype == np.float32
-        assert rel <= 1e-5, f"{name} n={n} m={m} k={k}: max abs {err.max():.3e} rel {rel:.3e} at {np.unravel_index(err.argmax(), err.shape)}"
+        assert rel <= 1e-5, (f"{name} n={n} m={m} k={k}: max abs {err.max():.3e} rel {rel:.3e} "
+                             f"at {np.unravel_index(err.argmax(), err.shape)}")
 
 
 def test_rows_kernel_refuses_what_it_cannot_do():

@@ -240,7 +240,8 @@ def test_inner_product(n, transpose):
     x, w, b = rnd(rng, n, 37), rnd(rng, 11, 37), rnd(rng, 11)
     wt = np.ascontiguousarray(w.T) if transpose else w
     ref = ip.inner_product_reference(x, wt, b, transpose)
-    naive = np.array([[sum(float(x[i, k]) * float(w[m, k]) for k in range(37)) + b[m] for m in range(11)] for i in range(n)])
+    naive = np.array([[sum(float(x[i, k]) * float(w[m, k]) for k in range(37)) + b[m] for m in range(11)]
+                      for i in range(n)])
     assert_close(ref, naive, 1e-5, "ip reference vs naive")
     assert_close(ip.inner_product_cpu(x, wt, b, transpose), ref, 1e-5, "ip cpu")
 
@@ -277,5 +278,7 @@ def test_concat_eltwise():
     assert_close(concat.concat_cpu(xs, 1), concat.concat_reference(xs, 1), 0, "concat")
     ys = [rnd(rng, 2, 3, 4, 5) for _ in range(3)]
     for op, coeffs in [(eltwise.SUM, None), (eltwise.SUM, [0.5, -1.0, 2.0]), (eltwise.PROD, None), (eltwise.MAX, None)]:
-        assert_close(eltwise.eltwise_cpu(ys, op, coeffs), eltwise.eltwise_reference(ys, op, coeffs), 1e-6, f"eltwise {op}")
-    assert_close(eltwise.eltwise_reference(ys, eltwise.SUM, [0.5, -1.0, 2.0]), 0.5 * ys[0] - ys[1] + 2 * ys[2], 1e-6, "sum")
+        assert_close(eltwise.eltwise_cpu(ys, op, coeffs), eltwise.eltwise_reference(ys, op, coeffs), 1e-6,
+                     f"eltwise {op}")
+    assert_close(eltwise.eltwise_reference(ys, eltwise.SUM, [0.5, -1.0, 2.0]), 0.5 * ys[0] - ys[1] + 2 * ys[2], 1e-6,
+                 "sum")

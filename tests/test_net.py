@@ -137,7 +137,8 @@ def test_fused_relu_gives_the_same_blobs_and_runs_every_hook(batch):
         if layer.type in ("ReLU", "Clip"):
             layer.forward = (lambda f, n: lambda *a, **k: (ran.append(n), f(*a, **k))[1])(layer.forward, layer.name)
     seen = []
-    fused.add_hook(before=lambda net, i, l: seen.append(("b", l.name)), after=lambda net, i, l, t: seen.append(("a", l.name)))
+    fused.add_hook(before=lambda net, i, l: seen.append(("b", l.name)),
+                   after=lambda net, i, l, t: seen.append(("a", l.name)))
     a, b, r = fused.forward(x), plain.forward(x), ref.forward(x)
     names = [l.name for l in fused.layers]
     assert seen == [(k, n) for n in names for k in ("b", "a")]

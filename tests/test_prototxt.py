@@ -51,8 +51,9 @@ def test_legacy_v1_inputs_and_types(fixtures_dir):
     net = minicaffe.Net(fixtures_dir / "caffenet_small_v1.prototxt", None)
     assert net.input_shapes == {"data": (2, 3, 227, 227)}
     assert [l.type for l in net.layers][:4] == ["Convolution", "ReLU", "Pooling", "LRN"]
-    text = 'input: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n' \
-           'layers { name: "c" type: CONVOLUTION bottom: "data" top: "c" convolution_param { num_output: 2 kernel_size: 3 } }'
+    text = ('input: "data"\ninput_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'
+            'layers { name: "c" type: CONVOLUTION bottom: "data" top: "c" '
+            'convolution_param { num_output: 2 kernel_size: 3 } }')
     assert minicaffe.Net(text).blob_shapes["c"] == (1, 2, 6, 6)
 
 

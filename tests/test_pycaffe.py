@@ -276,7 +276,8 @@ def test_python_layers(pymod):
         assert caffe.Net(phase, ph).forward()["phase"] == ph
     broken = _write(pymod, "br.prototxt", """
         input: 'data' input_shape { dim: 1 }
-        layer { type: 'Python' name: 'b' bottom: 'data' top: 'b' python_param { module: 'mc_pylayers' layer: 'Broken' } }""")
+        layer { type: 'Python' name: 'b' bottom: 'data' top: 'b'
+                python_param { module: 'mc_pylayers' layer: 'Broken' } }""")
     with pytest.raises(RuntimeError, match="broken on purpose"):
         caffe.Net(broken, caffe.TEST)
 
@@ -601,7 +602,8 @@ def test_gpu_mode_forward_matches_cpu_in_the_cuda_simulator(tmp_path):
         layer { name: 'conv' type: 'Convolution' bottom: 'data' top: 'conv'
                 convolution_param { num_output: 4 kernel_size: 3 weight_filler { type: 'xavier' } } }
         layer { name: 'relu' type: 'ReLU' bottom: 'conv' top: 'conv' }
-        layer { name: 'pool' type: 'Pooling' bottom: 'conv' top: 'pool' pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+        layer { name: 'pool' type: 'Pooling' bottom: 'conv' top: 'pool'
+                pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
         layer { name: 'ip' type: 'InnerProduct' bottom: 'pool' top: 'ip'
                 inner_product_param { num_output: 5 weight_filler { type: 'xavier' } } }
         layer { name: 'prob' type: 'Softmax' bottom: 'ip' top: 'prob' }
@@ -677,7 +679,8 @@ def test_bad_inputs_are_one_line_minicaffe_errors(tmp_path):
         "unknown type": lambda: caffe.Net(_write(tmp_path, "u.prototxt", """
             layer { name: 'x' type: 'Frobnicate' top: 'x' }"""), caffe.TEST),
         "unknown bottom": lambda: caffe.Net(_write(tmp_path, "b.prototxt", """
-            layer { name: 'ip' type: 'InnerProduct' bottom: 'nothing' top: 'ip' inner_product_param { num_output: 1 } }"""),
+            layer { name: 'ip' type: 'InnerProduct' bottom: 'nothing' top: 'ip'
+                    inner_product_param { num_output: 1 } }"""),
             caffe.TEST),
         "weights of another net": lambda: caffe.Net(_write(tmp_path, "w.prototxt", SIMPLE), caffe.TEST).copy_from(
             str(tmp_path / "other.caffemodel")),

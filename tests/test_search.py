@@ -64,7 +64,8 @@ def test_exact_matches_sklearn(chunk):
     assert (x == x0).all(), "search changed the caller's array"
     d, j = NearestNeighbors(n_neighbors=6, metric="cosine", algorithm="brute").fit(x).kneighbors(q)
     bad = np.argwhere(i != j)
-    assert not len(bad), f"chunk {chunk}: rows differ from sklearn at {bad[:5].tolist()}: {i[bad[0][0]]} vs {j[bad[0][0]]}"
+    assert not len(bad), (f"chunk {chunk}: rows differ from sklearn at {bad[:5].tolist()}: "
+                          f"{i[bad[0][0]]} vs {j[bad[0][0]]}")
     err = np.abs(s - (1 - d)).max()
     assert err <= 1e-5, f"chunk {chunk}: max abs score error {err:.2e} vs sklearn's 1 - cosine distance"
     assert (np.diff(s, axis=1) <= 0).all(), "scores not in descending order"
@@ -99,7 +100,8 @@ def test_near_duplicates_exact_equals_full_matrix():
         for chunk in (1, 13, 500):
             pairs, scores = near_duplicates(x, thr, chunk_rows=chunk)
             got = {tuple(p) for p in pairs.tolist()}
-            assert got == want, f"threshold {thr}, chunk {chunk}: missing {sorted(want - got)[:5]}, extra {sorted(got - want)[:5]}"
+            assert got == want, (f"threshold {thr}, chunk {chunk}: missing {sorted(want - got)[:5]}, "
+                                 f"extra {sorted(got - want)[:5]}")
             err = np.abs(scores - sim[pairs[:, 0], pairs[:, 1]]).max()
             assert err <= 1e-5, f"pair scores off by {err:.2e}"
             assert (np.diff(scores) <= 0).all()
@@ -140,7 +142,8 @@ def test_streaming_peak_memory_is_bounded(tmp_path):
     # a 500-row query block; the whole-file chunk proves that the measure sees the reads
     chunk_bytes = 500 * 256 * 4
     assert peaks[500] < 4 * chunk_bytes, f"peak {peaks[500] / 1e6:.2f} MB with 0.5 MB chunks; file {size / 1e6:.1f} MB"
-    assert peaks["dups"] < 8 * chunk_bytes, f"near_duplicates peak {peaks['dups'] / 1e6:.2f} MB; file {size / 1e6:.1f} MB"
+    assert peaks["dups"] < 8 * chunk_bytes, (f"near_duplicates peak {peaks['dups'] / 1e6:.2f} MB; "
+                                             f"file {size / 1e6:.1f} MB")
     assert peaks[20000] > size, f"whole-file chunk peaked at {peaks[20000] / 1e6:.1f} MB < file {size / 1e6:.1f} MB"
 
 
@@ -354,7 +357,8 @@ def test_cli_html_is_self_contained(photos, capsys, tmp_path):
     r = browser_check(page)
     if r["state"] == "missing" and r["returncode"] != 0:   # the browser did not start: no verdict on the page
         pytest.skip(f"browser did not start (exit {r['returncode']}): {r['stderr'].strip().splitlines()[-1:]}")
-    assert (r["state"], r["loaded"], r["total"]) == ("ok", 29, 29), (r["state"], r["loaded"], r["total"], r["stderr"][-2000:])
+    assert (r["state"], r["loaded"], r["total"]) == ("ok", 29, 29), (r["state"], r["loaded"], r["total"],
+                                                                     r["stderr"][-2000:])
 
 
 def test_cli_progress_bar_on_large_files(tmp_path, capsys, monkeypatch):

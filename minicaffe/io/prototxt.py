@@ -282,7 +282,8 @@ class _Parser:
             if val.lower() in ("inf", "infinity", "nan"):
                 return _number(val, self.path, line, col)
             return Enum(val)
-        raise self.err(f"expected a value, found {val!r}" if kind != "eof" else "unexpected end of file, expected a value")
+        raise self.err(f"expected a value, found {val!r}" if kind != "eof"
+                       else "unexpected end of file, expected a value")
 
 
 def parse(text: str, path=None) -> Message:

@@ -148,7 +148,8 @@ class Data(Layer):
         if not self.cursor.first():
             raise self.err(f"{self.source}: the LMDB is empty")
         tp = self.lp.get("transform_param")
-        flag = (lambda k: tp is not None and str(tp.get(k, "false")).lower() in ("true", "1"))
+        def flag(k):
+            return tp is not None and str(tp.get(k, "false")).lower() in ("true", "1")
         self.color = True if flag("force_color") else (False if flag("force_gray") else None)
         self.rng = np.random.default_rng(0)
         self.transform = Transformer(tp, self.phase, self.rng, f"layer {name!r}")

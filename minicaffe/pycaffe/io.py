@@ -122,7 +122,8 @@ def resize_image(im, new_dims, interp_order=1):
             try:
                 from skimage.transform import resize
             except ImportError:
-                raise ImportError("caffe.io.resize_image needs scikit-image: pip install 'minicaffe[pycaffe]'") from None
+                raise ImportError("caffe.io.resize_image needs scikit-image: "
+                                  "pip install 'minicaffe[pycaffe]'") from None
             std = (im - lo) / (hi - lo)
             out = resize(std, new_dims, order=interp_order, mode="constant") * (hi - lo) + lo
         else:

@@ -126,7 +126,7 @@ def insert_splits(entries, where="<prototxt>"):
     """Caffe's InsertSplits: entries (name, type, lp) -> new entries with Split layers, and
     bottoms renamed ``<blob>_<producer>_<top index>_split_<k>``."""
     last_top, src, count, loss_w = {}, {}, {}, {}
-    for i, (name, t, lp) in enumerate(entries):
+    for i, (name, _t, lp) in enumerate(entries):
         for j, b in enumerate(lp.getall("bottom")):
             b = str(b)
             if b not in last_top:
@@ -380,10 +380,12 @@ class Net:
             except MinicaffeError:
                 raise
             except (TypeError, ValueError, IndexError, ZeroDivisionError) as e:
-                raise ModelError(f"{self._where()}: layer {s.name!r} ({s.type}): cannot reshape for {shapes}: {e}") from None
+                raise ModelError(f"{self._where()}: layer {s.name!r} ({s.type}): "
+                                 f"cannot reshape for {shapes}: {e}") from None
             for p, shp in zip(s.params, s.impl.param_shapes):
                 if p.shape != tuple(shp):
-                    raise ModelError(f"{self._where()}: layer {s.name!r} ({s.type}): input {shapes} needs parameter shape "
+                    raise ModelError(f"{self._where()}: layer {s.name!r} ({s.type}): "
+                                     f"input {shapes} needs parameter shape "
                                      f"{tuple(shp)}, the blob is {p.shape}")
             s.bshapes = shapes
             for tn, shp in zip(s.tops, tshapes):
@@ -644,7 +646,7 @@ class Net:
     def share_with(self, other):
         """Use ``other``'s parameter blobs (same memory) for the layers of the same name."""
         theirs = {s.name: s for s in other._slots}
-        for k, s in enumerate(self._slots):
+        for _k, s in enumerate(self._slots):
             o = theirs.get(s.name)
             if o is None or not s.params:
                 continue

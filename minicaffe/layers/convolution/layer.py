@@ -8,7 +8,8 @@ Caffe files use ``pad``/``pad_h``/``pad_w``). :func:`convolution_cpu` picks one 
 shape: depthwise, Winograd F(4x4, 3x3) (3x3 and, in 3x3 pieces, up to 6x6 kernels at stride 1,
 batch >= 4), 1x1 GEMM, the direct register-blocked kernel (everything else with >= 6 output
 pixels per row); the im2col + BLAS kernels ("wide" for stride 1, stride-phase for equal strides,
-the per-pixel gather) remain for the tiny rest and for ``MINICAFFE_DIRECT=0``. It does not implement Deconvolution or 3-D convolution.
+the per-pixel gather) remain for the tiny rest and for ``MINICAFFE_DIRECT=0``. It does not
+implement Deconvolution or 3-D convolution.
 """
 from __future__ import annotations
 
