@@ -209,7 +209,7 @@ def parse_caffe_log(path, batch=None) -> dict:
     line of the log, else the file name (``..._b64_...``); if none is found it is an error.
     """
     try:
-        with open(path, "r", encoding="utf-8", errors="replace") as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read()
     except OSError as e:
         raise MinicaffeError(f"{path}: cannot read caffe log: {e.strerror}") from None

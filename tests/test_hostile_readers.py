@@ -730,7 +730,6 @@ def test_cli_strict_and_one_line_warning(tmp_path):
     import subprocess
     import sys
 
-    import h5py
     from PIL import Image
     proto = tmp_path / "n.prototxt"
     proto.write_text('name: "n"\ninput: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }\n'

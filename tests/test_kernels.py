@@ -7,10 +7,13 @@ from kernel_cases import CONV, LRN, POOL, rnd
 
 from minicaffe.layers import concat, eltwise, relu, softmax
 from minicaffe.layers import convolution as C
-from minicaffe.layers.convolution import cache as CC, im2col as CI, layer as CL, winograd as CW
 from minicaffe.layers import inner_product as ip
 from minicaffe.layers import lrn as L
 from minicaffe.layers import pooling as P
+from minicaffe.layers.convolution import cache as CC
+from minicaffe.layers.convolution import im2col as CI
+from minicaffe.layers.convolution import layer as CL
+from minicaffe.layers.convolution import winograd as CW
 from minicaffe.layers.pooling import pool_out_size
 
 

@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from ...backend import serial_twin
 from ...simd import MR, NR, indirect_tile
-from .cache import fused_cap, cached_transform
+from .cache import cached_transform, fused_cap
 from .reference import conv_out_size
 
 #: tiles per task (a few output rows: tasks stay many, a panel stays hot across them)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .cache import fused_cap, cached_transform
+from .cache import cached_transform, fused_cap
 
 
 def winograd_filters(w, group=1):
