@@ -113,3 +113,18 @@ def _make_tile(mr, nv):
 
 #: the convolution tile: MR output pixels x NR output channels
 indirect_tile = _make_tile(MR, 2)
+
+
+@intrinsic
+def fetch_add(typingctx, counter, index, value):
+    """Atomically add ``value`` to ``counter[index]`` (int64 1-D array) and return the old value:
+    the shared task counter of a dynamically scheduled kernel (threads take the next chunk of
+    tasks as they finish, so a thread that shares its core with another process does less)."""
+    sig = types.int64(counter, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        arr, idx, val = args
+        data = context.make_array(signature.args[0])(context, builder, arr).data
+        return builder.atomic_rmw("add", builder.gep(data, [idx]), val, "monotonic")
+
+    return sig, codegen

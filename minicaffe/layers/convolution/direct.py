@@ -6,16 +6,18 @@ Cg*kh*kw offsets (one per kernel tap, OIHW order) locates each tap relative to a
 base index, so :func:`minicaffe.simd.indirect_tile` reads the input in place. Weights are packed
 once per weight array into panels of ``NR`` output channels (K x NR, zero-padded past M) and
 cached. Each task is a block of tiles (``MR`` consecutive output pixels each, row-major over the
-plane) of one image, group and channel panel; the tile's bias and ReLU are applied when it is
-stored (NHWC register tile -> NCHW).
+plane) of one image, group and channel panel, taken by the threads from a shared counter as they
+finish (dynamic scheduling: a busy core slows the pass by its share); the tile's bias and ReLU
+are applied when it is stored (NHWC register tile -> NCHW).
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
 from ...backend import serial_twin
-from ...simd import MR, NR, indirect_tile
+from ...simd import MR, NR, fetch_add, indirect_tile
 from .cache import cached_transform, fused_cap
 from .reference import conv_out_size
 
@@ -79,13 +81,14 @@ def _pack_weights(w, group):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _direct(xp, offs, bp, b, has_bias, relu, cap, sh, sw, Cg, y):
+def _direct(xp, offs, bp, b, has_bias, relu, cap, sh, sw, Cg, workers, counter, y):
     # xp: (N, C, Hp, Wp) padded; offs: (K,) tap offsets within a group's channels; bp: (G, P, K*NR)
     # packed weights; y: (N, M, Ho, Wo). Tiles run over the output plane's pixels in row-major
     # order (a tile may span two rows; the plane's last tile is shifted back to end at the last
     # pixel), each pixel located in the padded input by its own base index, so no computed pixel
-    # is wasted on padding columns. Consecutive tasks share a panel, and static scheduling keeps
-    # them on one thread.
+    # is wasted on padding columns. Tasks (image, group, panel, block of tiles) are taken from a
+    # shared counter by ``workers`` threads as they finish (counter: int64[1] = 0): a thread that
+    # shares its core with another process does less. Consecutive tasks share a panel.
     N, C, Hp, Wp = xp.shape
     G, P = bp.shape[0], bp.shape[1]
     M, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
@@ -95,36 +98,41 @@ def _direct(xp, offs, bp, b, has_bias, relu, cap, sh, sw, Cg, y):
     L = Ho * Wo
     ntiles = (L + MR - 1) // MR
     nblk = (ntiles + TILES_PER_TASK - 1) // TILES_PER_TASK
-    for t in prange(N * G * P * nblk):
-        blk = t % nblk
-        r = t // nblk
-        pnl = r % P
-        r = r // P
-        g = r % G
-        n = r // G
-        xf = xp[n].reshape(C * plane)
-        panel = bp[g, pnl]
+    total = N * G * P * nblk
+    for _w in prange(workers):
         cs = np.empty(MR * NR, dtype=np.float32)
         pix = np.empty(MR, dtype=np.int64)
-        base = g * Cg * plane
-        m0 = g * Mg + pnl * NR
-        mcount = min(NR, Mg - pnl * NR)
-        yn = y[n].reshape(M, L)
-        for ti in range(blk * TILES_PER_TASK, min(ntiles, (blk + 1) * TILES_PER_TASK)):
-            q0 = min(ti * MR, L - MR)
-            for p in range(MR):
-                oh = (q0 + p) // Wo
-                ow = q0 + p - oh * Wo
-                pix[p] = base + oh * sh * Wp + ow * sw
-            indirect_tile(xf, pix, offs, K, panel, cs)
-            for mm in range(mcount):
-                bias = b[m0 + mm] if has_bias else np.float32(0.0)
-                dst = yn[m0 + mm]
+        while True:
+            t = fetch_add(counter, 0, 1)
+            if t >= total:
+                break
+            blk = t % nblk
+            r = t // nblk
+            pnl = r % P
+            r = r // P
+            g = r % G
+            n = r // G
+            xf = xp[n].reshape(C * plane)
+            panel = bp[g, pnl]
+            base = g * Cg * plane
+            m0 = g * Mg + pnl * NR
+            mcount = min(NR, Mg - pnl * NR)
+            yn = y[n].reshape(M, L)
+            for ti in range(blk * TILES_PER_TASK, min(ntiles, (blk + 1) * TILES_PER_TASK)):
+                q0 = min(ti * MR, L - MR)
                 for p in range(MR):
-                    v = cs[p * NR + mm] + bias
-                    if relu:
-                        v = min(max(v, np.float32(0.0)), cap)
-                    dst[q0 + p] = v
+                    oh = (q0 + p) // Wo
+                    ow = q0 + p - oh * Wo
+                    pix[p] = base + oh * sh * Wp + ow * sw
+                indirect_tile(xf, pix, offs, K, panel, cs)
+                for mm in range(mcount):
+                    bias = b[m0 + mm] if has_bias else np.float32(0.0)
+                    dst = yn[m0 + mm]
+                    for p in range(MR):
+                        v = cs[p * NR + mm] + bias
+                        if relu:
+                            v = min(max(v, np.float32(0.0)), cap)
+                        dst[q0 + p] = v
 
 
 def direct_applies(x_shape, w, stride, pad, dilation, group):
@@ -162,5 +170,6 @@ def convolution_direct_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1
     has_bias = b is not None
     bb = np.ascontiguousarray(b, dtype=np.float32) if has_bias else np.zeros(1, np.float32)
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
-    _direct(xp, offs, bp, bb, has_bias, relu, fused_cap(relu_cap), sh, sw, Cg, y)
+    _direct(xp, offs, bp, bb, has_bias, relu, fused_cap(relu_cap), sh, sw, Cg, numba.get_num_threads(),
+            np.zeros(1, np.int64), y)
     return y

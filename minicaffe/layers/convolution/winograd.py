@@ -9,9 +9,11 @@ for strided, dilated or depthwise convolutions.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
+from ...simd import MR, NR, fetch_add, indirect_tile
 from .cache import cached_transform, fused_cap
 
 
@@ -84,7 +86,7 @@ def _pad_nhwc(x, n0, nb, pt, pl, xt):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _winograd_input(xt, nb, G, ks, th, tw, V):
+def _winograd_input(xt, nb, G, ks, th, tw, workers, counter, V):
     # xt: (nb, Hp, Wp, C) padded NHWC -> V: (36, G, nb*th*tw, ks*ks*Cg) = B^T d B of every 6x6 tile
     # of every 3x3 piece (offset 3*(s // ks), 3*(s % ks)); columns (image, tile row, tile column), K
     # axis (piece, channel in group). Every operation runs along a contiguous vector of channels.
@@ -92,51 +94,56 @@ def _winograd_input(xt, nb, G, ks, th, tw, V):
     Cg = C // G
     S = ks * ks
     T = th * tw
-    for t in prange(nb * th):
-        n = t // th
-        a = t % th
-        u = np.empty((6, 6, C), dtype=np.float32)
-        for bt in range(tw):
-            col = n * T + a * tw + bt
-            for s in range(S):
-                r0 = 4 * a + 3 * (s // ks)
-                q0 = 4 * bt + 3 * (s % ks)
-                # u[i, q] = (B^T d)[i] for column q of the tile: six input rows combined
-                for q in range(6):
-                    d0, d1, d2 = xt[n, r0, q0 + q], xt[n, r0 + 1, q0 + q], xt[n, r0 + 2, q0 + q]
-                    d3, d4, d5 = xt[n, r0 + 3, q0 + q], xt[n, r0 + 4, q0 + q], xt[n, r0 + 5, q0 + q]
-                    u0, u1, u2, u3, u4, u5 = u[0, q], u[1, q], u[2, q], u[3, q], u[4, q], u[5, q]
-                    for c in range(C):
-                        u0[c] = 4.0 * d0[c] - 5.0 * d2[c] + d4[c]
-                        u1[c] = -4.0 * (d1[c] + d2[c]) + d3[c] + d4[c]
-                        u2[c] = 4.0 * (d1[c] - d2[c]) - d3[c] + d4[c]
-                        u3[c] = 2.0 * (d3[c] - d1[c]) - d2[c] + d4[c]
-                        u4[c] = 2.0 * (d1[c] - d3[c]) - d2[c] + d4[c]
-                        u5[c] = 4.0 * d1[c] - 5.0 * d3[c] + d5[c]
-                # V[i*6 + j] = (u[i] B)[j]: the same six-point transform along the tile's columns
-                for g in range(G):
-                    c0 = g * Cg
-                    k0 = s * Cg
-                    for i in range(6):
-                        e0, e1, e2 = u[i, 0, c0:c0 + Cg], u[i, 1, c0:c0 + Cg], u[i, 2, c0:c0 + Cg]
-                        e3, e4, e5 = u[i, 3, c0:c0 + Cg], u[i, 4, c0:c0 + Cg], u[i, 5, c0:c0 + Cg]
-                        v0 = V[i * 6, g, col, k0:k0 + Cg]
-                        v1 = V[i * 6 + 1, g, col, k0:k0 + Cg]
-                        v2 = V[i * 6 + 2, g, col, k0:k0 + Cg]
-                        v3 = V[i * 6 + 3, g, col, k0:k0 + Cg]
-                        v4 = V[i * 6 + 4, g, col, k0:k0 + Cg]
-                        v5 = V[i * 6 + 5, g, col, k0:k0 + Cg]
-                        for c in range(Cg):
-                            v0[c] = 4.0 * e0[c] - 5.0 * e2[c] + e4[c]
-                            v1[c] = -4.0 * (e1[c] + e2[c]) + e3[c] + e4[c]
-                            v2[c] = 4.0 * (e1[c] - e2[c]) - e3[c] + e4[c]
-                            v3[c] = 2.0 * (e3[c] - e1[c]) - e2[c] + e4[c]
-                            v4[c] = 2.0 * (e1[c] - e3[c]) - e2[c] + e4[c]
-                            v5[c] = 4.0 * e1[c] - 5.0 * e3[c] + e5[c]
+    total = nb * th
+    for _w in prange(workers):
+        while True:
+            t = fetch_add(counter, 0, 1)
+            if t >= total:
+                break
+            n = t // th
+            a = t % th
+            u = np.empty((6, 6, C), dtype=np.float32)
+            for bt in range(tw):
+                col = n * T + a * tw + bt
+                for s in range(S):
+                    r0 = 4 * a + 3 * (s // ks)
+                    q0 = 4 * bt + 3 * (s % ks)
+                    # u[i, q] = (B^T d)[i] for column q of the tile: six input rows combined
+                    for q in range(6):
+                        d0, d1, d2 = xt[n, r0, q0 + q], xt[n, r0 + 1, q0 + q], xt[n, r0 + 2, q0 + q]
+                        d3, d4, d5 = xt[n, r0 + 3, q0 + q], xt[n, r0 + 4, q0 + q], xt[n, r0 + 5, q0 + q]
+                        u0, u1, u2, u3, u4, u5 = u[0, q], u[1, q], u[2, q], u[3, q], u[4, q], u[5, q]
+                        for c in range(C):
+                            u0[c] = 4.0 * d0[c] - 5.0 * d2[c] + d4[c]
+                            u1[c] = -4.0 * (d1[c] + d2[c]) + d3[c] + d4[c]
+                            u2[c] = 4.0 * (d1[c] - d2[c]) - d3[c] + d4[c]
+                            u3[c] = 2.0 * (d3[c] - d1[c]) - d2[c] + d4[c]
+                            u4[c] = 2.0 * (d1[c] - d3[c]) - d2[c] + d4[c]
+                            u5[c] = 4.0 * d1[c] - 5.0 * d3[c] + d5[c]
+                    # V[i*6 + j] = (u[i] B)[j]: the same six-point transform along the tile's columns
+                    for g in range(G):
+                        c0 = g * Cg
+                        k0 = s * Cg
+                        for i in range(6):
+                            e0, e1, e2 = u[i, 0, c0:c0 + Cg], u[i, 1, c0:c0 + Cg], u[i, 2, c0:c0 + Cg]
+                            e3, e4, e5 = u[i, 3, c0:c0 + Cg], u[i, 4, c0:c0 + Cg], u[i, 5, c0:c0 + Cg]
+                            v0 = V[i * 6, g, col, k0:k0 + Cg]
+                            v1 = V[i * 6 + 1, g, col, k0:k0 + Cg]
+                            v2 = V[i * 6 + 2, g, col, k0:k0 + Cg]
+                            v3 = V[i * 6 + 3, g, col, k0:k0 + Cg]
+                            v4 = V[i * 6 + 4, g, col, k0:k0 + Cg]
+                            v5 = V[i * 6 + 5, g, col, k0:k0 + Cg]
+                            for c in range(Cg):
+                                v0[c] = 4.0 * e0[c] - 5.0 * e2[c] + e4[c]
+                                v1[c] = -4.0 * (e1[c] + e2[c]) + e3[c] + e4[c]
+                                v2[c] = 4.0 * (e1[c] - e2[c]) - e3[c] + e4[c]
+                                v3[c] = 2.0 * (e3[c] - e1[c]) - e2[c] + e4[c]
+                                v4[c] = 2.0 * (e1[c] - e3[c]) - e2[c] + e4[c]
+                                v5[c] = 4.0 * e1[c] - 5.0 * e3[c] + e5[c]
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _winograd_output(Mt, b, has_bias, relu, cap, n0, nb, th, tw, y):
+def _winograd_output(Mt, b, has_bias, relu, cap, n0, nb, th, tw, workers, counter, y):
     # Mt: (36, G, nb*th*tw, Mg) -> y[n0:n0+nb]: (N, M, Ho, Wo) = A^T m A (+ bias, then max(0, .)
     # when relu), the last tile row / column cropped to Ho x Wo. The transform runs along
     # contiguous vectors of output channels; the NHWC -> NCHW reorder happens in the final store.
@@ -144,60 +151,65 @@ def _winograd_output(Mt, b, has_bias, relu, cap, n0, nb, th, tw, y):
     M = G * Mg
     Ho, Wo = y.shape[2], y.shape[3]
     T = th * tw
-    for t in prange(nb * th):
-        n = t // th
-        a = t % th
-        sv = np.empty((4, 6, Mg), dtype=np.float32)
-        o = np.empty((4, 4, M), dtype=np.float32)
-        for bt in range(tw):
-            col = n * T + a * tw + bt
-            for g in range(G):
-                # sv[i, j] = (A^T m)[i] for column j of the tile
-                for j in range(6):
-                    m0, m1, m2 = Mt[j, g, col], Mt[6 + j, g, col], Mt[12 + j, g, col]
-                    m3, m4, m5 = Mt[18 + j, g, col], Mt[24 + j, g, col], Mt[30 + j, g, col]
-                    s0, s1, s2, s3 = sv[0, j], sv[1, j], sv[2, j], sv[3, j]
-                    for m in range(Mg):
-                        s0[m] = m0[m] + m1[m] + m2[m] + m3[m] + m4[m]
-                        s1[m] = m1[m] - m2[m] + 2.0 * (m3[m] - m4[m])
-                        s2[m] = m1[m] + m2[m] + 4.0 * (m3[m] + m4[m])
-                        s3[m] = m1[m] - m2[m] + 8.0 * (m3[m] - m4[m]) + m5[m]
+    total = nb * th
+    for _w in prange(workers):
+        while True:
+            t = fetch_add(counter, 0, 1)
+            if t >= total:
+                break
+            n = t // th
+            a = t % th
+            sv = np.empty((4, 6, Mg), dtype=np.float32)
+            o = np.empty((4, 4, M), dtype=np.float32)
+            for bt in range(tw):
+                col = n * T + a * tw + bt
+                for g in range(G):
+                    # sv[i, j] = (A^T m)[i] for column j of the tile
+                    for j in range(6):
+                        m0, m1, m2 = Mt[j, g, col], Mt[6 + j, g, col], Mt[12 + j, g, col]
+                        m3, m4, m5 = Mt[18 + j, g, col], Mt[24 + j, g, col], Mt[30 + j, g, col]
+                        s0, s1, s2, s3 = sv[0, j], sv[1, j], sv[2, j], sv[3, j]
+                        for m in range(Mg):
+                            s0[m] = m0[m] + m1[m] + m2[m] + m3[m] + m4[m]
+                            s1[m] = m1[m] - m2[m] + 2.0 * (m3[m] - m4[m])
+                            s2[m] = m1[m] + m2[m] + 4.0 * (m3[m] + m4[m])
+                            s3[m] = m1[m] - m2[m] + 8.0 * (m3[m] - m4[m]) + m5[m]
+                    for i in range(4):
+                        e0, e1, e2 = sv[i, 0], sv[i, 1], sv[i, 2]
+                        e3, e4, e5 = sv[i, 3], sv[i, 4], sv[i, 5]
+                        o0 = o[i, 0, g * Mg:(g + 1) * Mg]
+                        o1 = o[i, 1, g * Mg:(g + 1) * Mg]
+                        o2 = o[i, 2, g * Mg:(g + 1) * Mg]
+                        o3 = o[i, 3, g * Mg:(g + 1) * Mg]
+                        bg = b[g * Mg:(g + 1) * Mg]
+                        for m in range(Mg):
+                            bias = bg[m] if has_bias else np.float32(0.0)
+                            r0 = e0[m] + e1[m] + e2[m] + e3[m] + e4[m] + bias
+                            r1 = e1[m] - e2[m] + 2.0 * (e3[m] - e4[m]) + bias
+                            r2 = e1[m] + e2[m] + 4.0 * (e3[m] + e4[m]) + bias
+                            r3 = e1[m] - e2[m] + 8.0 * (e3[m] - e4[m]) + e5[m] + bias
+                            if relu:
+                                r0 = min(max(r0, np.float32(0.0)), cap)
+                                r1 = min(max(r1, np.float32(0.0)), cap)
+                                r2 = min(max(r2, np.float32(0.0)), cap)
+                                r3 = min(max(r3, np.float32(0.0)), cap)
+                            o0[m] = r0
+                            o1[m] = r1
+                            o2[m] = r2
+                            o3[m] = r3
+                # store the 4x4 tile, NHWC -> NCHW
+                ni = n0 + n
                 for i in range(4):
-                    e0, e1, e2 = sv[i, 0], sv[i, 1], sv[i, 2]
-                    e3, e4, e5 = sv[i, 3], sv[i, 4], sv[i, 5]
-                    o0 = o[i, 0, g * Mg:(g + 1) * Mg]
-                    o1 = o[i, 1, g * Mg:(g + 1) * Mg]
-                    o2 = o[i, 2, g * Mg:(g + 1) * Mg]
-                    o3 = o[i, 3, g * Mg:(g + 1) * Mg]
-                    bg = b[g * Mg:(g + 1) * Mg]
-                    for m in range(Mg):
-                        bias = bg[m] if has_bias else np.float32(0.0)
-                        r0 = e0[m] + e1[m] + e2[m] + e3[m] + e4[m] + bias
-                        r1 = e1[m] - e2[m] + 2.0 * (e3[m] - e4[m]) + bias
-                        r2 = e1[m] + e2[m] + 4.0 * (e3[m] + e4[m]) + bias
-                        r3 = e1[m] - e2[m] + 8.0 * (e3[m] - e4[m]) + e5[m] + bias
-                        if relu:
-                            r0 = min(max(r0, np.float32(0.0)), cap)
-                            r1 = min(max(r1, np.float32(0.0)), cap)
-                            r2 = min(max(r2, np.float32(0.0)), cap)
-                            r3 = min(max(r3, np.float32(0.0)), cap)
-                        o0[m] = r0
-                        o1[m] = r1
-                        o2[m] = r2
-                        o3[m] = r3
-            # store the 4x4 tile, NHWC -> NCHW
-            ni = n0 + n
-            for i in range(4):
-                oh = 4 * a + i
-                if oh >= Ho:
-                    break
-                for j in range(4):
-                    ow = 4 * bt + j
-                    if ow >= Wo:
+                    oh = 4 * a + i
+                    if oh >= Ho:
                         break
-                    oij = o[i, j]
-                    for m in range(M):
-                        y[ni, m, oh, ow] = oij[m]
+                    for j in range(4):
+                        ow = 4 * bt + j
+                        if ow >= Wo:
+                            break
+                        oij = o[i, j]
+                        for m in range(M):
+                            y[ni, m, oh, ow] = oij[m]
 
 
 def _winograd_filters_uncached(w, group=1):
@@ -219,6 +231,65 @@ def _winograd_filters_uncached(w, group=1):
     return U
 
 
+def _pack_panels(U):
+    # U: (36, G, K, Mg) -> (36, G, P, K*NR): output channels in panels of NR (zero-padded past Mg),
+    # each K x NR row-major, the B operand of minicaffe.simd.indirect_tile
+    T36, G, K, Mg = U.shape
+    P = -(-Mg // NR)
+    out = np.zeros((T36, G, P, K, NR), dtype=np.float32)
+    for p in range(P):
+        m1 = min(Mg, (p + 1) * NR)
+        out[:, :, p, :, :m1 - p * NR] = U[:, :, :, p * NR:m1]
+    return out.reshape(T36, G, P, K * NR)
+
+
+#: rows (tiles) of a Winograd GEMM per task
+GEMM_TILES_PER_TASK = 8
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _winograd_gemms(V, Up, offs, workers, counter, Mt):
+    # The 36 x G products Mt[k, g] (R, Mg) = V[k, g] (R, K) @ U[k, g] (K, Mg) with the register-
+    # blocked tile (MR rows x NR channels; Up: U in NR-channel panels). Tasks (position, group,
+    # panel, block of row tiles) are taken from a shared counter by ``workers`` threads as they
+    # finish. Rows >= MR: the last tile of a product is shifted back to end at row R.
+    T36, G, R, K = V.shape
+    P = Up.shape[2]
+    Mg = Mt.shape[3]
+    ntiles = (R + MR - 1) // MR
+    nblk = (ntiles + GEMM_TILES_PER_TASK - 1) // GEMM_TILES_PER_TASK
+    total = T36 * G * P * nblk
+    vf = V.reshape(V.size)
+    for _w in prange(workers):
+        cs = np.empty(MR * NR, dtype=np.float32)
+        pix = np.empty(MR, dtype=np.int64)
+        while True:
+            t = fetch_add(counter, 0, 1)
+            if t >= total:
+                break
+            blk = t % nblk
+            r = t // nblk
+            pnl = r % P
+            r = r // P
+            g = r % G
+            k = r // G
+            panel = Up[k, g, pnl]
+            base = (k * G + g) * R * K
+            m0 = pnl * NR
+            mcount = min(NR, Mg - m0)
+            out = Mt[k, g]
+            for ti in range(blk * GEMM_TILES_PER_TASK, min(ntiles, (blk + 1) * GEMM_TILES_PER_TASK)):
+                r0 = min(ti * MR, R - MR)
+                for p in range(MR):
+                    pix[p] = base + (r0 + p) * K
+                indirect_tile(vf, pix, offs, K, panel, cs)
+                for p in range(MR):
+                    dst = out[r0 + p, m0:m0 + mcount]
+                    src = cs[p * NR:p * NR + mcount]
+                    for mm in range(mcount):
+                        dst[mm] = src[mm]
+
+
 #: bytes allowed for the transformed input (and, as much again, the products) of one chunk
 WINOGRAD_BUDGET = 48 << 20
 
@@ -229,8 +300,9 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1, relu=False, rel
     applies max(0, .) to the output, as a following in-place ReLU would; ``relu_cap``: also min(., cap)).
 
     Per chunk of images: pad + reorder to NHWC, transform every 6x6 tile along channel vectors
-    (V: 36 x tiles x channels), 36 GEMMs per group (tiles x K) @ (K x Mg) through BLAS, and the
-    output transform along output-channel vectors with bias (and ReLU) into NCHW. k > 3 (CaffeNet
+    (V: 36 x tiles x channels), 36 GEMMs per group (tiles x K) @ (K x Mg) through the register-
+    blocked tile kernel (BLAS when a chunk has fewer than 6 tiles), and the output transform
+    along output-channel vectors with bias (and ReLU) into NCHW. k > 3 (CaffeNet
     conv2: 5x5) is zero-padded to 3*ks and split into ks*ks 3x3 pieces at offsets (3a, 3b) whose
     transformed inputs stack along K, so each tile still needs one GEMM row and one output
     transform: y = the sum over pieces."""
@@ -244,7 +316,16 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1, relu=False, rel
     th, tw = (Ho + 3) // 4, (Wo + 3) // 4
     T = th * tw
     Mg = M // group
-    U = winograd_filters(w, group)
+    # the products through minicaffe's own tile kernel (one thread pool, dynamic scheduling) when
+    # every chunk has at least MR tile rows; through BLAS otherwise
+    own = T >= MR
+    workers = numba.get_num_threads()
+    if own:
+        Up = cached_transform(w, ("winograd-panels", group),
+                              lambda wf: _pack_panels(_winograd_filters_uncached(wf, group)))
+        offs = np.arange(S * Cg, dtype=np.int64)
+    else:
+        U = winograd_filters(w, group)
     has_bias = b is not None
     bb = np.ascontiguousarray(b, dtype=np.float32) if has_bias else np.zeros(M, np.float32)
     nb = int(max(1, min(N, WINOGRAD_BUDGET // max(1, 36 * C * S * T * 4))))
@@ -259,8 +340,12 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1, relu=False, rel
             V = np.empty((36, group, cur * T, S * Cg), dtype=np.float32)
             Mt = np.empty((36, group, cur * T, Mg), dtype=np.float32)
         _pad_nhwc(x, n0, cur, pt, pl, xt)
-        _winograd_input(xt, cur, group, ks, th, tw, V)
-        for g in range(group):
-            np.matmul(V[:, g], U[:, g], out=Mt[:, g])       # 36 x (tiles, S*Cg) @ (S*Cg, Mg)
-        _winograd_output(Mt, bb, has_bias, relu, fused_cap(relu_cap), n0, cur, th, tw, y)
+        _winograd_input(xt, cur, group, ks, th, tw, workers, np.zeros(1, np.int64), V)
+        if own:
+            _winograd_gemms(V, Up, offs, workers, np.zeros(1, np.int64), Mt)
+        else:
+            for g in range(group):
+                np.matmul(V[:, g], U[:, g], out=Mt[:, g])       # 36 x (tiles, S*Cg) @ (S*Cg, Mg)
+        _winograd_output(Mt, bb, has_bias, relu, fused_cap(relu_cap), n0, cur, th, tw, workers,
+                         np.zeros(1, np.int64), y)
     return y
