@@ -75,16 +75,18 @@ _SIZE_SWITCHED = [("minicaffe.layers.convolution.depthwise", "SERIAL_BELOW"),
                   ("minicaffe.layers.lrn", "SERIAL_BELOW"), ("minicaffe.layers.eltwise", "SERIAL_BELOW")]
 
 
-@pytest.fixture(params=["serial", "parallel"])
+@pytest.fixture(params=["serial", "parallel", "serial-planes", "parallel-nhwc"])
 def threads(request, monkeypatch):
-    """Small shapes run the serial twins by default; "parallel" forces the prange kernels."""
+    """Small shapes run the serial twins by default; "parallel" forces the prange kernels. Depthwise
+    layers also switch between channel-vector (NHWC) and per-plane kernels by size: "serial" and
+    "parallel-nhwc" take the first, "parallel" and "serial-planes" the second."""
     import importlib
+    serial = request.param.startswith("serial")
     for mod, name in _SIZE_SWITCHED:
-        m = importlib.import_module(mod)
-        if request.param == "parallel":
-            monkeypatch.setattr(m, name, 0)
-        else:
-            monkeypatch.setattr(m, name, 1 << 40)
+        monkeypatch.setattr(importlib.import_module(mod), name, 1 << 40 if serial else 0)
+    nhwc = request.param in ("serial", "parallel-nhwc")
+    monkeypatch.setattr(importlib.import_module("minicaffe.layers.convolution.depthwise"), "NHWC_BELOW",
+                        1 << 40 if nhwc else 0)
     return request.param
 
 

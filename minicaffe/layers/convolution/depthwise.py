@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...backend import SERIAL_BELOW, serial_twin
+from .cache import fused_cap
 from .reference import conv_out_size
 
 
@@ -138,8 +139,67 @@ def _depthwise_s1(x, w, b, has_bias, pt, pl, mult, y):
         _dw_plane_s1(x[n, m // mult], w[m, 0], b[m] if has_bias else np.float32(0.0), pt, pl, y[n, m])
 
 
+@njit(parallel=True, cache=True, nogil=True)
+def _to_nhwc(x, xt):
+    # x: (N, C, H, W) -> xt: (N, H, W, C), one (image, row) per task: the task's W x C block of xt
+    # stays in L1 while the C source rows are read
+    N, C, H, W = x.shape
+    for t in prange(N * H):
+        n = t // H
+        h = t % H
+        dst = xt[n, h]
+        for c in range(C):
+            src = x[n, c, h]
+            for q in range(W):
+                dst[q, c] = src[q]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _dw_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, relu, cap, y):
+    # xt: (N, H, W, C) -> y: (N, C, Ho, Wo), depthwise with one filter per channel (wt: (kh, kw, C)),
+    # computed along channel vectors: every tap is a multiply-add over C contiguous channels, taps
+    # outside the image skipped, each output row stored back NHWC -> NCHW. No per-plane padding
+    # copies: for small planes (late layers, batch 1) those cost more than the arithmetic.
+    N, H, W, C = xt.shape
+    kh, kw = wt.shape[0], wt.shape[1]
+    Ho, Wo = y.shape[2], y.shape[3]
+    for t in prange(N * Ho):
+        n = t // Ho
+        oh = t % Ho
+        out = np.empty((Wo, C), dtype=np.float32)
+        for ow in range(Wo):
+            acc = out[ow]
+            for c in range(C):
+                acc[c] = b[c] if has_bias else np.float32(0.0)
+            for i in range(kh):
+                ih = oh * sh + i - pt
+                if ih < 0 or ih >= H:
+                    continue
+                for j in range(kw):
+                    iw = ow * sw + j - pl
+                    if iw < 0 or iw >= W:
+                        continue
+                    xr = xt[n, ih, iw]
+                    wr = wt[i, j]
+                    for c in range(C):
+                        acc[c] += xr[c] * wr[c]
+            if relu:
+                for c in range(C):
+                    acc[c] = min(max(acc[c], np.float32(0.0)), cap)
+        for c in range(C):
+            dst = y[n, c, oh]
+            for ow in range(Wo):
+                dst[ow] = out[ow, c]
+
+
+#: output elements below which a depthwise layer (one filter per channel, no dilation) runs along
+#: channel vectors (:func:`_dw_nhwc`) instead of plane by plane
+NHWC_BELOW = 1 << 18
+
 _depthwise_s1_serial = serial_twin(_depthwise_s1)
 _depthwise_phase_serial = serial_twin(_depthwise_phase)
+_dw_nhwc_serial = serial_twin(_dw_nhwc)
+_to_nhwc_serial = serial_twin(_to_nhwc)
 
 
 def convolution_depthwise_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False,
@@ -159,6 +219,14 @@ def convolution_depthwise_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation
     has_bias = b is not None
     bb = b if has_bias else np.zeros(M, np.float32)
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
+    if M == C and dh == dw == 1 and y.size < NHWC_BELOW:
+        small = y.size < SERIAL_BELOW
+        xt = np.empty((N, H, W, C), dtype=np.float32)
+        (_to_nhwc_serial if small else _to_nhwc)(x, xt)
+        wt = np.ascontiguousarray(w.reshape(C, kh * kw).T.reshape(kh, kw, C), dtype=np.float32)   # OIHW -> HWC
+        (_dw_nhwc_serial if small else _dw_nhwc)(xt, wt, bb, has_bias, sh, sw, pt, pl, bool(relu),
+                                                 fused_cap(relu_cap), y)
+        return y
     if sh == sw == 1 and dh == dw == 1:
         (_depthwise_s1_serial if y.size < SERIAL_BELOW else _depthwise_s1)(x, w, bb, has_bias, pt, pl, M // C, y)
     elif sh == sw and dh == dw == 1:
