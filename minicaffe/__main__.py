@@ -18,6 +18,7 @@ TOOLS = {
     "check": ("minicaffe.check", "compare activations with saved Caffe blobs, OpenCV DNN, PyTorch"),
     "search": ("minicaffe.search", "similar images and near-duplicates in a features file"),
     "explain": ("minicaffe.explain", "saliency, occlusion, unit statistics, activation grids"),
+    "report": ("minicaffe.report", "one self-contained HTML page from charts and pictures"),
     "pycaffe": ("minicaffe.pycaffe", "run an unchanged pycaffe script (`import caffe`)"),
     "transfer": ("minicaffe.transfer", "DeCAF experiments: classifiers on deep features"),
     "finetune": ("minicaffe.finetune", "fine-tune a net's top layers"),

@@ -152,3 +152,31 @@ def test_browser_check_catches_a_broken_image(browser, tmp_path):
     path.write_text(broken, encoding="utf-8")
     r = report.browser_check(str(path), browser=browser)
     assert (r["state"], r["loaded"], r["total"]) == ("broken", 2, 3), (r["state"], r["loaded"], r["total"])
+
+
+def test_report_command_embeds_existing_charts(tmp_path):
+    """python -m minicaffe.report: the project's own t-SNE and profile charts on one page, byte
+    for byte; rendered in a headless browser where one is installed; bad input is one error line."""
+    import subprocess
+    import sys
+    tsne = os.path.join(ROOT, "docs", "transfer_tsne.png")
+    out = tmp_path / "charts.html"
+    r = subprocess.run([sys.executable, "-m", "minicaffe.report", str(out), "--title", "charts",
+                        "--image", f"{tsne}=t-SNE of the deep features", "--image", CHART],
+                       capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    page = out.read_text()
+    import base64
+    for png in (tsne, CHART):
+        with open(png, "rb") as f:
+            assert base64.b64encode(f.read()).decode() in page, f"{png} not embedded byte for byte"
+    assert "t-SNE of the deep features" in page
+    r = subprocess.run([sys.executable, "-m", "minicaffe.report", str(out), "--image", "missing.png"],
+                       capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.splitlines() == ["minicaffe: error: --image missing.png: no such file"]
+    if report.find_browser() is None:
+        pytest.skip("no Chromium-family browser installed: the page was checked as text only")
+    res = report.browser_check(str(out))
+    if res["state"] == "missing":
+        pytest.skip(f"the browser could not render: {res.get('stderr', '')[:200]}")
+    assert res["state"] == "ok" and res["loaded"] == res["total"] == 2, res
