@@ -193,8 +193,10 @@ def _dw_nhwc(xt, wt, b, has_bias, sh, sw, pt, pl, relu, cap, y):
 
 
 #: output elements below which a depthwise layer (one filter per channel, no dilation) runs along
-#: channel vectors (:func:`_dw_nhwc`) instead of plane by plane
-NHWC_BELOW = 1 << 18
+#: channel vectors (:func:`_dw_nhwc`) instead of plane by plane: every layer of EfficientNet-Lite0
+#: at batch 1 (within +-30% of the plane kernels there, and the plane kernels, the slowest to
+#: compile, are then not needed for a first single-image run)
+NHWC_BELOW = 1 << 21
 
 _depthwise_s1_serial = serial_twin(_depthwise_s1)
 _depthwise_phase_serial = serial_twin(_depthwise_phase)
