@@ -44,12 +44,37 @@ ROWS_MR = 8
 _KC = 512
 
 
+@njit(cache=True, inline="always", fastmath=True)
+def _dots8(xa, w0, w1, w2, w3, w4, w5, w6, w7, out):
+    # out[0:8] += the dot products of one input chunk with eight weight-row chunks
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+    for k in range(xa.shape[0]):
+        a = xa[k]
+        s0 += w0[k] * a
+        s1 += w1[k] * a
+        s2 += w2[k] * a
+        s3 += w3[k] * a
+        s4 += w4[k] * a
+        s5 += w5[k] * a
+        s6 += w6[k] * a
+        s7 += w7[k] * a
+    out[0] += s0
+    out[1] += s1
+    out[2] += s2
+    out[3] += s3
+    out[4] += s4
+    out[5] += s5
+    out[6] += s6
+    out[7] += s7
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=True)
 def _fc_rows(x, w, b, has_bias, relu, cap, y):
     # x: (N, K), w: (M, K) -> y: (N, M), M >= ROWS_MR. Each task takes ROWS_MR weight rows (the last
     # block shifted back to end at M) and, k-chunk by k-chunk, meets every input with them while
-    # they are in L1: the weights stream from memory once per batch. fastmath lets LLVM vectorise
-    # the dot products along k (the summation order differs from BLAS's).
+    # they are in L1: the weights stream from memory once per batch. Inputs go two at a time, so
+    # each weight vector loaded feeds two multiply-adds. fastmath lets LLVM vectorise the dot
+    # products along k (the summation order differs from BLAS's).
     N, K = x.shape
     M = w.shape[0]
     for t in prange((M + ROWS_MR - 1) // ROWS_MR):
@@ -59,35 +84,59 @@ def _fc_rows(x, w, b, has_bias, relu, cap, y):
             k1 = min(K, k0 + _KC)
             w0, w1, w2, w3 = w[j, k0:k1], w[j + 1, k0:k1], w[j + 2, k0:k1], w[j + 3, k0:k1]
             w4, w5, w6, w7 = w[j + 4, k0:k1], w[j + 5, k0:k1], w[j + 6, k0:k1], w[j + 7, k0:k1]
-            for n in range(N):
-                xr = x[n, k0:k1]
+            for n in range(0, N - 1, 2):
+                xa = x[n, k0:k1]
+                xb = x[n + 1, k0:k1]
                 s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+                t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = np.float32(0.0)
                 for k in range(k1 - k0):
-                    xv = xr[k]
-                    s0 += w0[k] * xv
-                    s1 += w1[k] * xv
-                    s2 += w2[k] * xv
-                    s3 += w3[k] * xv
-                    s4 += w4[k] * xv
-                    s5 += w5[k] * xv
-                    s6 += w6[k] * xv
-                    s7 += w7[k] * xv
-                a = acc[n]
-                a[0] += s0
-                a[1] += s1
-                a[2] += s2
-                a[3] += s3
-                a[4] += s4
-                a[5] += s5
-                a[6] += s6
-                a[7] += s7
-        for r in range(ROWS_MR):
-            bias = b[j + r] if has_bias else np.float32(0.0)
+                    a = xa[k]
+                    c = xb[k]
+                    v0, v1, v2, v3 = w0[k], w1[k], w2[k], w3[k]
+                    v4, v5, v6, v7 = w4[k], w5[k], w6[k], w7[k]
+                    s0 += v0 * a
+                    s1 += v1 * a
+                    s2 += v2 * a
+                    s3 += v3 * a
+                    s4 += v4 * a
+                    s5 += v5 * a
+                    s6 += v6 * a
+                    s7 += v7 * a
+                    t0 += v0 * c
+                    t1 += v1 * c
+                    t2 += v2 * c
+                    t3 += v3 * c
+                    t4 += v4 * c
+                    t5 += v5 * c
+                    t6 += v6 * c
+                    t7 += v7 * c
+                r = acc[n]
+                r[0] += s0
+                r[1] += s1
+                r[2] += s2
+                r[3] += s3
+                r[4] += s4
+                r[5] += s5
+                r[6] += s6
+                r[7] += s7
+                r = acc[n + 1]
+                r[0] += t0
+                r[1] += t1
+                r[2] += t2
+                r[3] += t3
+                r[4] += t4
+                r[5] += t5
+                r[6] += t6
+                r[7] += t7
+            if N % 2:
+                _dots8(x[N - 1, k0:k1], w0, w1, w2, w3, w4, w5, w6, w7, acc[N - 1])
+        for r8 in range(ROWS_MR):
+            bias = b[j + r8] if has_bias else np.float32(0.0)
             for n in range(N):
-                v = acc[n, r] + bias
+                v = acc[n, r8] + bias
                 if relu:
                     v = min(max(v, np.float32(0.0)), cap)
-                y[n, j + r] = v
+                y[n, j + r8] = v
 
 
 @njit(parallel=True, cache=True, nogil=True)
