@@ -143,8 +143,6 @@ def backward(net, top_diffs=None, end=None):
         if all(d is None for d in tds):
             continue  # nothing above depends on this layer
         tds = [np.zeros(t.shape, np.float32) if d is None else d for t, d in zip(tops, tds)]
-        if not hasattr(layer, "backward"):
-            raise ModelError(f"layer {layer.name!r} ({layer.type}) has no backward")
         bds, pds = layer.backward(tds, bots, tops, net.params.get(layer.name, []), net.backend)
         for key, d in zip(bkeys, bds):
             if d is None:

@@ -326,3 +326,27 @@ def test_caffenet_small_gradients_vs_torch_autograd(backend):
         rows.append((lname + ".w", assert_close(dw, m.weight.grad.numpy(), 1e-4, f"{backend} d/d {lname}.weight")))
         rows.append((lname + ".b", assert_close(db, m.bias.grad.numpy(), 1e-4, f"{backend} d/d {lname}.bias")))
     print("\n".join(f"{backend} {k}: rel err {v:.2e}" for k, v in rows))
+
+
+def test_backward_is_part_of_the_layer_contract():
+    """Every layer type that trains defines backward in its class (no attribute attached from
+    outside); the others inherit Layer.backward, which is a clear error; a backend a layer's
+    backward lacks is a clear error too."""
+    import inspect
+
+    from minicaffe.errors import ModelError
+    from minicaffe.layers import REGISTRY, Layer
+    trained = {"Convolution", "InnerProduct", "Pooling", "LRN", "ReLU", "Clip", "BatchNorm", "Scale",
+               "Eltwise", "Concat", "Softmax", "Dropout", "Flatten", "SoftmaxWithLoss"}
+    for name, cls in REGISTRY.items():
+        if cls.type in trained:
+            assert "backward" in vars(cls), f"{name}: backward is not defined in the class"
+            assert inspect.getsourcefile(cls.backward) == inspect.getsourcefile(cls), name
+    from minicaffe import Net
+    net = Net('input: "data" input_shape { dim: 1 dim: 2 dim: 3 dim: 3 }\n'
+              'layer { name: "pool" type: "Pooling" bottom: "data" top: "p" pooling_param { kernel_size: 2 } }', None)
+    pool = net.layers[-1]
+    with pytest.raises(ModelError, match="has no backward on the cuda backend"):
+        pool.backward([np.zeros((1, 2, 2, 2), np.float32)], [np.zeros((1, 2, 3, 3), np.float32)], [], [], "cuda")
+    with pytest.raises(ModelError, match="has no backward pass"):
+        Layer.backward(pool, [], [], [], [], "cpu")

@@ -44,6 +44,20 @@ class Layer:
     def forward(self, bottoms, params, backend, inplace=False):  # -> list of tops
         raise NotImplementedError
 
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        """-> (bottom diffs, parameter diffs) of the last TRAIN forward, each a list in the order of
+        ``bottoms`` / ``params``. Layer types that train override it; the rest have no backward."""
+        raise self.err(f"has no backward pass (the {self.type} layer cannot be trained through)")
+
+    def backend_kernel(self, backend, what="forward", **kernels):
+        """The function for ``backend`` among ``kernels`` (``numpy=``, ``cpu=``, ``cuda=``): the one
+        per-backend dispatch of every layer's forward and backward; a backend the layer lacks is a
+        clear error, never a fallback."""
+        f = kernels.get(backend)
+        if f is None:
+            raise self.err(f"has no {what} on the {backend} backend (it has: {', '.join(sorted(kernels))})")
+        return f
+
     def flops(self, bottom_shapes, top_shapes) -> int:
         """Floating-point operations of one forward (multiply-add = 2)."""
         return 0

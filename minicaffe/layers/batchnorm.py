@@ -131,6 +131,9 @@ class BatchNorm(Layer):
         x = bottoms[0] if is_device_array(bottoms[0]) else to_device(bottoms[0])
         return [batchnorm_cuda(x, mean, var, sf, self.eps, inplace)]
 
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        return _batchnorm_layer_backward(self, top_diffs, bottoms, tops, params, backend)
+
 
 # ---------------------------------------------------------------------------------------------
 # backward (training). Only the global-statistics mode exists, so BatchNorm is a fixed
@@ -154,8 +157,7 @@ def batchnorm_backward_cpu(dy, mean, var, scale_factor, eps=1e-5):
 
 def _batchnorm_layer_backward(self, top_diffs, bottoms, tops, params, backend):
     mean, var, sf = params
-    f = batchnorm_backward_reference if backend == "numpy" else batchnorm_backward_cpu
+    f = self.backend_kernel(backend, "backward", numpy=batchnorm_backward_reference, cpu=batchnorm_backward_cpu)
     return [f(top_diffs[0], mean, var, sf, self.eps)], [None, None, None]
 
 
-BatchNorm.backward = _batchnorm_layer_backward

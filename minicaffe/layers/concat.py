@@ -82,6 +82,9 @@ class Concat(Layer):
         f = {"numpy": concat_reference, "cpu": concat_cpu, "cuda": concat_cuda}[backend]
         return [f(bottoms, self._ax)]
 
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        return _concat_layer_backward(self, top_diffs, bottoms, tops, params, backend)
+
 
 # ---------------------------------------------------------------------------------------------
 # backward (training): the gradient of a concatenation is the matching slice for each input
@@ -99,4 +102,3 @@ def _concat_layer_backward(self, top_diffs, bottoms, tops, params, backend):
     return concat_backward_reference(top_diffs[0], [b.shape[self._ax] for b in bottoms], self._ax), []
 
 
-Concat.backward = _concat_layer_backward

@@ -42,6 +42,9 @@ class Dropout(Layer):
             return [dropout_train_forward(self, x, backend)]
         return [x if inplace else copy_array(x)]
 
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        return _dropout_layer_backward(self, top_diffs, bottoms, tops, params, backend)
+
 
 # ---------------------------------------------------------------------------------------------
 # training phase: forward with a mask, and backward
@@ -96,8 +99,7 @@ def dropout_train_forward(layer, x, backend):
 def _dropout_layer_backward(self, top_diffs, bottoms, tops, params, backend):
     if self.phase != "TRAIN":  # TEST phase: the identity
         return [top_diffs[0]], []
-    f = dropout_backward_reference if backend == "numpy" else dropout_backward_cpu
+    f = self.backend_kernel(backend, "backward", numpy=dropout_backward_reference, cpu=dropout_backward_cpu)
     return [f(top_diffs[0], self.mask, self.ratio)], []
 
 
-Dropout.backward = _dropout_layer_backward

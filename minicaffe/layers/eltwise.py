@@ -109,6 +109,9 @@ class Eltwise(Layer):
         f = {"numpy": eltwise_reference, "cpu": eltwise_cpu, "cuda": eltwise_cuda}[backend]
         return [f(bottoms, self.op, self.coeffs)]
 
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        return _eltwise_layer_backward(self, top_diffs, bottoms, tops, params, backend)
+
 
 # ---------------------------------------------------------------------------------------------
 # backward (training)
@@ -170,8 +173,7 @@ def eltwise_backward_cpu(dy, xs, op=SUM, coeffs=None):
 
 
 def _eltwise_layer_backward(self, top_diffs, bottoms, tops, params, backend):
-    f = eltwise_backward_reference if backend == "numpy" else eltwise_backward_cpu
+    f = self.backend_kernel(backend, "backward", numpy=eltwise_backward_reference, cpu=eltwise_backward_cpu)
     return f(top_diffs[0], bottoms, self.op, self.coeffs), []
 
 
-Eltwise.backward = _eltwise_layer_backward

@@ -42,6 +42,9 @@ class Flatten(Layer):
     def forward(self, bottoms, params, backend, inplace=False):
         return [flatten_reference(bottoms[0], self._a, self._e)]
 
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        return _flatten_layer_backward(self, top_diffs, bottoms, tops, params, backend)
+
 
 @register("Input")
 class Input(Layer):
@@ -79,4 +82,3 @@ def _flatten_layer_backward(self, top_diffs, bottoms, tops, params, backend):
     return [flatten_backward_reference(top_diffs[0], bottoms[0].shape)], []
 
 
-Flatten.backward = _flatten_layer_backward

@@ -284,6 +284,9 @@ class InnerProduct(Layer):
             y = f(x2, params[0], b, self.transpose)
         return [y.reshape(lead + (self.num_output,))]
 
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        return _inner_product_layer_backward(self, top_diffs, bottoms, tops, params, backend)
+
 
 # ---------------------------------------------------------------------------------------------
 # backward (training)
@@ -314,10 +317,9 @@ def _inner_product_layer_backward(self, top_diffs, bottoms, tops, params, backen
     x = bottoms[0]
     lead = tuple(x.shape[:self._ax])
     n = int(np.prod(lead))
-    f = {"numpy": inner_product_backward_reference, "cpu": inner_product_backward_cpu}[backend]
+    f = self.backend_kernel(backend, "backward", numpy=inner_product_backward_reference, cpu=inner_product_backward_cpu)
     # the same row-major flatten as the forward: (C, H, W) order
     dx, dw, db = f(top_diffs[0].reshape(n, -1), x.reshape(n, -1), params[0], self.transpose)
     return [dx.reshape(x.shape)], ([dw, db] if self.bias_term else [dw])
 
 
-InnerProduct.backward = _inner_product_layer_backward

@@ -191,6 +191,9 @@ class LRN(Layer):
         f = {"numpy": lrn_reference, "cpu": lrn_cpu, "cuda": lrn_cuda}[backend]
         return [f(bottoms[0], self.size, self.alpha, self.beta, self.k, self.region)]
 
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        return _lrn_layer_backward(self, top_diffs, bottoms, tops, params, backend)
+
 
 # ---------------------------------------------------------------------------------------------
 # backward (training)
@@ -299,8 +302,7 @@ def lrn_backward_cpu(dy, x, size, alpha, beta, k, region=ACROSS):
 
 
 def _lrn_layer_backward(self, top_diffs, bottoms, tops, params, backend):
-    f = lrn_backward_reference if backend == "numpy" else lrn_backward_cpu
+    f = self.backend_kernel(backend, "backward", numpy=lrn_backward_reference, cpu=lrn_backward_cpu)
     return [f(top_diffs[0], bottoms[0], self.size, self.alpha, self.beta, self.k, self.region)], []
 
 
-LRN.backward = _lrn_layer_backward

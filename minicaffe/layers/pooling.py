@@ -250,6 +250,9 @@ class Pooling(Layer):
         f = {"numpy": pooling_reference, "cpu": pooling_cpu, "cuda": pooling_cuda}[backend]
         return [f(x, self.method, k, s, p, out_hw)]
 
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        return _pooling_layer_backward(self, top_diffs, bottoms, tops, params, backend)
+
 
 # ---------------------------------------------------------------------------------------------
 # backward (training)
@@ -335,8 +338,7 @@ def pooling_backward_cpu(dy, x, method, kernel, stride, pad):
 def _pooling_layer_backward(self, top_diffs, bottoms, tops, params, backend):
     x = bottoms[0]
     k, s, p = self.geometry(x.shape)
-    f = pooling_backward_reference if backend == "numpy" else pooling_backward_cpu
+    f = self.backend_kernel(backend, "backward", numpy=pooling_backward_reference, cpu=pooling_backward_cpu)
     return [f(top_diffs[0], x, self.method, k, s, p)], []
 
 
-Pooling.backward = _pooling_layer_backward

@@ -99,6 +99,9 @@ class ReLU(Layer):
         f = relu_cpu if backend == "cpu" else relu_cuda
         return [f(bottoms[0], self.slope, inplace)]
 
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        return _relu_layer_backward(self, top_diffs, bottoms, tops, params, backend)
+
 
 @register("Clip", "ReLU6")
 class Clip(Layer):
@@ -127,6 +130,9 @@ class Clip(Layer):
             return [clip_reference(bottoms[0], self.lo, self.hi)]
         f = clip_cpu if backend == "cpu" else clip_cuda
         return [f(bottoms[0], self.lo, self.hi, inplace)]
+
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        return _clip_layer_backward(self, top_diffs, bottoms, tops, params, backend)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,14 +179,12 @@ def clip_backward_cpu(dy, x, lo, hi):
 
 
 def _relu_layer_backward(self, top_diffs, bottoms, tops, params, backend):
-    f = relu_backward_reference if backend == "numpy" else relu_backward_cpu
+    f = self.backend_kernel(backend, "backward", numpy=relu_backward_reference, cpu=relu_backward_cpu)
     return [f(top_diffs[0], bottoms[0], self.slope)], []
 
 
 def _clip_layer_backward(self, top_diffs, bottoms, tops, params, backend):
-    f = clip_backward_reference if backend == "numpy" else clip_backward_cpu
+    f = self.backend_kernel(backend, "backward", numpy=clip_backward_reference, cpu=clip_backward_cpu)
     return [f(top_diffs[0], bottoms[0], self.lo, self.hi)], []
 
 
-ReLU.backward = _relu_layer_backward
-Clip.backward = _clip_layer_backward

@@ -79,6 +79,9 @@ class Scale(Layer):
         x = bottoms[0] if is_device_array(bottoms[0]) else to_device(bottoms[0])
         return [scale_cuda(x, gamma, beta, inplace)]
 
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        return _scale_layer_backward(self, top_diffs, bottoms, tops, params, backend)
+
 
 # ---------------------------------------------------------------------------------------------
 # backward (training)
@@ -120,9 +123,8 @@ def scale_backward_cpu(dy, x, gamma, bias_term=True):
 
 
 def _scale_layer_backward(self, top_diffs, bottoms, tops, params, backend):
-    f = scale_backward_reference if backend == "numpy" else scale_backward_cpu
+    f = self.backend_kernel(backend, "backward", numpy=scale_backward_reference, cpu=scale_backward_cpu)
     dx, dg, db = f(top_diffs[0], bottoms[0], params[0], self.bias_term)
     return [dx], ([dg, db] if self.bias_term else [dg])
 
 
-Scale.backward = _scale_layer_backward

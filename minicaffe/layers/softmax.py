@@ -103,6 +103,9 @@ class Softmax(Layer):
         f = {"numpy": softmax_reference, "cpu": softmax_cpu, "cuda": softmax_cuda}[backend]
         return [f(bottoms[0], self._ax)]
 
+    def backward(self, top_diffs, bottoms, tops, params, backend):
+        return _softmax_layer_backward(self, top_diffs, bottoms, tops, params, backend)
+
 
 # ---------------------------------------------------------------------------------------------
 # backward (training)
@@ -136,8 +139,7 @@ def softmax_backward_cpu(dy, y, axis=1):
 
 
 def _softmax_layer_backward(self, top_diffs, bottoms, tops, params, backend):
-    f = softmax_backward_reference if backend == "numpy" else softmax_backward_cpu
+    f = self.backend_kernel(backend, "backward", numpy=softmax_backward_reference, cpu=softmax_backward_cpu)
     return [f(top_diffs[0], tops[0], self._ax)], []
 
 
-Softmax.backward = _softmax_layer_backward

@@ -166,6 +166,7 @@ class Convolution(Layer):
 
     def backward(self, top_diffs, bottoms, tops, params, backend):
         """-> ([dx], [dw, db]) for the layer's bottom and parameters (numpy/cpu backends)."""
-        f = {"numpy": convolution_backward_reference, "cpu": convolution_backward_cpu}[backend]
+        f = self.backend_kernel(backend, "backward", numpy=convolution_backward_reference,
+                                cpu=convolution_backward_cpu)
         dx, dw, db = f(top_diffs[0], bottoms[0], params[0], self.stride, self.pad, self.dilation, self.group)
         return [dx], ([dw, db] if self.bias_term else [dw])
