@@ -41,6 +41,7 @@ import shutil
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -66,6 +67,10 @@ LOCK_SUFFIX = ".lock"
 #: output extensions (lower case) -> format
 OUTPUT_FORMATS = {".h5": "h5", ".hdf5": "h5", ".hdf": "h5", ".npz": "npz"}
 
+
+
+if TYPE_CHECKING:
+    from .models import Preprocessing
 
 def default_model():
     """The embedded model with real weights (``models.DEFAULT_MODEL``) when registered, else CaffeNet."""
@@ -775,7 +780,7 @@ def preprocessing_for(args):
     return spec
 
 
-def load_model(args, spec=None):
+def load_model(args: argparse.Namespace, spec: Preprocessing | None = None) -> tuple:
     """-> (net, preprocessing, aliases, description dict); ``spec``: preprocessing_for(args) when
     the caller already has it."""
     spec = spec if spec is not None else preprocessing_for(args)

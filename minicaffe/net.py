@@ -16,6 +16,7 @@ import concurrent.futures
 import os
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -117,7 +118,8 @@ class Net:
 
     fuse_relu = True
 
-    def __init__(self, prototxt, weights=None, backend="cpu", seed=0, phase="TEST", strict=False):
+    def __init__(self, prototxt: str | os.PathLike | Message, weights: str | os.PathLike | Mapping | None = None,
+                 backend: str = "cpu", seed: int = 0, phase: str = "TEST", strict: bool = False) -> None:
         self.backend = check_backend(backend)
         self.phase = phase
         self.strict = bool(strict)
@@ -273,7 +275,7 @@ class Net:
         return shapes
 
     # ------------------------------------------------------------------ weights
-    def load_weights(self, weights):
+    def load_weights(self, weights: str | os.PathLike | Mapping) -> None:
         """Load parameters by layer name from a ``.caffemodel``, ``.h5`` or a mapping."""
         if isinstance(weights, (str, os.PathLike)):
             path = os.fspath(weights)
@@ -342,12 +344,12 @@ class Net:
             raise WeightsError(msg)
         warnings.warn(msg, NonFiniteWeightsWarning, stacklevel=3)
 
-    def save_h5(self, path, **attrs):
+    def save_h5(self, path: str | os.PathLike, **attrs) -> None:
         from .io.h5weights import save_h5
         save_h5(path, self.params, prototxt=self.prototxt_text or "", **attrs)
 
     # ------------------------------------------------------------------ hooks
-    def add_hook(self, before=None, after=None):
+    def add_hook(self, before: Callable | None = None, after: Callable | None = None) -> tuple:
         """Register callables ``before(net, index, layer)`` / ``after(net, index, layer, tops)``.
 
         Returns a handle; ``net.remove_hook(handle)`` detaches it.
@@ -382,7 +384,9 @@ class Net:
     #: the first forward applies :func:`minicaffe.runtime.auto_tune` (False on the class or a net: never)
     tune_runtime = True
 
-    def forward(self, data=None, start=None, end=None, keep_pre_activation=False, fetch=None, **inputs):
+    def forward(self, data: np.ndarray | None = None, start: str | None = None, end: str | None = None,
+                keep_pre_activation: bool = False, fetch: Iterable[str] | None = None,
+                **inputs: np.ndarray) -> OrderedDict[str, np.ndarray]:
         """Run layers ``start``..``end`` (layer names, inclusive) and return blobs by name.
 
         data : (N, C, H, W) float array for the first input (others by name in ``inputs``).
@@ -487,12 +491,12 @@ class Net:
         return OrderedDict(blobs)
 
     # ------------------------------------------------------------------ training
-    def set_phase(self, phase, seed=0):
+    def set_phase(self, phase: str, seed: int = 0) -> None:
         """"TRAIN" (Dropout draws seeded masks; forwards are recorded for backward) or "TEST"."""
         from .train import set_phase
         set_phase(self, phase, seed)
 
-    def backward(self, top_diffs=None, end=None):
+    def backward(self, top_diffs: Mapping[str, np.ndarray] | None = None, end: str | None = None):
         """Gradients of the last TRAIN forward; see :func:`minicaffe.train.backward`."""
         from .train import backward
         return backward(self, top_diffs, end=end)

@@ -36,9 +36,10 @@ class DeCAF(TransformerMixin, BaseEstimator):
     workers : decoding processes for path inputs (0: decode in this process)
     """
 
-    def __init__(self, model=None, layer=None, crop="center", prototxt=None, weights=None,
-                 preprocess="caffe", mean="model", batch_size=32, backend="cpu", workers=0,
-                 max_pixels=DEFAULT_MAX_PIXELS, min_size=DEFAULT_MIN_SIZE):
+    def __init__(self, model: str | None = None, layer: str | None = None, crop: str = "center",
+                 prototxt: str | None = None, weights: str | None = None, preprocess: str = "caffe",
+                 mean: str = "model", batch_size: int = 32, backend: str = "cpu", workers: int = 0,
+                 max_pixels: int = DEFAULT_MAX_PIXELS, min_size: int = DEFAULT_MIN_SIZE) -> None:
         self.model = model
         self.layer = layer
         self.crop = crop
@@ -74,7 +75,7 @@ class DeCAF(TransformerMixin, BaseEstimator):
         self.n_features_out_ = sum(d for d, _ in self.extractor_.feature_dims().values())
         return self.extractor_
 
-    def fit(self, X=None, y=None):
+    def fit(self, X=None, y=None) -> DeCAF:
         """Load the network; nothing is learned from X."""
         self._build()
         return self
@@ -105,7 +106,7 @@ class DeCAF(TransformerMixin, BaseEstimator):
                     pool.close()
         return [load_resized(x, spec, self.max_pixels, self.min_size) for x in items]
 
-    def transform(self, X):
+    def transform(self, X) -> np.ndarray:
         """X: paths or RGB images (see the class docstring) -> (N, D) float32."""
         if not hasattr(self, "extractor_"):
             self._build()

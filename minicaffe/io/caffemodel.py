@@ -14,6 +14,7 @@ weights into a real caffemodel that Caffe, OpenCV and this reader load alike).
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -178,7 +179,7 @@ def _blob(view, path, where):
     return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
 
 
-def read_caffemodel(path):
+def read_caffemodel(path: str | os.PathLike) -> tuple:
     """Read a caffemodel: returns (net_name, OrderedDict layer_name -> (type, [blobs])).
 
     Layers without blobs are kept (type known) so callers can report what the file contains.

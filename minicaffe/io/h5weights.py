@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -31,7 +32,8 @@ def _key(name):
     return name.replace("/", "__")
 
 
-def save_h5(path, params, prototxt="", types=None, **attrs):
+def save_h5(path: str | os.PathLike, params: Mapping, prototxt: str = "", types: Mapping | None = None,
+            **attrs) -> None:
     """params: mapping layer name -> [arrays]. Written atomically (temp file, then rename)."""
     import h5py
     tmp = f"{path}.tmp{os.getpid()}"
@@ -103,7 +105,7 @@ def _child(path, h5py, group, key, what):
         _fail(path, f"{what} is unreadable ({e})")
 
 
-def load_h5(path, with_attrs=False, expected=None):
+def load_h5(path: str | os.PathLike, with_attrs: bool = False, expected: Mapping | None = None):
     """-> OrderedDict layer name -> [arrays] (and the file attrs if ``with_attrs``).
 
     ``expected``: optional mapping layer name -> list of parameter shapes (what the net needs).

@@ -15,6 +15,7 @@ It deliberately does not write text (the converters format their own prototxt).
 """
 from __future__ import annotations
 
+import os
 import re
 
 from ..errors import PrototxtError
@@ -286,7 +287,7 @@ class _Parser:
                        else "unexpected end of file, expected a value")
 
 
-def parse(text: str, path=None) -> Message:
+def parse(text: str, path: str | None = None) -> Message:
     """Parse prototxt text into a :class:`Message`; raises :class:`PrototxtError`."""
     if len(text) > MAX_TEXT_BYTES:
         raise PrototxtError(f"{len(text):,} bytes is too large for a net definition (at most "
@@ -299,7 +300,7 @@ def parse(text: str, path=None) -> Message:
     return _Parser(text, path).message(None, 1)
 
 
-def parse_file(path) -> Message:
+def parse_file(path: str | os.PathLike) -> Message:
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_TEXT_BYTES + 1)

@@ -512,7 +512,7 @@ def load_torch_checkpoint(path):
     return obj
 
 
-def load_state_dict(path):
+def load_state_dict(path: str | os.PathLike) -> dict:
     """path -> OrderedDict name -> ndarray. Accepts a bare state_dict or {'state_dict': ...}/{'model': ...}."""
     obj = load_torch_checkpoint(path)
     if isinstance(obj, dict):
