@@ -19,6 +19,7 @@ import os
 import sys
 
 from .cli import exit_with
+from .converters import CONVERTERS, get_converter
 from .errors import MinicaffeError
 from .io import file_digest
 from .net import Net
@@ -47,8 +48,9 @@ def build_parser():
     return p
 
 
-#: sub-commands for PyTorch checkpoints; anything else is the Caffe form (prototxt caffemodel -o out)
-SUBCOMMANDS = ("efficientnet-lite", "torchvision-alexnet")
+#: sub-commands for PyTorch checkpoints (the converter registry); anything else is the Caffe form
+#: (prototxt caffemodel -o out)
+SUBCOMMANDS = tuple(CONVERTERS)
 
 
 def build_torch_parser(kind):
@@ -82,13 +84,9 @@ def main_torch(kind, argv):
     for out in (args.output, proto):
         if os.path.exists(out) and not args.force:
             raise MinicaffeError(f"{out}: exists; pass --force to overwrite")
-    if kind == "efficientnet-lite":
-        from .converters import efficientnet_lite
-        _, net = efficientnet_lite.convert(args.checkpoint, args.output, variant=args.variant,
-                                           fold=not args.no_fold, prototxt_out=proto)
-    else:
-        from .converters import torchvision_alexnet
-        _, net = torchvision_alexnet.convert(args.checkpoint, args.output, prototxt_out=proto)
+    # converter-specific options, as its sub-parser declared them
+    options = {"variant": args.variant, "fold": not args.no_fold} if hasattr(args, "variant") else {}
+    _, net = get_converter(kind).convert(args.checkpoint, args.output, prototxt_out=proto, **options)
     n = sum(a.size for v in net.params.values() for a in v)
     print(f"wrote {args.output} and {proto}: {len(net.params)} layers, {n:,} parameters")
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib
+import inspect
 import os
 import pathlib
 import sys
@@ -61,14 +62,11 @@ def _convert(spec, source_file, out):
         from .convert import convert_caffemodel
         convert_caffemodel(spec.prototxt, source_file, out)
         return
-    if spec.converter == "efficientnet-lite":
-        from .converters import efficientnet_lite as conv
-        text, _ = conv.convert(source_file, out, variant=spec.name)
-    elif spec.converter == "torchvision-alexnet":
-        from .converters import torchvision_alexnet as conv
-        text, _ = conv.convert(source_file, out)
-    else:
-        raise WeightsError(f"model {spec.name!r}: unknown converter {spec.converter!r}")
+    from .converters import get_converter
+    conv = get_converter(spec.converter)
+    # a converter for a family of nets (EfficientNet-Lite0..4) takes the model's name as its variant
+    options = {"variant": spec.name} if "variant" in inspect.signature(conv.convert).parameters else {}
+    text, _ = conv.convert(source_file, out, **options)
     with open(spec.prototxt, encoding="utf-8") as f:
         shipped = f.read()
     if shipped != text:

@@ -220,3 +220,19 @@ def test_convert_efficientnet_cli(tmp_path):
     assert 'type: "BatchNorm"' in text and 'type: "Scale"' in text
     net = Net(text, str(out), backend="numpy")
     assert sum(l.type == "BatchNorm" for l in net.layers) == sum(l.type == "Convolution" for l in net.layers)
+
+
+def test_one_converter_registry():
+    """convert's sub-commands and the weights registry's converters are the same table; an
+    unknown name is one WeightsError."""
+    import minicaffe.convert as conv_cli
+    from minicaffe.converters import CONVERTERS, get_converter
+    from minicaffe.errors import WeightsError
+    from minicaffe.models import MODELS
+    assert set(conv_cli.SUBCOMMANDS) == set(CONVERTERS)
+    for spec in MODELS.values():
+        if spec.converter is not None:
+            assert spec.converter in CONVERTERS, spec.name
+            assert callable(get_converter(spec.converter).convert)
+    with pytest.raises(WeightsError, match="unknown converter 'onnx'"):
+        get_converter("onnx")

@@ -6,3 +6,19 @@ pickled code run), derives the architecture from the tensor shapes, writes reada
 :class:`minicaffe.Net`, and saves the ``.h5`` with provenance. Modules: :mod:`.torchvision_alexnet`,
 :mod:`.efficientnet_lite`. They do not download anything (``minicaffe.weights`` does).
 """
+import importlib
+
+#: the one converter registry: name (``python -m minicaffe.convert NAME``, a model's
+#: ``converter``) -> module with ``convert(checkpoint, out, prototxt_out=None, **options)``
+CONVERTERS = {
+    "efficientnet-lite": "minicaffe.converters.efficientnet_lite",
+    "torchvision-alexnet": "minicaffe.converters.torchvision_alexnet",
+}
+
+
+def get_converter(name):
+    """The converter module registered as ``name``; an unknown name is a WeightsError."""
+    from ..errors import WeightsError
+    if name not in CONVERTERS:
+        raise WeightsError(f"unknown converter {name!r} (known: {', '.join(CONVERTERS)})")
+    return importlib.import_module(CONVERTERS[name])
