@@ -70,7 +70,7 @@ OUTPUT_FORMATS = {".h5": "h5", ".hdf5": "h5", ".hdf": "h5", ".npz": "npz"}
 
 
 if TYPE_CHECKING:
-    from .models import Preprocessing
+    from .preprocess import Preprocessing
 
 def default_model():
     """The embedded model with real weights (``models.DEFAULT_MODEL``) when registered, else CaffeNet."""

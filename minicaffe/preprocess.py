@@ -27,12 +27,37 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import ImageError, ModelError
 from .images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, load_image_pil
-from .models import Preprocessing
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes a network input. Applied in this order by ``minicaffe.preprocess``:
+
+    decode -> RGB float in [0, 255] -> resize (``resize``: (H, W) warps to that size, as
+    Caffe/DeCAF; an int resizes the short side keeping the aspect ratio) with ``interpolation``
+    -> channel order (``"BGR"`` for Caffe models: RGB->BGR swap) -> subtract ``mean_image``
+    (a (3, H, W) .npy in the model's channel order, at the resize size) or ``mean_values`` ->
+    divide by ``std_values`` -> multiply by ``input_scale`` -> crop ``crop`` x ``crop`` (center,
+    or Caffe's 10-crop oversample) -> (3, crop, crop) CHW float32.
+    """
+    resize: object = (256, 256)
+    crop: int = 227
+    channel_order: str = "BGR"
+    mean_image: str | None = None
+    mean_values: tuple | None = None
+    std_values: tuple | None = None
+    input_scale: float = 1.0
+    interpolation: str = "bilinear"
+
+    def describe(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
 
 CROP_MODES = ("center", "oversample")
 N_OVERSAMPLE = 10

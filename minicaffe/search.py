@@ -548,7 +548,8 @@ class QueryEncoder:
 
     def __init__(self, ff, backend="cpu", weights=None):
         from .extract import FeatureExtractor, resolve_layers
-        from .models import MODELS, Preprocessing
+        from .models import MODELS
+        from .preprocess import Preprocessing
         meta = ff.meta
         if not meta.get("preprocessing") or not meta.get("layer_info"):
             raise SearchError(f"{ff.path}: has no record of the extraction run (model, preprocessing); "
