@@ -1027,8 +1027,7 @@ def _main_locked(args, out, fmt, parts_dir):
     todo_paths = [listing.paths[i] for i in todo]
 
     # Decoding starts before the weights load: the decoder processes' start-up and the first
-    # batch's JPEG decoding overlap the weight file's read (measured 2026-11-30, 320 JPEGs, full
-    # CaffeNet: 0.3 s of load and 0.5 s of first-batch wait were serial in a 6.4 s run).
+    # batch's JPEG decoding overlap the weight file's read instead of following it.
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     pool = (DecodePool(workers, decoder_priority(args.decoder_priority), n_images=len(todo))
             if workers > 0 and todo and not args.cluster else None)

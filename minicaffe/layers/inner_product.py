@@ -188,9 +188,8 @@ def inner_product_cpu(x, w, b, transpose=False, relu=False, relu_cap=None):
             _add_bias_rows(y, b if b is not None else np.zeros(1, np.float32), b is not None, relu,
                            fused_cap(relu_cap))
         return y
-    # (M, K) x (K, N): the weights as BLAS's row-major left operand (measured faster than x @ w.T,
-    # whose transposed right operand BLAS repacks), then one pass writes y (N, M) = the transpose
-    # + bias + activation
+    # (M, K) x (K, N): the weights as BLAS's row-major left operand (x @ w.T makes BLAS repack its
+    # transposed right operand), then one pass writes y (N, M) = the transpose + bias + activation
     yt = np.matmul(w, x.T)
     y = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
     _bias_transpose(yt, b if b is not None else np.zeros(1, np.float32), b is not None, relu, fused_cap(relu_cap), y)

@@ -60,9 +60,8 @@ def _im2col_wide(xf, n0, nb, kh, kw, dh, dw, Wp, L, col):
     # xf: (N, C, Lp) zero-padded planes flattened with row length Wp -> col: (C*kh*kw, nb*L).
     # Stride 1 only. Row (c, i, j) is ONE contiguous slice of the padded plane per image, starting
     # at the tap's offset i*dh*Wp + j*dw: the GEMM then computes a "wide" output of Ho rows x Wp
-    # columns whose last Wp - Wo columns are garbage (cropped by _crop_wide). ~15% more GEMM work
-    # for CaffeNet's 13x13 planes, but the copy is a memcpy (measured 2-4x faster than _im2col's
-    # per-pixel gather at batch 1).
+    # columns whose last Wp - Wo columns are garbage (cropped by _crop_wide): ~15% more GEMM work
+    # for CaffeNet's 13x13 planes, but the copy is a memcpy instead of _im2col's per-pixel gather.
     C = xf.shape[1]
     for r in prange(C * kh * kw):
         c = r // (kh * kw)
@@ -236,9 +235,7 @@ def convolution_phase_cpu(x, w, b, stride, pad=(0, 0, 0, 0), group=1, relu=False
     every im2col row is then one contiguous slice of a phase (:func:`_im2col_phase`) instead of a
     per-pixel strided gather, the GEMM computes Ws >= Wo columns per output row and
     :func:`_crop_wide` keeps Wo and adds the bias. The rows keep OIHW order, so the weights need
-    no re-layout. CaffeNet conv1 (11x11/4): Ws = 57 for Wo = 55, 3.6% extra GEMM work; measured
-    2026-11-30 in isolation with 2 threads 1.2-1.3x faster than the per-pixel im2col at batch
-    1/10/64."""
+    no re-layout. CaffeNet conv1 (11x11/4): Ws = 57 for Wo = 55, 3.6% extra GEMM work."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
     M, _, kh, kw = w.shape
@@ -257,10 +254,6 @@ def convolution_phase_cpu(x, w, b, stride, pad=(0, 0, 0, 0), group=1, relu=False
 
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
     return _wide_gemms(w, b, group, nb, L, Ws, fill, y, relu=relu, relu_cap=relu_cap)
-
-
-#: route strided convs like conv1 through space-to-depth + Winograd in ``convolution_cpu``. Off:
-#: measured neutral against im2col with 2 threads (conv1 0.96-1.02x at batch 1/10/64), and it needs
 
 
 def convolution_gather_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False,
