@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import llvmlite.binding as llvm
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.extending import intrinsic
 
 
@@ -128,3 +128,15 @@ def fetch_add(typingctx, counter, index, value):
         return builder.atomic_rmw("add", builder.gep(data, [idx]), val, "monotonic")
 
     return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def tile_task(t, nblk, P, G):
+    """A dynamically scheduled tile kernel's task number -> (outer, group, panel, block): tasks run
+    block fastest, then panel, group and the outer index (image, or Winograd tile position), so
+    consecutive tasks share a weight panel."""
+    blk = t % nblk
+    r = t // nblk
+    pnl = r % P
+    r = r // P
+    return r // G, r % G, pnl, blk

@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...backend import serial_twin
-from ...simd import MR, NR, fetch_add, indirect_tile
+from ...simd import MR, NR, fetch_add, indirect_tile, tile_task
 from .cache import cached_transform, fused_cap
 from .reference import conv_out_size
 
@@ -106,12 +106,7 @@ def _direct(xp, offs, bp, b, has_bias, relu, cap, sh, sw, Cg, workers, counter, 
             t = fetch_add(counter, 0, 1)
             if t >= total:
                 break
-            blk = t % nblk
-            r = t // nblk
-            pnl = r % P
-            r = r // P
-            g = r % G
-            n = r // G
+            n, g, pnl, blk = tile_task(t, nblk, P, G)
             xf = xp[n].reshape(C * plane)
             panel = bp[g, pnl]
             base = g * Cg * plane

@@ -13,7 +13,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ...simd import MR, NR, fetch_add, indirect_tile
+from ...simd import MR, NR, fetch_add, indirect_tile, tile_task
 from .cache import cached_transform, fused_cap
 
 
@@ -267,12 +267,7 @@ def _winograd_gemms(V, Up, offs, workers, counter, Mt):
             t = fetch_add(counter, 0, 1)
             if t >= total:
                 break
-            blk = t % nblk
-            r = t // nblk
-            pnl = r % P
-            r = r // P
-            g = r % G
-            k = r // G
+            k, g, pnl, blk = tile_task(t, nblk, P, G)
             panel = Up[k, g, pnl]
             base = (k * G + g) * R * K
             m0 = pnl * NR
