@@ -106,6 +106,12 @@ class Net:
     either way); both layers' hooks still run, and the producing layer's after-hook already sees
     the rectified values. ``keep_pre_activation=True`` turns fusion off.
 
+    ``channels_last`` (attribute, default True): on the cpu backend (with fusion on), a layer whose
+    every reader works along channel vectors (1x1 and depthwise convolutions, residual sums,
+    activations, global pooling: :meth:`Layer.reads_channels_last`) writes its top with (N, H, W, C)
+    memory. Blobs keep their (N, C, H, W) shape and values; only the strides differ (a transposed
+    view), so a chain of such layers never changes layout. False: every blob C-contiguous NCHW.
+
     Parameters
     ----------
     prototxt : path, prototxt text or parsed Message
@@ -117,6 +123,7 @@ class Net:
     """
 
     fuse_relu = True
+    channels_last = True
 
     def __init__(self, prototxt: str | os.PathLike | Message, weights: str | os.PathLike | Mapping | None = None,
                  backend: str = "cpu", seed: int = 0, phase: str = "TEST", strict: bool = False) -> None:
@@ -344,6 +351,28 @@ class Net:
             raise WeightsError(msg)
         warnings.warn(msg, NonFiniteWeightsWarning, stacklevel=3)
 
+    def freeze(self, frozen: bool = True) -> None:
+        """Make the parameters read-only (``True``) or editable again (``False``).
+
+        The cpu kernels keep packed or transformed copies of the weights. While the parameters
+        are editable, every forward compares each array with the values its copy was made from (a
+        pass over all the weights); frozen parameters cannot change, so that pass is skipped.
+        Feature extraction, profiling and benchmarks freeze their nets. Writing into a frozen
+        array raises numpy's "assignment destination is read-only": call ``freeze(False)`` first.
+        """
+        from .layers.convolution.cache import forget
+        for blobs in self.params.values():
+            for i, a in enumerate(blobs):
+                if frozen and not a.flags.owndata:
+                    a = blobs[i] = a.copy()       # own the memory: no other array can change it
+                forget(a)
+                a.flags.writeable = not frozen
+
+    @property
+    def frozen(self) -> bool:
+        """True when every parameter array is read-only (see :meth:`freeze`)."""
+        return all(not a.flags.writeable for blobs in self.params.values() for a in blobs)
+
     def save_h5(self, path: str | os.PathLike, **attrs) -> None:
         from .io.h5weights import save_h5
         save_h5(path, self.params, prototxt=self.prototxt_text or "", **attrs)
@@ -438,6 +467,7 @@ class Net:
             params = self.params
         aliased = set()
         fuse = self.fuse_relu and backend == "cpu" and not keep_pre_activation
+        layout = self._channels_last_plan() if fuse and self.channels_last else ()
         fused = -1                      # index of a ReLU whose work the previous layer did
         for i in range(i0, i1 + 1):
             layer = self.layers[i]
@@ -466,6 +496,8 @@ class Net:
                 extra = _fusable_activation(self.layers[i + 1], layer.tops[0])
                 if extra is not None:
                     fused = i + 1
+            if i in layout:
+                extra = {**(extra or {}), "channels_last": True}
             try:
                 tops = layer.forward(bottoms, params.get(layer.name, []), backend, inplace=inplace, **(extra or {}))
             except MinicaffeError:
@@ -489,6 +521,27 @@ class Net:
         if fetch is not None:
             return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
         return OrderedDict(blobs)
+
+    def _channels_last_plan(self):
+        """Indices of the layers that write their top channels last: producers that can
+        (``writes_channels_last``) whose top has readers, every one of which reads that layout in
+        place. Computed once per set of blob shapes."""
+        key = id(self.blob_shapes)
+        if getattr(self, "_layout_key", None) == key:
+            return self._layout
+        readers = {}
+        for layer in self.layers:
+            for b in set(layer.bottoms):
+                readers.setdefault(b, []).append(layer)
+        plan = set()
+        for i, layer in enumerate(self.layers):
+            if not layer.writes_channels_last or len(layer.tops) != 1:
+                continue
+            rs = [r for r in readers.get(layer.tops[0], []) if r is not layer]
+            if rs and all(r.reads_channels_last([self.blob_shapes[b] for b in r.bottoms]) for r in rs):
+                plan.add(i)
+        self._layout_key, self._layout = key, frozenset(plan)
+        return self._layout
 
     # ------------------------------------------------------------------ training
     def set_phase(self, phase: str, seed: int = 0) -> None:

@@ -409,6 +409,7 @@ def profile(prototxt, weights=None, batches=(1,), backend="cpu", iterations=10, 
     # other processes on the machine inflate timings: keep the load next to the numbers
     load_before = _loadavg()
     net = Net(prototxt, weights, backend=backend, seed=seed)
+    net.freeze()                     # as feature extraction runs it: weights never edited
     logs = [group_caffe_log(parse_caffe_log(p), net) for p in caffe_logs]
     runs = []
     for b in batches:

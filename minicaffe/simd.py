@@ -35,84 +35,137 @@ MR = 6
 NR = 2 * W
 
 
-def _make_tile(mr, nv):
-    """An intrinsic ``tile(xf, pix, offs, k_count, bp, cs)`` with an mr x (nv * W) register block:
-    cs[p * nr + r] = sum_k xf[pix[p] + offs[k]] * bp[k * nr + r] for p < mr, r < nr = nv * W.
+def _make_tile(mr, nv, store=False):
+    """An intrinsic with an mr x (nv * W) register block over k < K of
+    acc[p, r] = sum_k xf[pix[p] + offs[k]] * bp[k * nr + r] (p < mr, r < nr = nv * W):
+
+    - ``tile(xf, pix, offs, k_count, bp, cs)`` writes acc to the scratch cs[p * nr + r];
+    - with ``store``, ``tile(xf, pix, offs, k_count, bp, bias, lo, hi, y, ypix, ncount)`` writes
+      y[ypix[p] + r] = clip(acc[p, r] + bias[r], lo, hi) for r < ncount with vector stores (masked
+      for ncount < nr): a layer's output pass (lo = -inf, hi = inf: no activation; a NaN stays NaN).
 
     xf: float32 1-D (the A operand, read in place), pix: int64 1-D (mr row base indices into xf),
     offs: int64 1-D (K offsets), k_count: int64 (K), bp: float32 1-D packed B panel (K x nr,
-    row-major), cs: float32 1-D scratch (mr x nr), overwritten. No bounds checks: the caller
-    guarantees every address is inside its array.
+    row-major), cs: float32 1-D scratch (mr x nr), bias: float32 1-D (nr), y: float32 1-D, ypix:
+    int64 1-D (mr). No bounds checks: the caller guarantees every address is inside its array.
     """
     nr = nv * W
 
-    @intrinsic
-    def tile(typingctx, xf, pix, offs, k_count, bp, cs):
-        sig = types.void(xf, pix, offs, k_count, bp, cs)
+    def body(context, builder, signature, args):
+        xf_v, pix_v, offs_v, k_v, bp_v = args[:5]
+        f32 = ir.FloatType()
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        vec = ir.VectorType(f32, W)
+        vptr = vec.as_pointer()
+        X = context.make_array(signature.args[0])(context, builder, xf_v).data
+        Pix = context.make_array(signature.args[1])(context, builder, pix_v).data
+        O = context.make_array(signature.args[2])(context, builder, offs_v).data
+        B = context.make_array(signature.args[4])(context, builder, bp_v).data
+        mod = builder.module
+        fname = f"llvm.fma.v{W}f32"
+        fma = mod.globals.get(fname) or ir.Function(mod, ir.FunctionType(vec, [vec, vec, vec]), name=fname)
+        rows = [builder.gep(X, [builder.load(builder.gep(Pix, [ir.Constant(i64, p)]))]) for p in range(mr)]
+        fn = builder.function
+        pre = builder.block
+        loop = fn.append_basic_block("tile_loop")
+        body_bb = fn.append_basic_block("tile_body")
+        done = fn.append_basic_block("tile_done")
+        zero = ir.Constant(vec, [0.0] * W)
+        splat = ir.Constant(ir.VectorType(i32, W), [0] * W)
 
-        def codegen(context, builder, signature, args):
-            xf_v, pix_v, offs_v, k_v, bp_v, cs_v = args
-            f32 = ir.FloatType()
-            i64 = ir.IntType(64)
-            i32 = ir.IntType(32)
-            vec = ir.VectorType(f32, W)
-            vptr = vec.as_pointer()
-            X = context.make_array(signature.args[0])(context, builder, xf_v).data
-            Pix = context.make_array(signature.args[1])(context, builder, pix_v).data
-            O = context.make_array(signature.args[2])(context, builder, offs_v).data
-            B = context.make_array(signature.args[4])(context, builder, bp_v).data
-            Cs = context.make_array(signature.args[5])(context, builder, cs_v).data
-            mod = builder.module
-            fname = f"llvm.fma.v{W}f32"
-            fma = mod.globals.get(fname) or ir.Function(mod, ir.FunctionType(vec, [vec, vec, vec]), name=fname)
-            rows = [builder.gep(X, [builder.load(builder.gep(Pix, [ir.Constant(i64, p)]))]) for p in range(mr)]
-            fn = builder.function
-            pre = builder.block
-            loop = fn.append_basic_block("tile_loop")
-            body = fn.append_basic_block("tile_body")
-            done = fn.append_basic_block("tile_done")
-            zero = ir.Constant(vec, [0.0] * W)
-            splat = ir.Constant(ir.VectorType(i32, W), [0] * W)
-            builder.branch(loop)
-            builder.position_at_end(loop)
-            k = builder.phi(i64)
-            accs = [builder.phi(vec) for _ in range(mr * nv)]
-            k.add_incoming(ir.Constant(i64, 0), pre)
-            for a in accs:
-                a.add_incoming(zero, pre)
-            builder.cbranch(builder.icmp_signed("<", k, k_v), body, done)
-            builder.position_at_end(body)
-            off = builder.load(builder.gep(O, [k]))
-            bb = builder.gep(B, [builder.mul(k, ir.Constant(i64, nr))])
-            bvs = [builder.load(builder.bitcast(builder.gep(bb, [ir.Constant(i64, h * W)]), vptr), align=4)
-                   for h in range(nv)]
-            new = []
-            for p in range(mr):
-                a = builder.load(builder.gep(rows[p], [off]))
-                av = builder.insert_element(ir.Constant(vec, ir.Undefined), a, ir.Constant(i32, 0))
-                av = builder.shuffle_vector(av, ir.Constant(vec, ir.Undefined), splat)
-                for h in range(nv):
-                    new.append(builder.call(fma, [av, bvs[h], accs[p * nv + h]]))
-            k1 = builder.add(k, ir.Constant(i64, 1))
-            end = builder.block
-            builder.branch(loop)
-            k.add_incoming(k1, end)
-            for a, n in zip(accs, new):
-                a.add_incoming(n, end)
-            builder.position_at_end(done)
+        def broadcast(x):
+            v = builder.insert_element(ir.Constant(vec, ir.Undefined), x, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), splat)
+
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        accs = [builder.phi(vec) for _ in range(mr * nv)]
+        k.add_incoming(ir.Constant(i64, 0), pre)
+        for a in accs:
+            a.add_incoming(zero, pre)
+        builder.cbranch(builder.icmp_signed("<", k, k_v), body_bb, done)
+        builder.position_at_end(body_bb)
+        off = builder.load(builder.gep(O, [k]))
+        bb = builder.gep(B, [builder.mul(k, ir.Constant(i64, nr))])
+        bvs = [builder.load(builder.bitcast(builder.gep(bb, [ir.Constant(i64, h * W)]), vptr), align=4)
+               for h in range(nv)]
+        new = []
+        for p in range(mr):
+            av = broadcast(builder.load(builder.gep(rows[p], [off])))
+            for h in range(nv):
+                new.append(builder.call(fma, [av, bvs[h], accs[p * nv + h]]))
+        k1 = builder.add(k, ir.Constant(i64, 1))
+        end = builder.block
+        builder.branch(loop)
+        k.add_incoming(k1, end)
+        for a, n in zip(accs, new):
+            a.add_incoming(n, end)
+        builder.position_at_end(done)
+        if not store:
+            Cs = context.make_array(signature.args[5])(context, builder, args[5]).data
             for p in range(mr):
                 for h in range(nv):
                     ptr = builder.bitcast(builder.gep(Cs, [ir.Constant(i64, p * nr + h * W)]), vptr)
                     builder.store(accs[p * nv + h], ptr, align=4)
             return context.get_dummy_value()
+        bias_v, lo_v, hi_v, y_v, ypix_v, n_v = args[5:]
+        Bias = context.make_array(signature.args[5])(context, builder, bias_v).data
+        Y = context.make_array(signature.args[8])(context, builder, y_v).data
+        Ypix = context.make_array(signature.args[9])(context, builder, ypix_v).data
+        lo, hi = broadcast(lo_v), broadcast(hi_v)
+        biases = [builder.load(builder.bitcast(builder.gep(Bias, [ir.Constant(i64, h * W)]), vptr), align=4)
+                  for h in range(nv)]
+        outs = []
+        for p in range(mr):
+            yrow = builder.gep(Y, [builder.load(builder.gep(Ypix, [ir.Constant(i64, p)]))])
+            for h in range(nv):
+                v = builder.fadd(accs[p * nv + h], biases[h])
+                # compare-and-select, not minnum/maxnum: a NaN output stays NaN
+                v = builder.select(builder.fcmp_ordered("<", v, lo), lo, v)
+                v = builder.select(builder.fcmp_ordered(">", v, hi), hi, v)
+                outs.append((v, builder.bitcast(builder.gep(yrow, [ir.Constant(i64, h * W)]), vptr)))
+        full = fn.append_basic_block("store_full")
+        part = fn.append_basic_block("store_part")
+        out = fn.append_basic_block("store_done")
+        builder.cbranch(builder.icmp_signed(">=", n_v, ir.Constant(i64, nr)), full, part)
+        builder.position_at_end(full)
+        for v, ptr in outs:
+            builder.store(v, ptr, align=4)
+        builder.branch(out)
+        # the panel's last channels are past the layer's: masked stores leave the next pixel alone
+        builder.position_at_end(part)
+        i1v = ir.VectorType(ir.IntType(1), W)
+        mname = f"llvm.masked.store.v{W}f32.p0"
+        mstore = mod.globals.get(mname) or ir.Function(
+            mod, ir.FunctionType(ir.VoidType(), [vec, vptr, i32, i1v]), name=mname)
+        v64 = ir.VectorType(i64, W)
+        nb = builder.insert_element(ir.Constant(v64, ir.Undefined), n_v, ir.Constant(i32, 0))
+        nb = builder.shuffle_vector(nb, ir.Constant(v64, ir.Undefined), splat)
+        masks = [builder.icmp_signed("<", ir.Constant(v64, [h * W + q for q in range(W)]), nb) for h in range(nv)]
+        for idx, (v, ptr) in enumerate(outs):
+            builder.call(mstore, [v, ptr, ir.Constant(i32, 4), masks[idx % nv]])
+        builder.branch(out)
+        builder.position_at_end(out)
+        return context.get_dummy_value()
 
-        return sig, codegen
-
+    if store:
+        @intrinsic
+        def tile(typingctx, xf, pix, offs, k_count, bp, bias, lo, hi, y, ypix, ncount):
+            return types.void(xf, pix, offs, k_count, bp, bias, lo, hi, y, ypix, types.int64), body
+    else:
+        @intrinsic
+        def tile(typingctx, xf, pix, offs, k_count, bp, cs):
+            return types.void(xf, pix, offs, k_count, bp, cs), body
     return tile
 
 
-#: the convolution tile: MR output pixels x NR output channels
+#: the convolution tile: MR output pixels x NR output channels, into a scratch block
 indirect_tile = _make_tile(MR, 2)
+#: the same tile, adding a bias, clipping (the fused activation) and storing NR contiguous
+#: channels per output pixel (channels-last outputs)
+indirect_tile_store = _make_tile(MR, 2, store=True)
 
 
 @intrinsic
@@ -140,3 +193,85 @@ def tile_task(t, nblk, P, G):
     pnl = r % P
     r = r // P
     return r // G, r % G, pnl, blk
+
+
+def _make_dw_tile(r):
+    """An intrinsic ``dw(x, xb, xstep, toffs, wofs, nt, w, c0, bias, lo, hi, y, yb, ystep)``: r output
+    pixels x one vector of W channels of a depthwise convolution on channels-last data, the
+    accumulators in registers across the taps:
+
+        y[yb + q*ystep + c] = clip(bias[c0 + c] + sum_t x[xb + q*xstep + toffs[t] + c] * w[wofs[t] + c0 + c], lo, hi)
+
+    for q < r, c < W, t < nt (a NaN stays NaN). x, w, bias, y: float32 1-D; toffs, wofs: int64 1-D
+    (each tap's offset in x relative to a pixel's base, and where its weights start in w); the
+    other arguments int64 / float32 scalars. No bounds checks.
+    """
+    @intrinsic
+    def dw(typingctx, x, xb, xstep, toffs, wofs, nt, w, c0, bias, lo, hi, y, yb, ystep):
+        sig = types.void(x, xb, xstep, toffs, wofs, nt, w, c0, bias, lo, hi, y, yb, ystep)
+
+        def codegen(context, builder, signature, args):
+            x_v, xb_v, xstep_v, toffs_v, wofs_v, nt_v, w_v, c0_v, bias_v, lo_v, hi_v, y_v, yb_v, ystep_v = args
+            f32 = ir.FloatType()
+            i64 = ir.IntType(64)
+            i32 = ir.IntType(32)
+            vec = ir.VectorType(f32, W)
+            vptr = vec.as_pointer()
+            arr = [context.make_array(signature.args[k])(context, builder, args[k]).data for k in (0, 3, 4, 6, 8, 11)]
+            X, T, WO, Wt, Bias, Y = arr
+            mod = builder.module
+            fname = f"llvm.fma.v{W}f32"
+            fma = mod.globals.get(fname) or ir.Function(mod, ir.FunctionType(vec, [vec, vec, vec]), name=fname)
+            splat = ir.Constant(ir.VectorType(i32, W), [0] * W)
+
+            def broadcast(s):
+                v = builder.insert_element(ir.Constant(vec, ir.Undefined), s, ir.Constant(i32, 0))
+                return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), splat)
+
+            def vload(base, idx):
+                return builder.load(builder.bitcast(builder.gep(base, [idx]), vptr), align=4)
+
+            bvec = vload(Bias, c0_v)
+            xq = [builder.add(xb_v, builder.mul(xstep_v, ir.Constant(i64, q))) for q in range(r)]
+            fn = builder.function
+            pre = builder.block
+            loop = fn.append_basic_block("dw_loop")
+            body = fn.append_basic_block("dw_body")
+            done = fn.append_basic_block("dw_done")
+            builder.branch(loop)
+            builder.position_at_end(loop)
+            t = builder.phi(i64)
+            accs = [builder.phi(vec) for _ in range(r)]
+            t.add_incoming(ir.Constant(i64, 0), pre)
+            for a in accs:
+                a.add_incoming(bvec, pre)
+            builder.cbranch(builder.icmp_signed("<", t, nt_v), body, done)
+            builder.position_at_end(body)
+            toff = builder.load(builder.gep(T, [t]))
+            wv = vload(Wt, builder.add(builder.load(builder.gep(WO, [t])), c0_v))
+            new = [builder.call(fma, [vload(X, builder.add(xq[q], toff)), wv, accs[q]]) for q in range(r)]
+            t1 = builder.add(t, ir.Constant(i64, 1))
+            end = builder.block
+            builder.branch(loop)
+            t.add_incoming(t1, end)
+            for a, n in zip(accs, new):
+                a.add_incoming(n, end)
+            builder.position_at_end(done)
+            lo, hi = broadcast(lo_v), broadcast(hi_v)
+            for q in range(r):
+                v = builder.select(builder.fcmp_ordered("<", accs[q], lo), lo, accs[q])
+                v = builder.select(builder.fcmp_ordered(">", v, hi), hi, v)
+                builder.store(v, builder.bitcast(builder.gep(Y, [builder.add(yb_v, builder.mul(
+                    ystep_v, ir.Constant(i64, q)))]), vptr), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return dw
+
+
+#: pixels per depthwise tile
+DW_R = 4
+#: depthwise tiles: DW_R output pixels x one channel vector, and one pixel (row tails)
+dw_tile = _make_dw_tile(DW_R)
+dw_tile1 = _make_dw_tile(1)

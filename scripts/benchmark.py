@@ -130,6 +130,7 @@ def minicaffe_runner(sh, backend):
         # one Net per batch size; the weight arrays themselves are shared (load_weights keeps
         # float32 contiguous arrays as they are)
         net = Net(sh.prototxt, sh.params, backend=backend)
+        net.freeze()
         fetch = [sh.blob, sh.final_blob]
         return lambda x: net.forward(x, fetch=fetch)[sh.blob]
     return version, prepare
@@ -316,6 +317,7 @@ auto_tune()
 import numba
 numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 net = Net(proto, weights, backend="cpu")
+net.freeze()
 shape = (batch,) + tuple(net.input_shapes[net.input_names[0]][1:])
 x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 """

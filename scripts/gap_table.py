@@ -145,6 +145,7 @@ def main(argv=None):
     except ImportError:
         pass
     net = Net(a.prototxt, None, backend="cpu", seed=0)
+    net.freeze()
     names = [l.name for l in net.layers]
     inp = net.input_names[0]
     shape = tuple(net.input_shapes[inp][1:])

@@ -35,6 +35,10 @@ CASES = [
     ("dw_3x3_s2_same_b3", (3, 5, 13, 14), (5, 1, 3, 3), (2, 2), (0, 1, 0, 1), (1, 1), 5),
     ("dw_3x3_s3_k_below_stride", (2, 4, 11, 10), (4, 1, 2, 2), (3, 3), (1, 1, 1, 1), (1, 1), 4),
     ("dw_3x3_dil2", (1, 3, 9, 9), (3, 1, 3, 3), (1, 1), (2, 2, 2, 2), (2, 2), 3),
+    ("1x1_b1_37ch_tails", (1, 19, 3, 5), (37, 19, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("1x1_b3_two_panels", (3, 7, 2, 3), (70, 7, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ("dw_5x5_s2_b2_wide", (2, 40, 9, 12), (40, 1, 5, 5), (2, 2), (2, 2, 1, 2), (1, 1), 40),
+    ("dw_3x3_s1_b1_nopad", (1, 17, 4, 6), (17, 1, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 17),
 ]
 
 
@@ -50,7 +54,24 @@ def _supports(variant, xs, ws, stride, pad, dil, group):
         "1x1": ws[2:] == (1, 1) and tuple(stride) == (1, 1) and tuple(pad) == (0, 0, 0, 0) and group == 1,
         "depthwise": depthwise,
         "direct": C.direct_applies(xs, np.empty(ws), stride, pad, dil, group),
+        "direct-cl": C.direct_applies(xs, np.empty(ws), stride, pad, dil, group),
+        "1x1-cl": C.conv1x1_applies(xs, ws, stride, pad, dil, group),
+        "1x1-cl-from-nchw": C.conv1x1_applies(xs, ws, stride, pad, dil, group),
+        "depthwise-cl": C.depthwise_nhwc_applies(xs, ws, dil, group),
+        "depthwise-cl-from-nchw": C.depthwise_nhwc_applies(xs, ws, dil, group),
+        "cpu-cl": True,
     }[variant]
+
+
+def _cl(x):
+    """x: (N, C, H, W) -> the same values with channels-last memory (an NHWC array seen as NCHW)."""
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+
+def _checked_cl(y):
+    from minicaffe.layers.base import is_channels_last
+    assert is_channels_last(y) or y.shape[1] == 1, f"output not channels last: strides {y.strides}"
+    return y
 
 
 VARIANTS = {
@@ -62,7 +83,18 @@ VARIANTS = {
     "1x1": lambda x, w, b, s, p, d, g: C.convolution_1x1_cpu(x, w, b),
     "depthwise": C.convolution_depthwise_cpu,
     "direct": C.convolution_direct_cpu,
+    # channels-last outputs (and inputs): the kernels of minicaffe.layers.convolution.nhwc
+    "direct-cl": lambda x, w, b, s, p, d, g, **k: _checked_cl(C.convolution_direct_cpu(x, w, b, s, p, d, g, **k,
+                                                                                       channels_last=True)),
+    "1x1-cl": lambda x, w, b, s, p, d, g, **k: _checked_cl(C.convolution_1x1_nhwc_cpu(_cl(x), w, b, **k)),
+    "1x1-cl-from-nchw": lambda x, w, b, s, p, d, g, **k: _checked_cl(C.convolution_1x1_nhwc_cpu(x, w, b, **k)),
+    "depthwise-cl": lambda x, w, b, s, p, d, g, **k: _checked_cl(C.convolution_depthwise_nhwc_cpu(_cl(x), w, b, s, p,
+                                                                                                 **k)),
+    "depthwise-cl-from-nchw": lambda x, w, b, s, p, d, g, **k: _checked_cl(C.convolution_depthwise_nhwc_cpu(x, w, b, s,
+                                                                                                           p, **k)),
+    "cpu-cl": lambda x, w, b, s, p, d, g, **k: C.convolution_cpu(_cl(x), w, b, s, p, d, g, **k),
 }
+_CL_VARIANTS = [v for v in VARIANTS if v.endswith(("-cl", "-from-nchw"))]
 
 
 PAIRS = [(v, c) for c in CASES for v in VARIANTS if _supports(v, *c[1:])]
@@ -71,6 +103,8 @@ PAIRS = [(v, c) for c in CASES for v in VARIANTS if _supports(v, *c[1:])]
 _SIZE_SWITCHED = [("minicaffe.layers.convolution.depthwise", "SERIAL_BELOW"),
                   ("minicaffe.layers.convolution.im2col", "SERIAL_BELOW"),
                   ("minicaffe.layers.convolution.direct", "PARALLEL_PAD_FROM"),
+                  ("minicaffe.layers.convolution.nhwc", "PARALLEL_MACS"),
+                  ("minicaffe.layers.convolution.cache", "PARALLEL_COMPARE_FROM"),
                   ("minicaffe.layers.pooling", "SERIAL_BELOW"), ("minicaffe.layers.softmax", "SERIAL_BELOW"),
                   ("minicaffe.layers.lrn", "SERIAL_BELOW"), ("minicaffe.layers.eltwise", "SERIAL_BELOW")]
 
@@ -112,6 +146,7 @@ FUSING = {
     "1x1": lambda x, w, b, s, p, d, g: C.convolution_1x1_cpu(x, w, b, relu=True),
     "depthwise": lambda x, w, b, s, p, d, g: C.convolution_depthwise_cpu(x, w, b, s, p, d, g, relu=True),
     "direct": lambda x, w, b, s, p, d, g: C.convolution_direct_cpu(x, w, b, s, p, d, g, relu=True),
+    **{v: (lambda f: lambda x, w, b, s, p, d, g: f(x, w, b, s, p, d, g, relu=True))(VARIANTS[v]) for v in _CL_VARIANTS},
 }
 
 
@@ -125,6 +160,8 @@ FUSING_CAP = {
     "depthwise": lambda x, w, b, s, p, d, g, c: C.convolution_depthwise_cpu(x, w, b, s, p, d, g, relu=True,
                                                                             relu_cap=c),
     "direct": lambda x, w, b, s, p, d, g, c: C.convolution_direct_cpu(x, w, b, s, p, d, g, relu=True, relu_cap=c),
+    **{v: (lambda f: lambda x, w, b, s, p, d, g, c: f(x, w, b, s, p, d, g, relu=True, relu_cap=c))(VARIANTS[v])
+       for v in _CL_VARIANTS},
 }
 
 
@@ -149,21 +186,44 @@ def test_variant_fused_relu(variant, case):
         _assert_close(got, np.clip(ref, 0, cap), 2e-5, f"{variant}+relu6 {name} bias={b is not None}")
 
 
-@pytest.mark.parametrize("variant", ["direct", "winograd"])
+@pytest.mark.parametrize("variant", ["direct", "winograd", "1x1-cl", "depthwise-cl"])
 def test_cached_weight_transforms_follow_in_place_edits(variant):
     """Packed panels / Winograd filters are cached per weight array; an in-place edit of the
     weights (training, ``net.params[...][0][...] = ...``) must give the new result, never the old."""
     rng = np.random.default_rng(13)
     x = (rng.standard_normal((4, 16, 9, 9)) * 10).astype(np.float32)
-    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(24).astype(np.float32)
+    k, pad, group, cg = {"1x1-cl": (1, 0, 1, 16), "depthwise-cl": (3, 1, 16, 1)}.get(variant, (3, 1, 1, 16))
+    w = rng.standard_normal((24 if group == 1 else 16, cg, k, k)).astype(np.float32)
+    b = rng.standard_normal(w.shape[0]).astype(np.float32)
     f = VARIANTS[variant]
-    for edit in (lambda a: None, lambda a: a.__setitem__((3, 5, 1, 2), a[3, 5, 1, 2] + 1.0),
+    for edit in (lambda a: None, lambda a: a.__setitem__((3, 0, 0, 0), a[3, 0, 0, 0] + 1.0),
                  lambda a: a.__imul__(np.float32(-0.5))):
         edit(w)
         ref = C.convolution_reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
-                                      (1, 1), (1, 1, 1, 1), (1, 1), 1)
-        _assert_close(f(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1), ref, 2e-5, f"{variant} after an edit")
+                                      (1, 1), (pad,) * 4, (1, 1), group)
+        _assert_close(f(x, w, b, (1, 1), (pad,) * 4, (1, 1), group), ref, 2e-5, f"{variant} after an edit")
+
+
+def test_frozen_weights_skip_the_check_and_unfreezing_follows_edits():
+    """A frozen net's weights are read-only (an edit raises, the cached panels are trusted);
+    freeze(False) makes them writeable and an edit then changes the result."""
+    from minicaffe import Net
+    proto = """input: "data" input_shape { dim: 2 dim: 8 dim: 5 dim: 5 }
+layer { name: "c" type: "Convolution" bottom: "data" top: "c"
+        convolution_param { num_output: 12 kernel_size: 1 } }"""
+    net = Net(proto, None, seed=3)
+    x = np.random.default_rng(4).standard_normal((2, 8, 5, 5)).astype(np.float32)
+    before = net.forward(x)["c"].copy()
+    net.freeze()
+    assert net.frozen
+    with pytest.raises(ValueError, match="read-only"):
+        net.params["c"][0][0, 0, 0, 0] = 5.0
+    np.testing.assert_array_equal(net.forward(x)["c"], before)
+    net.freeze(False)
+    net.params["c"][0][0, 0, 0, 0] += 5.0
+    after = net.forward(x)["c"]
+    np.testing.assert_allclose(after[:, 0] - before[:, 0], 5.0 * x[:, 0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(after[:, 1:], before[:, 1:])
 
 
 def test_small_layers_serial_and_parallel_agree(threads):

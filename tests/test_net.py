@@ -151,3 +151,45 @@ def test_fused_relu_gives_the_same_blobs_and_runs_every_hook(batch):
     assert (a["conv1"] >= 0).all() and (a["fc"] >= 0).all() and (a["leaky"] < 0).any()
     assert a["conv2"].max() == 6.0      # relu2 fused, then ReLU6 (not fusable after a fused layer) capped
     assert a["c6"].max() == 6.0 and a["c6"].min() == 0.0      # conv + ReLU6 fused
+
+
+MBCONV = """input: "data" input_shape { dim: 2 dim: 3 dim: 17 dim: 15 }
+layer { name: "stem" type: "Convolution" bottom: "data" top: "stem"
+        convolution_param { num_output: 24 kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "stem/relu6" type: "Clip" bottom: "stem" top: "stem" clip_param { min: 0 max: 6 } }
+layer { name: "expand" type: "Convolution" bottom: "stem" top: "expand"
+        convolution_param { num_output: 40 kernel_size: 1 } }
+layer { name: "expand/relu" type: "ReLU" bottom: "expand" top: "expand" }
+layer { name: "dw" type: "Convolution" bottom: "expand" top: "dw"
+        convolution_param { num_output: 40 group: 40 kernel_size: 5 pad: 2 } }
+layer { name: "dw/relu6" type: "ReLU6" bottom: "dw" top: "dw" }
+layer { name: "project" type: "Convolution" bottom: "dw" top: "project"
+        convolution_param { num_output: 24 kernel_size: 1 } }
+layer { name: "add" type: "Eltwise" bottom: "stem" bottom: "project" top: "add" }
+layer { name: "side" type: "LRN" bottom: "expand" top: "side" lrn_param { local_size: 3 } }
+layer { name: "pool" type: "Pooling" bottom: "add" top: "pool" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc" inner_product_param { num_output: 5 } }
+"""
+
+
+@pytest.mark.parametrize("keep_pre", [False, True])
+def test_channels_last_blobs_hold_the_same_values(keep_pre):
+    """A MobileNet-style block runs channels last: the stem writes that layout because every reader
+    takes it, the 1x1 and depthwise layers keep their input's layout (``expand`` too, though an LRN
+    also reads it: the LRN copies), the residual sum keeps its inputs'. Every blob equals the NumPy
+    reference's and the NCHW-only net's; with ``keep_pre_activation`` every blob is NCHW."""
+    from minicaffe.layers.base import is_channels_last
+    x = np.random.default_rng(5).standard_normal((2, 3, 17, 15)).astype(np.float32)
+    cpu = minicaffe.Net(MBCONV, None, seed=7)
+    ref = minicaffe.Net(MBCONV, cpu.params, backend="numpy").forward(x)
+    got = cpu.forward(x, keep_pre_activation=keep_pre)
+    layout = {k: is_channels_last(v) for k, v in got.items() if v.ndim == 4 and v.shape[2:] != (1, 1)}
+    want_cl = set() if keep_pre else {"stem", "expand", "dw", "project", "add"}
+    assert {k for k, v in layout.items() if v and not k.endswith(".pre")} == want_cl, layout
+    plain = minicaffe.Net(MBCONV, cpu.params, seed=7)
+    plain.channels_last = False
+    flat = plain.forward(x, keep_pre_activation=keep_pre)
+    for name, want in ref.items():
+        assert_close(got[name], want, 1e-5, f"blob {name}")
+        assert flat[name].flags.c_contiguous, name
+        assert_close(got[name], flat[name], 1e-5, f"blob {name} vs NCHW")

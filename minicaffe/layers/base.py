@@ -8,9 +8,48 @@ net's hooks do that. Layers do not own their parameters; the net passes them in.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..errors import ModelError
 
 REGISTRY: dict[str, type] = {}
+
+
+# Channels-last activations. A blob is always an (N, C, H, W) array to its readers; on the cpu
+# backend a layer may return one whose memory is (N, H, W, C) ("channels last", a transposed view),
+# so the next layer that works along channel vectors (1x1 and depthwise convolutions, residual
+# sums) reads it without a layout change. Any reader that needs NCHW memory gets it from
+# np.ascontiguousarray, as for any other view.
+
+def is_channels_last(x):
+    """x: (N, C, H, W) -> True when its memory is a C-contiguous (N, H, W, C) array."""
+    return (isinstance(x, np.ndarray) and x.ndim == 4 and x.shape[1] > 1
+            and x.transpose(0, 2, 3, 1).flags.c_contiguous)
+
+
+def nhwc_memory(x):
+    """x: (N, C, H, W), channels last -> its memory as a C-contiguous (N, H, W, C) array (a view)."""
+    return x.transpose(0, 2, 3, 1)
+
+
+def channels_last_view(y):
+    """y: C-contiguous (N, H, W, C) -> the same memory as an (N, C, H, W) blob (a view; NHWC -> NCHW
+    axes, no copy)."""
+    return y.transpose(0, 3, 1, 2)
+
+
+def flat_memory(x):
+    """x: any array -> (its values as a C-contiguous float32 1-D array in memory order, a function
+    that gives a same-size 1-D result x's shape and layout back; given the 1-D array itself, an
+    in-place result, it returns x). A channels-last blob is read in place and its results stay
+    channels last; anything else is made C-contiguous first."""
+    if is_channels_last(x) and x.dtype == np.float32:
+        m = nhwc_memory(x)
+        flat = m.reshape(-1)
+        return flat, lambda f: x if f is flat else channels_last_view(f.reshape(m.shape))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    flat = x.reshape(-1)
+    return flat, lambda f: x if f is flat else f.reshape(x.shape)
 
 
 def register(*type_names):
@@ -29,6 +68,14 @@ class Layer:
     #: layers whose cpu ``forward`` takes ``relu=True`` and applies a following in-place ReLU in
     #: its own output pass (the net then skips the ReLU layer's separate pass over memory)
     fuses_relu = False
+    #: layers whose cpu ``forward`` takes ``channels_last=True``: return the top channels last
+    #: when that suits every reader (the net decides, see :meth:`reads_channels_last`)
+    writes_channels_last = False
+
+    def reads_channels_last(self, bottom_shapes):
+        """True when the cpu kernel reads channels-last bottoms of these shapes in place (no copy)
+        and keeps the layout for its readers; the net then lets the producer write that layout."""
+        return False
 
     def __init__(self, name, lp, bottoms, tops):
         self.name, self.lp, self.bottoms, self.tops = name, lp, list(bottoms), list(tops)

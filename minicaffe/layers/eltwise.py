@@ -10,7 +10,7 @@ import numpy as np
 from numba import cuda, njit, prange
 
 from ..backend import SERIAL_BELOW, blocks, device_empty, serial_twin
-from .base import Layer, register
+from .base import Layer, flat_memory, is_channels_last, register
 
 PROD, SUM, MAX = 0, 1, 2
 
@@ -48,11 +48,14 @@ def _combine(y, x, op, c, first):
 
 def eltwise_cpu(xs, op=SUM, coeffs=None):
     coeffs = coeffs or [1.0] * len(xs)
-    y = np.empty(xs[0].shape, dtype=np.float32)
+    # all bottoms channels last: combine their memory as it is, the top channels last too
+    same = all(is_channels_last(x) for x in xs)
+    flats = [flat_memory(x) if same else (np.ascontiguousarray(x, dtype=np.float32).reshape(-1), None) for x in xs]
+    y = np.empty(flats[0][0].size, dtype=np.float32)
     combine = _combine_serial if y.size < SERIAL_BELOW else _combine
-    for k, x in enumerate(xs):
-        combine(y.reshape(-1), np.ascontiguousarray(x).reshape(-1), op, np.float32(coeffs[k]), k == 0)
-    return y
+    for k, (xf, _) in enumerate(flats):
+        combine(y, xf, op, np.float32(coeffs[k]), k == 0)
+    return flats[0][1](y) if same else y.reshape(xs[0].shape)
 
 
 _combine_serial = serial_twin(_combine)
@@ -104,6 +107,9 @@ class Eltwise(Layer):
 
     def flops(self, bshapes, tshapes):
         return int(np.prod(tshapes[0])) * len(bshapes)
+
+    def reads_channels_last(self, bottom_shapes):
+        return True
 
     def forward(self, bottoms, params, backend, inplace=False):
         f = {"numpy": eltwise_reference, "cpu": eltwise_cpu, "cuda": eltwise_cuda}[backend]

@@ -17,7 +17,7 @@ import numpy as np
 from numba import cuda, njit, prange
 
 from ..backend import SERIAL_BELOW, blocks, device_empty, serial_twin
-from .base import Layer, as_bool, hw_param, register
+from .base import Layer, as_bool, hw_param, is_channels_last, nhwc_memory, register
 
 MAX, AVE = 0, 1
 
@@ -129,6 +129,9 @@ def _maxpool3_cpu(x, sh, sw, y):
 
 def pooling_cpu(x, method, kernel, stride, pad, out_hw):
     """Same contract as :func:`pooling_reference`."""
+    if (is_channels_last(x) and method in (0, 1) and tuple(kernel) == x.shape[2:] and tuple(pad) == (0, 0)
+            and tuple(out_hw) == (1, 1)):
+        return global_pooling_nhwc(x, method)
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.empty(x.shape[:2] + tuple(out_hw), dtype=np.float32)
     small = x.size < SERIAL_BELOW
@@ -137,6 +140,16 @@ def pooling_cpu(x, method, kernel, stride, pad, out_hw):
         return y
     (_pool_serial if small else _pool_cpu)(x, method, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], y)
     return y
+
+
+def global_pooling_nhwc(x, method):
+    """x: (N, C, H, W) with channels-last memory -> (N, C, 1, 1): the max (method 0) or mean
+    (method 1) of each channel over the whole plane, reduced along contiguous channel vectors."""
+    m = nhwc_memory(x)
+    N, H, W, C = m.shape
+    rows = m.reshape(N, H * W, C)
+    y = rows.max(axis=1) if method == 0 else rows.sum(axis=1, dtype=np.float32) / np.float32(H * W)
+    return np.ascontiguousarray(y, dtype=np.float32).reshape(N, C, 1, 1)
 
 
 _pool_serial = serial_twin(_pool_cpu)
@@ -237,6 +250,9 @@ class Pooling(Layer):
             raise self.err(f"input {H}x{W} is smaller than the pooling kernel {k[0]}x{k[1]}")
         self.out_hw = (Ho, Wo)
         return [(N, C, Ho, Wo)]
+
+    def reads_channels_last(self, bottom_shapes):
+        return self.global_pooling and self.method in (0, 1)
 
     def flops(self, bshapes, tshapes):
         k, _, _ = self.geometry(bshapes[0])

@@ -12,7 +12,7 @@ import numpy as np
 from numba import cuda, njit, prange
 
 from ..backend import blocks, device_empty
-from .base import Layer, register
+from .base import Layer, flat_memory, register
 
 
 def relu_reference(x, negative_slope=0.0):
@@ -39,17 +39,17 @@ def _clip_flat(x, lo, hi, y):
 
 
 def relu_cpu(x, negative_slope=0.0, inplace=False):
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    y = x if inplace else np.empty_like(x)
-    _relu_flat(x.reshape(-1), np.float32(negative_slope), y.reshape(-1))
-    return y
+    xf, shaped = flat_memory(x)          # channels-last blobs stay channels last
+    y = xf if inplace else np.empty_like(xf)
+    _relu_flat(xf, np.float32(negative_slope), y)
+    return shaped(y)
 
 
 def clip_cpu(x, lo, hi, inplace=False):
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    y = x if inplace else np.empty_like(x)
-    _clip_flat(x.reshape(-1), np.float32(lo), np.float32(hi), y.reshape(-1))
-    return y
+    xf, shaped = flat_memory(x)
+    y = xf if inplace else np.empty_like(xf)
+    _clip_flat(xf, np.float32(lo), np.float32(hi), y)
+    return shaped(y)
 
 
 @cuda.jit
@@ -83,6 +83,9 @@ def clip_cuda(x, lo, hi, inplace=False):
 class ReLU(Layer):
     can_run_inplace = True
 
+    def reads_channels_last(self, bottom_shapes):
+        return True
+
     def __init__(self, name, lp, bottoms, tops):
         super().__init__(name, lp, bottoms, tops)
         self.slope = float(self.pget("relu_param").get("negative_slope", 0.0))
@@ -106,6 +109,9 @@ class ReLU(Layer):
 @register("Clip", "ReLU6")
 class Clip(Layer):
     can_run_inplace = True
+
+    def reads_channels_last(self, bottom_shapes):
+        return True
 
     def __init__(self, name, lp, bottoms, tops):
         super().__init__(name, lp, bottoms, tops)

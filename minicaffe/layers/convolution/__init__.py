@@ -1,6 +1,7 @@
 """Convolution (Caffe type ``Convolution``): the layer and shape rule (:mod:`.layer`), the NumPy
 reference (:mod:`.reference`), and the kernels — direct register-blocked (:mod:`.direct`),
-Winograd (:mod:`.winograd`), im2col + BLAS (:mod:`.im2col`), depthwise (:mod:`.depthwise`), CUDA
+Winograd (:mod:`.winograd`), im2col + BLAS (:mod:`.im2col`), depthwise (:mod:`.depthwise`), channels-last
+1x1 and depthwise (:mod:`.nhwc`), CUDA
 (:mod:`.cuda`) and the CPU backward (:mod:`.backward`); transformed weights are cached by
 :mod:`.cache`. Every fast forward variant has the reference's signature
 ``f(x, w, b, stride, pad, dilation, group)`` or a documented subset of it.
@@ -17,12 +18,20 @@ from .im2col import (
                      convolution_wide_cpu,
 )
 from .layer import (
+                     NHWC,
                      WINOGRAD,
                      WINOGRAD_MIN_BATCH,
                      Convolution,
                      conv_geometry,
                      convolution_cpu,
+                     nhwc_applies,
                      winograd_applies,
+)
+from .nhwc import (
+                     conv1x1_applies,
+                     convolution_1x1_nhwc_cpu,
+                     convolution_depthwise_nhwc_cpu,
+                     depthwise_nhwc_applies,
 )
 from .reference import (
                      conv_out_size,
@@ -32,10 +41,11 @@ from .reference import (
 from .winograd import WINOGRAD_BUDGET, convolution_winograd_cpu, winograd_filters
 
 __all__ = [
-    "DIRECT", "IM2COL_BUDGET", "WINOGRAD", "WINOGRAD_BUDGET", "WINOGRAD_MIN_BATCH", "Convolution", "conv_geometry",
+    "DIRECT", "IM2COL_BUDGET", "NHWC", "WINOGRAD", "WINOGRAD_BUDGET", "WINOGRAD_MIN_BATCH", "Convolution", "conv_geometry",
     "conv_out_size", "convolution_1x1_cpu", "convolution_backward_cpu", "convolution_backward_reference",
     "convolution_cpu", "convolution_cuda", "convolution_depthwise_cpu", "convolution_direct_cpu",
-    "convolution_gather_cpu", "direct_applies",
+    "convolution_gather_cpu", "direct_applies", "conv1x1_applies", "convolution_1x1_nhwc_cpu",
+    "convolution_depthwise_nhwc_cpu", "depthwise_nhwc_applies", "nhwc_applies",
     "convolution_phase_cpu", "convolution_reference", "convolution_wide_cpu",
     "convolution_winograd_cpu", "winograd_applies", "winograd_filters",
 ]

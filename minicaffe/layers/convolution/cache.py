@@ -1,9 +1,11 @@
 """A cache of weight transforms (Winograd filters, packed panels) keyed by the weight array.
 
 Recomputing a transform per call would cost as much as the convolution at small batches. Weights
-may be edited in place (``net.params[...][0][...] =``, training), so every hit compares the
-current values with a private copy (one parallel pass over w, a small fraction of a transform's
-memory traffic) and recomputes on any difference: the cache never serves a stale transform.
+may be edited in place (``net.params[...][0][...] =``, training), so every hit on a writeable
+array compares the current values with a private copy (one pass over w) and recomputes on any
+difference: the cache never serves a stale transform. A read-only array that owns its memory
+(:meth:`minicaffe.Net.freeze`) cannot change, so its hits skip that pass (at batch 1 it costs as
+much as a small layer); :func:`forget` drops an array's entries when it is made writeable again.
 Entries go with their weight array (a deleted net frees its transforms at once); at most
 :data:`FILTER_CACHE_SIZE` are kept, least recently used out.
 """
@@ -13,6 +15,8 @@ import weakref
 
 import numpy as np
 from numba import njit, prange
+
+from ...backend import serial_twin
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -30,23 +34,44 @@ _FILTER_CACHE = {}
 FILTER_CACHE_SIZE = 64
 
 
+_same_values_serial = serial_twin(_same_values)
+
+#: elements from which the comparison runs on all threads
+PARALLEL_COMPARE_FROM = 1 << 18
+
+
+def _frozen(w):
+    return not w.flags.writeable and w.flags.owndata
+
+
 def cached_transform(w, tag, make):
     """w: float32 weight array, tag: hashable name of the transform, make: wf -> transform.
     Returns ``make(w)``, computed once per weight array, tag and set of values."""
     key = (id(w), w.shape, tag)
     hit = _FILTER_CACHE.pop(key, None)
+    if hit is not None and hit[0] is None and _frozen(w):
+        _FILTER_CACHE[key] = hit
+        return hit[1]
     wf = np.ascontiguousarray(w, dtype=np.float32)
-    if hit is not None and _same_values(hit[0].ravel(), wf.ravel()):
+    if hit is not None and hit[0] is not None and (_same_values if wf.size >= PARALLEL_COMPARE_FROM else
+                                                   _same_values_serial)(hit[0].ravel(), wf.ravel()):
         _FILTER_CACHE[key] = hit                      # re-insert: most recently used last
         return hit[1]
     out = make(wf)
-    _FILTER_CACHE[key] = (wf.copy(), out)
+    # a frozen array keeps no copy: its values are the ones the transform was made from
+    _FILTER_CACHE[key] = (None if _frozen(w) else wf.copy(), out)
     if hit is None:
         # an id can only be reused after this callback has run, so it never drops a newer entry
         weakref.finalize(w, _FILTER_CACHE.pop, key, None)
     while len(_FILTER_CACHE) > FILTER_CACHE_SIZE:
         _FILTER_CACHE.pop(next(iter(_FILTER_CACHE)))
     return out
+
+
+def forget(w):
+    """Drop every cached transform of ``w`` (its values may change from now on)."""
+    for key in [k for k in _FILTER_CACHE if k[0] == id(w)]:
+        del _FILTER_CACHE[key]
 
 
 def fused_cap(relu_cap):

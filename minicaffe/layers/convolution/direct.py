@@ -17,7 +17,8 @@ import numpy as np
 from numba import njit, prange
 
 from ...backend import serial_twin
-from ...simd import MR, NR, fetch_add, indirect_tile, tile_task
+from ...simd import MR, NR, fetch_add, indirect_tile, indirect_tile_store, tile_task
+from ..base import channels_last_view
 from .cache import cached_transform, fused_cap
 from .reference import conv_out_size
 
@@ -81,27 +82,31 @@ def _pack_weights(w, group):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _direct(xp, offs, bp, b, has_bias, relu, cap, sh, sw, Cg, workers, counter, y):
+def _direct(xp, offs, bp, b, has_bias, relu, cap, sh, sw, Cg, Wo, workers, counter, out_nhwc, y3):
     # xp: (N, C, Hp, Wp) padded; offs: (K,) tap offsets within a group's channels; bp: (G, P, K*NR)
-    # packed weights; y: (N, M, Ho, Wo). Tiles run over the output plane's pixels in row-major
-    # order (a tile may span two rows; the plane's last tile is shifted back to end at the last
-    # pixel), each pixel located in the padded input by its own base index, so no computed pixel
-    # is wasted on padding columns. Tasks (image, group, panel, block of tiles) are taken from a
-    # shared counter by ``workers`` threads as they finish (counter: int64[1] = 0): a thread that
-    # shares its core with another process does less. Consecutive tasks share a panel.
+    # packed weights; y3: (N, M, Ho*Wo), or (N, Ho*Wo, M) when out_nhwc (channels last). Tiles run
+    # over the output plane's pixels in row-major order (a tile may span two rows; the plane's last
+    # tile is shifted back to end at the last pixel), each pixel located in the padded input by its
+    # own base index, so no computed pixel is wasted on padding columns. Tasks (image, group,
+    # panel, block of tiles) are taken from a shared counter by ``workers`` threads as they finish
+    # (counter: int64[1] = 0): a thread that shares its core with another process does less.
+    # Consecutive tasks share a panel.
     N, C, Hp, Wp = xp.shape
     G, P = bp.shape[0], bp.shape[1]
-    M, Ho, Wo = y.shape[1], y.shape[2], y.shape[3]
+    M = y3.shape[2] if out_nhwc else y3.shape[1]
+    L = y3.shape[1] if out_nhwc else y3.shape[2]
     Mg = M // G
     K = offs.shape[0]
     plane = Hp * Wp
-    L = Ho * Wo
     ntiles = (L + MR - 1) // MR
     nblk = (ntiles + TILES_PER_TASK - 1) // TILES_PER_TASK
     total = N * G * P * nblk
+    lo = np.float32(0.0) if relu else np.float32(-np.inf)
     for _w in prange(workers):
         cs = np.empty(MR * NR, dtype=np.float32)
         pix = np.empty(MR, dtype=np.int64)
+        ypix = np.empty(MR, dtype=np.int64)
+        bias = np.zeros(NR, dtype=np.float32)
         while True:
             t = fetch_add(counter, 0, 1)
             if t >= total:
@@ -112,22 +117,28 @@ def _direct(xp, offs, bp, b, has_bias, relu, cap, sh, sw, Cg, workers, counter, 
             base = g * Cg * plane
             m0 = g * Mg + pnl * NR
             mcount = min(NR, Mg - pnl * NR)
-            yn = y[n].reshape(M, L)
+            if has_bias:
+                for mm in range(mcount):
+                    bias[mm] = b[m0 + mm]
+            yn = y3[n]
+            yflat = yn.reshape(L * M)
             for ti in range(blk * TILES_PER_TASK, min(ntiles, (blk + 1) * TILES_PER_TASK)):
                 q0 = min(ti * MR, L - MR)
                 for p in range(MR):
                     oh = (q0 + p) // Wo
                     ow = q0 + p - oh * Wo
                     pix[p] = base + oh * sh * Wp + ow * sw
-                indirect_tile(xf, pix, offs, K, panel, cs)
-                for mm in range(mcount):
-                    bias = b[m0 + mm] if has_bias else np.float32(0.0)
-                    dst = yn[m0 + mm]
+                if out_nhwc:
                     for p in range(MR):
-                        v = cs[p * NR + mm] + bias
-                        if relu:
-                            v = min(max(v, np.float32(0.0)), cap)
-                        dst[q0 + p] = v
+                        ypix[p] = (q0 + p) * M + m0
+                    indirect_tile_store(xf, pix, offs, K, panel, bias, lo, cap, yflat, ypix, mcount)
+                else:
+                    indirect_tile(xf, pix, offs, K, panel, cs)
+                    for mm in range(mcount):
+                        dst = yn[m0 + mm]
+                        for p in range(MR):
+                            v = cs[p * NR + mm] + bias[mm]
+                            dst[q0 + p] = min(max(v, np.float32(0.0)), cap) if relu else v
 
 
 def direct_applies(x_shape, w, stride, pad, dilation, group):
@@ -141,10 +152,11 @@ def direct_applies(x_shape, w, stride, pad, dilation, group):
 
 
 def convolution_direct_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False,
-                           relu_cap=None):
+                           relu_cap=None, channels_last=False):
     """x: (N, C, H, W), w: (M, C/group, kh, kw) -> (N, M, Ho, Wo); same contract as
     :func:`convolution_reference` where :func:`direct_applies` (``relu=True``: max(0, .) applied
-    when the tile is stored, the fused in-place ReLU; ``relu_cap``: also min(., cap), ReLU6)."""
+    when the tile is stored, the fused in-place ReLU; ``relu_cap``: also min(., cap), ReLU6;
+    ``channels_last``: the output's memory is (N, Ho, Wo, M), see :mod:`.nhwc`)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
     M, Cg, kh, kw = w.shape
@@ -164,7 +176,13 @@ def convolution_direct_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1
     bp = cached_transform(w, ("direct", group), lambda wf: _pack_weights(wf, group))
     has_bias = b is not None
     bb = np.ascontiguousarray(b, dtype=np.float32) if has_bias else np.zeros(1, np.float32)
+    cap = fused_cap(relu_cap)
+    if channels_last:
+        y = np.empty((N, Ho, Wo, M), dtype=np.float32)
+        _direct(xp, offs, bp, bb, has_bias, relu, cap, sh, sw, Cg, Wo, numba.get_num_threads(),
+                np.zeros(1, np.int64), True, y.reshape(N, Ho * Wo, M))
+        return channels_last_view(y)
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
-    _direct(xp, offs, bp, bb, has_bias, relu, fused_cap(relu_cap), sh, sw, Cg, numba.get_num_threads(),
-            np.zeros(1, np.int64), y)
+    _direct(xp, offs, bp, bb, has_bias, relu, cap, sh, sw, Cg, Wo, numba.get_num_threads(),
+            np.zeros(1, np.int64), False, y.reshape(N, M, Ho * Wo))
     return y

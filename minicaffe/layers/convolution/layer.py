@@ -17,11 +17,17 @@ import os
 
 import numpy as np
 
-from ..base import Layer, as_bool, hw_param, int_value, register
+from ..base import Layer, as_bool, hw_param, int_value, is_channels_last, register
 from .backward import convolution_backward_cpu
 from .cuda import convolution_cuda
 from .depthwise import convolution_depthwise_cpu
 from .direct import convolution_direct_cpu, direct_applies
+from .nhwc import (
+    conv1x1_applies,
+    convolution_1x1_nhwc_cpu,
+    convolution_depthwise_nhwc_cpu,
+    depthwise_nhwc_applies,
+)
 from .im2col import (
     convolution_1x1_cpu,
     convolution_gather_cpu,
@@ -39,6 +45,8 @@ from .winograd import convolution_winograd_cpu
 WINOGRAD = os.environ.get("MINICAFFE_WINOGRAD", "1") != "0"
 #: use the direct (indirect micro-kernel) convolution where it applies; False: im2col + BLAS
 DIRECT = os.environ.get("MINICAFFE_DIRECT", "1") != "0"
+#: run 1x1 and depthwise layers channels last (:mod:`.nhwc`); False: every blob NCHW
+NHWC = os.environ.get("MINICAFFE_NHWC", "1") != "0"
 
 
 def winograd_applies(w, stride, dilation, group, x_shape):
@@ -57,10 +65,25 @@ def winograd_applies(w, stride, dilation, group, x_shape):
 WINOGRAD_MIN_BATCH = 4
 
 
-def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False, relu_cap=None):
+def nhwc_applies(x_shape, w_shape, stride, pad, dilation, group):
+    """True when a channels-last kernel (:mod:`.nhwc`) runs the layer: depthwise without channel
+    multiplier or dilation, or 1x1 stride 1 unpadded ungrouped."""
+    return (depthwise_nhwc_applies(x_shape, w_shape, dilation, group)
+            or conv1x1_applies(x_shape, w_shape, stride, pad, dilation, group))
+
+
+def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False, relu_cap=None,
+                    channels_last=False):
     """x: (N, C, H, W) -> (N, M, Ho, Wo); same contract as :func:`convolution_reference`
     (``relu=True``: max(0, .) applied in the output pass, the fused in-place ReLU; ``relu_cap``: also
-    min(., cap), a fused ReLU6 / Clip(0, cap))."""
+    min(., cap), a fused ReLU6 / Clip(0, cap)). A channels-last ``x`` (see
+    :func:`~minicaffe.layers.base.is_channels_last`) is read in place by the layers :func:`nhwc_applies`
+    to, whose output is then channels last too; ``channels_last=True`` asks for a channels-last
+    output where a kernel writes one (those layers, and the direct kernel)."""
+    if (channels_last or is_channels_last(x)) and NHWC and nhwc_applies(x.shape, w.shape, stride, pad, dilation, group):
+        if group == 1:
+            return convolution_1x1_nhwc_cpu(x, w, b, relu, relu_cap)
+        return convolution_depthwise_nhwc_cpu(x, w, b, stride, pad, relu, relu_cap)
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
     M, Cg, kh, kw = w.shape
@@ -73,7 +96,7 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
     if kh == kw == 1 and sh == sw == 1 and tuple(pad) == (0, 0, 0, 0) and group == 1:
         return convolution_1x1_cpu(x, w, b, relu, relu_cap)
     if DIRECT and direct_applies(x.shape, w, stride, pad, dilation, group):
-        return convolution_direct_cpu(x, w, b, stride, pad, dilation, group, relu, relu_cap)
+        return convolution_direct_cpu(x, w, b, stride, pad, dilation, group, relu, relu_cap, channels_last and NHWC)
     if sh == sw == 1:
         return convolution_wide_cpu(x, w, b, pad, dilation, group, relu, relu_cap)
     if sh == sw and dh == dw == 1:
@@ -151,13 +174,19 @@ class Convolution(Layer):
 
     #: the cpu kernels can apply a following in-place ReLU in their output pass (``relu=True``)
     fuses_relu = True
+    writes_channels_last = True
 
-    def forward(self, bottoms, params, backend, inplace=False, relu=False, relu_cap=None):
+    def reads_channels_last(self, bottom_shapes):
+        N, C, H, W = bottom_shapes[0]
+        wshape = (self.num_output, C // self.group) + tuple(self.kernel)
+        return NHWC and nhwc_applies(bottom_shapes[0], wshape, self.stride, self.pad, self.dilation, self.group)
+
+    def forward(self, bottoms, params, backend, inplace=False, relu=False, relu_cap=None, channels_last=False):
         w = params[0]
         b = params[1] if self.bias_term else None
         if backend == "cpu":
             return [convolution_cpu(bottoms[0], w, b, self.stride, self.pad, self.dilation, self.group, relu,
-                                    relu_cap)]
+                                    relu_cap, channels_last)]
         f = {"numpy": convolution_reference, "cuda": convolution_cuda}[backend]
         y = f(bottoms[0], w, b, self.stride, self.pad, self.dilation, self.group)
         if relu:

@@ -1,0 +1,235 @@
+"""Channels-last convolution kernels: 1x1 as a GEMM over pixels, depthwise along channel vectors.
+
+Shapes: the input is an ``(N, C, H, W)`` blob whose memory is ``(N, H, W, C)`` (channels last, see
+:func:`minicaffe.layers.base.is_channels_last`); weight ``(M, C, 1, 1)`` or ``(C, 1, kh, kw)``
+(OIHW); the output is again an ``(N, M, Ho, Wo)`` blob with ``(N, Ho, Wo, M)`` memory. In this
+layout a 1x1 convolution is one matrix product ``Y (N*H*W, M) = X (N*H*W, C) @ W^T`` whose A rows
+are contiguous, run by the register-blocked tile of :mod:`minicaffe.simd` with bias and the fused
+activation applied as each tile is stored (contiguous output rows, no layout change), and a
+depthwise convolution is, per output pixel, a multiply-add of contiguous channel vectors per tap.
+Both are dynamically scheduled like the direct kernel. A chain of such layers (MobileNet /
+EfficientNet blocks) never changes layout between layers.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ...backend import SERIAL_BELOW, serial_twin
+from ...simd import DW_R, MR, NR, dw_tile, dw_tile1, fetch_add, indirect_tile_store
+from ...simd import W as SIMD_W
+from ..base import channels_last_view, is_channels_last, nhwc_memory
+from .cache import cached_transform, fused_cap
+from .direct import _pack_weights
+from .reference import conv_out_size
+
+#: tiles per task of the 1x1 kernel
+TILES_PER_TASK = 8
+#: multiply-adds from which a layer runs on all threads (~10 us of one core's work: below it,
+#: waking the pool costs more than it saves)
+PARALLEL_MACS = 8 * SERIAL_BELOW
+
+_ARANGE = {}
+
+
+def _arange(k):
+    a = _ARANGE.get(k)
+    if a is None:
+        a = np.arange(k, dtype=np.int64)
+        a.setflags(write=False)
+        _ARANGE[k] = a
+    return a
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _gemm_rows(x2, offs, bp, b, lo, hi, workers, counter, y2):
+    # x2: (P, K) float32 rows (pixels, channels last), offs: arange(K), bp: (Pn, K*NR) packed weight
+    # panels, b: (Pn*NR,) bias zero-padded, y2: (P, M) -> y2 = clip(x2 @ W^T + b, lo, hi). Tasks
+    # (block of MR-row tiles, panel), block fastest so consecutive tasks share a panel; the last tile
+    # is shifted back to end at row P-1 (P >= MR), recomputing a few rows rather than narrowing. The
+    # tile adds the bias, clips and stores its rows itself.
+    P, K = x2.shape
+    M = y2.shape[1]
+    Pn = bp.shape[0]
+    ntiles = (P + MR - 1) // MR
+    nblk = (ntiles + TILES_PER_TASK - 1) // TILES_PER_TASK
+    total = nblk * Pn
+    xf = x2.reshape(P * K)
+    yf = y2.reshape(P * M)
+    for _w in prange(workers):
+        pix = np.empty(MR, dtype=np.int64)
+        ypix = np.empty(MR, dtype=np.int64)
+        while True:
+            t = fetch_add(counter, 0, 1)
+            if t >= total:
+                break
+            blk = t % nblk
+            pnl = t // nblk
+            panel = bp[pnl]
+            m0 = pnl * NR
+            mcount = min(NR, M - m0)
+            bias = b[m0:m0 + NR]
+            for ti in range(blk * TILES_PER_TASK, min(ntiles, (blk + 1) * TILES_PER_TASK)):
+                q0 = min(ti * MR, P - MR)
+                for p in range(MR):
+                    pix[p] = (q0 + p) * K
+                    ypix[p] = (q0 + p) * M + m0
+                indirect_tile_store(xf, pix, offs, K, panel, bias, lo, hi, yf, ypix, mcount)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dw_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, c_from, lo, hi, y):
+    # one output pixel of _dw_rows, channels c_from..C, taps outside the image skipped
+    N, H, W, C = xt.shape
+    kh, kw = wt.shape[0], wt.shape[1]
+    acc = y[n, oh, ow]
+    for c in range(c_from, C):
+        acc[c] = b[c]
+    for i in range(max(0, pt - oh * sh), min(kh, H + pt - oh * sh)):
+        xrow = xt[n, oh * sh + i - pt]
+        for j in range(max(0, pl - ow * sw), min(kw, W + pl - ow * sw)):
+            xr = xrow[ow * sw + j - pl]
+            wr = wt[i, j]
+            for c in range(c_from, C):
+                acc[c] += xr[c] * wr[c]
+    for c in range(c_from, C):
+        v = acc[c]
+        v = lo if v < lo else v
+        acc[c] = hi if v > hi else v
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _dw_rows(xt, wt, b, sh, sw, pt, pl, lo, hi, y):
+    # xt: (N, H, W, C), wt: (kh, kw, C), b: (C,), y: (N, Ho, Wo, C) -> depthwise, one filter per
+    # channel, along channel vectors. Per (image, output row): the pixels whose taps all fall
+    # inside the image in columns ("interior") run as register tiles of DW_R pixels x one channel
+    # vector (simd.dw_tile) over a table of the row's valid taps; border pixels and the channels
+    # past the last full vector run through _dw_pixel. Rows are many and equal: a static split.
+    N, H, W, C = xt.shape
+    kh, kw = wt.shape[0], wt.shape[1]
+    Ho, Wo = y.shape[1], y.shape[2]
+    CV = C - C % SIMD_W
+    owa = min(Wo, (pl + sw - 1) // sw)
+    owb = max(owa, min(Wo, (W - kw + pl) // sw + 1))
+    xf = xt.reshape(N * H * W * C)
+    wf = wt.reshape(kh * kw * C)
+    yf = y.reshape(N * Ho * Wo * C)
+    for t in prange(N * Ho):
+        n = t // Ho
+        oh = t % Ho
+        i0 = max(0, pt - oh * sh)
+        i1 = min(kh, H + pt - oh * sh)
+        toffs = np.empty(kh * kw, dtype=np.int64)
+        wofs = np.empty(kh * kw, dtype=np.int64)
+        nt = 0
+        for i in range(i0, i1):
+            for j in range(kw):
+                toffs[nt] = ((oh * sh + i - pt) * W + j - pl) * C
+                wofs[nt] = (i * kw + j) * C
+                nt += 1
+        for ow in range(owa):
+            _dw_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, 0, lo, hi, y)
+        for ow in range(owb, Wo):
+            _dw_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, 0, lo, hi, y)
+        xrow0 = n * H * W * C
+        yrow0 = (n * Ho + oh) * Wo * C
+        ow = owa
+        while ow < owb:
+            r = DW_R if ow + DW_R <= owb else 1
+            for c0 in range(0, CV, SIMD_W):
+                if r == DW_R:
+                    dw_tile(xf, xrow0 + ow * sw * C + c0, sw * C, toffs, wofs, nt, wf, c0, b, lo, hi, yf,
+                            yrow0 + ow * C + c0, C)
+                else:
+                    dw_tile1(xf, xrow0 + ow * sw * C + c0, sw * C, toffs, wofs, nt, wf, c0, b, lo, hi, yf,
+                             yrow0 + ow * C + c0, C)
+            if CV < C:
+                for q in range(r):
+                    _dw_pixel(xt, wt, b, n, oh, ow + q, sh, sw, pt, pl, CV, lo, hi, y)
+            ow += r
+
+
+_gemm_rows_serial = serial_twin(_gemm_rows)
+_dw_rows_serial = serial_twin(_dw_rows)
+
+
+def clip_bounds(relu, relu_cap):
+    """The fused activation as float32 clip bounds (lo, hi): none (-inf, inf), ReLU (0, inf) or
+    ReLU6 / Clip(0, cap) (0, cap)."""
+    if not relu:
+        return np.float32(-np.inf), np.float32(np.inf)
+    return np.float32(0.0), fused_cap(relu_cap)
+
+
+def _padded_bias(b, n):
+    out = np.zeros(n, dtype=np.float32)
+    if b is not None:
+        out[:b.shape[0]] = b
+    return out
+
+
+def _as_nhwc(x):
+    """x: (N, C, H, W) blob -> C-contiguous (N, H, W, C) float32: its memory when channels last, else
+    a copy (NCHW -> NHWC)."""
+    if is_channels_last(x) and x.dtype == np.float32:
+        return nhwc_memory(x)
+    return np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 2, 3, 1))
+
+
+def conv1x1_applies(x_shape, w_shape, stride, pad, dilation, group):
+    """A 1x1, stride 1, unpadded, ungrouped convolution with at least MR output pixels in all."""
+    N, C, H, W = x_shape
+    M, Cg, kh, kw = w_shape
+    return (kh == kw == 1 and tuple(stride) == (1, 1) and tuple(pad) == (0, 0, 0, 0) and group == 1
+            and N * H * W >= MR)
+
+
+def convolution_1x1_nhwc_cpu(x, w, b, relu=False, relu_cap=None):
+    """x: (N, C, H, W) (channels-last memory read in place; NCHW copied once), w: (M, C, 1, 1) ->
+    (N, M, H, W) with (N, H, W, M) memory; same values as :func:`convolution_reference` (``relu``,
+    ``relu_cap``: the fused ReLU / ReLU6 in the output pass)."""
+    xt = _as_nhwc(x)
+    N, H, W, C = xt.shape
+    M = w.shape[0]
+    P = N * H * W
+    if w.shape[1:] != (C, 1, 1) or P < MR:
+        raise ValueError(f"not a 1x1 convolution of {C} channels over >= {MR} pixels: weight {w.shape}, input "
+                         f"{x.shape}")
+    bp = cached_transform(w, ("direct", 1), lambda wf: _pack_weights(wf, 1))[0]
+    y = np.empty((N, H, W, M), dtype=np.float32)
+    small = P * M * C < PARALLEL_MACS
+    (_gemm_rows_serial if small else _gemm_rows)(xt.reshape(P, C), _arange(C), bp,
+                                                 _padded_bias(b, bp.shape[0] * NR), *clip_bounds(relu, relu_cap),
+                                                 1 if small else numba.get_num_threads(), np.zeros(1, np.int64),
+                                                 y.reshape(P, M))
+    return channels_last_view(y)
+
+
+def depthwise_nhwc_applies(x_shape, w_shape, dilation, group):
+    """One filter per channel (no channel multiplier), no dilation."""
+    N, C, H, W = x_shape
+    M, Cg = w_shape[:2]
+    return group == C and Cg == 1 and M == C and tuple(dilation) == (1, 1)
+
+
+def convolution_depthwise_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), relu=False, relu_cap=None):
+    """x: (N, C, H, W) (channels-last memory read in place; NCHW copied once), w: (C, 1, kh, kw) ->
+    (N, C, Ho, Wo) with (N, Ho, Wo, C) memory; same values as :func:`convolution_reference` with
+    ``group == C``."""
+    xt = _as_nhwc(x)
+    N, H, W, C = xt.shape
+    M, Cg, kh, kw = w.shape
+    if M != C or Cg != 1:
+        raise ValueError(f"not a depthwise convolution of {C} channels: weight {w.shape}")
+    sh, sw = stride
+    pt, pb, pl, pr = pad
+    Ho = conv_out_size(H, kh, sh, pt, pb, 1)
+    Wo = conv_out_size(W, kw, sw, pl, pr, 1)
+    # OIHW (C, 1, kh, kw) -> (kh, kw, C): a tap's weights for all channels contiguous
+    wt = cached_transform(w, ("dw-hwc",), lambda wf: np.ascontiguousarray(wf.reshape(C, kh * kw).T)
+                          .reshape(kh, kw, C))
+    y = np.empty((N, Ho, Wo, C), dtype=np.float32)
+    bb = _padded_bias(b, C)
+    (_dw_rows_serial if y.size * kh * kw < PARALLEL_MACS else _dw_rows)(xt, wt, bb, sh, sw, pt, pl, *clip_bounds(relu, relu_cap), y)
+    return channels_last_view(y)
