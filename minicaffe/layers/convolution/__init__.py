@@ -41,7 +41,8 @@ from .reference import (
 from .winograd import WINOGRAD_BUDGET, convolution_winograd_cpu, winograd_filters
 
 __all__ = [
-    "DIRECT", "IM2COL_BUDGET", "NHWC", "WINOGRAD", "WINOGRAD_BUDGET", "WINOGRAD_MIN_BATCH", "Convolution", "conv_geometry",
+    "DIRECT", "IM2COL_BUDGET", "NHWC", "WINOGRAD", "WINOGRAD_BUDGET", "WINOGRAD_MIN_BATCH", "Convolution",
+    "conv_geometry",
     "conv_out_size", "convolution_1x1_cpu", "convolution_backward_cpu", "convolution_backward_reference",
     "convolution_cpu", "convolution_cuda", "convolution_depthwise_cpu", "convolution_direct_cpu",
     "convolution_gather_cpu", "direct_applies", "conv1x1_applies", "convolution_1x1_nhwc_cpu",

@@ -22,17 +22,17 @@ from .backward import convolution_backward_cpu
 from .cuda import convolution_cuda
 from .depthwise import convolution_depthwise_cpu
 from .direct import convolution_direct_cpu, direct_applies
-from .nhwc import (
-    conv1x1_applies,
-    convolution_1x1_nhwc_cpu,
-    convolution_depthwise_nhwc_cpu,
-    depthwise_nhwc_applies,
-)
 from .im2col import (
     convolution_1x1_cpu,
     convolution_gather_cpu,
     convolution_phase_cpu,
     convolution_wide_cpu,
+)
+from .nhwc import (
+    conv1x1_applies,
+    convolution_1x1_nhwc_cpu,
+    convolution_depthwise_nhwc_cpu,
+    depthwise_nhwc_applies,
 )
 from .reference import (
     conv_out_size,

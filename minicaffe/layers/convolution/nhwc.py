@@ -231,5 +231,6 @@ def convolution_depthwise_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), rel
                           .reshape(kh, kw, C))
     y = np.empty((N, Ho, Wo, C), dtype=np.float32)
     bb = _padded_bias(b, C)
-    (_dw_rows_serial if y.size * kh * kw < PARALLEL_MACS else _dw_rows)(xt, wt, bb, sh, sw, pt, pl, *clip_bounds(relu, relu_cap), y)
+    kernel = _dw_rows_serial if y.size * kh * kw < PARALLEL_MACS else _dw_rows
+    kernel(xt, wt, bb, sh, sw, pt, pl, *clip_bounds(relu, relu_cap), y)
     return channels_last_view(y)
