@@ -4,9 +4,11 @@
 because it costs time on a small shared machine (the measurements are in docs/extract.md and
 docs/notes/runtime.md):
 
-- ``OMP_WAIT_POLICY=PASSIVE``: Numba's OpenMP threads sleep instead of spin-waiting between
-  kernels, so a descheduled peer thread does not cost a whole time slice. Read when the OpenMP
-  runtime starts (the first parallel kernel), so it only helps when tune runs before that.
+- ``OMP_WAIT_POLICY=PASSIVE`` with ``GOMP_SPINCOUNT=3000``: Numba's OpenMP threads spin only
+  a few microseconds after a kernel, then sleep, so a descheduled peer thread does not cost a
+  whole time slice, while back-to-back kernels of one forward pass (dozens per pass in
+  EfficientNet) still find their threads awake. Read when the OpenMP runtime starts (the first
+  parallel kernel), so it only helps when tune runs before that.
 - ``OPENBLAS_THREAD_TIMEOUT=20``: OpenBLAS's idle threads sleep after ~2^20 cycles instead of
   spinning ~0.1 s after every matrix product. OpenBLAS reads it when it loads (numpy's import);
   where numpy is already loaded, tune re-reads OpenBLAS's environment and stops its thread pool
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 __all__ = ["COMPILE_NOTICE", "Tuning", "auto_tune", "notice_first_compile", "tune", "tuning"]
 
 #: the environment variables tune sets when the user has not (value it sets)
-ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "20"}
+ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000", "OPENBLAS_THREAD_TIMEOUT": "20"}
 #: what :func:`notice_first_compile` says (the tools print it when Numba's cache is cold)
 COMPILE_NOTICE = "minicaffe: compiling kernels (first run only)"
 #: set to "0" to make :func:`auto_tune` (the CLIs' and Net's call) do nothing
@@ -84,6 +86,8 @@ def tune(*, env: bool = True, openblas: bool = True, hugepages: bool = True, mal
             for k, v in ENV_DEFAULTS.items():
                 if k in os.environ:
                     t.skipped[k] = "set by the user"
+                elif k == "GOMP_SPINCOUNT" and "OMP_WAIT_POLICY" in t.skipped:
+                    t.skipped[k] = "the user chose the wait policy"
                 else:
                     os.environ[k] = v
                     t.env[k] = v
