@@ -99,7 +99,8 @@ print(json.dumps(res))
 """
 
 #: variables the probe's parent may have set that change what tune does
-_TUNING_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT", "NUMPY_MADVISE_HUGEPAGE", "MINICAFFE_OPENBLAS_RESTART",
+_TUNING_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT", "NUMPY_MADVISE_HUGEPAGE",
+                "MINICAFFE_OPENBLAS_RESTART",
                 "MINICAFFE_MALLOC_TUNING", "MINICAFFE_RUNTIME_TUNING", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                 "GOTO_NUM_THREADS")
 
@@ -130,8 +131,8 @@ def test_import_minicaffe_changes_nothing_in_the_process():
 def test_tune_applies_every_part_once():
     r = probe("tune")
     t = r["tuning"]
-    assert r["env_added"] == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000", "OPENBLAS_THREAD_TIMEOUT": "20",
-                              "NUMPY_MADVISE_HUGEPAGE": "0"}, r
+    assert r["env_added"] == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "3000",
+                              "OPENBLAS_THREAD_TIMEOUT": "20", "NUMPY_MADVISE_HUGEPAGE": "0"}, r
     assert t["env"] == r["env_added"] and t["skipped"] == {}, t
     assert t["openblas_restarted"] and r["timeout"] == 20, r          # OpenBLAS re-read its environment ...
     assert r["threads"] < r["threads0"] or r["threads0"] == 1, r     # ... and its pool was stopped
@@ -146,8 +147,8 @@ def test_user_settings_win():
               MALLOC_ARENA_MAX="2")
     t = r["tuning"]
     assert r["env_added"] == {} and t["env"] == {}, r
-    assert set(t["skipped"]) == {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT", "openblas", "hugepages",
-                                 "malloc"}, t
+    assert set(t["skipped"]) == {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT", "openblas",
+                                 "hugepages", "malloc"}, t
     assert r["timeout"] == 28 and r["hugepage"] is True and r["mmapped"] and r["calls"] == [], r
 
 

@@ -79,15 +79,15 @@ def _gemm_rows(x2, offs, bp, b, lo, hi, workers, counter, y2):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _dw_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, c_from, lo, hi, y):
-    # one output pixel of _dw_rows, channels c_from..C, taps outside the image skipped
-    N, H, W, C = xt.shape
+def _dw_pixel(src, r0, H, wt, b, oh, ow, sh, sw, pt, pl, c_from, lo, hi, yrow):
+    # one output pixel of _dw_row, channels c_from..C, taps outside the image skipped
+    W, C = src.shape[1], src.shape[2]
     kh, kw = wt.shape[0], wt.shape[1]
-    acc = y[n, oh, ow]
+    acc = yrow[ow]
     for c in range(c_from, C):
         acc[c] = b[c]
     for i in range(max(0, pt - oh * sh), min(kh, H + pt - oh * sh)):
-        xrow = xt[n, oh * sh + i - pt]
+        xrow = src[oh * sh + i - pt - r0]
         for j in range(max(0, pl - ow * sw), min(kw, W + pl - ow * sw)):
             xr = xrow[ow * sw + j - pl]
             wr = wt[i, j]
@@ -99,55 +99,61 @@ def _dw_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, c_from, lo, hi, y):
         acc[c] = hi if v > hi else v
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _dw_rows(xt, wt, b, sh, sw, pt, pl, lo, hi, y):
-    # xt: (N, H, W, C), wt: (kh, kw, C), b: (C,), y: (N, Ho, Wo, C) -> depthwise, one filter per
-    # channel, along channel vectors. Per (image, output row): the pixels whose taps all fall
-    # inside the image in columns ("interior") run as register tiles of DW_R pixels x one channel
-    # vector (simd.dw_tile) over a table of the row's valid taps; border pixels and the channels
-    # past the last full vector run through _dw_pixel. Rows are many and equal: a static split.
-    N, H, W, C = xt.shape
+@njit(cache=True, nogil=True, inline="always")
+def _dw_row(src, r0, H, wt, b, oh, sh, sw, pt, pl, lo, hi, yrow, toffs, wofs):
+    # One output row of a depthwise convolution along channel vectors. src: (R, W, C) holding rows
+    # r0 .. r0+R-1 of an image of H rows (every row a valid tap of this output row reads);
+    # wt: (kh, kw, C); yrow: (Wo, C). The pixels whose taps all fall inside the image in columns
+    # ("interior") run as register tiles of DW_R pixels x one channel vector (simd.dw_tile) over a
+    # table of the row's valid taps (toffs, wofs: scratch of kh*kw); border pixels and the channels
+    # past the last full vector run through _dw_pixel.
+    R, W, C = src.shape
     kh, kw = wt.shape[0], wt.shape[1]
-    Ho, Wo = y.shape[1], y.shape[2]
+    Wo = yrow.shape[0]
     CV = C - C % SIMD_W
     owa = min(Wo, (pl + sw - 1) // sw)
     owb = max(owa, min(Wo, (W - kw + pl) // sw + 1))
-    xf = xt.reshape(N * H * W * C)
+    nt = 0
+    for i in range(max(0, pt - oh * sh), min(kh, H + pt - oh * sh)):
+        for j in range(kw):
+            toffs[nt] = ((oh * sh + i - pt - r0) * W + j - pl) * C
+            wofs[nt] = (i * kw + j) * C
+            nt += 1
+    for ow in range(owa):
+        _dw_pixel(src, r0, H, wt, b, oh, ow, sh, sw, pt, pl, 0, lo, hi, yrow)
+    for ow in range(owb, Wo):
+        _dw_pixel(src, r0, H, wt, b, oh, ow, sh, sw, pt, pl, 0, lo, hi, yrow)
+    xf = src.reshape(R * W * C)
     wf = wt.reshape(kh * kw * C)
-    yf = y.reshape(N * Ho * Wo * C)
+    yf = yrow.reshape(Wo * C)
+    ow = owa
+    while ow < owb:
+        r = DW_R if ow + DW_R <= owb else 1
+        for c0 in range(0, CV, SIMD_W):
+            if r == DW_R:
+                dw_tile(xf, ow * sw * C + c0, sw * C, toffs, wofs, nt, wf, c0, b, lo, hi, yf, ow * C + c0, C)
+            else:
+                dw_tile1(xf, ow * sw * C + c0, sw * C, toffs, wofs, nt, wf, c0, b, lo, hi, yf, ow * C + c0, C)
+        if CV < C:
+            for q in range(r):
+                _dw_pixel(src, r0, H, wt, b, oh, ow + q, sh, sw, pt, pl, CV, lo, hi, yrow)
+        ow += r
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _dw_rows(xt, wt, b, sh, sw, pt, pl, lo, hi, y):
+    # xt: (N, H, W, C), wt: (kh, kw, C), b: (C,), y: (N, Ho, Wo, C) -> depthwise, one filter per
+    # channel, along channel vectors, one (image, output row) per iteration (rows are many and
+    # equal: a static split over the threads)
+    N, H = xt.shape[0], xt.shape[1]
+    kh, kw = wt.shape[0], wt.shape[1]
+    Ho = y.shape[1]
     for t in prange(N * Ho):
         n = t // Ho
         oh = t % Ho
-        i0 = max(0, pt - oh * sh)
-        i1 = min(kh, H + pt - oh * sh)
         toffs = np.empty(kh * kw, dtype=np.int64)
         wofs = np.empty(kh * kw, dtype=np.int64)
-        nt = 0
-        for i in range(i0, i1):
-            for j in range(kw):
-                toffs[nt] = ((oh * sh + i - pt) * W + j - pl) * C
-                wofs[nt] = (i * kw + j) * C
-                nt += 1
-        for ow in range(owa):
-            _dw_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, 0, lo, hi, y)
-        for ow in range(owb, Wo):
-            _dw_pixel(xt, wt, b, n, oh, ow, sh, sw, pt, pl, 0, lo, hi, y)
-        xrow0 = n * H * W * C
-        yrow0 = (n * Ho + oh) * Wo * C
-        ow = owa
-        while ow < owb:
-            r = DW_R if ow + DW_R <= owb else 1
-            for c0 in range(0, CV, SIMD_W):
-                if r == DW_R:
-                    dw_tile(xf, xrow0 + ow * sw * C + c0, sw * C, toffs, wofs, nt, wf, c0, b, lo, hi, yf,
-                            yrow0 + ow * C + c0, C)
-                else:
-                    dw_tile1(xf, xrow0 + ow * sw * C + c0, sw * C, toffs, wofs, nt, wf, c0, b, lo, hi, yf,
-                             yrow0 + ow * C + c0, C)
-            if CV < C:
-                for q in range(r):
-                    _dw_pixel(xt, wt, b, n, oh, ow + q, sh, sw, pt, pl, CV, lo, hi, y)
-            ow += r
+        _dw_row(xt[n], 0, H, wt, b, oh, sh, sw, pt, pl, lo, hi, y[n, oh], toffs, wofs)
 
 
 _gemm_rows_serial = serial_twin(_gemm_rows)
