@@ -215,7 +215,7 @@ def test_worker_processes_match_in_process(env, capsys):
 def test_decoder_priority(monkeypatch):
     """auto -> idle on a free machine, normal when less than half a CPU is free; idle decoders
     really run under SCHED_IDLE (Linux)."""
-    import minicaffe.extract as ex
+    import minicaffe.features.decode as ex
     monkeypatch.setattr(ex, "_free_cpus", lambda: 1.6)
     assert ex.decoder_priority("auto") == "idle"
     monkeypatch.setattr(ex, "_free_cpus", lambda: 0.3)
