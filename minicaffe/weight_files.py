@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import inspect
 import os
 import pathlib
 
@@ -93,6 +92,8 @@ def convert_source(spec, source_file, out):
     if spec.converter is None:
         convert_caffemodel(spec.prototxt, source_file, out)
         return
+    import inspect
+
     from .converters import get_converter
     conv = get_converter(spec.converter)
     # a converter for a family of nets (EfficientNet-Lite0..4) takes the model's name as its variant
