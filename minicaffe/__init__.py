@@ -32,9 +32,9 @@ from .errors import (
 
 
 def __getattr__(name):
-    # Lazy: the extract command's decoder processes import this package (minicaffe.preprocess,
+    # Lazy: the decoder processes import this package (minicaffe.preprocess, minicaffe.features,
     # and minicaffe.extract as their __main__) but never run a net; importing Numba and every
-    # layer there cost ~0.45 s of CPU per decoder at start, on the cores the first batch needs.
+    # layer there would cost each decoder CPU time at start, on the cores the first batch needs.
     if name == "Net":
         from .net import Net
         return Net

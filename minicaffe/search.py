@@ -547,7 +547,7 @@ class QueryEncoder:
     """
 
     def __init__(self, ff, backend="cpu", weights=None):
-        from .extract import FeatureExtractor, resolve_layers
+        from .features import FeatureExtractor, resolve_layers
         from .models import MODELS
         from .preprocess import Preprocessing
         meta = ff.meta

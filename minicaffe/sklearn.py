@@ -54,17 +54,9 @@ class DeCAF(TransformerMixin, BaseEstimator):
         self.min_size = min_size
 
     def _build(self):
-        from argparse import Namespace
-
-        from .extract import (
-            FeatureExtractor,
-            default_layers,
-            load_model,
-            resolve_layers,
-        )
-        args = Namespace(prototxt=self.prototxt, weights=self.weights, model=self.model,
-                         preprocess=self.preprocess, mean=self.mean, crop_size=None, backend=self.backend)
-        net, spec, aliases, desc = load_model(args)
+        from .features import FeatureExtractor, default_layers, load_model, resolve_layers
+        net, spec, aliases, desc = load_model(model=self.model, prototxt=self.prototxt, weights=self.weights,
+                                              preprocess=self.preprocess, mean=self.mean, backend=self.backend)
         if self.layer is None:
             layers = default_layers(aliases, net)
         else:
@@ -81,7 +73,7 @@ class DeCAF(TransformerMixin, BaseEstimator):
         return self
 
     def _resized(self, X):
-        from .extract import DecodePool, decoder_priority, iter_decoded
+        from .features import DecodePool, decoder_priority, iter_decoded
         from .preprocess import load_resized
         spec = self.extractor_.spec
         if isinstance(X, np.ndarray) and X.ndim in (3, 4) and X.dtype != object:

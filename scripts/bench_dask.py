@@ -3,7 +3,7 @@
 Builds full-size CaffeNet with seeded weights (or uses the embedded EfficientNet-Lite0 with
 ``--model efficientnet-lite0``), writes N JPEGs from the real photos shipped with scikit-image /
 scikit-learn (``bench_extract.make_jpegs``), then for each ``--configs`` entry WxT (a LocalCluster
-on 127.0.0.1 from ``minicaffe.distributed.connect``: W worker processes, T BLAS+Numba threads each;
+on 127.0.0.1 from ``minicaffe.features.cluster.connect``: W worker processes, T BLAS+Numba threads each;
 default 1x2 = what ``local:1`` gives on 2 cores, 1x1 and 2x1 = one core per worker, the fair
 1-vs-2-workers comparison):
 
@@ -56,10 +56,19 @@ def main(argv=None):
     import numpy as np
 
     from minicaffe import Net, __version__
-    from minicaffe import distributed as mdist
     from minicaffe.cli import run
     from minicaffe.extract import main as extract_main
+    from minicaffe.features import cluster as mdist
     from minicaffe.models import MODELS_DIR
+
+    # every cluster run's ClusterReport, in order: the extract command calls mdist.run_cluster
+    reports = []
+    run_cluster = mdist.run_cluster
+
+    def recording_run_cluster(*a, **kw):
+        reports.append(run_cluster(*a, **kw))
+        return reports[-1]
+    mdist.run_cluster = recording_run_cluster
 
     tmp = tempfile.mkdtemp(prefix="bench_dask_")
     if not args.keep_files:     # weights, JPEGs and outputs: ~0.5 GB per run
@@ -109,7 +118,7 @@ def main(argv=None):
         t1 = time.perf_counter()
         extract(["--cluster", cluster.scheduler_address, "--shard-size", "1"], f"warm{n}.h5", quiet_stderr=True,
                 inputs=warm)
-        loads = [r["net_load_s"] for r in mdist.LAST_RUN["results"] if r["net_load_s"]]
+        loads = [r["net_load_s"] for r in reports[-1].results if r["net_load_s"]]
         client.run(_noop)
         cold[n] = (t1 - t0, time.perf_counter() - t1, loads)
         clusters[n] = (client, cluster)
@@ -128,11 +137,11 @@ def main(argv=None):
         for n in counts:
             wall = extract(["--cluster", clusters[n][1].scheduler_address, "--shard-size", str(args.shard_size)],
                            f"c{n}.h5")
-            lr = mdist.LAST_RUN
-            rates[n].append(lr["images"] / lr["elapsed"])
+            lr = reports[-1]
+            rates[n].append(lr.images / lr.elapsed)
             walls[n].append(args.n_images / wall)
-            shares[n].append(mdist.summarize(lr["results"], lr["elapsed"]))
-            line.append(f"{n} {rates[n][-1]:.2f} (cmd {walls[n][-1]:.2f}, merge {lr['merge_s']:.2f}s)")
+            shares[n].append(mdist.summarize(lr.results, lr.elapsed))
+            line.append(f"{n} {rates[n][-1]:.2f} (cmd {walls[n][-1]:.2f}, merge {lr.merge_s:.2f}s)")
         print(f"  repeat {r}: images/s " + ", ".join(line), flush=True)
 
     # ---- per-shard overhead on 1 warm worker --------------------------------------------------
@@ -140,9 +149,9 @@ def main(argv=None):
     addr = clusters[n1][1].scheduler_address
     t0 = time.perf_counter()
     wall = extract_missing(run, extract_main, missing, tmp, addr, common)
-    per_shard = mdist.LAST_RUN["elapsed"] / args.overhead_shards
+    per_shard = reports[-1].elapsed / args.overhead_shards
     per_cmd = wall / args.overhead_shards
-    res = mdist.LAST_RUN["results"]
+    res = reports[-1].results
     write_ms = 1000 * statistics.median(r["write_s"] for r in res)
     client = clusters[n1][0]
     t0 = time.perf_counter()

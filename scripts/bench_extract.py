@@ -70,8 +70,8 @@ def main(argv=None):
 
     from minicaffe import Net, __version__
     from minicaffe.cli import run
-    from minicaffe.extract import FeatureExtractor, resolve_layers
     from minicaffe.extract import main as extract_main
+    from minicaffe.features import FeatureExtractor, resolve_layers
     from minicaffe.models import CAFFE_PREPROCESSING, DECAF_ALIASES, MODELS_DIR
     from minicaffe.preprocess import load_resized
 

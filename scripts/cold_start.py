@@ -42,7 +42,7 @@ def main(argv=None):
         print(f"removed {clear_numba_cache(pkg)} Numba cache files under {pkg}", file=sys.stderr)
     from numba.core import event
 
-    from minicaffe.extract import default_model
+    from minicaffe.features import default_model
     from minicaffe.models import get_model
     from minicaffe.preprocess import load_resized, normalize_batch
     stages["import"] = time.perf_counter() - t

@@ -22,9 +22,9 @@ import pytest
 from conftest import FIXTURES, assert_close, fault_env
 
 from minicaffe import Net
-from minicaffe import distributed as mdist
 from minicaffe.cli import run
 from minicaffe.extract import main
+from minicaffe.features import cluster as mdist
 
 PROTO = str(FIXTURES / "caffenet_small.prototxt")
 N_IMAGES = 12
@@ -88,6 +88,18 @@ def slow_workers(cluster):
     client.run(lambda: os.environ.pop("MINICAFFE_TEST_DECODE_DELAY", None))
 
 
+@pytest.fixture
+def reports(monkeypatch):
+    """Every ClusterReport the extract command's cluster runs return during the test, in order."""
+    got, real = [], mdist.run_cluster
+
+    def recording(*a, **kw):
+        got.append(real(*a, **kw))
+        return got[-1]
+    monkeypatch.setattr(mdist, "run_cluster", recording)
+    return got
+
+
 def read(path):
     with h5py.File(path, "r") as f:
         return {"paths": list(f["paths"].asstr()[()]),
@@ -118,7 +130,7 @@ def assert_same_as_single(env, path):
 
 
 @pytest.mark.slow
-def test_local_cluster_matches_single_process(env, capsys):
+def test_local_cluster_matches_single_process(env, capsys, reports):
     pytest.importorskip("distributed")
     rc = run(main, ["imgs", "-o", "local.h5", *env["common"], "--cluster", "local:2", "--shard-size", "3",
                     "--batch-size", "2"])
@@ -129,7 +141,7 @@ def test_local_cluster_matches_single_process(env, capsys):
     assert not os.path.exists("local.h5.parts")
     assert "5 shard(s) of <= 3 image(s) on 2 Dask worker(s) at tcp://127.0.0.1:" in err
     assert "dashboard: " in err and err.count("broken.jpg: not a recognised image") == 1
-    res = mdist.LAST_RUN["results"]
+    res = reports[-1].results
     assert sorted(r["seq"] for r in res) == list(range(5)) and sum(r["n"] for r in res) == N_IMAGES + 1
     assert len({r["pid"] for r in res}) == 2, "both worker processes should have taken shards"
     # the net is loaded once per worker process: only each process's first shard pays for it
@@ -139,7 +151,7 @@ def test_local_cluster_matches_single_process(env, capsys):
 
 
 @pytest.mark.slow
-def test_worker_killed_mid_shard(env, cluster, slow_workers):
+def test_worker_killed_mid_shard(env, cluster, slow_workers, reports):
     lc, client = cluster
     out = "killw.h5"
     box = {}
@@ -165,7 +177,7 @@ def test_worker_killed_mid_shard(env, cluster, slow_workers):
     assert not t.is_alive(), "the driver did not finish after a worker was killed"
     assert box.get("rc") == 0
     assert_same_as_single(env, out)
-    res = mdist.LAST_RUN["results"]
+    res = reports[-1].results
     assert sorted(r["seq"] for r in res) == list(range(7)), "each shard reported once"
     rerun = [r for r in res if f"minicaffe-shard-{os.path.basename(r['part'])[6:-3]}" in keys]
     assert rerun and all(r["pid"] != victim for r in rerun), "the killed worker's shards were redone elsewhere"
@@ -174,7 +186,7 @@ def test_worker_killed_mid_shard(env, cluster, slow_workers):
 
 
 @pytest.mark.slow
-def test_resume_after_driver_killed(env, cluster, slow_workers, capsys, tmp_path):
+def test_resume_after_driver_killed(env, cluster, slow_workers, capsys, tmp_path, reports):
     lc, _ = cluster
     out = str(tmp_path / "killd.h5")
     parts = out + ".parts"
@@ -208,10 +220,10 @@ def test_resume_after_driver_killed(env, cluster, slow_workers, capsys, tmp_path
     err = capsys.readouterr().err
     assert rc == 0, err
     # the parts of a run killed mid-way are reused: only the other images are extracted again
-    n_resumed = mdist.LAST_RUN["resumed"]
+    n_resumed = reports[-1].resumed
     assert n_resumed >= 4 and f"resuming: {n_resumed} image(s) already done" in err
-    assert mdist.LAST_RUN["images"] == N_IMAGES + 1 - n_resumed
-    assert mdist.LAST_RUN["dropped_duplicates"] >= 2
+    assert reports[-1].images == N_IMAGES + 1 - n_resumed
+    assert reports[-1].dropped_duplicates >= 2
     assert not os.path.exists(parts)
     assert_same_as_single(env, out)
 
@@ -228,7 +240,7 @@ def test_usage_errors_are_one_line(env, capsys, tmp_path):
 
 
 def test_dedupe_keeps_first_occurrence():
-    from minicaffe.extract import Source
+    from minicaffe.features.store import Source
     def f(rows):
         return lambda: {"x": np.asarray(rows, np.float32)[:, None]}
     a = Source(["p0", "p1"], [("bad", "why")], f([0, 1]))

@@ -215,7 +215,7 @@ def test_worker_processes_match_in_process(env, capsys):
 def test_decoder_priority(monkeypatch):
     """auto -> idle on a free machine, normal when less than half a CPU is free; idle decoders
     really run under SCHED_IDLE (Linux)."""
-    import minicaffe.extract as ex
+    import minicaffe.features.decode as ex
     monkeypatch.setattr(ex, "_free_cpus", lambda: 1.6)
     assert ex.decoder_priority("auto") == "idle"
     monkeypatch.setattr(ex, "_free_cpus", lambda: 0.3)
@@ -414,3 +414,26 @@ def test_decoder_process_death_is_one_failed_row(env, tmp_path):
     assert len(r["paths"]) == 6
     want = direct(env, r["paths"], "fc7")
     assert_close(r["fc7"], want, 1e-5, "the other images after a worker death")
+
+
+def test_typed_load_model_and_the_old_import_path(env):
+    """``minicaffe.features.load_model`` takes the command line's options as keywords; the old
+    ``minicaffe.extract`` names still import, and its load_model still takes a parsed namespace."""
+    from minicaffe import extract as old
+    from minicaffe import features
+    from minicaffe.tools.extract import build_parser
+    loaded = features.load_model(prototxt=PROTO, weights=env["weights"], backend="numpy", mean="channel")
+    net, spec, aliases, desc = loaded
+    assert loaded.net is net and spec.mean_image is None and spec.mean_values is not None
+    assert aliases == {"decaf5": "pool5", "decaf6": "fc6", "decaf7": "fc7"}
+    assert desc["weights_sha1"] == net.weights_sha1 and desc["prototxt"] == os.path.abspath(PROTO)
+    args = build_parser().parse_args(["x", "-o", "y.h5", "--prototxt", PROTO, "--weights", env["weights"],
+                                      "--backend", "numpy", "--mean", "channel"])
+    _, spec2, aliases2, desc2 = old.load_model(args)
+    assert (spec2, aliases2, desc2) == (spec, aliases, desc)
+    assert old.preprocessing_for(args) == spec == features.preprocessing_for(prototxt=PROTO, weights=env["weights"],
+                                                                             mean="channel")
+    assert (old.FeatureExtractor, old.resolve_layers, old.DecodePool, old.Source) == (
+        features.FeatureExtractor, features.resolve_layers, features.DecodePool, features.Source)
+    with pytest.raises(old.UsageError, match="give either --model or --prototxt"):
+        features.load_model(model="caffenet", prototxt=PROTO, weights=env["weights"])

