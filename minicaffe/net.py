@@ -111,6 +111,10 @@ class Net:
     activations, global pooling: :meth:`Layer.reads_channels_last`) writes its top with (N, H, W, C)
     memory. Blobs keep their (N, C, H, W) shape and values; only the strides differ (a transposed
     view), so a chain of such layers never changes layout. False: every blob C-contiguous NCHW.
+    With ``channels_last``, ``fetch`` given and no hooks, a 1x1 expansion (with its fused
+    activation) read only by the depthwise convolution after it runs inside that layer's kernel,
+    band by band, and its blob is not kept (MobileNet v2 / EfficientNet blocks: the block's largest
+    tensor never goes to memory); name it in ``fetch`` to have it.
 
     Parameters
     ----------
@@ -468,6 +472,11 @@ class Net:
         aliased = set()
         fuse = self.fuse_relu and backend == "cpu" and not keep_pre_activation
         layout = self._channels_last_plan() if fuse and self.channels_last else ()
+        # 1x1 expansions computed inside the depthwise layer that reads them (dw index -> expansion
+        # index), and the layers that then do nothing
+        pairs = (self._expansion_plan(i0, i1, fetch) if fuse and self.channels_last and fetch is not None
+                 and not self._hooks else {})
+        skipped = {k for e in pairs.values() for k in (e, e + 1)}
         fused = -1                      # index of a ReLU whose work the previous layer did
         for i in range(i0, i1 + 1):
             layer = self.layers[i]
@@ -481,6 +490,19 @@ class Net:
                 for _, ha in self._hooks:
                     if ha is not None:
                         ha(self, i, layer, tops)
+                continue
+            if i in skipped:
+                continue
+            if i in pairs:
+                e = pairs[i]
+                expand = self.layers[e]
+                act = _fusable_activation(self.layers[e + 1], expand.tops[0]) or {}
+                extra = _fusable_activation(self.layers[i + 1], layer.tops[0]) if i < i1 else None
+                if extra is not None:
+                    fused = i + 1
+                tops = layer.forward_expanded(blobs[expand.bottoms[0]], expand, params[expand.name],
+                                              params[layer.name], act, **(extra or {}))
+                blobs[layer.tops[0]] = tops[0]
                 continue
             bottoms = [blobs[b] for b in layer.bottoms]
             inplace = layer.inplace and layer.can_run_inplace
@@ -542,6 +564,32 @@ class Net:
                 plan.add(i)
         self._layout_key, self._layout = key, frozenset(plan)
         return self._layout
+
+    def _expansion_plan(self, i0, i1, fetch):
+        """{depthwise layer index: 1x1 expansion layer index} for the pairs :meth:`forward` runs as
+        one kernel: a Convolution whose top is read only by an in-place ReLU / Clip right after it
+        (fused) and by the depthwise Convolution right after that, which runs it in its output
+        pass (:meth:`Convolution.expansion_fuses`); the expanded blob is not in ``fetch``."""
+        key = (id(self.blob_shapes), i0, i1, frozenset(fetch))
+        if getattr(self, "_pairs_key", None) == key:
+            return self._pairs
+        readers = {}
+        for j, layer in enumerate(self.layers):
+            for b in set(layer.bottoms):
+                readers.setdefault(b, []).append(j)
+        pairs = {}
+        for e in range(i0, i1 - 1):
+            ex, act, dw = self.layers[e], self.layers[e + 1], self.layers[e + 2]
+            if (ex.type != "Convolution" or dw.type != "Convolution" or len(ex.tops) != 1
+                    or ex.tops[0] in fetch or dw.bottoms != ex.tops or (e in pairs.values())):
+                continue
+            top = ex.tops[0]
+            if _fusable_activation(act, top) is None or sorted(readers.get(top, [])) != [e + 1, e + 2]:
+                continue
+            if dw.expansion_fuses(ex, self.blob_shapes[ex.bottoms[0]]):
+                pairs[e + 2] = e
+        self._pairs_key, self._pairs = key, pairs
+        return pairs
 
     # ------------------------------------------------------------------ training
     def set_phase(self, phase: str, seed: int = 0) -> None:

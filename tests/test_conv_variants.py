@@ -242,3 +242,41 @@ def test_small_layers_serial_and_parallel_agree(threads):
     _assert_close(eltwise.eltwise_cpu([x, 2 * x], eltwise.SUM, [1.0, -0.5]),
                   eltwise.eltwise_reference([x.astype(np.float64), 2 * x.astype(np.float64)], eltwise.SUM, [1.0, -0.5]),
                   1e-6, f"eltwise {threads}")
+
+
+# (id, x shape, expanded channels, depthwise kernel, stride, pad (t, b, l, r))
+EXPAND_CASES = [
+    ("b1_s2_k3", (1, 16, 23, 21), 48, 3, 2, (1, 1, 1, 1)),
+    ("b2_s1_k5_tails", (2, 5, 13, 9), 37, 5, 1, (2, 2, 2, 2)),
+    ("b3_s2_k5_same", (3, 8, 12, 14), 20, 5, 2, (1, 2, 1, 2)),
+    ("b1_s1_k3_nopad", (1, 24, 8, 7), 64, 3, 1, (0, 0, 0, 0)),
+]
+
+
+@pytest.mark.parametrize("budget", [None, 1], ids=["one-band", "row-bands"])
+@pytest.mark.parametrize("case", EXPAND_CASES, ids=[c[0] for c in EXPAND_CASES])
+def test_expansion_fused_with_depthwise(case, budget, threads, monkeypatch):
+    """The 1x1 expansion computed inside the depthwise kernel equals the two reference layers one
+    after the other (with ReLU6 on both, and without activations), whether the expanded rows fit
+    one buffer or are produced band by band (a tiny buffer: every band reuses the rows the
+    previous one expanded)."""
+    from minicaffe.layers.convolution import nhwc
+    if budget is not None:
+        monkeypatch.setattr(nhwc, "EXPAND_BUFFER_BYTES", budget)
+    name, xs, ce, k, s, pad = case
+    rng = np.random.default_rng(15)
+    x = (rng.standard_normal(xs) * 3).astype(np.float32)
+    we = (rng.standard_normal((ce, xs[1], 1, 1)) * 0.5).astype(np.float32)
+    be = rng.standard_normal(ce).astype(np.float32)
+    wd = (rng.standard_normal((ce, 1, k, k)) * 0.5).astype(np.float32)
+    bd = rng.standard_normal(ce).astype(np.float32)
+    for act in (False, True):
+        e = C.convolution_reference(x.astype(np.float64), we.astype(np.float64), be.astype(np.float64))
+        e = np.clip(e, 0, 6) if act else e
+        ref = C.convolution_reference(e, wd.astype(np.float64), bd.astype(np.float64), (s, s), pad, (1, 1), ce)
+        ref = np.clip(ref, 0, 6) if act else ref
+        for xin in (_cl(x), x):
+            got = _checked_cl(nhwc.convolution_expand_depthwise_nhwc_cpu(xin, we, be, wd, bd, (s, s), pad, act,
+                                                                         6.0 if act else None, act,
+                                                                         6.0 if act else None))
+            _assert_close(got, ref, 2e-5, f"expand+depthwise {name} act={act} {threads}")

@@ -193,3 +193,27 @@ def test_channels_last_blobs_hold_the_same_values(keep_pre):
         assert_close(got[name], want, 1e-5, f"blob {name}")
         assert flat[name].flags.c_contiguous, name
         assert_close(got[name], flat[name], 1e-5, f"blob {name} vs NCHW")
+
+
+def test_expansion_runs_inside_the_depthwise_layer_unless_its_blob_is_watched():
+    """With ``fetch`` given and no hooks, a 1x1 expansion read only by a depthwise layer runs inside
+    that layer's kernel and its blob is not kept; asked for in ``fetch``, or with a hook, or with
+    every blob wanted, it is computed and kept. The outputs are the same every way."""
+    proto = MBCONV.replace('layer { name: "side" type: "LRN" bottom: "expand" top: "side" lrn_param { local_size: 3 } }',
+                           "")
+    assert proto != MBCONV
+    x = np.random.default_rng(8).standard_normal((2, 3, 17, 15)).astype(np.float32)
+    net = minicaffe.Net(proto, None, seed=9)
+    ref = minicaffe.Net(proto, net.params, backend="numpy").forward(x)
+    fused = net.forward(x, fetch=["fc", "dw"])
+    assert "expand" not in net.blobs, "the expansion was stored"
+    for name in ("fc", "dw"):
+        assert_close(fused[name], ref[name], 1e-5, f"fused {name}")
+    watched = net.forward(x, fetch=["fc", "expand"])
+    assert_close(watched["expand"], ref["expand"], 1e-5, "expand when fetched")
+    seen = []
+    h = net.add_hook(after=lambda n, i, layer, tops: seen.append(layer.name))
+    net.forward(x, fetch=["fc"])
+    net.remove_hook(h)
+    assert "expand" in seen and "expand" in net.blobs
+    assert_close(net.forward(x)["expand"], ref["expand"], 1e-5, "expand with every blob")

@@ -69,12 +69,14 @@ class LoadedModel(NamedTuple):
 def load_model(*, model: str | None = None, prototxt: str | None = None, weights: str | None = None,
                preprocess: str = "caffe", mean: str = "model", crop_size: int | None = None,
                backend: str = "cpu", strict: bool = False,
-               preprocessing: Preprocessing | None = None) -> LoadedModel:
+               preprocessing: Preprocessing | None = None, freeze: bool = True) -> LoadedModel:
     """Build the run's net -> :class:`LoadedModel` (net, preprocessing, aliases, description).
 
     The options are :func:`preprocessing_for`'s, plus backend (``numpy`` | ``cpu`` | ``cuda``) and
     strict (refuse weights holding NaN/Inf); ``preprocessing``: what preprocessing_for returned,
-    when the caller already has it.
+    when the caller already has it; ``freeze``: make the weights read-only
+    (:meth:`minicaffe.Net.freeze`: extraction never edits them, and frozen weights spare every
+    forward a pass over them).
     """
     spec = preprocessing if preprocessing is not None else preprocessing_for(
         model=model, prototxt=prototxt, weights=weights, preprocess=preprocess, mean=mean, crop_size=crop_size)
@@ -98,6 +100,8 @@ def load_model(*, model: str | None = None, prototxt: str | None = None, weights
         desc = {"model": spec_m.name, "prototxt": spec_m.prototxt}
     desc["weights"] = os.path.abspath(net.weights_path) if net.weights_path else ""
     desc["weights_sha1"] = net.weights_sha1 or ""
+    if freeze:
+        net.freeze()
     return LoadedModel(net, spec, aliases, desc)
 
 

@@ -32,7 +32,9 @@ from .nhwc import (
     conv1x1_applies,
     convolution_1x1_nhwc_cpu,
     convolution_depthwise_nhwc_cpu,
+    convolution_expand_depthwise_nhwc_cpu,
     depthwise_nhwc_applies,
+    expand_depthwise_applies,
 )
 from .reference import (
     conv_out_size,
@@ -180,6 +182,25 @@ class Convolution(Layer):
         N, C, H, W = bottom_shapes[0]
         wshape = (self.num_output, C // self.group) + tuple(self.kernel)
         return NHWC and nhwc_applies(bottom_shapes[0], wshape, self.stride, self.pad, self.dilation, self.group)
+
+    def expansion_fuses(self, expand, x_shape):
+        """True when this depthwise layer can run ``expand`` (a 1x1 Convolution of an input of shape
+        x_shape, whose output this layer reads) in its own kernel (:meth:`forward_expanded`)."""
+        N, C, H, W = x_shape
+        Ce = expand.num_output
+        return (NHWC and expand.group == 1 and tuple(expand.kernel) == (1, 1) and tuple(expand.stride) == (1, 1)
+                and tuple(expand.pad) == (0, 0, 0, 0) and self.group == Ce == self.num_output
+                and expand_depthwise_applies(x_shape, (Ce, C, 1, 1), (Ce, 1) + tuple(self.kernel), self.stride,
+                                             self.pad, self.dilation))
+
+    def forward_expanded(self, x, expand, expand_params, params, expand_act, relu=False, relu_cap=None):
+        """x: (N, C, H, W) -> [this depthwise layer's top]: the cpu forward of this layer on the
+        output of ``expand`` (a 1x1 Convolution with fused activation ``expand_act``, {"relu",
+        "relu_cap"}) of x, without that output being stored (see :meth:`expansion_fuses`)."""
+        return [convolution_expand_depthwise_nhwc_cpu(
+            x, expand_params[0], expand_params[1] if expand.bias_term else None, params[0],
+            params[1] if self.bias_term else None, self.stride, self.pad, expand_act.get("relu", False),
+            expand_act.get("relu_cap"), relu, relu_cap)]
 
     def forward(self, bottoms, params, backend, inplace=False, relu=False, relu_cap=None, channels_last=False):
         w = params[0]

@@ -240,3 +240,133 @@ def convolution_depthwise_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), rel
     kernel = _dw_rows_serial if y.size * kh * kw < PARALLEL_MACS else _dw_rows
     kernel(xt, wt, bb, sh, sw, pt, pl, *clip_bounds(relu, relu_cap), y)
     return channels_last_view(y)
+
+
+# --------------------------------------------------------------------------------------------
+# 1x1 expansion fused with the depthwise convolution that reads it (MobileNet v2 / EfficientNet
+# blocks): the expanded tensor, the block's largest, never goes to memory.
+
+#: bytes of expanded rows one thread keeps (in its share of L2)
+EXPAND_BUFFER_BYTES = 384 << 10
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _expand_dw(xt, offs, bp, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, band, rows_max, chunk, workers,
+               counter, y):
+    # xt: (N, H, W, Cin) block input; offs: arange(Cin); bp: (Pn, Cin*NR) packed 1x1 weights; be:
+    # (Pn*NR,) their bias zero-padded; elo, ehi: the expansion's clip; wt: (kh, kw, Ce) depthwise
+    # weights, bd: (Ce,) bias, dlo, dhi: its clip; y: (N, Ho, Wo, Ce). Tasks are (image, chunk of
+    # output rows), taken from a shared counter. A task walks its chunk in bands of ``band`` output
+    # rows; for each band it expands the input rows the band's taps read into a per-thread buffer
+    # E (rows_max x W x Ce), keeping the rows the previous band already expanded (moved to the
+    # front), then runs the depthwise rows on E.
+    N, H, W, Cin = xt.shape
+    Ho, Ce = y.shape[1], y.shape[3]
+    kh, kw = wt.shape[0], wt.shape[1]
+    Pn = bp.shape[0]
+    nchunks = (Ho + chunk - 1) // chunk
+    total = N * nchunks
+    for _w in prange(workers):
+        E = np.empty((rows_max, W, Ce), dtype=np.float32)
+        ef = E.reshape(rows_max * W * Ce)
+        pix = np.empty(MR, dtype=np.int64)
+        ypix = np.empty(MR, dtype=np.int64)
+        toffs = np.empty(kh * kw, dtype=np.int64)
+        wofs = np.empty(kh * kw, dtype=np.int64)
+        while True:
+            t = fetch_add(counter, 0, 1)
+            if t >= total:
+                break
+            n = t // nchunks
+            o0 = (t % nchunks) * chunk
+            o1 = min(Ho, o0 + chunk)
+            xf = xt[n].reshape(H * W * Cin)
+            e0 = 0
+            e1 = 0                                   # image rows [e0, e1) are in E
+            for b0 in range(o0, o1, band):
+                b1 = min(o1, b0 + band)
+                r0 = max(0, b0 * sh - pt)
+                r1 = min(H, (b1 - 1) * sh - pt + kh)
+                start = r0
+                if e0 <= r0 < e1:
+                    # rows r0..e1 were expanded for the previous band: move them to the front
+                    # (ascending copy: the destination starts before the source)
+                    keep = (e1 - r0) * W * Ce
+                    src = (r0 - e0) * W * Ce
+                    for q in range(keep):
+                        ef[q] = ef[src + q]
+                    start = e1
+                e0 = r0
+                e1 = r1
+                # expand pixels [start*W, r1*W) of the image; the last tile shifts back into rows
+                # already in E (recomputing them: same values) rather than narrowing
+                p_lo = start * W
+                p_hi = r1 * W
+                if p_hi > p_lo:
+                    ntl = (p_hi - p_lo + MR - 1) // MR
+                    for ti in range(ntl):
+                        q0 = max(r0 * W, min(p_lo + ti * MR, p_hi - MR))
+                        for p in range(MR):
+                            pix[p] = (q0 + p) * Cin
+                        for pnl in range(Pn):
+                            m0 = pnl * NR
+                            for p in range(MR):
+                                ypix[p] = (q0 + p - r0 * W) * Ce + m0
+                            indirect_tile_store(xf, pix, offs, Cin, bp[pnl], be[m0:m0 + NR], elo, ehi, ef, ypix,
+                                                min(NR, Ce - m0))
+                for oh in range(b0, b1):
+                    _dw_row(E, r0, H, wt, bd, oh, sh, sw, pt, pl, dlo, dhi, y[n, oh], toffs, wofs)
+
+
+_expand_dw_serial = serial_twin(_expand_dw)
+
+
+def expand_depthwise_applies(x_shape, w_expand_shape, w_dw_shape, stride, pad, dilation):
+    """x: (N, C, H, W) -> True when :func:`convolution_expand_depthwise_nhwc_cpu` runs this pair: a
+    1x1 expansion (ungrouped) and a depthwise convolution of its output (no dilation, no channel
+    multiplier), on rows at least MR pixels wide."""
+    N, C, H, W = x_shape
+    Ce = w_expand_shape[0]
+    return (tuple(w_expand_shape[1:]) == (C, 1, 1) and tuple(w_dw_shape[:2]) == (Ce, 1)
+            and tuple(dilation) == (1, 1) and W >= MR)
+
+
+def convolution_expand_depthwise_nhwc_cpu(x, w_expand, b_expand, w_dw, b_dw, stride=(1, 1), pad=(0, 0, 0, 0),
+                                          expand_relu=False, expand_cap=None, relu=False, relu_cap=None):
+    """x: (N, C, H, W) (channels-last memory read in place), w_expand: (Ce, C, 1, 1), w_dw: (Ce, 1, kh,
+    kw) -> (N, Ce, Ho, Wo) with (N, Ho, Wo, Ce) memory: the depthwise convolution (stride, pad, its
+    fused activation ``relu``/``relu_cap``) of the 1x1 expansion of x (with ``expand_relu`` /
+    ``expand_cap``), the same values as the two layers one after the other, without the expanded
+    tensor ever being stored whole."""
+    xt = _as_nhwc(x)
+    N, H, W, C = xt.shape
+    Ce = w_expand.shape[0]
+    _, _, kh, kw = w_dw.shape
+    if not expand_depthwise_applies(x.shape, w_expand.shape, w_dw.shape, stride, pad, (1, 1)):
+        raise ValueError(f"not a 1x1 expansion + depthwise pair: input {x.shape}, weights {w_expand.shape}, "
+                         f"{w_dw.shape}")
+    sh, sw = stride
+    pt, pb, pl, pr = pad
+    Ho = conv_out_size(H, kh, sh, pt, pb, 1)
+    Wo = conv_out_size(W, kw, sw, pl, pr, 1)
+    bp = cached_transform(w_expand, ("direct", 1), lambda wf: _pack_weights(wf, 1))[0]
+    wt = cached_transform(w_dw, ("dw-hwc",), lambda wf: np.ascontiguousarray(wf.reshape(Ce, kh * kw).T)
+                          .reshape(kh, kw, Ce))
+    # a band's expanded rows fit the buffer; at least one output row per band
+    row_bytes = W * Ce * 4
+    band = max(1, (EXPAND_BUFFER_BYTES // row_bytes - kh) // sh + 1)
+    band = min(band, Ho)
+    rows_max = min(H, (band - 1) * sh + kh)
+    workers = numba.get_num_threads()
+    small = N * Ho * Wo * Ce * (C + kh * kw) < PARALLEL_MACS
+    if small:
+        workers = 1
+    # chunks: enough tasks for dynamic scheduling, each several bands long (fewer halo rows)
+    chunk = Ho if small else max(band, -(-Ho * N // (4 * workers)))
+    chunk = min(chunk, Ho)
+    y = np.empty((N, Ho, Wo, Ce), dtype=np.float32)
+    (_expand_dw_serial if small else _expand_dw)(
+        xt, _arange(C), bp, _padded_bias(b_expand, bp.shape[0] * NR), *clip_bounds(expand_relu, expand_cap),
+        wt, _padded_bias(b_dw, Ce), sh, sw, pt, pl, *clip_bounds(relu, relu_cap), band, rows_max, chunk, workers,
+        np.zeros(1, np.int64), y)
+    return channels_last_view(y)
