@@ -259,10 +259,18 @@ def test_expansion_fused_with_depthwise(case, budget, threads, monkeypatch):
     """The 1x1 expansion computed inside the depthwise kernel equals the two reference layers one
     after the other (with ReLU6 on both, and without activations), whether the expanded rows fit
     one buffer or are produced band by band (a tiny buffer: every band reuses the rows the
-    previous one expanded)."""
+    previous one expanded). A spy checks the fused kernel ran."""
     from minicaffe.layers.convolution import nhwc
     if budget is not None:
         monkeypatch.setattr(nhwc, "EXPAND_BUFFER_BYTES", budget)
+    # fused at these small sizes too (the wrapper would run the two kernels one after the other)
+    monkeypatch.setattr(nhwc, "FUSE_EXPANDED_FROM", 0)
+    monkeypatch.setattr(nhwc, "FUSE_HALO", 1e9)
+    ran = []
+    def spy(f):
+        return lambda *a: ran.append(1) or f(*a)
+    for kern in ("_expand_dw", "_expand_dw_serial"):
+        monkeypatch.setattr(nhwc, kern, spy(getattr(nhwc, kern)))
     name, xs, ce, k, s, pad = case
     rng = np.random.default_rng(15)
     x = (rng.standard_normal(xs) * 3).astype(np.float32)
@@ -276,7 +284,9 @@ def test_expansion_fused_with_depthwise(case, budget, threads, monkeypatch):
         ref = C.convolution_reference(e, wd.astype(np.float64), bd.astype(np.float64), (s, s), pad, (1, 1), ce)
         ref = np.clip(ref, 0, 6) if act else ref
         for xin in (_cl(x), x):
+            ran.clear()
             got = _checked_cl(nhwc.convolution_expand_depthwise_nhwc_cpu(xin, we, be, wd, bd, (s, s), pad, act,
                                                                          6.0 if act else None, act,
                                                                          6.0 if act else None))
+            assert ran, "the fused kernel did not run"
             _assert_close(got, ref, 2e-5, f"expand+depthwise {name} act={act} {threads}")

@@ -199,8 +199,8 @@ def test_expansion_runs_inside_the_depthwise_layer_unless_its_blob_is_watched():
     """With ``fetch`` given and no hooks, a 1x1 expansion read only by a depthwise layer runs inside
     that layer's kernel and its blob is not kept; asked for in ``fetch``, or with a hook, or with
     every blob wanted, it is computed and kept. The outputs are the same every way."""
-    proto = MBCONV.replace('layer { name: "side" type: "LRN" bottom: "expand" top: "side" lrn_param { local_size: 3 } }',
-                           "")
+    side = 'layer { name: "side" type: "LRN" bottom: "expand" top: "side" lrn_param { local_size: 3 } }'
+    proto = MBCONV.replace(side, "")
     assert proto != MBCONV
     x = np.random.default_rng(8).standard_normal((2, 3, 17, 15)).astype(np.float32)
     net = minicaffe.Net(proto, None, seed=9)

@@ -248,6 +248,10 @@ def convolution_depthwise_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), rel
 
 #: bytes of expanded rows one thread keeps (in its share of L2)
 EXPAND_BUFFER_BYTES = 384 << 10
+#: fuse only when the whole expanded tensor is larger than this (below, it stays in cache anyway)
+FUSE_EXPANDED_FROM = 1 << 20
+#: fuse only while a band's re-expanded overlap rows stay below this share of its rows
+FUSE_HALO = 1.0
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -354,16 +358,22 @@ def convolution_expand_depthwise_nhwc_cpu(x, w_expand, b_expand, w_dw, b_dw, str
                           .reshape(kh, kw, Ce))
     # a band's expanded rows fit the buffer; at least one output row per band
     row_bytes = W * Ce * 4
-    band = max(1, (EXPAND_BUFFER_BYTES // row_bytes - kh) // sh + 1)
-    band = min(band, Ho)
-    rows_max = min(H, (band - 1) * sh + kh)
+    band = min(Ho, max(1, (EXPAND_BUFFER_BYTES // row_bytes - kh) // sh + 1))
     workers = numba.get_num_threads()
     small = N * Ho * Wo * Ce * (C + kh * kw) < PARALLEL_MACS
     if small:
         workers = 1
-    # chunks: enough tasks for dynamic scheduling, each several bands long (fewer halo rows)
-    chunk = Ho if small else max(band, -(-Ho * N // (4 * workers)))
-    chunk = min(chunk, Ho)
+    elif N * -(-Ho // band) < 3 * workers:
+        band = -(-N * Ho // (3 * workers))            # smaller bands: enough tasks for the threads
+    # chunks: enough tasks for dynamic scheduling, each several bands long (a chunk re-expands
+    # only the rows it shares with the previous chunk)
+    chunk = Ho if small else min(Ho, max(band, -(-Ho * N // (4 * workers))))
+    if N * H * W * Ce * 4 <= FUSE_EXPANDED_FROM or (kh - sh) > FUSE_HALO * chunk * sh:
+        # the expanded tensor stays in cache anyway, or the chunks' overlapping rows would cost
+        # more expansion work than the fusion saves: the two kernels one after the other
+        e = convolution_1x1_nhwc_cpu(x, w_expand, b_expand, expand_relu, expand_cap)
+        return convolution_depthwise_nhwc_cpu(e, w_dw, b_dw, stride, pad, relu, relu_cap)
+    rows_max = min(H, (band - 1) * sh + kh)
     y = np.empty((N, Ho, Wo, Ce), dtype=np.float32)
     (_expand_dw_serial if small else _expand_dw)(
         xt, _arange(C), bp, _padded_bias(b_expand, bp.shape[0] * NR), *clip_bounds(expand_relu, expand_cap),
