@@ -472,11 +472,11 @@ class Net:
         aliased = set()
         fuse = self.fuse_relu and backend == "cpu" and not keep_pre_activation
         layout = self._channels_last_plan() if fuse and self.channels_last else ()
-        # 1x1 expansions computed inside the depthwise layer that reads them (dw index -> expansion
-        # index), and the layers that then do nothing
-        pairs = (self._expansion_plan(i0, i1, fetch) if fuse and self.channels_last and fetch is not None
-                 and not self._hooks else {})
-        skipped = {k for e in pairs.values() for k in (e, e + 1)}
+        # inverted-residual chains run as one kernel: final layer index -> chain, and the layers
+        # that then do nothing
+        chains = (self._block_plan(i0, i1, fetch) if fuse and self.channels_last and fetch is not None
+                  and not self._hooks else {})
+        skipped = {k for c in chains.values() for k in c["members"][:-1]}
         fused = -1                      # index of a ReLU whose work the previous layer did
         for i in range(i0, i1 + 1):
             layer = self.layers[i]
@@ -493,15 +493,15 @@ class Net:
                 continue
             if i in skipped:
                 continue
-            if i in pairs:
-                e = pairs[i]
-                expand = self.layers[e]
-                act = _fusable_activation(self.layers[e + 1], expand.tops[0]) or {}
-                extra = _fusable_activation(self.layers[i + 1], layer.tops[0]) if i < i1 else None
-                if extra is not None:
-                    fused = i + 1
-                tops = layer.forward_expanded(blobs[expand.bottoms[0]], expand, params[expand.name],
-                                              params[layer.name], act, **(extra or {}))
+            if i in chains:
+                c = chains[i]
+                lay = self.layers
+                ex, pr = c["expand"], c["project"]
+                tops = lay[c["dw"]].forward_block(
+                    blobs[c["input"]], params[lay[c["dw"]].name], c["act"],
+                    expand=None if ex is None else lay[ex], expand_params=None if ex is None else params[lay[ex].name],
+                    expand_act=c["expand_act"], project=None if pr is None else lay[pr],
+                    project_params=None if pr is None else params[lay[pr].name], residual=c["residual"])
                 blobs[layer.tops[0]] = tops[0]
                 continue
             bottoms = [blobs[b] for b in layer.bottoms]
@@ -565,31 +565,77 @@ class Net:
         self._layout_key, self._layout = key, frozenset(plan)
         return self._layout
 
-    def _expansion_plan(self, i0, i1, fetch):
-        """{depthwise layer index: 1x1 expansion layer index} for the pairs :meth:`forward` runs as
-        one kernel: a Convolution whose top is read only by an in-place ReLU / Clip right after it
-        (fused) and by the depthwise Convolution right after that, which runs it in its output
-        pass (:meth:`Convolution.expansion_fuses`); the expanded blob is not in ``fetch``."""
-        key = (id(self.blob_shapes), i0, i1, frozenset(fetch))
-        if getattr(self, "_pairs_key", None) == key:
-            return self._pairs
+    def _block_plan(self, i0, i1, fetch):
+        """{index of a chain's last layer: chain} for the inverted-residual chains :meth:`forward`
+        runs as one kernel: [1x1 Convolution + in-place ReLU/Clip] -> depthwise Convolution [+
+        in-place ReLU/Clip] -> [1x1 Convolution] [-> Eltwise SUM with the chain's input], at
+        least one 1x1, each intermediate blob read by the next layer of the chain only and not in
+        ``fetch``, and the depthwise layer able to run it (:meth:`Convolution.block_fuses`). A
+        chain: members (indices, in order), input (blob), expand / dw / project (indices or None),
+        expand_act / act (the fused activations), residual."""
+        fetch = frozenset(fetch)
+        key = (id(self.blob_shapes), i0, i1, fetch)
+        if getattr(self, "_chains_key", None) == key:
+            return self._chains
+        lay = self.layers
         readers = {}
-        for j, layer in enumerate(self.layers):
+        for j, layer in enumerate(lay):
             for b in set(layer.bottoms):
-                readers.setdefault(b, []).append(j)
-        pairs = {}
-        for e in range(i0, i1 - 1):
-            ex, act, dw = self.layers[e], self.layers[e + 1], self.layers[e + 2]
-            if (ex.type != "Convolution" or dw.type != "Convolution" or len(ex.tops) != 1
-                    or ex.tops[0] in fetch or dw.bottoms != ex.tops or (e in pairs.values())):
+                readers.setdefault(b, set()).add(j)
+
+        def only_read_by(blob, idx):
+            return blob not in fetch and readers.get(blob, set()) == set(idx)
+
+        def conv(j):
+            return i0 <= j <= i1 and lay[j].type == "Convolution" and len(lay[j].tops) == 1 and len(lay[j].bottoms) == 1
+
+        def act_of(j):
+            if j + 1 <= i1:
+                return _fusable_activation(lay[j + 1], lay[j].tops[0])
+            return None
+
+        chains, used = {}, set()
+        for d in range(i0, i1 + 1):
+            if not conv(d) or lay[d].group != lay[d].num_output or d in used:
                 continue
-            top = ex.tops[0]
-            if _fusable_activation(act, top) is None or sorted(readers.get(top, [])) != [e + 1, e + 2]:
+            dw = lay[d]
+            act = act_of(d)
+            last = d + 1 if act is not None else d
+            members = [d] + ([d + 1] if act is not None else [])
+            e = expand_act = None
+            for k in (d - 2, d - 1):
+                if conv(k) and lay[k].tops == dw.bottoms and k not in used and lay[k].group == 1 and \
+                        tuple(lay[k].kernel) == tuple(lay[k].stride) == (1, 1) and not any(lay[k].pad):
+                    a = act_of(k) if k == d - 2 else None
+                    if (k == d - 2) != (a is not None):
+                        continue
+                    if only_read_by(lay[k].tops[0], [d] + ([d - 1] if a is not None else [])):
+                        e, expand_act = k, a or {}
+            src = lay[e].bottoms[0] if e is not None else dw.bottoms[0]
+            p = last + 1
+            project = None
+            if conv(p) and lay[p].bottoms == [dw.tops[0]] and only_read_by(dw.tops[0], members[1:] + [p]):
+                project = p
+            residual = False
+            if project is not None:
+                r, top = p + 1, lay[p].tops[0]
+                if (r <= i1 and lay[r].type == "Eltwise" and getattr(lay[r], "op", None) == 1
+                        and not (lay[r].coeffs and any(c != 1.0 for c in lay[r].coeffs))
+                        and sorted(lay[r].bottoms) == sorted([src, top]) and src != top
+                        and lay[r].tops[0] not in lay[r].bottoms and only_read_by(top, [r])):
+                    residual = True
+            if e is None and project is None:
                 continue
-            if dw.expansion_fuses(ex, self.blob_shapes[ex.bottoms[0]]):
-                pairs[e + 2] = e
-        self._pairs_key, self._pairs = key, pairs
-        return pairs
+            if not dw.block_fuses(None if e is None else lay[e], None if project is None else lay[project],
+                                  self.blob_shapes[src], residual):
+                continue
+            members = ([e] + ([e + 1] if expand_act else []) if e is not None else []) + members
+            members += ([project] if project is not None else []) + ([project + 1] if residual else [])
+            chains[members[-1]] = {"members": members, "input": src, "expand": e, "expand_act": expand_act or {},
+                                   "dw": d, "act": act or {}, "project": project, "residual": residual}
+            used.update(members)
+        self._chains_key, self._chains = key, chains
+        return chains
 
     # ------------------------------------------------------------------ training
     def set_phase(self, phase: str, seed: int = 0) -> None:

@@ -35,14 +35,16 @@ MR = 6
 NR = 2 * W
 
 
-def _make_tile(mr, nv, store=False):
+def _make_tile(mr, nv, store=False, residual=False):
     """An intrinsic with an mr x (nv * W) register block over k < K of
     acc[p, r] = sum_k xf[pix[p] + offs[k]] * bp[k * nr + r] (p < mr, r < nr = nv * W):
 
     - ``tile(xf, pix, offs, k_count, bp, cs)`` writes acc to the scratch cs[p * nr + r];
     - with ``store``, ``tile(xf, pix, offs, k_count, bp, bias, lo, hi, y, ypix, ncount)`` writes
       y[ypix[p] + r] = clip(acc[p, r] + bias[r], lo, hi) for r < ncount with vector stores (masked
-      for ncount < nr): a layer's output pass (lo = -inf, hi = inf: no activation; a NaN stays NaN).
+      for ncount < nr): a layer's output pass (lo = -inf, hi = inf: no activation; a NaN stays NaN);
+    - with ``residual`` too, ``tile(..., ypix, ncount, res)`` adds res[ypix[p] + r] before the clip
+      (a residual sum fused into the output pass; res has y's layout).
 
     xf: float32 1-D (the A operand, read in place), pix: int64 1-D (mr row base indices into xf),
     offs: int64 1-D (K offsets), k_count: int64 (K), bp: float32 1-D packed B panel (K x nr,
@@ -110,31 +112,44 @@ def _make_tile(mr, nv, store=False):
                     ptr = builder.bitcast(builder.gep(Cs, [ir.Constant(i64, p * nr + h * W)]), vptr)
                     builder.store(accs[p * nv + h], ptr, align=4)
             return context.get_dummy_value()
-        bias_v, lo_v, hi_v, y_v, ypix_v, n_v = args[5:]
+        bias_v, lo_v, hi_v, y_v, ypix_v, n_v = args[5:11]
         Bias = context.make_array(signature.args[5])(context, builder, bias_v).data
         Y = context.make_array(signature.args[8])(context, builder, y_v).data
         Ypix = context.make_array(signature.args[9])(context, builder, ypix_v).data
         lo, hi = broadcast(lo_v), broadcast(hi_v)
         biases = [builder.load(builder.bitcast(builder.gep(Bias, [ir.Constant(i64, h * W)]), vptr), align=4)
                   for h in range(nv)]
-        outs = []
+        offsets = []
         for p in range(mr):
-            yrow = builder.gep(Y, [builder.load(builder.gep(Ypix, [ir.Constant(i64, p)]))])
-            for h in range(nv):
-                v = builder.fadd(accs[p * nv + h], biases[h])
+            yo = builder.load(builder.gep(Ypix, [ir.Constant(i64, p)]))
+            offsets += [builder.add(yo, ir.Constant(i64, h * W)) for h in range(nv)]
+        ptrs = [builder.bitcast(builder.gep(Y, [o]), vptr) for o in offsets]
+        if residual:
+            R = context.make_array(signature.args[11])(context, builder, args[11]).data
+            rptrs = [builder.bitcast(builder.gep(R, [o]), vptr) for o in offsets]
+
+        def outputs(res):
+            outs = []
+            for idx in range(mr * nv):
+                v = builder.fadd(accs[idx], biases[idx % nv])
+                if residual:
+                    v = builder.fadd(v, res[idx])
                 # compare-and-select, not minnum/maxnum: a NaN output stays NaN
                 v = builder.select(builder.fcmp_ordered("<", v, lo), lo, v)
-                v = builder.select(builder.fcmp_ordered(">", v, hi), hi, v)
-                outs.append((v, builder.bitcast(builder.gep(yrow, [ir.Constant(i64, h * W)]), vptr)))
+                outs.append(builder.select(builder.fcmp_ordered(">", v, hi), hi, v))
+            return outs
+
         full = fn.append_basic_block("store_full")
         part = fn.append_basic_block("store_part")
         out = fn.append_basic_block("store_done")
         builder.cbranch(builder.icmp_signed(">=", n_v, ir.Constant(i64, nr)), full, part)
         builder.position_at_end(full)
-        for v, ptr in outs:
+        res = [builder.load(rp, align=4) for rp in rptrs] if residual else None
+        for v, ptr in zip(outputs(res), ptrs):
             builder.store(v, ptr, align=4)
         builder.branch(out)
-        # the panel's last channels are past the layer's: masked stores leave the next pixel alone
+        # the panel's last channels are past the layer's: masked loads and stores leave the next
+        # pixel (and the end of the array) alone
         builder.position_at_end(part)
         i1v = ir.VectorType(ir.IntType(1), W)
         mname = f"llvm.masked.store.v{W}f32.p0"
@@ -144,13 +159,24 @@ def _make_tile(mr, nv, store=False):
         nb = builder.insert_element(ir.Constant(v64, ir.Undefined), n_v, ir.Constant(i32, 0))
         nb = builder.shuffle_vector(nb, ir.Constant(v64, ir.Undefined), splat)
         masks = [builder.icmp_signed("<", ir.Constant(v64, [h * W + q for q in range(W)]), nb) for h in range(nv)]
-        for idx, (v, ptr) in enumerate(outs):
+        res = None
+        if residual:
+            lname = f"llvm.masked.load.v{W}f32.p0"
+            mload = mod.globals.get(lname) or ir.Function(
+                mod, ir.FunctionType(vec, [vptr, i32, i1v, vec]), name=lname)
+            res = [builder.call(mload, [rp, ir.Constant(i32, 4), masks[idx % nv], zero])
+                   for idx, rp in enumerate(rptrs)]
+        for idx, (v, ptr) in enumerate(zip(outputs(res), ptrs)):
             builder.call(mstore, [v, ptr, ir.Constant(i32, 4), masks[idx % nv]])
         builder.branch(out)
         builder.position_at_end(out)
         return context.get_dummy_value()
 
-    if store:
+    if residual:
+        @intrinsic
+        def tile(typingctx, xf, pix, offs, k_count, bp, bias, lo, hi, y, ypix, ncount, res):
+            return types.void(xf, pix, offs, k_count, bp, bias, lo, hi, y, ypix, types.int64, res), body
+    elif store:
         @intrinsic
         def tile(typingctx, xf, pix, offs, k_count, bp, bias, lo, hi, y, ypix, ncount):
             return types.void(xf, pix, offs, k_count, bp, bias, lo, hi, y, ypix, types.int64), body
@@ -166,6 +192,8 @@ indirect_tile = _make_tile(MR, 2)
 #: the same tile, adding a bias, clipping (the fused activation) and storing NR contiguous
 #: channels per output pixel (channels-last outputs)
 indirect_tile_store = _make_tile(MR, 2, store=True)
+#: and with a residual sum added in the output pass
+indirect_tile_residual = _make_tile(MR, 2, store=True, residual=True)
 
 
 @intrinsic

@@ -269,7 +269,7 @@ def test_expansion_fused_with_depthwise(case, budget, threads, monkeypatch):
     ran = []
     def spy(f):
         return lambda *a: ran.append(1) or f(*a)
-    for kern in ("_expand_dw", "_expand_dw_serial"):
+    for kern in ("_block", "_block_serial"):
         monkeypatch.setattr(nhwc, kern, spy(getattr(nhwc, kern)))
     name, xs, ce, k, s, pad = case
     rng = np.random.default_rng(15)
@@ -290,3 +290,58 @@ def test_expansion_fused_with_depthwise(case, budget, threads, monkeypatch):
                                                                          6.0 if act else None))
             assert ran, "the fused kernel did not run"
             _assert_close(got, ref, 2e-5, f"expand+depthwise {name} act={act} {threads}")
+
+
+# (id, x shape, expansion channels or None, depthwise kernel, stride, pad, projection channels, residual)
+BLOCK_CASES = [
+    ("expand_dw_project_residual", (2, 8, 11, 9), 24, 3, 1, (1, 1, 1, 1), 8, True),
+    ("expand_dw_project_s2", (1, 16, 17, 20), 40, 5, 2, (2, 2, 2, 2), 19, False),
+    ("dw_project_tails", (3, 21, 7, 8), None, 3, 1, (1, 1, 1, 1), 37, False),
+    ("dw_project_residual_b1", (1, 32, 9, 12), None, 3, 1, (1, 1, 1, 1), 32, True),
+    ("expand_dw_project_nopad", (2, 5, 10, 10), 33, 3, 1, (0, 0, 0, 0), 70, False),
+]
+
+
+def _conv_ref(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), group=1):
+    return C.convolution_reference(x, w.astype(np.float64), b.astype(np.float64), stride, pad, (1, 1), group)
+
+
+@pytest.mark.parametrize("budget", [None, 1], ids=["one-band", "row-bands"])
+@pytest.mark.parametrize("case", BLOCK_CASES, ids=[c[0] for c in BLOCK_CASES])
+def test_inverted_residual_block_kernel(case, budget, threads, monkeypatch):
+    """[expansion + ReLU6] -> depthwise + ReLU6 -> projection [+ input] in one kernel equals the
+    reference layers one after the other, in one band or many (the kernel forced and spied on),
+    and so does the same function's unfused route."""
+    from minicaffe.layers.convolution import nhwc
+    if budget is not None:
+        monkeypatch.setattr(nhwc, "EXPAND_BUFFER_BYTES", budget)
+    name, xs, ce, k, s, pad, cout, residual = case
+    rng = np.random.default_rng(16)
+    x = (rng.standard_normal(xs) * 3).astype(np.float32)
+    cin = xs[1]
+    ce_ = ce or cin
+    we = (rng.standard_normal((ce_, cin, 1, 1)) * 0.5).astype(np.float32) if ce else None
+    be = rng.standard_normal(ce_).astype(np.float32) if ce else None
+    wd = (rng.standard_normal((ce_, 1, k, k)) * 0.5).astype(np.float32)
+    bd = rng.standard_normal(ce_).astype(np.float32)
+    wp = (rng.standard_normal((cout, ce_, 1, 1)) * 0.3).astype(np.float32)
+    bp = rng.standard_normal(cout).astype(np.float32)
+    h = x.astype(np.float64)
+    if ce:
+        h = np.clip(_conv_ref(h, we, be), 0, 6)
+    h = np.clip(_conv_ref(h, wd, bd, (s, s), pad, ce_), 0, 6)
+    ref = _conv_ref(h, wp, bp) + (x.astype(np.float64) if residual else 0)
+    ran = []
+
+    def spy(f):
+        return lambda *a: ran.append(1) or f(*a)
+    for kern in ("_block", "_block_serial"):
+        monkeypatch.setattr(nhwc, kern, spy(getattr(nhwc, kern)))
+    monkeypatch.setattr(nhwc, "FUSE_HALO", 1e9)
+    for fuse in (True, False):
+        monkeypatch.setattr(nhwc, "FUSE_EXPANDED_FROM", 0 if fuse else 1 << 60)
+        ran.clear()
+        got = _checked_cl(nhwc.convolution_block_nhwc_cpu(
+            _cl(x), None if ce is None else (we, be, True, 6.0), (wd, bd, (s, s), pad, True, 6.0), (wp, bp), residual))
+        assert bool(ran) == fuse, f"fused kernel ran: {bool(ran)}, wanted {fuse}"
+        _assert_close(got, ref, 2e-5, f"block {name} fused={fuse} {threads}")

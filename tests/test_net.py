@@ -195,10 +195,11 @@ def test_channels_last_blobs_hold_the_same_values(keep_pre):
         assert_close(got[name], flat[name], 1e-5, f"blob {name} vs NCHW")
 
 
-def test_expansion_runs_inside_the_depthwise_layer_unless_its_blob_is_watched():
-    """With ``fetch`` given and no hooks, a 1x1 expansion read only by a depthwise layer runs inside
-    that layer's kernel and its blob is not kept; asked for in ``fetch``, or with a hook, or with
-    every blob wanted, it is computed and kept. The outputs are the same every way."""
+def test_inverted_residual_chains_run_as_one_kernel_unless_watched():
+    """With ``fetch`` given and no hooks, expansion -> depthwise -> projection -> residual sum runs
+    as one kernel and the inner blobs are not kept; a fetched inner blob ends the chain there
+    (``dw`` fetched: only the expansion is folded into the depthwise layer); with a hook, or with
+    every blob wanted, each layer runs and is kept. The outputs are the same every way."""
     side = 'layer { name: "side" type: "LRN" bottom: "expand" top: "side" lrn_param { local_size: 3 } }'
     proto = MBCONV.replace(side, "")
     assert proto != MBCONV
@@ -209,6 +210,10 @@ def test_expansion_runs_inside_the_depthwise_layer_unless_its_blob_is_watched():
     assert "expand" not in net.blobs, "the expansion was stored"
     for name in ("fc", "dw"):
         assert_close(fused[name], ref[name], 1e-5, f"fused {name}")
+    whole = net.forward(x, fetch=["fc", "add"])
+    assert not {"expand", "dw", "project"} & set(net.blobs), "the block's inner blobs were stored"
+    for name in ("fc", "add"):
+        assert_close(whole[name], ref[name], 1e-5, f"fused block {name}")
     watched = net.forward(x, fetch=["fc", "expand"])
     assert_close(watched["expand"], ref["expand"], 1e-5, "expand when fetched")
     seen = []

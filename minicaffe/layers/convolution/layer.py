@@ -29,12 +29,12 @@ from .im2col import (
     convolution_wide_cpu,
 )
 from .nhwc import (
+    block_applies,
     conv1x1_applies,
     convolution_1x1_nhwc_cpu,
+    convolution_block_nhwc_cpu,
     convolution_depthwise_nhwc_cpu,
-    convolution_expand_depthwise_nhwc_cpu,
     depthwise_nhwc_applies,
-    expand_depthwise_applies,
 )
 from .reference import (
     conv_out_size,
@@ -183,24 +183,33 @@ class Convolution(Layer):
         wshape = (self.num_output, C // self.group) + tuple(self.kernel)
         return NHWC and nhwc_applies(bottom_shapes[0], wshape, self.stride, self.pad, self.dilation, self.group)
 
-    def expansion_fuses(self, expand, x_shape):
-        """True when this depthwise layer can run ``expand`` (a 1x1 Convolution of an input of shape
-        x_shape, whose output this layer reads) in its own kernel (:meth:`forward_expanded`)."""
-        N, C, H, W = x_shape
-        Ce = expand.num_output
-        return (NHWC and expand.group == 1 and tuple(expand.kernel) == (1, 1) and tuple(expand.stride) == (1, 1)
-                and tuple(expand.pad) == (0, 0, 0, 0) and self.group == Ce == self.num_output
-                and expand_depthwise_applies(x_shape, (Ce, C, 1, 1), (Ce, 1) + tuple(self.kernel), self.stride,
-                                             self.pad, self.dilation))
+    def block_fuses(self, expand, project, x_shape, residual):
+        """True when this depthwise layer can run the inverted-residual chain ``expand`` (a 1x1
+        Convolution of an input of shape x_shape, or None) -> this layer -> ``project`` (a 1x1
+        Convolution, or None) [+ the chain's input] in one kernel (:meth:`forward_block`)."""
+        if not NHWC or self.group != self.num_output:
+            return False
+        for layer in (expand, project):
+            if layer is not None and (layer.group != 1 or tuple(layer.kernel) != (1, 1)
+                                      or tuple(layer.stride) != (1, 1) or tuple(layer.pad) != (0, 0, 0, 0)):
+                return False
+        C, Ce = x_shape[1], self.num_output
+        return block_applies(x_shape, None if expand is None else (expand.num_output, C, 1, 1),
+                             (Ce, 1) + tuple(self.kernel), None if project is None else (project.num_output, Ce, 1, 1),
+                             self.stride, self.pad, self.dilation, residual)
 
-    def forward_expanded(self, x, expand, expand_params, params, expand_act, relu=False, relu_cap=None):
-        """x: (N, C, H, W) -> [this depthwise layer's top]: the cpu forward of this layer on the
-        output of ``expand`` (a 1x1 Convolution with fused activation ``expand_act``, {"relu",
-        "relu_cap"}) of x, without that output being stored (see :meth:`expansion_fuses`)."""
-        return [convolution_expand_depthwise_nhwc_cpu(
-            x, expand_params[0], expand_params[1] if expand.bias_term else None, params[0],
-            params[1] if self.bias_term else None, self.stride, self.pad, expand_act.get("relu", False),
-            expand_act.get("relu_cap"), relu, relu_cap)]
+    def forward_block(self, x, params, act, expand=None, expand_params=None, expand_act=None, project=None,
+                      project_params=None, residual=False):
+        """x: (N, C, H, W) -> [the chain's output] (see :meth:`block_fuses`): ``act``,
+        ``expand_act``: the fused activations ({"relu", "relu_cap"}) of this layer and of the
+        expansion; the projection has none; ``residual``: x is added to the projection."""
+        def bias(layer, ps):
+            return ps[1] if layer.bias_term else None
+        e = None if expand is None else (expand_params[0], bias(expand, expand_params), expand_act.get("relu", False),
+                                         expand_act.get("relu_cap"))
+        p = None if project is None else (project_params[0], bias(project, project_params))
+        d = (params[0], bias(self, params), self.stride, self.pad, act.get("relu", False), act.get("relu_cap"))
+        return [convolution_block_nhwc_cpu(x, e, d, p, residual)]
 
     def forward(self, bottoms, params, backend, inplace=False, relu=False, relu_cap=None, channels_last=False):
         w = params[0]

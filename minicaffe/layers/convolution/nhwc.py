@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from ...backend import SERIAL_BELOW, serial_twin
-from ...simd import DW_R, MR, NR, dw_tile, dw_tile1, fetch_add, indirect_tile_store
+from ...simd import DW_R, MR, NR, dw_tile, dw_tile1, fetch_add, indirect_tile_residual, indirect_tile_store
 from ...simd import W as SIMD_W
 from ..base import channels_last_view, is_channels_last, nhwc_memory
 from .cache import cached_transform, fused_cap
@@ -243,36 +243,44 @@ def convolution_depthwise_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), rel
 
 
 # --------------------------------------------------------------------------------------------
-# 1x1 expansion fused with the depthwise convolution that reads it (MobileNet v2 / EfficientNet
-# blocks): the expanded tensor, the block's largest, never goes to memory.
+# Inverted-residual blocks (MobileNet v2 / EfficientNet): [1x1 expansion] -> depthwise -> [1x1
+# projection] [+ the block input] as one kernel, band by band, so the expanded and depthwise
+# tensors, the block's largest, never go to memory.
 
-#: bytes of expanded rows one thread keeps (in its share of L2)
+#: bytes of expanded and depthwise rows one thread keeps (in its share of L2)
 EXPAND_BUFFER_BYTES = 384 << 10
-#: fuse only when the whole expanded tensor is larger than this (below, it stays in cache anyway)
+#: fuse only when an intermediate tensor is larger than this (below, it stays in cache anyway)
 FUSE_EXPANDED_FROM = 1 << 20
-#: fuse only while a band's re-expanded overlap rows stay below this share of its rows
+#: fuse only while a chunk's re-expanded overlap rows stay below this share of its rows
 FUSE_HALO = 1.0
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _expand_dw(xt, offs, bp, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, band, rows_max, chunk, workers,
-               counter, y):
-    # xt: (N, H, W, Cin) block input; offs: arange(Cin); bp: (Pn, Cin*NR) packed 1x1 weights; be:
-    # (Pn*NR,) their bias zero-padded; elo, ehi: the expansion's clip; wt: (kh, kw, Ce) depthwise
-    # weights, bd: (Ce,) bias, dlo, dhi: its clip; y: (N, Ho, Wo, Ce). Tasks are (image, chunk of
-    # output rows), taken from a shared counter. A task walks its chunk in bands of ``band`` output
-    # rows; for each band it expands the input rows the band's taps read into a per-thread buffer
-    # E (rows_max x W x Ce), keeping the rows the previous band already expanded (moved to the
-    # front), then runs the depthwise rows on E.
+def _block(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, has_project, offs_p,
+           bp_p, bpp, residual, band, rows_max, chunk, workers, counter, y):
+    # xt: (N, H, W, Cin) block input. Expansion (has_expand): offs_e = arange(Cin), bp_e: (Pe,
+    # Cin*NR) packed 1x1 weights, be: (Pe*NR,) bias zero-padded, elo/ehi its clip. Depthwise: wt:
+    # (kh, kw, Ce), bd: (Ce,), dlo/dhi. Projection (has_project): offs_p = arange(Ce), bp_p: (Pp,
+    # Ce*NR), bpp: (Pp*NR,); residual: add xt (same shape as y). y: (N, Ho, Wo, Cout), Cout = Ce
+    # without a projection. Tasks are (image, chunk of output rows) from a shared counter. A task
+    # walks its chunk in bands of ``band`` output rows: it expands the input rows the band's taps
+    # read into a per-thread buffer E (rows_max x W x Ce), keeping the rows the previous band
+    # already expanded (moved to the front), runs the depthwise rows on E (or on the input rows
+    # themselves without an expansion) into a band buffer D (or y), then projects D into y.
     N, H, W, Cin = xt.shape
-    Ho, Ce = y.shape[1], y.shape[3]
-    kh, kw = wt.shape[0], wt.shape[1]
-    Pn = bp.shape[0]
+    Ho, Wo, Cout = y.shape[1], y.shape[2], y.shape[3]
+    kh, kw, Ce = wt.shape[0], wt.shape[1], wt.shape[2]
+    Pe = bp_e.shape[0]
+    Pp = bp_p.shape[0]
     nchunks = (Ho + chunk - 1) // chunk
     total = N * nchunks
+    yf = y.reshape(N * Ho * Wo * Cout)
+    rf = xt.reshape(N * H * W * Cin)
     for _w in prange(workers):
-        E = np.empty((rows_max, W, Ce), dtype=np.float32)
-        ef = E.reshape(rows_max * W * Ce)
+        E = np.empty((rows_max if has_expand else 1, W, Ce), dtype=np.float32)
+        ef = E.reshape(E.size)
+        D = np.empty((band if has_project else 1, Wo, Ce), dtype=np.float32)
+        df = D.reshape(D.size)
         pix = np.empty(MR, dtype=np.int64)
         ypix = np.empty(MR, dtype=np.int64)
         toffs = np.empty(kh * kw, dtype=np.int64)
@@ -291,76 +299,119 @@ def _expand_dw(xt, offs, bp, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, ban
                 b1 = min(o1, b0 + band)
                 r0 = max(0, b0 * sh - pt)
                 r1 = min(H, (b1 - 1) * sh - pt + kh)
-                start = r0
-                if e0 <= r0 < e1:
-                    # rows r0..e1 were expanded for the previous band: move them to the front
-                    # (ascending copy: the destination starts before the source)
-                    keep = (e1 - r0) * W * Ce
-                    src = (r0 - e0) * W * Ce
-                    for q in range(keep):
-                        ef[q] = ef[src + q]
-                    start = e1
-                e0 = r0
-                e1 = r1
-                # expand pixels [start*W, r1*W) of the image; the last tile shifts back into rows
-                # already in E (recomputing them: same values) rather than narrowing
-                p_lo = start * W
-                p_hi = r1 * W
-                if p_hi > p_lo:
-                    ntl = (p_hi - p_lo + MR - 1) // MR
-                    for ti in range(ntl):
-                        q0 = max(r0 * W, min(p_lo + ti * MR, p_hi - MR))
+                if has_expand:
+                    start = r0
+                    if e0 <= r0 < e1:
+                        # rows r0..e1 were expanded for the previous band: move them to the front
+                        # (ascending copy: the destination starts before the source)
+                        keep = (e1 - r0) * W * Ce
+                        src = (r0 - e0) * W * Ce
+                        for q in range(keep):
+                            ef[q] = ef[src + q]
+                        start = e1
+                    e0 = r0
+                    e1 = r1
+                    # expand pixels [start*W, r1*W); the last tile shifts back into rows already
+                    # in E (recomputing them: same values) rather than narrowing
+                    p_lo = start * W
+                    p_hi = r1 * W
+                    if p_hi > p_lo:
+                        for ti in range((p_hi - p_lo + MR - 1) // MR):
+                            q0 = max(r0 * W, min(p_lo + ti * MR, p_hi - MR))
+                            for p in range(MR):
+                                pix[p] = (q0 + p) * Cin
+                            for pnl in range(Pe):
+                                m0 = pnl * NR
+                                for p in range(MR):
+                                    ypix[p] = (q0 + p - r0 * W) * Ce + m0
+                                indirect_tile_store(xf, pix, offs_e, Cin, bp_e[pnl], be[m0:m0 + NR], elo, ehi, ef,
+                                                    ypix, min(NR, Ce - m0))
+                for oh in range(b0, b1):
+                    dst = D[oh - b0] if has_project else y[n, oh]
+                    if has_expand:
+                        _dw_row(E, r0, H, wt, bd, oh, sh, sw, pt, pl, dlo, dhi, dst, toffs, wofs)
+                    else:
+                        _dw_row(xt[n], 0, H, wt, bd, oh, sh, sw, pt, pl, dlo, dhi, dst, toffs, wofs)
+                if has_project:
+                    # the band's Wo*(b1-b0) >= MR pixels; the last tile shifts back
+                    Pb = (b1 - b0) * Wo
+                    for ti in range((Pb + MR - 1) // MR):
+                        q0 = min(ti * MR, Pb - MR)
                         for p in range(MR):
-                            pix[p] = (q0 + p) * Cin
-                        for pnl in range(Pn):
+                            pix[p] = (q0 + p) * Ce
+                        for pnl in range(Pp):
                             m0 = pnl * NR
                             for p in range(MR):
-                                ypix[p] = (q0 + p - r0 * W) * Ce + m0
-                            indirect_tile_store(xf, pix, offs, Cin, bp[pnl], be[m0:m0 + NR], elo, ehi, ef, ypix,
-                                                min(NR, Ce - m0))
-                for oh in range(b0, b1):
-                    _dw_row(E, r0, H, wt, bd, oh, sh, sw, pt, pl, dlo, dhi, y[n, oh], toffs, wofs)
+                                ypix[p] = ((n * Ho + b0) * Wo + q0 + p) * Cout + m0
+                            if residual:
+                                indirect_tile_residual(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR],
+                                                       np.float32(-np.inf), np.float32(np.inf), yf, ypix,
+                                                       min(NR, Cout - m0), rf)
+                            else:
+                                indirect_tile_store(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR],
+                                                    np.float32(-np.inf), np.float32(np.inf), yf, ypix,
+                                                    min(NR, Cout - m0))
 
 
-_expand_dw_serial = serial_twin(_expand_dw)
+_block_serial = serial_twin(_block)
 
 
-def expand_depthwise_applies(x_shape, w_expand_shape, w_dw_shape, stride, pad, dilation):
-    """x: (N, C, H, W) -> True when :func:`convolution_expand_depthwise_nhwc_cpu` runs this pair: a
-    1x1 expansion (ungrouped) and a depthwise convolution of its output (no dilation, no channel
-    multiplier), on rows at least MR pixels wide."""
+def block_applies(x_shape, w_expand_shape, w_dw_shape, w_project_shape, stride, pad, dilation, residual):
+    """x: (N, C, H, W) -> True when :func:`convolution_block_nhwc_cpu` runs the chain: an optional
+    1x1 expansion (ungrouped), a depthwise convolution (no dilation, no channel multiplier), an
+    optional 1x1 projection (at least one of the two), and a residual sum only with a projection
+    whose output has x's shape. Input rows at least MR pixels wide (and output rows, with a
+    projection)."""
     N, C, H, W = x_shape
-    Ce = w_expand_shape[0]
-    return (tuple(w_expand_shape[1:]) == (C, 1, 1) and tuple(w_dw_shape[:2]) == (Ce, 1)
-            and tuple(dilation) == (1, 1) and W >= MR)
+    Ce = w_dw_shape[0]
+    kh, kw = w_dw_shape[2:]
+    Wo = conv_out_size(W, kw, stride[1], pad[2], pad[3], 1)
+    Ho = conv_out_size(H, kh, stride[0], pad[0], pad[1], 1)
+    if w_expand_shape is None and w_project_shape is None:
+        return False
+    if w_expand_shape is not None and tuple(w_expand_shape) != (Ce, C, 1, 1):
+        return False
+    if w_expand_shape is None and Ce != C:
+        return False
+    if w_project_shape is not None and tuple(w_project_shape[1:]) != (Ce, 1, 1):
+        return False
+    if residual and (w_project_shape is None or (w_project_shape[0], Ho, Wo) != (C, H, W)):
+        return False
+    return (tuple(w_dw_shape[:2]) == (Ce, 1) and tuple(dilation) == (1, 1) and W >= MR
+            and (w_project_shape is None or Wo >= MR))
 
 
-def convolution_expand_depthwise_nhwc_cpu(x, w_expand, b_expand, w_dw, b_dw, stride=(1, 1), pad=(0, 0, 0, 0),
-                                          expand_relu=False, expand_cap=None, relu=False, relu_cap=None):
-    """x: (N, C, H, W) (channels-last memory read in place), w_expand: (Ce, C, 1, 1), w_dw: (Ce, 1, kh,
-    kw) -> (N, Ce, Ho, Wo) with (N, Ho, Wo, Ce) memory: the depthwise convolution (stride, pad, its
-    fused activation ``relu``/``relu_cap``) of the 1x1 expansion of x (with ``expand_relu`` /
-    ``expand_cap``), the same values as the two layers one after the other, without the expanded
-    tensor ever being stored whole."""
+def convolution_block_nhwc_cpu(x, expand, dw, project=None, residual=False):
+    """x: (N, C, H, W) (channels-last memory read in place) -> (N, Cout, Ho, Wo) with channels-last
+    memory: the chain expansion -> depthwise -> projection (+ x), the same values as its layers one
+    after the other, without the intermediate tensors being stored whole where they outgrow the
+    cache (otherwise the layers' own kernels run one after the other).
+
+    expand: None or (w (Ce, C, 1, 1), b, relu, relu_cap); dw: (w (Ce, 1, kh, kw), b, stride, pad,
+    relu, relu_cap); project: None or (w (Cout, Ce, 1, 1), b) without activation; residual: add x
+    to the projection (x and the output of one shape)."""
+    we, be_, erelu, ecap = expand if expand is not None else (None, None, False, None)
+    wd, bd, stride, pad, drelu, dcap = dw
+    wp, bp_ = project if project is not None else (None, None)
+    if not block_applies(x.shape, None if we is None else we.shape, wd.shape, None if wp is None else wp.shape,
+                         stride, pad, (1, 1), residual):
+        raise ValueError(f"not an inverted-residual chain: input {x.shape}, weights "
+                         f"{[None if a is None else a.shape for a in (we, wd, wp)]}, residual {residual}")
     xt = _as_nhwc(x)
     N, H, W, C = xt.shape
-    Ce = w_expand.shape[0]
-    _, _, kh, kw = w_dw.shape
-    if not expand_depthwise_applies(x.shape, w_expand.shape, w_dw.shape, stride, pad, (1, 1)):
-        raise ValueError(f"not a 1x1 expansion + depthwise pair: input {x.shape}, weights {w_expand.shape}, "
-                         f"{w_dw.shape}")
+    Ce, _, kh, kw = wd.shape
     sh, sw = stride
     pt, pb, pl, pr = pad
     Ho = conv_out_size(H, kh, sh, pt, pb, 1)
     Wo = conv_out_size(W, kw, sw, pl, pr, 1)
-    bp = cached_transform(w_expand, ("direct", 1), lambda wf: _pack_weights(wf, 1))[0]
-    wt = cached_transform(w_dw, ("dw-hwc",), lambda wf: np.ascontiguousarray(wf.reshape(Ce, kh * kw).T)
-                          .reshape(kh, kw, Ce))
-    # a band's expanded rows fit the buffer; at least one output row per band
-    row_bytes = W * Ce * 4
-    band = min(Ho, max(1, (EXPAND_BUFFER_BYTES // row_bytes - kh) // sh + 1))
+    # a band's expanded rows and depthwise rows fit the buffer; at least one output row per band
+    e_row = W * Ce * 4 if we is not None else 0
+    d_row = Wo * Ce * 4 if wp is not None else 0
+    band = min(Ho, max(1, (EXPAND_BUFFER_BYTES - kh * e_row) // (sh * e_row + d_row) + 1))
     workers = numba.get_num_threads()
-    small = N * Ho * Wo * Ce * (C + kh * kw) < PARALLEL_MACS
+    macs = N * Ho * Wo * Ce * kh * kw + (N * H * W * Ce * C if we is not None else 0) + \
+        (N * Ho * Wo * Ce * wp.shape[0] if wp is not None else 0)
+    small = macs < PARALLEL_MACS
     if small:
         workers = 1
     elif N * -(-Ho // band) < 3 * workers:
@@ -368,15 +419,46 @@ def convolution_expand_depthwise_nhwc_cpu(x, w_expand, b_expand, w_dw, b_dw, str
     # chunks: enough tasks for dynamic scheduling, each several bands long (a chunk re-expands
     # only the rows it shares with the previous chunk)
     chunk = Ho if small else min(Ho, max(band, -(-Ho * N // (4 * workers))))
-    if N * H * W * Ce * 4 <= FUSE_EXPANDED_FROM or (kh - sh) > FUSE_HALO * chunk * sh:
-        # the expanded tensor stays in cache anyway, or the chunks' overlapping rows would cost
-        # more expansion work than the fusion saves: the two kernels one after the other
-        e = convolution_1x1_nhwc_cpu(x, w_expand, b_expand, expand_relu, expand_cap)
-        return convolution_depthwise_nhwc_cpu(e, w_dw, b_dw, stride, pad, relu, relu_cap)
-    rows_max = min(H, (band - 1) * sh + kh)
-    y = np.empty((N, Ho, Wo, Ce), dtype=np.float32)
-    (_expand_dw_serial if small else _expand_dw)(
-        xt, _arange(C), bp, _padded_bias(b_expand, bp.shape[0] * NR), *clip_bounds(expand_relu, expand_cap),
-        wt, _padded_bias(b_dw, Ce), sh, sw, pt, pl, *clip_bounds(relu, relu_cap), band, rows_max, chunk, workers,
+    big = max(N * H * W * e_row, N * Ho * d_row) > FUSE_EXPANDED_FROM
+    if not big or (we is not None and (kh - sh) > FUSE_HALO * chunk * sh):
+        # the intermediate tensors stay in cache anyway, or the chunks' overlapping rows would
+        # cost more expansion work than the fusion saves: the layers' kernels one after the other
+        y = x if we is None else convolution_1x1_nhwc_cpu(x, we, be_, erelu, ecap)
+        y = convolution_depthwise_nhwc_cpu(y, wd, bd, stride, pad, drelu, dcap)
+        if wp is None:
+            return y
+        y = convolution_1x1_nhwc_cpu(y, wp, bp_)
+        if residual:
+            ym = nhwc_memory(y)
+            np.add(ym, xt, out=ym)
+        return y
+    rows_max = min(H, (band - 1) * sh + kh) if we is not None else 1
+    one = np.ones((1, NR), dtype=np.float32)
+    if we is not None:
+        bpe = cached_transform(we, ("direct", 1), lambda wf: _pack_weights(wf, 1))[0]
+        bee = _padded_bias(be_, bpe.shape[0] * NR)
+    else:
+        bpe, bee = one, one[0]
+    if wp is not None:
+        bpp = cached_transform(wp, ("direct", 1), lambda wf: _pack_weights(wf, 1))[0]
+        bpb = _padded_bias(bp_, bpp.shape[0] * NR)
+    else:
+        bpp, bpb = one, one[0]
+    wt = cached_transform(wd, ("dw-hwc",), lambda wf: np.ascontiguousarray(wf.reshape(Ce, kh * kw).T)
+                          .reshape(kh, kw, Ce))
+    Cout = wp.shape[0] if wp is not None else Ce
+    y = np.empty((N, Ho, Wo, Cout), dtype=np.float32)
+    (_block_serial if small else _block)(
+        xt, we is not None, _arange(C), bpe, bee, *clip_bounds(erelu, ecap),
+        wt, _padded_bias(bd, Ce), sh, sw, pt, pl, *clip_bounds(drelu, dcap),
+        wp is not None, _arange(Ce), bpp, bpb, bool(residual), band, rows_max, chunk, workers,
         np.zeros(1, np.int64), y)
     return channels_last_view(y)
+
+
+def convolution_expand_depthwise_nhwc_cpu(x, w_expand, b_expand, w_dw, b_dw, stride=(1, 1), pad=(0, 0, 0, 0),
+                                          expand_relu=False, expand_cap=None, relu=False, relu_cap=None):
+    """x: (N, C, H, W), w_expand: (Ce, C, 1, 1), w_dw: (Ce, 1, kh, kw) -> (N, Ce, Ho, Wo), channels
+    last: :func:`convolution_block_nhwc_cpu` without a projection."""
+    return convolution_block_nhwc_cpu(x, (w_expand, b_expand, expand_relu, expand_cap),
+                                      (w_dw, b_dw, stride, pad, relu, relu_cap))
