@@ -2,8 +2,9 @@
 
 Every framework runs the *same* seeded weights (``Net(prototxt, None, seed=0)``) on the *same*
 input, and the timings are **interleaved in one run**: for each repeat, for each batch, for each
-framework, one forward pass is timed (after untimed warm-up calls, which JIT-compile Numba and
-let the peers pick their kernels), so machine load drifts over all frameworks alike. Peers:
+framework (in an order that rotates every repeat), one forward pass is timed (after untimed
+warm-up calls, which JIT-compile Numba and let the peers pick their kernels), so machine load
+drifts over all frameworks alike. Peers:
 OpenVINO CPU f32 and ONNX Runtime CPU (both read an ONNX graph written from the prototxt by
 :mod:`minicaffe.export.onnx_export`, native LRN op), PyTorch CPU (``torch``: the project's
 prototxt -> torch translator :mod:`minicaffe.reference.torch_net`, Caffe-exact; ``torch-native``:
@@ -533,8 +534,12 @@ def main(argv=None):
     sgemm = []
     for r in range(args.repeats):
         sgemm.append(sgemm_gflops())
+        # the order rotates every repeat: each framework follows each other one equally often, so
+        # a peer whose threads are still busy after its call slows every framework alike
+        order = list(runners.items())
+        order = order[r % len(order):] + order[:r % len(order)]
         for b in args.batches:
-            for fw, fns in runners.items():
+            for fw, fns in order:
                 time.sleep(args.gap)
                 t0 = time.perf_counter()
                 y = fns[b](xs[b])
