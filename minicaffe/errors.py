@@ -56,6 +56,10 @@ class ImageError(MinicaffeError):
     """An image that cannot be decoded or used."""
 
 
+class SearchError(MinicaffeError):
+    """A features file, index or argument that search cannot use."""
+
+
 class MinicaffeWarning(UserWarning):
     """Base class of minicaffe's warnings: the run goes on, but the user should know."""
 

@@ -3,7 +3,7 @@
 Part 1 (``ann``): synthetic clustered features (N x D, default 200k x 256: 2000 clusters whose
 centres and spread lie in a 64-dimensional subspace, plus isotropic noise, then ReLU as DeCAF's
 post-ReLU features), 1000 held-out queries from the same distribution. Exact top-10 with
-:func:`minicaffe.search.search`, then each approximate index kind at several search breadths:
+:func:`minicaffe.similarity.search`, then each approximate index kind at several search breadths:
 build seconds, query ms per query, recall@10 of the raw index and after exact re-scoring, index
 file size. Part 2 (``stream``): writes an N x 4096 float32 HDF5 file as ``minicaffe.extract``
 lays it out (default 200k rows = 3.2 GB, in --tmp), searches it in a child process and reports
@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from minicaffe.search import ANN_KINDS, ANNIndex, recall_at_k, search
+from minicaffe.similarity import ANN_KINDS, ANNIndex, recall_at_k, search
 
 
 def clustered(n, d, seed, clusters=2000, rank=64, local=0.7, noise=0.5):
@@ -92,7 +92,7 @@ def bench_ann(args):
 CHILD = r"""
 import sys, time, numpy as np
 sys.path.insert(0, sys.argv[1])
-from minicaffe.search import open_features, search
+from minicaffe.similarity import open_features, search
 
 def status(key):   # kB from /proc/self/status: VmRSS now, VmHWM the peak so far
     with open("/proc/self/status") as f:
@@ -143,11 +143,11 @@ def bench_photos(args):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
     from search_photos import group_recall, make_collection, stem
 
-    from minicaffe import report
+    from minicaffe import html_report as report
     from minicaffe.cli import run
     from minicaffe.extract import main as extract_main
-    from minicaffe.search import QueryEncoder, l2_normalize, open_features, search_rows
-    from minicaffe.search import main as search_main
+    from minicaffe.similarity import QueryEncoder, l2_normalize, open_features, search_rows
+    from minicaffe.tools.search import main as search_main
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)   # paths in the file and the page stay short: coll/chelsea.png
         group = make_collection("coll", "queries")

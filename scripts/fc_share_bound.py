@@ -5,7 +5,7 @@ taking ~60% of a single image's forward time. Our share is lower because our fc 
 their 224 MB of weights at the memory bandwidth while the convolutions are compute-bound. This
 script bounds the share that im2col convolutions could ever give here:
 
-* profiles full-size CaffeNet (seeded weights) at batch 1 with ``minicaffe.profile``'s hooks;
+* profiles full-size CaffeNet (seeded weights) at batch 1 with ``minicaffe.profiling``'s hooks;
 * times, for each convolution, only the GEMMs its im2col lowering needs (per group
   (M/g x K/g) @ (K/g x Ho*Wo), NumPy/OpenBLAS, hot caches, best of ``--repeat``): no im2col, no
   bias, no cold cache -- a floor no im2col convolution reaches;
@@ -47,7 +47,7 @@ def main(argv=None):
 
     from minicaffe import Net
     from minicaffe.models import MODELS_DIR
-    from minicaffe.profile import profile_net
+    from minicaffe.profiling import profile_net
 
     net = Net(str(MODELS_DIR / "bvlc_reference_caffenet.deploy.prototxt"), seed=0, backend="cpu")
     run = profile_net(net, batch=1, iterations=args.iterations, warmup=3)

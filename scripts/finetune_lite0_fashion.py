@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from minicaffe.finetune import build_finetune_net, cached_cut_features, predict, train
+from minicaffe.finetuning import build_finetune_net, cached_cut_features, predict, train
 from minicaffe.models import Preprocessing, get_model
 from minicaffe.preprocess import preprocess_image
 from minicaffe.transfer.offline import load_fashion_mnist

@@ -1,4 +1,4 @@
-"""``python -m minicaffe.explain``: saliency, occlusion, activation grids, unit statistics.
+"""``minicaffe.explanation`` and ``python -m minicaffe.explain``: saliency, occlusion, grids, unit statistics.
 
 Small nets where the answers are known in closed form (a linear classifier's input gradient is its
 weight row; occluding a patch of a linear net drops the score by the weights times the change),
@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from minicaffe import Net
-from minicaffe import explain as E
+from minicaffe import explanation as E
 from minicaffe.cli import run
 from minicaffe.models import Preprocessing
 

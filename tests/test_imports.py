@@ -200,9 +200,8 @@ PYCAFFE_API_EXCEPTIONS = {"minicaffe/pycaffe/_mode.py: PycaffeError",
                           "minicaffe/pycaffe/coord_map.py: UndefinedMapException",
                           "minicaffe/pycaffe/coord_map.py: AxisMismatchException"}
 #: known debt from work merged alongside this check; remove each entry once fixed
-KNOWN_STRAY_ERRORS = {"minicaffe/explain.py: UsageError",     # -> from .errors import UsageError
-                      "minicaffe/search.py: SearchError"}     # -> move the class to errors.py
-KNOWN_STDERR_PRINTS = {"minicaffe/report.py: _warn"}          # -> warnings.warn / logging
+KNOWN_STRAY_ERRORS = set()
+KNOWN_STDERR_PRINTS = set()
 #: caffe.log() is pycaffe's API, and pycaffe's writes to stderr
 API_STDERR_PRINTS = {"minicaffe/pycaffe/__init__.py: log"}
 KNOWN_UNTUNED_MAINS = set()
@@ -282,3 +281,35 @@ def test_every_command_tunes_the_process_at_start():
                 if "auto_tune" not in calls and _rel(path) not in KNOWN_UNTUNED_MAINS:
                     missing.append(f"{_rel(path)}:{node.lineno}")
     assert not missing, f"main() without runtime.auto_tune(): {', '.join(missing)}"
+
+
+#: ``python -m minicaffe.NAME`` runs minicaffe/NAME.py, whose command is minicaffe/tools/NAME.py
+ENTRY_POINTS = ("extract", "weights", "convert", "profile", "check", "classify", "finetune", "robustness",
+                "explain", "search", "report")
+#: the packages that keep their command beside their library
+PACKAGE_COMMANDS = {"minicaffe.transfer.cli", "minicaffe.transfer.__main__", "minicaffe.pycaffe.__main__"}
+
+
+def test_only_the_commands_parse_arguments():
+    """argparse is imported by tools/ (and the two package commands) only: the library takes values."""
+    found = []
+    for name, path in modules().items():
+        if name.startswith("minicaffe.tools.") or name in PACKAGE_COMMANDS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names) or \
+                    isinstance(node, ast.ImportFrom) and node.module == "argparse":
+                found.append(f"{_rel(path)}:{node.lineno}")
+    assert not found, f"argument parsing outside minicaffe/tools/: {', '.join(found)}"
+
+
+def test_entry_points_run_the_tools_and_keep_the_old_names():
+    """minicaffe/NAME.py runs tools/NAME.py's main and still offers every name it lists (old imports work)."""
+    import importlib
+    for name in ENTRY_POINTS:
+        old = importlib.import_module(f"minicaffe.{name}")
+        tool = importlib.import_module(f"minicaffe.tools.{name}")
+        assert old.main is tool.main, name
+        assert not [n for n in old.__all__ if not hasattr(old, n)], name
+        assert "main" in old.__all__ and not any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in
+                                                 ast.parse((PKG / f"{name}.py").read_text()).body), name

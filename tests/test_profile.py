@@ -1,4 +1,5 @@
-"""Tests of ``minicaffe.profile`` and ``minicaffe.timing``: consistency, schema, log parsing, CLI, CUDA path.
+"""Tests of ``minicaffe.profiling`` (``python -m minicaffe.profile``) and ``minicaffe.timing``: consistency, schema,
+log parsing, CLI, CUDA path.
 
 Nothing here asserts a speed: the checks compare timings of the same run with each other (the
 per-layer decomposition must add up to the whole pass) and check structure. Nets are the small
@@ -15,15 +16,9 @@ from conftest import FIXTURES, ROOT, SHARED
 
 from minicaffe import Net
 from minicaffe.errors import MinicaffeError
-from minicaffe.profile import (
-    GROUPS,
-    SCHEMA,
-    group_caffe_log,
-    main,
-    parse_caffe_log,
-    profile_net,
-)
+from minicaffe.profiling import GROUPS, SCHEMA, group_caffe_log, parse_caffe_log, profile_net
 from minicaffe.timing import Timing, repeat, stats
+from minicaffe.tools.profile import main
 
 LOGS = SHARED / "reference" / "caffe_time_logs"
 SMALL = FIXTURES / "caffenet_small.prototxt"
@@ -99,7 +94,7 @@ def test_per_layer_sum_matches_whole_forward(small_prototxt, monkeypatch):
     """A fake clock that only the layers advance (layer i "costs" i + 1 ms, plus a 0.5 ms gap before
     every layer): each layer's samples, the pass span and the derived figures are then known exactly,
     so nothing missed, counted twice or billed to the wrong layer can hide in timing noise."""
-    import minicaffe.profile as prof
+    import minicaffe.profiling as prof
     net = Net(small_prototxt, None, backend="cpu", seed=0)
     names = [l.name for l in net.layers if l.type != "Input"]
     cost = {n: float(i + 1) for i, n in enumerate(names)}
@@ -230,7 +225,7 @@ def test_cli_model_name_and_bad_input(tmp_path):
 
 def test_model_resolves_registry_prototxt(monkeypatch):
     # --model NAME must profile the registry's prototxt with seeded random weights (no weights file needed)
-    import minicaffe.profile as prof
+    import minicaffe.profiling as prof
     seen = {}
 
     def fake_profile(prototxt, weights, *a, **k):
@@ -266,8 +261,7 @@ def test_cuda_path_under_simulator(tmp_path):
 def test_profile_html_page(tmp_path):
     """--html: one self-contained page with the chart and a per-layer table per batch size; it
     renders in a real headless browser where one is installed."""
-    from minicaffe import report
-    from minicaffe.profile import main
+    from minicaffe import html_report as report
     proto = tmp_path / "p.prototxt"
     proto.write_text("""name: "p"
 input: "data" input_shape { dim: 1 dim: 3 dim: 12 dim: 12 }

@@ -1,4 +1,4 @@
-"""``minicaffe.search`` and ``python -m minicaffe.search``: exact, streamed, approximate, on real photos.
+"""``minicaffe.similarity`` and ``python -m minicaffe.search``: exact, streamed, approximate, on real photos.
 
 Exact search is checked against scikit-learn's brute-force cosine NearestNeighbors and a full
 similarity matrix; the streaming path against a tracemalloc bound on its peak memory; the
@@ -20,19 +20,19 @@ from search_photos import group_recall, make_collection, stem
 
 from minicaffe.cli import run
 from minicaffe.extract import main as extract_main
-from minicaffe.search import (
+from minicaffe.similarity import (
     ANNIndex,
     FeatureFile,
     QueryEncoder,
     duplicate_groups,
     l2_normalize,
-    main,
     near_duplicates,
     open_features,
     recall_at_k,
     search,
     search_rows,
 )
+from minicaffe.tools.search import main
 
 #: a cosine between those of the photos' own copies and of unrelated photos (both ranges: docs/search.md)
 DUP_THRESHOLD = 0.6
@@ -350,7 +350,7 @@ def test_cli_html_is_self_contained(photos, capsys, tmp_path):
         p.feed(f.read())
     # 1 query + 4 neighbours + 6 groups x 4 images
     assert len(p.srcs) == 1 + 4 + 24 and all(s.startswith("data:image/") for s in p.srcs), len(p.srcs)
-    from minicaffe.report import browser_check, find_browser
+    from minicaffe.html_report import browser_check, find_browser
     if find_browser() is None:
         print("no Chromium-family browser: the page was checked as text only", file=sys.stderr)
         return
@@ -362,7 +362,7 @@ def test_cli_html_is_self_contained(photos, capsys, tmp_path):
 
 
 def test_cli_progress_bar_on_large_files(tmp_path, capsys, monkeypatch):
-    import minicaffe.search as ms
+    import minicaffe.tools.search as ms
     path = _write_h5(str(tmp_path / "f.h5"), _clustered(300, 8, 8))
     monkeypatch.setattr(ms, "PROGRESS_ROWS", 100)          # "large" = 100 rows here
     assert run(main, [path, "--row", "0", "--duplicates", "--chunk-rows", "50"]) == 0

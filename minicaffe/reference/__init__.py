@@ -8,7 +8,7 @@ earlier from real Caffe). All return an ordered mapping Caffe blob name -> float
 Caffe's post-in-place semantics (blob ``conv1`` is the value after ``relu1``). The frameworks are
 optional test/dev extras: they are imported only when asked for, and a missing one is a single
 :class:`MinicaffeError` that says how to install it. This package does not compare anything;
-:mod:`minicaffe.check` does.
+:mod:`minicaffe.comparison` does.
 """
 from __future__ import annotations
 
