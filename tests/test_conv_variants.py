@@ -55,6 +55,7 @@ def _supports(variant, xs, ws, stride, pad, dil, group):
         "depthwise": depthwise,
         "direct": C.direct_applies(xs, np.empty(ws), stride, pad, dil, group),
         "direct-cl": C.direct_applies(xs, np.empty(ws), stride, pad, dil, group),
+        "direct-from-cl": C.direct_applies(xs, np.empty(ws), stride, pad, dil, group),
         "1x1-cl": C.conv1x1_applies(xs, ws, stride, pad, dil, group),
         "1x1-cl-from-nchw": C.conv1x1_applies(xs, ws, stride, pad, dil, group),
         "depthwise-cl": C.depthwise_nhwc_applies(xs, ws, dil, group),
@@ -86,6 +87,7 @@ VARIANTS = {
     # channels-last outputs (and inputs): the kernels of minicaffe.layers.convolution.nhwc
     "direct-cl": lambda x, w, b, s, p, d, g, **k: _checked_cl(C.convolution_direct_cpu(x, w, b, s, p, d, g, **k,
                                                                                        channels_last=True)),
+    "direct-from-cl": lambda x, w, b, s, p, d, g, **k: C.convolution_direct_cpu(_cl(x), w, b, s, p, d, g, **k),
     "1x1-cl": lambda x, w, b, s, p, d, g, **k: _checked_cl(C.convolution_1x1_nhwc_cpu(_cl(x), w, b, **k)),
     "1x1-cl-from-nchw": lambda x, w, b, s, p, d, g, **k: _checked_cl(C.convolution_1x1_nhwc_cpu(x, w, b, **k)),
     "depthwise-cl": lambda x, w, b, s, p, d, g, **k: _checked_cl(C.convolution_depthwise_nhwc_cpu(_cl(x), w, b, s, p,

@@ -6,7 +6,7 @@ Padding is kept as four numbers so TF-"SAME" asymmetric padding can be expressed
 extension fields ``pad_top/pad_bottom/pad_left/pad_right`` inside ``convolution_param``; plain
 Caffe files use ``pad``/``pad_h``/``pad_w``). :func:`convolution_cpu` picks one kernel per layer
 shape: depthwise, Winograd F(4x4, 3x3) (3x3 and, in 3x3 pieces, up to 6x6 kernels at stride 1,
-batch >= 4), 1x1 GEMM, the direct register-blocked kernel (everything else with >= 6 output
+batch >= 2), 1x1 GEMM, the direct register-blocked kernel (everything else with >= 6 output
 pixels per row); the im2col + BLAS kernels ("wide" for stride 1, stride-phase for equal strides,
 the per-pixel gather) remain for the tiny rest and for ``MINICAFFE_DIRECT=0``. It does not
 implement Deconvolution or 3-D convolution.
@@ -64,7 +64,7 @@ def winograd_applies(w, stride, dilation, group, x_shape):
 
 
 #: smallest batch routed to Winograd
-WINOGRAD_MIN_BATCH = 4
+WINOGRAD_MIN_BATCH = 2
 
 
 def nhwc_applies(x_shape, w_shape, stride, pad, dilation, group):
