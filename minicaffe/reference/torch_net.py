@@ -42,6 +42,13 @@ SUPPORTED = ("Input", "Convolution", "ReLU", "Pooling", "LRN", "InnerProduct", "
              "Concat", "Eltwise", "Flatten", "Clip", "BatchNorm", "Scale")
 
 
+def _tensor(a):
+    """a: float32 array -> a torch tensor of a private copy (the net's weights may be read-only,
+    frozen, which torch.from_numpy warns about)."""
+    torch = require("torch", "torch")
+    return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
+
+
 def caffe_pool_size(size, k, stride, pad, ceil_mode=True):
     """Caffe's pooling output size: ceil((size + 2 pad - k) / stride) + 1, minus one when the
     last window would start in the bottom/right padding (pooling_layer.cpp)."""
@@ -181,9 +188,9 @@ def _make_modules():
             self.axis = axis
             self.linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
             with torch.no_grad():
-                self.linear.weight.copy_(torch.from_numpy(weight))
+                self.linear.weight.copy_(_tensor(weight))
                 if bias is not None:
-                    self.linear.bias.copy_(torch.from_numpy(bias))
+                    self.linear.bias.copy_(_tensor(bias))
 
         def forward(self, x):
             lead = tuple(x.shape[:self.axis])
@@ -263,9 +270,9 @@ def build_torch_net(prototxt, weights, seed=None):
             conv = nn.Conv2d(w.shape[1] * g, O, k, s, (0, 0) if any(v is not None for v in asym) else pad,
                              d, g, bias=bias)
             with torch.no_grad():
-                conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+                conv.weight.copy_(_tensor(w))
                 if bias:
-                    conv.bias.copy_(torch.from_numpy(b[1].reshape(-1)))
+                    conv.bias.copy_(_tensor(b[1].reshape(-1)))
             if any(v is not None for v in asym):
                 t_, b_, l_, r_ = (int(v or 0) for v in asym)
                 # F.pad takes (left, right, top, bottom) for the last two axes (W then H)
