@@ -124,10 +124,14 @@ def _direct(xp, offs, bp, b, has_bias, relu, cap, sh, sw, Cg, Wo, workers, count
             yflat = yn.reshape(L * M)
             for ti in range(blk * TILES_PER_TASK, min(ntiles, (blk + 1) * TILES_PER_TASK)):
                 q0 = min(ti * MR, L - MR)
+                oh = q0 // Wo
+                ow = q0 - oh * Wo
                 for p in range(MR):
-                    oh = (q0 + p) // Wo
-                    ow = q0 + p - oh * Wo
                     pix[p] = base + oh * sh * Wp + ow * sw
+                    ow += 1
+                    if ow == Wo:
+                        ow = 0
+                        oh += 1
                 if out_nhwc:
                     for p in range(MR):
                         ypix[p] = (q0 + p) * M + m0
