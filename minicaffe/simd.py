@@ -35,7 +35,7 @@ MR = 6
 NR = 2 * W
 
 
-def _make_tile(mr, nv, store=False, residual=False):
+def _make_tile(mr, nv, store=False, residual=False, bstride=None):
     """An intrinsic with an mr x (nv * W) register block over k < K of
     acc[p, r] = sum_k xf[pix[p] + offs[k]] * bp[k * nr + r] (p < mr, r < nr = nv * W):
 
@@ -47,11 +47,13 @@ def _make_tile(mr, nv, store=False, residual=False):
       (a residual sum fused into the output pass; res has y's layout).
 
     xf: float32 1-D (the A operand, read in place), pix: int64 1-D (mr row base indices into xf),
-    offs: int64 1-D (K offsets), k_count: int64 (K), bp: float32 1-D packed B panel (K x nr,
-    row-major), cs: float32 1-D scratch (mr x nr), bias: float32 1-D (nr), y: float32 1-D, ypix:
-    int64 1-D (mr). No bounds checks: the caller guarantees every address is inside its array.
+    offs: int64 1-D (K offsets), k_count: int64 (K), bp: float32 1-D packed B panel (K rows of
+    ``bstride`` >= nr floats, default nr, of which the first nr are used), cs: float32 1-D scratch
+    (mr x nr), bias: float32 1-D (nr), y: float32 1-D, ypix: int64 1-D (mr). No bounds checks: the
+    caller guarantees every address is inside its array.
     """
     nr = nv * W
+    bstride = nr if bstride is None else bstride
 
     def body(context, builder, signature, args):
         xf_v, pix_v, offs_v, k_v, bp_v = args[:5]
@@ -90,7 +92,7 @@ def _make_tile(mr, nv, store=False, residual=False):
         builder.cbranch(builder.icmp_signed("<", k, k_v), body_bb, done)
         builder.position_at_end(body_bb)
         off = builder.load(builder.gep(O, [k]))
-        bb = builder.gep(B, [builder.mul(k, ir.Constant(i64, nr))])
+        bb = builder.gep(B, [builder.mul(k, ir.Constant(i64, bstride))])
         bvs = [builder.load(builder.bitcast(builder.gep(bb, [ir.Constant(i64, h * W)]), vptr), align=4)
                for h in range(nv)]
         new = []
@@ -194,6 +196,9 @@ indirect_tile = _make_tile(MR, 2)
 indirect_tile_store = _make_tile(MR, 2, store=True)
 #: and with a residual sum added in the output pass
 indirect_tile_residual = _make_tile(MR, 2, store=True, residual=True)
+#: the same two for a panel whose used channels fit one vector (the layer's last): half the work
+indirect_tile_store_half = _make_tile(MR, 1, store=True, bstride=NR)
+indirect_tile_residual_half = _make_tile(MR, 1, store=True, residual=True, bstride=NR)
 
 
 @intrinsic

@@ -17,7 +17,18 @@ import numpy as np
 from numba import njit, prange
 
 from ...backend import SERIAL_BELOW, serial_twin
-from ...simd import DW_R, MR, NR, dw_tile, dw_tile1, fetch_add, indirect_tile_residual, indirect_tile_store
+from ...simd import (
+    DW_R,
+    MR,
+    NR,
+    dw_tile,
+    dw_tile1,
+    fetch_add,
+    indirect_tile_residual,
+    indirect_tile_residual_half,
+    indirect_tile_store,
+    indirect_tile_store_half,
+)
 from ...simd import W as SIMD_W
 from ..base import channels_last_view, is_channels_last, nhwc_memory
 from .cache import cached_transform, fused_cap
@@ -75,7 +86,10 @@ def _gemm_rows(x2, offs, bp, b, lo, hi, workers, counter, y2):
                 for p in range(MR):
                     pix[p] = (q0 + p) * K
                     ypix[p] = (q0 + p) * M + m0
-                indirect_tile_store(xf, pix, offs, K, panel, bias, lo, hi, yf, ypix, mcount)
+                if mcount <= SIMD_W:
+                    indirect_tile_store_half(xf, pix, offs, K, panel, bias, lo, hi, yf, ypix, mcount)
+                else:
+                    indirect_tile_store(xf, pix, offs, K, panel, bias, lo, hi, yf, ypix, mcount)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -324,8 +338,13 @@ def _block(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, d
                                 m0 = pnl * NR
                                 for p in range(MR):
                                     ypix[p] = (q0 + p - r0 * W) * Ce + m0
-                                indirect_tile_store(xf, pix, offs_e, Cin, bp_e[pnl], be[m0:m0 + NR], elo, ehi, ef,
-                                                    ypix, min(NR, Ce - m0))
+                                mc = min(NR, Ce - m0)
+                                if mc <= SIMD_W:
+                                    indirect_tile_store_half(xf, pix, offs_e, Cin, bp_e[pnl], be[m0:m0 + NR], elo,
+                                                             ehi, ef, ypix, mc)
+                                else:
+                                    indirect_tile_store(xf, pix, offs_e, Cin, bp_e[pnl], be[m0:m0 + NR], elo, ehi,
+                                                        ef, ypix, mc)
                 for oh in range(b0, b1):
                     dst = D[oh - b0] if has_project else y[n, oh]
                     if has_expand:
@@ -343,14 +362,21 @@ def _block(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, d
                             m0 = pnl * NR
                             for p in range(MR):
                                 ypix[p] = ((n * Ho + b0) * Wo + q0 + p) * Cout + m0
-                            if residual:
-                                indirect_tile_residual(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR],
-                                                       np.float32(-np.inf), np.float32(np.inf), yf, ypix,
-                                                       min(NR, Cout - m0), rf)
+                            mc = min(NR, Cout - m0)
+                            lo = np.float32(-np.inf)
+                            hi = np.float32(np.inf)
+                            if residual and mc <= SIMD_W:
+                                indirect_tile_residual_half(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi,
+                                                            yf, ypix, mc, rf)
+                            elif residual:
+                                indirect_tile_residual(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi, yf,
+                                                       ypix, mc, rf)
+                            elif mc <= SIMD_W:
+                                indirect_tile_store_half(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi, yf,
+                                                         ypix, mc)
                             else:
-                                indirect_tile_store(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR],
-                                                    np.float32(-np.inf), np.float32(np.inf), yf, ypix,
-                                                    min(NR, Cout - m0))
+                                indirect_tile_store(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi, yf, ypix,
+                                                    mc)
 
 
 _block_serial = serial_twin(_block)
