@@ -449,7 +449,8 @@ class Net:
                     raise ModelError(f"{n!r} is not an input of the net (inputs: {self.input_names})")
                 x = np.asarray(x)
                 self._check_input(n, x)
-                blobs[n] = self._input_blob(n, x)
+                # always a private float32 copy: in-place layers must never touch the caller's array
+                blobs[n] = np.array(x, dtype=np.float32, order="C", copy=True)
                 shapes[n] = blobs[n].shape
             if shapes != {k: self.blob_shapes[k] for k in shapes}:
                 self._reshape(shapes)
@@ -461,7 +462,7 @@ class Net:
         else:
             blobs = self.blobs
             for n, x in inputs.items():
-                blobs[n] = self._input_blob(n, np.asarray(x))
+                blobs[n] = np.array(x, dtype=np.float32, order="C", copy=True)
         backend = self.backend
         if backend == "cuda":
             blobs = OrderedDict((k, v if is_device_array(v) else to_device(v)) for k, v in blobs.items())
@@ -542,17 +543,6 @@ class Net:
         if fetch is not None:
             return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
         return OrderedDict(blobs)
-
-    def _input_blob(self, name, x):
-        """The blob for input ``name`` given the caller's array x: a private float32 copy when a
-        layer may write it in place (the caller's array is never touched), else x itself where it
-        already is C-contiguous float32, as a read-only view (a batch-64 image tensor is 38 MB)."""
-        written = {b for layer in self.layers if layer.inplace and layer.can_run_inplace for b in layer.bottoms}
-        if name in written or self.phase == "TRAIN" or self.backend != "cpu":
-            return np.array(x, dtype=np.float32, order="C", copy=True)
-        v = np.ascontiguousarray(x, dtype=np.float32).view()
-        v.flags.writeable = False
-        return v
 
     def _channels_last_plan(self):
         """Indices of the layers that write their top channels last: producers that can
