@@ -34,6 +34,61 @@ MR = 6
 #: output channels per tile (two vectors)
 NR = 2 * W
 
+_F32 = ir.FloatType()
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+#: the float vector register type
+_VEC = ir.VectorType(_F32, W)
+
+
+def _fma(builder):
+    """The module's ``llvm.fma`` on float vectors."""
+    name = f"llvm.fma.v{W}f32"
+    return builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
+                                                           name=name)
+
+
+def _splat(builder, x):
+    """A float scalar -> a vector of W copies."""
+    v = builder.insert_element(ir.Constant(_VEC, ir.Undefined), x, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(_VEC, ir.Undefined), ir.Constant(ir.VectorType(_I32, W), [0] * W))
+
+
+def _clip(builder, v, lo, hi):
+    """v clipped to [lo, hi] by compare-and-select, not minnum/maxnum: a NaN stays NaN."""
+    v = builder.select(builder.fcmp_ordered("<", v, lo), lo, v)
+    return builder.select(builder.fcmp_ordered(">", v, hi), hi, v)
+
+
+def _counted_loop(builder, name, count, init):
+    """Open ``for i in range(count)`` with loop-carried values starting at ``init`` -> (i, values,
+    close); the builder is in the loop body; ``close(next_values)`` ends the body and leaves the
+    builder after the loop, where ``values`` hold the final values."""
+    fn = builder.function
+    pre = builder.block
+    loop = fn.append_basic_block(f"{name}_loop")
+    body = fn.append_basic_block(f"{name}_body")
+    done = fn.append_basic_block(f"{name}_done")
+    builder.branch(loop)
+    builder.position_at_end(loop)
+    i = builder.phi(_I64)
+    values = [builder.phi(x.type) for x in init]
+    i.add_incoming(ir.Constant(_I64, 0), pre)
+    for v, x in zip(values, init):
+        v.add_incoming(x, pre)
+    builder.cbranch(builder.icmp_signed("<", i, count), body, done)
+    builder.position_at_end(body)
+
+    def close(nxt):
+        end = builder.block
+        i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), end)
+        for v, x in zip(values, nxt):
+            v.add_incoming(x, end)
+        builder.branch(loop)
+        builder.position_at_end(done)
+
+    return i, values, close
+
 
 def _make_tile(mr, nv, store=False, residual=False, bstride=None):
     """An intrinsic with an mr x (nv * W) register block over k < K of
@@ -57,56 +112,29 @@ def _make_tile(mr, nv, store=False, residual=False, bstride=None):
 
     def body(context, builder, signature, args):
         xf_v, pix_v, offs_v, k_v, bp_v = args[:5]
-        f32 = ir.FloatType()
-        i64 = ir.IntType(64)
-        i32 = ir.IntType(32)
-        vec = ir.VectorType(f32, W)
+        i64, i32, vec = _I64, _I32, _VEC
         vptr = vec.as_pointer()
         X = context.make_array(signature.args[0])(context, builder, xf_v).data
         Pix = context.make_array(signature.args[1])(context, builder, pix_v).data
         O = context.make_array(signature.args[2])(context, builder, offs_v).data
         B = context.make_array(signature.args[4])(context, builder, bp_v).data
         mod = builder.module
-        fname = f"llvm.fma.v{W}f32"
-        fma = mod.globals.get(fname) or ir.Function(mod, ir.FunctionType(vec, [vec, vec, vec]), name=fname)
+        fma = _fma(builder)
         rows = [builder.gep(X, [builder.load(builder.gep(Pix, [ir.Constant(i64, p)]))]) for p in range(mr)]
         fn = builder.function
-        pre = builder.block
-        loop = fn.append_basic_block("tile_loop")
-        body_bb = fn.append_basic_block("tile_body")
-        done = fn.append_basic_block("tile_done")
         zero = ir.Constant(vec, [0.0] * W)
         splat = ir.Constant(ir.VectorType(i32, W), [0] * W)
-
-        def broadcast(x):
-            v = builder.insert_element(ir.Constant(vec, ir.Undefined), x, ir.Constant(i32, 0))
-            return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), splat)
-
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        k = builder.phi(i64)
-        accs = [builder.phi(vec) for _ in range(mr * nv)]
-        k.add_incoming(ir.Constant(i64, 0), pre)
-        for a in accs:
-            a.add_incoming(zero, pre)
-        builder.cbranch(builder.icmp_signed("<", k, k_v), body_bb, done)
-        builder.position_at_end(body_bb)
+        k, accs, close = _counted_loop(builder, "tile", k_v, [zero] * (mr * nv))
         off = builder.load(builder.gep(O, [k]))
         bb = builder.gep(B, [builder.mul(k, ir.Constant(i64, bstride))])
         bvs = [builder.load(builder.bitcast(builder.gep(bb, [ir.Constant(i64, h * W)]), vptr), align=4)
                for h in range(nv)]
         new = []
         for p in range(mr):
-            av = broadcast(builder.load(builder.gep(rows[p], [off])))
+            av = _splat(builder, builder.load(builder.gep(rows[p], [off])))
             for h in range(nv):
                 new.append(builder.call(fma, [av, bvs[h], accs[p * nv + h]]))
-        k1 = builder.add(k, ir.Constant(i64, 1))
-        end = builder.block
-        builder.branch(loop)
-        k.add_incoming(k1, end)
-        for a, n in zip(accs, new):
-            a.add_incoming(n, end)
-        builder.position_at_end(done)
+        close(new)
         if not store:
             Cs = context.make_array(signature.args[5])(context, builder, args[5]).data
             for p in range(mr):
@@ -118,7 +146,7 @@ def _make_tile(mr, nv, store=False, residual=False, bstride=None):
         Bias = context.make_array(signature.args[5])(context, builder, bias_v).data
         Y = context.make_array(signature.args[8])(context, builder, y_v).data
         Ypix = context.make_array(signature.args[9])(context, builder, ypix_v).data
-        lo, hi = broadcast(lo_v), broadcast(hi_v)
+        lo, hi = _splat(builder, lo_v), _splat(builder, hi_v)
         biases = [builder.load(builder.bitcast(builder.gep(Bias, [ir.Constant(i64, h * W)]), vptr), align=4)
                   for h in range(nv)]
         offsets = []
@@ -136,9 +164,7 @@ def _make_tile(mr, nv, store=False, residual=False, bstride=None):
                 v = builder.fadd(accs[idx], biases[idx % nv])
                 if residual:
                     v = builder.fadd(v, res[idx])
-                # compare-and-select, not minnum/maxnum: a NaN output stays NaN
-                v = builder.select(builder.fcmp_ordered("<", v, lo), lo, v)
-                outs.append(builder.select(builder.fcmp_ordered(">", v, hi), hi, v))
+                outs.append(_clip(builder, v, lo, hi))
             return outs
 
         full = fn.append_basic_block("store_full")
@@ -245,57 +271,25 @@ def _make_dw_tile(r):
 
         def codegen(context, builder, signature, args):
             x_v, xb_v, xstep_v, toffs_v, wofs_v, nt_v, w_v, c0_v, bias_v, lo_v, hi_v, y_v, yb_v, ystep_v = args
-            f32 = ir.FloatType()
-            i64 = ir.IntType(64)
-            i32 = ir.IntType(32)
-            vec = ir.VectorType(f32, W)
-            vptr = vec.as_pointer()
+            i64 = _I64
+            vptr = _VEC.as_pointer()
             arr = [context.make_array(signature.args[k])(context, builder, args[k]).data for k in (0, 3, 4, 6, 8, 11)]
             X, T, WO, Wt, Bias, Y = arr
-            mod = builder.module
-            fname = f"llvm.fma.v{W}f32"
-            fma = mod.globals.get(fname) or ir.Function(mod, ir.FunctionType(vec, [vec, vec, vec]), name=fname)
-            splat = ir.Constant(ir.VectorType(i32, W), [0] * W)
-
-            def broadcast(s):
-                v = builder.insert_element(ir.Constant(vec, ir.Undefined), s, ir.Constant(i32, 0))
-                return builder.shuffle_vector(v, ir.Constant(vec, ir.Undefined), splat)
+            fma = _fma(builder)
 
             def vload(base, idx):
                 return builder.load(builder.bitcast(builder.gep(base, [idx]), vptr), align=4)
 
             bvec = vload(Bias, c0_v)
             xq = [builder.add(xb_v, builder.mul(xstep_v, ir.Constant(i64, q))) for q in range(r)]
-            fn = builder.function
-            pre = builder.block
-            loop = fn.append_basic_block("dw_loop")
-            body = fn.append_basic_block("dw_body")
-            done = fn.append_basic_block("dw_done")
-            builder.branch(loop)
-            builder.position_at_end(loop)
-            t = builder.phi(i64)
-            accs = [builder.phi(vec) for _ in range(r)]
-            t.add_incoming(ir.Constant(i64, 0), pre)
-            for a in accs:
-                a.add_incoming(bvec, pre)
-            builder.cbranch(builder.icmp_signed("<", t, nt_v), body, done)
-            builder.position_at_end(body)
+            t, accs, close = _counted_loop(builder, "dw", nt_v, [bvec] * r)
             toff = builder.load(builder.gep(T, [t]))
             wv = vload(Wt, builder.add(builder.load(builder.gep(WO, [t])), c0_v))
-            new = [builder.call(fma, [vload(X, builder.add(xq[q], toff)), wv, accs[q]]) for q in range(r)]
-            t1 = builder.add(t, ir.Constant(i64, 1))
-            end = builder.block
-            builder.branch(loop)
-            t.add_incoming(t1, end)
-            for a, n in zip(accs, new):
-                a.add_incoming(n, end)
-            builder.position_at_end(done)
-            lo, hi = broadcast(lo_v), broadcast(hi_v)
+            close([builder.call(fma, [vload(X, builder.add(xq[q], toff)), wv, accs[q]]) for q in range(r)])
+            lo, hi = _splat(builder, lo_v), _splat(builder, hi_v)
             for q in range(r):
-                v = builder.select(builder.fcmp_ordered("<", accs[q], lo), lo, accs[q])
-                v = builder.select(builder.fcmp_ordered(">", v, hi), hi, v)
-                builder.store(v, builder.bitcast(builder.gep(Y, [builder.add(yb_v, builder.mul(
-                    ystep_v, ir.Constant(i64, q)))]), vptr), align=4)
+                builder.store(_clip(builder, accs[q], lo, hi), builder.bitcast(builder.gep(
+                    Y, [builder.add(yb_v, builder.mul(ystep_v, ir.Constant(i64, q)))]), vptr), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
