@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ...backend import SERIAL_BELOW, serial_twin
+from ...backend import SERIAL_BELOW
 from ...simd import (
     DW_R,
     MR,
@@ -53,6 +53,26 @@ def _arange(k):
     return a
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _tile_out(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n):
+    # one tile of a 1x1 product stored with bias and clip (simd.indirect_tile_store), the
+    # one-vector tile when the panel's used channels fit one vector (inlined: a call per tile
+    # would cost as much as a short tile)
+    if n <= SIMD_W:
+        indirect_tile_store_half(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n)
+    else:
+        indirect_tile_store(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _tile_out_residual(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res):
+    # _tile_out adding res (y's layout) before the clip
+    if n <= SIMD_W:
+        indirect_tile_residual_half(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res)
+    else:
+        indirect_tile_residual(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _gemm_rows(x2, offs, bp, b, lo, hi, workers, counter, y2):
     # x2: (P, K) float32 rows (pixels, channels last), offs: arange(K), bp: (Pn, K*NR) packed weight
@@ -86,15 +106,13 @@ def _gemm_rows(x2, offs, bp, b, lo, hi, workers, counter, y2):
                 for p in range(MR):
                     pix[p] = (q0 + p) * K
                     ypix[p] = (q0 + p) * M + m0
-                if mcount <= SIMD_W:
-                    indirect_tile_store_half(xf, pix, offs, K, panel, bias, lo, hi, yf, ypix, mcount)
-                else:
-                    indirect_tile_store(xf, pix, offs, K, panel, bias, lo, hi, yf, ypix, mcount)
+                _tile_out(xf, pix, offs, K, panel, bias, lo, hi, yf, ypix, mcount)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _dw_pixel(src, r0, H, wt, b, oh, ow, sh, sw, pt, pl, c_from, lo, hi, yrow):
-    # one output pixel of _dw_row, channels c_from..C, taps outside the image skipped
+    # one output pixel of _dw_row, channels c_from..C, taps outside the image skipped (the channel
+    # tails past the last full vector only: a function of its own, compiled once)
     W, C = src.shape[1], src.shape[2]
     kh, kw = wt.shape[0], wt.shape[1]
     acc = yrow[ow]
@@ -119,8 +137,8 @@ def _dw_row(src, r0, H, wt, b, oh, sh, sw, pt, pl, lo, hi, yrow, toffs, wofs):
     # r0 .. r0+R-1 of an image of H rows (every row a valid tap of this output row reads);
     # wt: (kh, kw, C); yrow: (Wo, C). The pixels whose taps all fall inside the image in columns
     # ("interior") run as register tiles of DW_R pixels x one channel vector (simd.dw_tile) over a
-    # table of the row's valid taps (toffs, wofs: scratch of kh*kw); border pixels and the channels
-    # past the last full vector run through _dw_pixel.
+    # table of the row's valid taps (toffs, wofs: scratch of 2*kh*kw); border pixels as one-pixel
+    # tiles over their own tap tables; the channels past the last full vector through _dw_pixel.
     R, W, C = src.shape
     kh, kw = wt.shape[0], wt.shape[1]
     Wo = yrow.shape[0]
@@ -133,13 +151,26 @@ def _dw_row(src, r0, H, wt, b, oh, sh, sw, pt, pl, lo, hi, yrow, toffs, wofs):
             toffs[nt] = ((oh * sh + i - pt - r0) * W + j - pl) * C
             wofs[nt] = (i * kw + j) * C
             nt += 1
-    for ow in range(owa):
-        _dw_pixel(src, r0, H, wt, b, oh, ow, sh, sw, pt, pl, 0, lo, hi, yrow)
-    for ow in range(owb, Wo):
-        _dw_pixel(src, r0, H, wt, b, oh, ow, sh, sw, pt, pl, 0, lo, hi, yrow)
     xf = src.reshape(R * W * C)
     wf = wt.reshape(kh * kw * C)
     yf = yrow.reshape(Wo * C)
+    # border pixels: their own table of the taps inside the image (second half of the scratch),
+    # one pixel x one channel vector per tile
+    bt = toffs[kh * kw:]
+    bw = wofs[kh * kw:]
+    for ow in range(Wo):
+        if owa <= ow < owb:
+            continue
+        nb = 0
+        for i in range(max(0, pt - oh * sh), min(kh, H + pt - oh * sh)):
+            for j in range(max(0, pl - ow * sw), min(kw, W + pl - ow * sw)):
+                bt[nb] = ((oh * sh + i - pt - r0) * W + j - pl) * C
+                bw[nb] = (i * kw + j) * C
+                nb += 1
+        for c0 in range(0, CV, SIMD_W):
+            dw_tile1(xf, ow * sw * C + c0, sw * C, bt, bw, nb, wf, c0, b, lo, hi, yf, ow * C + c0, C)
+        if CV < C:
+            _dw_pixel(src, r0, H, wt, b, oh, ow, sh, sw, pt, pl, CV, lo, hi, yrow)
     ow = owa
     while ow < owb:
         r = DW_R if ow + DW_R <= owb else 1
@@ -152,26 +183,6 @@ def _dw_row(src, r0, H, wt, b, oh, sh, sw, pt, pl, lo, hi, yrow, toffs, wofs):
             for q in range(r):
                 _dw_pixel(src, r0, H, wt, b, oh, ow + q, sh, sw, pt, pl, CV, lo, hi, yrow)
         ow += r
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _dw_rows(xt, wt, b, sh, sw, pt, pl, lo, hi, y):
-    # xt: (N, H, W, C), wt: (kh, kw, C), b: (C,), y: (N, Ho, Wo, C) -> depthwise, one filter per
-    # channel, along channel vectors, one (image, output row) per iteration (rows are many and
-    # equal: a static split over the threads)
-    N, H = xt.shape[0], xt.shape[1]
-    kh, kw = wt.shape[0], wt.shape[1]
-    Ho = y.shape[1]
-    for t in prange(N * Ho):
-        n = t // Ho
-        oh = t % Ho
-        toffs = np.empty(kh * kw, dtype=np.int64)
-        wofs = np.empty(kh * kw, dtype=np.int64)
-        _dw_row(xt[n], 0, H, wt, b, oh, sh, sw, pt, pl, lo, hi, y[n, oh], toffs, wofs)
-
-
-_gemm_rows_serial = serial_twin(_gemm_rows)
-_dw_rows_serial = serial_twin(_dw_rows)
 
 
 def clip_bounds(relu, relu_cap):
@@ -211,19 +222,80 @@ def convolution_1x1_nhwc_cpu(x, w, b, relu=False, relu_cap=None):
     ``relu_cap``: the fused ReLU / ReLU6 in the output pass)."""
     xt = _as_nhwc(x)
     N, H, W, C = xt.shape
-    M = w.shape[0]
-    P = N * H * W
-    if w.shape[1:] != (C, 1, 1) or P < MR:
+    if w.shape[1:] != (C, 1, 1) or N * H * W < MR:
         raise ValueError(f"not a 1x1 convolution of {C} channels over >= {MR} pixels: weight {w.shape}, input "
                          f"{x.shape}")
+    return _gemm_nhwc(xt, w, b, relu, relu_cap)
+
+
+def _gemm_nhwc(xt, w, b, relu, relu_cap):
+    """xt: C-contiguous (N, H, W, K) rows, w: (M, ...) with K = its size per output channel, in the
+    rows' order -> (N, M, H, W) with (N, H, W, M) memory: rows @ W^T + b, activation fused."""
+    N, H, W, K = xt.shape
+    M = w.shape[0]
+    P = N * H * W
     bp = cached_transform(w, ("direct", 1), lambda wf: _pack_weights(wf, 1))[0]
     y = np.empty((N, H, W, M), dtype=np.float32)
-    small = P * M * C < PARALLEL_MACS
-    (_gemm_rows_serial if small else _gemm_rows)(xt.reshape(P, C), _arange(C), bp,
-                                                 _padded_bias(b, bp.shape[0] * NR), *clip_bounds(relu, relu_cap),
-                                                 1 if small else numba.get_num_threads(), np.zeros(1, np.int64),
-                                                 y.reshape(P, M))
+    small = P * M * K < PARALLEL_MACS
+    _gemm_rows(xt.reshape(P, K), _arange(K), bp, _padded_bias(b, bp.shape[0] * NR), *clip_bounds(relu, relu_cap),
+               1 if small else numba.get_num_threads(), np.zeros(1, np.int64), y.reshape(P, M))
     return channels_last_view(y)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _im2row(x, Ho, Wo, kh, kw, sh, sw, pt, pl, dh, dw, rows):
+    # x: (N, C, H, W) -> rows: (N*Ho*Wo, C*kh*kw), one row per output pixel in the weights' OIHW
+    # (c, i, j) order, zeros where a tap falls in the padding; one (image, output row) per task
+    N, C, H, W = x.shape
+    for t in prange(N * Ho):
+        n = t // Ho
+        oh = t - n * Ho
+        for ow in range(Wo):
+            row = rows[t * Wo + ow]
+            k = 0
+            for c in range(C):
+                for i in range(kh):
+                    ih = oh * sh + i * dh - pt
+                    for j in range(kw):
+                        iw = ow * sw + j * dw - pl
+                        row[k] = x[n, c, ih, iw] if 0 <= ih < H and 0 <= iw < W else np.float32(0.0)
+                        k += 1
+
+
+#: input-channel x tap count up to which a channels-last convolution of a small batch runs as rows
+#: of taps through the 1x1 GEMM (EfficientNet's 3x3 stem from RGB: 27) rather than the direct kernel
+IM2ROW_UP_TO = 32
+#: largest batch for that route: as fast as the direct kernel at batch 1 (0.50 ms for the stem), so
+#: a first small run need not compile the direct kernel; slower at batch 64 (35-45 vs 24 ms: the
+#: rows are a pass over memory)
+IM2ROW_MAX_BATCH = 4
+
+
+def im2row_applies(x_shape, w_shape, group):
+    """An ungrouped convolution with at most IM2ROW_UP_TO taps per output (channels x kernel) on at
+    most IM2ROW_MAX_BATCH images: :func:`convolution_im2row_nhwc_cpu`."""
+    M, Cg, kh, kw = w_shape
+    return group == 1 and Cg * kh * kw <= IM2ROW_UP_TO and x_shape[0] <= IM2ROW_MAX_BATCH
+
+
+def convolution_im2row_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), relu=False,
+                                relu_cap=None):
+    """x: (N, C, H, W), w: (M, C, kh, kw) with few taps (:func:`im2row_applies`) -> (N, M, Ho, Wo)
+    with (N, Ho, Wo, M) memory: each output pixel's taps gathered into a row, the rows multiplied by
+    the weights through the 1x1 GEMM (bias, activation and channels-last stores in its tiles)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    N, C, H, W = x.shape
+    M, Cg, kh, kw = w.shape
+    sh, sw = stride
+    dh, dw = dilation
+    pt, pb, pl, pr = pad
+    Ho = conv_out_size(H, kh, sh, pt, pb, dh)
+    Wo = conv_out_size(W, kw, sw, pl, pr, dw)
+    K = C * kh * kw
+    rows = np.empty((N * Ho * Wo, K), dtype=np.float32)
+    _im2row(x, Ho, Wo, kh, kw, sh, sw, pt, pl, dh, dw, rows)
+    # the rows' (c, i, j) order is the OIHW weights' own: their packed panels as they are
+    return _gemm_nhwc(rows.reshape(N, Ho, Wo, K), w, b, relu, relu_cap)
 
 
 def depthwise_nhwc_applies(x_shape, w_shape, dilation, group):
@@ -250,9 +322,13 @@ def convolution_depthwise_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), rel
     wt = cached_transform(w, ("dw-hwc",), lambda wf: np.ascontiguousarray(wf.reshape(C, kh * kw).T)
                           .reshape(kh, kw, C))
     y = np.empty((N, Ho, Wo, C), dtype=np.float32)
-    bb = _padded_bias(b, C)
-    kernel = _dw_rows_serial if y.size * kh * kw < PARALLEL_MACS else _dw_rows
-    kernel(xt, wt, bb, sh, sw, pt, pl, *clip_bounds(relu, relu_cap), y)
+    # the inverted-residual kernel with neither 1x1 stage: one compiled kernel serves both
+    workers = 1 if y.size * kh * kw < PARALLEL_MACS else numba.get_num_threads()
+    chunk = max(1, min(Ho, -(-N * Ho // (4 * workers))))
+    one = np.ones((1, NR), dtype=np.float32)
+    _block(xt, False, _arange(C), one, one[0], np.float32(0.0), np.float32(0.0), wt, _padded_bias(b, C), sh, sw,
+           pt, pl, *clip_bounds(relu, relu_cap), False, _arange(C), one, one[0], False, chunk, 1, chunk, workers,
+           np.zeros(1, np.int64), y)
     return channels_last_view(y)
 
 
@@ -269,9 +345,9 @@ FUSE_EXPANDED_FROM = 1 << 20
 FUSE_HALO = 1.0
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _block(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, has_project, offs_p,
-           bp_p, bpp, residual, band, rows_max, chunk, workers, counter, y):
+@njit(cache=True, nogil=True)
+def _block_worker(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, has_project,
+                  offs_p, bp_p, bpp, residual, band, rows_max, chunk, counter, y):
     # xt: (N, H, W, Cin) block input. Expansion (has_expand): offs_e = arange(Cin), bp_e: (Pe,
     # Cin*NR) packed 1x1 weights, be: (Pe*NR,) bias zero-padded, elo/ehi its clip. Depthwise: wt:
     # (kh, kw, Ce), bd: (Ce,), dlo/dhi. Projection (has_project): offs_p = arange(Ce), bp_p: (Pp,
@@ -280,7 +356,8 @@ def _block(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, d
     # walks its chunk in bands of ``band`` output rows: it expands the input rows the band's taps
     # read into a per-thread buffer E (rows_max x W x Ce), keeping the rows the previous band
     # already expanded (moved to the front), runs the depthwise rows on E (or on the input rows
-    # themselves without an expansion) into a band buffer D (or y), then projects D into y.
+    # themselves without an expansion) into a band buffer D (or y), then projects D into y. One
+    # thread's loop over tasks; _block runs it on every thread.
     N, H, W, Cin = xt.shape
     Ho, Wo, Cout = y.shape[1], y.shape[2], y.shape[3]
     kh, kw, Ce = wt.shape[0], wt.shape[1], wt.shape[2]
@@ -290,96 +367,90 @@ def _block(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, d
     total = N * nchunks
     yf = y.reshape(N * Ho * Wo * Cout)
     rf = xt.reshape(N * H * W * Cin)
-    for _w in prange(workers):
-        E = np.empty((rows_max if has_expand else 1, W, Ce), dtype=np.float32)
-        ef = E.reshape(E.size)
-        D = np.empty((band if has_project else 1, Wo, Ce), dtype=np.float32)
-        df = D.reshape(D.size)
-        pix = np.empty(MR, dtype=np.int64)
-        ypix = np.empty(MR, dtype=np.int64)
-        toffs = np.empty(kh * kw, dtype=np.int64)
-        wofs = np.empty(kh * kw, dtype=np.int64)
-        while True:
-            t = fetch_add(counter, 0, 1)
-            if t >= total:
-                break
-            n = t // nchunks
-            o0 = (t % nchunks) * chunk
-            o1 = min(Ho, o0 + chunk)
-            xf = xt[n].reshape(H * W * Cin)
-            e0 = 0
-            e1 = 0                                   # image rows [e0, e1) are in E
-            for b0 in range(o0, o1, band):
-                b1 = min(o1, b0 + band)
-                r0 = max(0, b0 * sh - pt)
-                r1 = min(H, (b1 - 1) * sh - pt + kh)
-                if has_expand:
-                    start = r0
-                    if e0 <= r0 < e1:
-                        # rows r0..e1 were expanded for the previous band: move them to the front
-                        # (ascending copy: the destination starts before the source)
-                        keep = (e1 - r0) * W * Ce
-                        src = (r0 - e0) * W * Ce
-                        for q in range(keep):
-                            ef[q] = ef[src + q]
-                        start = e1
-                    e0 = r0
-                    e1 = r1
-                    # expand pixels [start*W, r1*W); the last tile shifts back into rows already
-                    # in E (recomputing them: same values) rather than narrowing
-                    p_lo = start * W
-                    p_hi = r1 * W
-                    if p_hi > p_lo:
-                        for ti in range((p_hi - p_lo + MR - 1) // MR):
-                            q0 = max(r0 * W, min(p_lo + ti * MR, p_hi - MR))
-                            for p in range(MR):
-                                pix[p] = (q0 + p) * Cin
-                            for pnl in range(Pe):
-                                m0 = pnl * NR
-                                for p in range(MR):
-                                    ypix[p] = (q0 + p - r0 * W) * Ce + m0
-                                mc = min(NR, Ce - m0)
-                                if mc <= SIMD_W:
-                                    indirect_tile_store_half(xf, pix, offs_e, Cin, bp_e[pnl], be[m0:m0 + NR], elo,
-                                                             ehi, ef, ypix, mc)
-                                else:
-                                    indirect_tile_store(xf, pix, offs_e, Cin, bp_e[pnl], be[m0:m0 + NR], elo, ehi,
-                                                        ef, ypix, mc)
-                for oh in range(b0, b1):
-                    dst = D[oh - b0] if has_project else y[n, oh]
-                    if has_expand:
-                        _dw_row(E, r0, H, wt, bd, oh, sh, sw, pt, pl, dlo, dhi, dst, toffs, wofs)
-                    else:
-                        _dw_row(xt[n], 0, H, wt, bd, oh, sh, sw, pt, pl, dlo, dhi, dst, toffs, wofs)
-                if has_project:
-                    # the band's Wo*(b1-b0) >= MR pixels; the last tile shifts back
-                    Pb = (b1 - b0) * Wo
-                    for ti in range((Pb + MR - 1) // MR):
-                        q0 = min(ti * MR, Pb - MR)
+    E = np.empty((rows_max if has_expand else 1, W, Ce), dtype=np.float32)
+    ef = E.reshape(E.size)
+    D = np.empty((band if has_project else 1, Wo, Ce), dtype=np.float32)
+    df = D.reshape(D.size)
+    pix = np.empty(MR, dtype=np.int64)
+    ypix = np.empty(MR, dtype=np.int64)
+    toffs = np.empty(2 * kh * kw, dtype=np.int64)
+    wofs = np.empty(2 * kh * kw, dtype=np.int64)
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= total:
+            break
+        n = t // nchunks
+        o0 = (t % nchunks) * chunk
+        o1 = min(Ho, o0 + chunk)
+        xf = xt[n].reshape(H * W * Cin)
+        e0 = 0
+        e1 = 0                                   # image rows [e0, e1) are in E
+        for b0 in range(o0, o1, band):
+            b1 = min(o1, b0 + band)
+            r0 = max(0, b0 * sh - pt)
+            r1 = min(H, (b1 - 1) * sh - pt + kh)
+            if has_expand:
+                start = r0
+                if e0 <= r0 < e1:
+                    # rows r0..e1 were expanded for the previous band: move them to the front
+                    # (ascending copy: the destination starts before the source)
+                    keep = (e1 - r0) * W * Ce
+                    src = (r0 - e0) * W * Ce
+                    for q in range(keep):
+                        ef[q] = ef[src + q]
+                    start = e1
+                e0 = r0
+                e1 = r1
+                # expand pixels [start*W, r1*W); the last tile shifts back into rows already
+                # in E (recomputing them: same values) rather than narrowing
+                p_lo = start * W
+                p_hi = r1 * W
+                if p_hi > p_lo:
+                    for ti in range((p_hi - p_lo + MR - 1) // MR):
+                        q0 = max(r0 * W, min(p_lo + ti * MR, p_hi - MR))
                         for p in range(MR):
-                            pix[p] = (q0 + p) * Ce
-                        for pnl in range(Pp):
+                            pix[p] = (q0 + p) * Cin
+                        for pnl in range(Pe):
                             m0 = pnl * NR
                             for p in range(MR):
-                                ypix[p] = ((n * Ho + b0) * Wo + q0 + p) * Cout + m0
-                            mc = min(NR, Cout - m0)
-                            lo = np.float32(-np.inf)
-                            hi = np.float32(np.inf)
-                            if residual and mc <= SIMD_W:
-                                indirect_tile_residual_half(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi,
-                                                            yf, ypix, mc, rf)
-                            elif residual:
-                                indirect_tile_residual(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi, yf,
-                                                       ypix, mc, rf)
-                            elif mc <= SIMD_W:
-                                indirect_tile_store_half(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi, yf,
-                                                         ypix, mc)
-                            else:
-                                indirect_tile_store(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi, yf, ypix,
-                                                    mc)
+                                ypix[p] = (q0 + p - r0 * W) * Ce + m0
+                            _tile_out(xf, pix, offs_e, Cin, bp_e[pnl], be[m0:m0 + NR], elo, ehi, ef, ypix,
+                                      min(NR, Ce - m0))
+            for oh in range(b0, b1):
+                dst = D[oh - b0] if has_project else y[n, oh]
+                # one call site, one compiled _dw_row: the source is E or the input rows
+                src = E if has_expand else xt[n]
+                _dw_row(src, r0 if has_expand else np.int64(0), H, wt, bd, oh, sh, sw, pt, pl, dlo, dhi, dst, toffs,
+                        wofs)
+            if has_project:
+                # the band's Wo*(b1-b0) >= MR pixels; the last tile shifts back
+                Pb = (b1 - b0) * Wo
+                for ti in range((Pb + MR - 1) // MR):
+                    q0 = min(ti * MR, Pb - MR)
+                    for p in range(MR):
+                        pix[p] = (q0 + p) * Ce
+                    for pnl in range(Pp):
+                        m0 = pnl * NR
+                        for p in range(MR):
+                            ypix[p] = ((n * Ho + b0) * Wo + q0 + p) * Cout + m0
+                        mc = min(NR, Cout - m0)
+                        lo = np.float32(-np.inf)
+                        hi = np.float32(np.inf)
+                        if residual:
+                            _tile_out_residual(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi, yf, ypix,
+                                               mc, rf)
+                        else:
+                            _tile_out(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi, yf, ypix, mc)
 
 
-_block_serial = serial_twin(_block)
+@njit(parallel=True, cache=True, nogil=True)
+def _block(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, has_project, offs_p,
+           bp_p, bpp, residual, band, rows_max, chunk, workers, counter, y):
+    # _block_worker on ``workers`` threads sharing the task counter (the parallel region stays
+    # small: Numba compiles a large prange body slowly)
+    for _w in prange(workers):
+        _block_worker(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, has_project,
+                      offs_p, bp_p, bpp, residual, band, rows_max, chunk, counter, y)
 
 
 def block_applies(x_shape, w_expand_shape, w_dw_shape, w_project_shape, stride, pad, dilation, residual):
@@ -474,7 +545,7 @@ def convolution_block_nhwc_cpu(x, expand, dw, project=None, residual=False):
                           .reshape(kh, kw, Ce))
     Cout = wp.shape[0] if wp is not None else Ce
     y = np.empty((N, Ho, Wo, Cout), dtype=np.float32)
-    (_block_serial if small else _block)(
+    _block(
         xt, we is not None, _arange(C), bpe, bee, *clip_bounds(erelu, ecap),
         wt, _padded_bias(bd, Ce), sh, sw, pt, pl, *clip_bounds(drelu, dcap),
         wp is not None, _arange(Ce), bpp, bpb, bool(residual), band, rows_max, chunk, workers,
