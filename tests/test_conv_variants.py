@@ -249,6 +249,20 @@ def test_small_layers_serial_and_parallel_agree(threads):
                   1e-6, f"eltwise {threads}")
 
 
+def _spy_on_chains(monkeypatch):
+    """-> a list that gets an entry for every fused-chain call of nhwc._block (one with a 1x1
+    stage: has_expand or has_project; a depthwise layer alone runs through it without them)."""
+    from minicaffe.layers.convolution import nhwc
+    ran, kernel = [], nhwc._block
+
+    def call(*a):
+        if a[1] or a[15]:
+            ran.append(1)
+        return kernel(*a)
+    monkeypatch.setattr(nhwc, "_block", call)
+    return ran
+
+
 # (id, x shape, expanded channels, depthwise kernel, stride, pad (t, b, l, r))
 EXPAND_CASES = [
     ("b1_s2_k3", (1, 16, 23, 21), 48, 3, 2, (1, 1, 1, 1)),
@@ -271,17 +285,7 @@ def test_expansion_fused_with_depthwise(case, budget, threads, monkeypatch):
     # fused at these small sizes too (the wrapper would run the two kernels one after the other)
     monkeypatch.setattr(nhwc, "FUSE_EXPANDED_FROM", 0)
     monkeypatch.setattr(nhwc, "FUSE_HALO", 1e9)
-    ran = []
-    def spy(f):
-        # a call with a 1x1 stage (has_expand, has_project) is the fused chain; the depthwise layer
-        # alone runs through the same kernel without them
-        def call(*a):
-            if a[1] or a[15]:
-                ran.append(1)
-            return f(*a)
-        return call
-    for kern in ("_block",):
-        monkeypatch.setattr(nhwc, kern, spy(getattr(nhwc, kern)))
+    ran = _spy_on_chains(monkeypatch)
     name, xs, ce, k, s, pad = case
     rng = np.random.default_rng(15)
     x = (rng.standard_normal(xs) * 3).astype(np.float32)
@@ -342,18 +346,7 @@ def test_inverted_residual_block_kernel(case, budget, threads, monkeypatch):
         h = np.clip(_conv_ref(h, we, be), 0, 6)
     h = np.clip(_conv_ref(h, wd, bd, (s, s), pad, ce_), 0, 6)
     ref = _conv_ref(h, wp, bp) + (x.astype(np.float64) if residual else 0)
-    ran = []
-
-    def spy(f):
-        # a call with a 1x1 stage (has_expand, has_project) is the fused chain; the depthwise layer
-        # alone runs through the same kernel without them
-        def call(*a):
-            if a[1] or a[15]:
-                ran.append(1)
-            return f(*a)
-        return call
-    for kern in ("_block",):
-        monkeypatch.setattr(nhwc, kern, spy(getattr(nhwc, kern)))
+    ran = _spy_on_chains(monkeypatch)
     monkeypatch.setattr(nhwc, "FUSE_HALO", 1e9)
     for fuse in (True, False):
         monkeypatch.setattr(nhwc, "FUSE_EXPANDED_FROM", 0 if fuse else 1 << 60)
