@@ -6,9 +6,12 @@ Shapes: the input is an ``(N, C, H, W)`` blob whose memory is ``(N, H, W, C)`` (
 layout a 1x1 convolution is one matrix product ``Y (N*H*W, M) = X (N*H*W, C) @ W^T`` whose A rows
 are contiguous, run by the register-blocked tile of :mod:`minicaffe.simd` with bias and the fused
 activation applied as each tile is stored (contiguous output rows, no layout change), and a
-depthwise convolution is, per output pixel, a multiply-add of contiguous channel vectors per tap.
-Both are dynamically scheduled like the direct kernel. A chain of such layers (MobileNet /
-EfficientNet blocks) never changes layout between layers.
+depthwise convolution is, per output pixel, a multiply-add of contiguous channel vectors per tap
+(register tiles of pixels x one channel vector). An inverted-residual chain (1x1 expansion ->
+depthwise -> 1x1 projection [+ input], MobileNet v2 / EfficientNet) runs as one kernel band by band
+(:func:`convolution_block_nhwc_cpu`), which also runs lone depthwise layers; convolutions with few
+taps at small batches (an RGB stem) go through the 1x1 GEMM as rows of taps. All are dynamically
+scheduled like the direct kernel, and never change layout between layers.
 """
 from __future__ import annotations
 
