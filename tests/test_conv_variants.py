@@ -129,7 +129,15 @@ def threads(request, monkeypatch):
     return request.param
 
 
-@pytest.mark.parametrize("variant,case", PAIRS, ids=[f"{v}-{c[0]}" for v, c in PAIRS])
+#: the thread modes that differ for a variant: the per-plane / channel-vector switch of the NCHW
+#: depthwise kernels matters only where those kernels run
+_MODES = {v: (["serial", "parallel", "serial-planes", "parallel-nhwc"] if v in ("cpu", "depthwise", "cpu-cl")
+              else ["serial", "parallel"]) for v in VARIANTS}
+_MODE_PAIRS = [(v, c, t) for v, c in PAIRS for t in _MODES[v]]
+
+
+@pytest.mark.parametrize("variant,case,threads", _MODE_PAIRS, ids=[f"{t}-{v}-{c[0]}" for v, c, t in _MODE_PAIRS],
+                         indirect=["threads"])
 def test_variant_vs_reference(variant, case, threads):
     name, xs, ws, stride, pad, dil, group = case
     rng = np.random.default_rng(11)
