@@ -9,7 +9,7 @@ import numpy as np
 from numba import cuda
 
 from ...backend import blocks, device_empty, to_device
-from .reference import conv_out_size
+from .reference import conv_out_hw
 
 
 @cuda.jit
@@ -77,8 +77,7 @@ def convolution_cuda(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), 
     N, C, H, W = x.shape
     M, Cg, kh, kw = w.shape
     pt, pb, pl, pr = pad
-    Ho = conv_out_size(H, kh, stride[0], pt, pb, dilation[0])
-    Wo = conv_out_size(W, kw, stride[1], pl, pr, dilation[1])
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad, dilation)
     if b is None:
         b = to_device(np.zeros(M, np.float32))
     y = device_empty((N, M, Ho, Wo))

@@ -12,7 +12,7 @@ from numba import njit, prange
 
 from ...backend import SERIAL_BELOW, serial_twin
 from .cache import fused_cap
-from .reference import conv_out_size
+from .reference import conv_out_hw
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -216,8 +216,7 @@ def convolution_depthwise_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation
     sh, sw = stride
     dh, dw = dilation
     pt, pb, pl, pr = pad
-    Ho = conv_out_size(H, kh, sh, pt, pb, dh)
-    Wo = conv_out_size(W, kw, sw, pl, pr, dw)
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad, dilation)
     has_bias = b is not None
     bb = b if has_bias else np.zeros(M, np.float32)
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)

@@ -20,7 +20,7 @@ from ...backend import serial_twin
 from ...simd import MR, NR, fetch_add, indirect_tile, indirect_tile_store, tile_task
 from ..base import channels_last_view
 from .cache import cached_transform, fused_cap
-from .reference import conv_out_size
+from .reference import conv_out_hw
 
 #: tiles per task (a few output rows: tasks stay many, a panel stays hot across them)
 TILES_PER_TASK = 8
@@ -150,8 +150,7 @@ def direct_applies(x_shape, w, stride, pad, dilation, group):
     output pixels per plane (the plane's last tile is shifted back, never narrowed)."""
     N, C, H, W = x_shape
     M, Cg, kh, kw = w.shape
-    Ho = conv_out_size(H, kh, stride[0], pad[0], pad[1], dilation[0])
-    Wo = conv_out_size(W, kw, stride[1], pad[2], pad[3], dilation[1])
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad, dilation)
     return not (group == C and Cg == 1) and Ho * Wo >= MR
 
 
@@ -167,8 +166,7 @@ def convolution_direct_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1
     sh, sw = stride
     dh, dw = dilation
     pt, pb, pl, pr = pad
-    Ho = conv_out_size(H, kh, sh, pt, pb, dh)
-    Wo = conv_out_size(W, kw, sw, pl, pr, dw)
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad, dilation)
     if not direct_applies(x.shape, w, stride, pad, dilation, group):
         raise ValueError(f"direct convolution needs >= {MR} output pixels and a non-depthwise layer")
     # padded just far enough for every tap of every output pixel: the kernel has no bounds checks

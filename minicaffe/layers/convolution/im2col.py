@@ -12,7 +12,7 @@ from numba import njit, prange
 
 from ...backend import SERIAL_BELOW, serial_twin
 from .cache import fused_cap
-from .reference import conv_out_size
+from .reference import conv_out_hw
 
 #: bytes allowed for one im2col buffer; batches are processed in chunks that fit, small enough for
 #: the buffer to stay in cache between im2col and the GEMMs that read it
@@ -241,8 +241,7 @@ def convolution_phase_cpu(x, w, b, stride, pad=(0, 0, 0, 0), group=1, relu=False
     M, _, kh, kw = w.shape
     st = stride[0]
     pt, pb, pl, pr = pad
-    Ho = conv_out_size(H, kh, st, pt, pb)
-    Wo = conv_out_size(W, kw, st, pl, pr)
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad)
     Hs, Ws = Ho + (kh - 1) // st, Wo + (kw - 1) // st
     L = Ho * Ws
     nb = _im2col_chunk(N, C * kh * kw, L)
@@ -268,8 +267,7 @@ def convolution_gather_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1
     sh, sw = stride
     dh, dw = dilation
     pt, pb, pl, pr = pad
-    Ho = conv_out_size(H, kh, sh, pt, pb, dh)
-    Wo = conv_out_size(W, kw, sw, pl, pr, dw)
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad, dilation)
     P = Ho * Wo
     nb = _im2col_chunk(N, C * kh * kw, P)
 

@@ -39,7 +39,7 @@ from .nhwc import (
     im2row_applies,
 )
 from .reference import (
-    conv_out_size,
+    conv_out_hw,
     convolution_backward_reference,
     convolution_reference,
 )
@@ -165,8 +165,7 @@ class Convolution(Layer):
         if C % self.group:
             raise self.err(f"input channels {C} not divisible by group {self.group}")
         kh, kw = self.kernel
-        Ho = conv_out_size(H, kh, self.stride[0], self.pad[0], self.pad[1], self.dilation[0])
-        Wo = conv_out_size(W, kw, self.stride[1], self.pad[2], self.pad[3], self.dilation[1])
+        Ho, Wo = conv_out_hw(H, W, kh, kw, self.stride, self.pad, self.dilation)
         if Ho < 1 or Wo < 1:
             raise self.err(f"input {H}x{W} is smaller than the kernel {kh}x{kw} (with padding)")
         self.param_shapes = [(self.num_output, C // self.group, kh, kw)]

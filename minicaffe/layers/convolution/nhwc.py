@@ -36,7 +36,7 @@ from ...simd import W as SIMD_W
 from ..base import channels_last_view, is_channels_last, nhwc_memory
 from .cache import cached_transform, fused_cap
 from .direct import _pack_weights
-from .reference import conv_out_size
+from .reference import conv_out_hw
 
 #: tiles per task of the 1x1 kernel
 TILES_PER_TASK = 8
@@ -292,8 +292,7 @@ def convolution_im2row_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilati
     sh, sw = stride
     dh, dw = dilation
     pt, pb, pl, pr = pad
-    Ho = conv_out_size(H, kh, sh, pt, pb, dh)
-    Wo = conv_out_size(W, kw, sw, pl, pr, dw)
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad, dilation)
     K = C * kh * kw
     rows = np.empty((N * Ho * Wo, K), dtype=np.float32)
     _im2row(x, Ho, Wo, kh, kw, sh, sw, pt, pl, dh, dw, rows)
@@ -319,8 +318,7 @@ def convolution_depthwise_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), rel
         raise ValueError(f"not a depthwise convolution of {C} channels: weight {w.shape}")
     sh, sw = stride
     pt, pb, pl, pr = pad
-    Ho = conv_out_size(H, kh, sh, pt, pb, 1)
-    Wo = conv_out_size(W, kw, sw, pl, pr, 1)
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad)
     # OIHW (C, 1, kh, kw) -> (kh, kw, C): a tap's weights for all channels contiguous
     wt = cached_transform(w, ("dw-hwc",), lambda wf: np.ascontiguousarray(wf.reshape(C, kh * kw).T)
                           .reshape(kh, kw, C))
@@ -465,8 +463,7 @@ def block_applies(x_shape, w_expand_shape, w_dw_shape, w_project_shape, stride, 
     N, C, H, W = x_shape
     Ce = w_dw_shape[0]
     kh, kw = w_dw_shape[2:]
-    Wo = conv_out_size(W, kw, stride[1], pad[2], pad[3], 1)
-    Ho = conv_out_size(H, kh, stride[0], pad[0], pad[1], 1)
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad)
     if w_expand_shape is None and w_project_shape is None:
         return False
     if w_expand_shape is not None and tuple(w_expand_shape) != (Ce, C, 1, 1):
@@ -502,8 +499,7 @@ def convolution_block_nhwc_cpu(x, expand, dw, project=None, residual=False):
     Ce, _, kh, kw = wd.shape
     sh, sw = stride
     pt, pb, pl, pr = pad
-    Ho = conv_out_size(H, kh, sh, pt, pb, 1)
-    Wo = conv_out_size(W, kw, sw, pl, pr, 1)
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad)
     # a band's expanded rows and depthwise rows fit the buffer; at least one output row per band
     e_row = W * Ce * 4 if we is not None else 0
     d_row = Wo * Ce * 4 if wp is not None else 0

@@ -14,6 +14,13 @@ def conv_out_size(size, k, stride, pad_lo, pad_hi, dilation=1):
     return (size + pad_lo + pad_hi - (dilation * (k - 1) + 1)) // stride + 1
 
 
+def conv_out_hw(H, W, kh, kw, stride, pad, dilation=(1, 1)):
+    """The output plane (Ho, Wo) of a kh x kw convolution of an H x W input: :func:`conv_out_size`
+    along each axis; stride (sh, sw), pad (top, bottom, left, right), dilation (dh, dw)."""
+    return (conv_out_size(H, kh, stride[0], pad[0], pad[1], dilation[0]),
+            conv_out_size(W, kw, stride[1], pad[2], pad[3], dilation[1]))
+
+
 # ---------------------------------------------------------------------------------------------
 # NumPy reference
 
@@ -28,8 +35,7 @@ def convolution_reference(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1,
     sh, sw = stride
     dh, dw = dilation
     pt, pb, pl, pr = pad
-    Ho = conv_out_size(H, kh, sh, pt, pb, dh)
-    Wo = conv_out_size(W, kw, sw, pl, pr, dw)
+    Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad, dilation)
     xp = np.zeros((N, C, H + pt + pb, W + pl + pr), dtype=np.float32)
     xp[:, :, pt:pt + H, pl:pl + W] = x
     Mg = M // group
