@@ -85,6 +85,19 @@ def _pad_nhwc(x, n0, nb, pt, pl, xt):
                     row[pl + q, c] = src[q]
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _bt6(d0, d1, d2, d3, d4, d5, o0, o1, o2, o3, o4, o5):
+    # the six-point input transform of F(4x4, 3x3), o = B^T d, along vectors (d_i, o_i: (n,));
+    # applied down a tile's rows, then along its columns (inlined: the loop stays vectorised)
+    for c in range(o0.shape[0]):
+        o0[c] = 4.0 * d0[c] - 5.0 * d2[c] + d4[c]
+        o1[c] = -4.0 * (d1[c] + d2[c]) + d3[c] + d4[c]
+        o2[c] = 4.0 * (d1[c] - d2[c]) - d3[c] + d4[c]
+        o3[c] = 2.0 * (d3[c] - d1[c]) - d2[c] + d4[c]
+        o4[c] = 2.0 * (d1[c] - d3[c]) - d2[c] + d4[c]
+        o5[c] = 4.0 * d1[c] - 5.0 * d3[c] + d5[c]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _winograd_input(xt, nb, G, ks, th, tw, workers, counter, V):
     # xt: (nb, Hp, Wp, C) padded NHWC -> V: (36, G, nb*th*tw, ks*ks*Cg) = B^T d B of every 6x6 tile
@@ -112,14 +125,7 @@ def _winograd_input(xt, nb, G, ks, th, tw, workers, counter, V):
                     for q in range(6):
                         d0, d1, d2 = xt[n, r0, q0 + q], xt[n, r0 + 1, q0 + q], xt[n, r0 + 2, q0 + q]
                         d3, d4, d5 = xt[n, r0 + 3, q0 + q], xt[n, r0 + 4, q0 + q], xt[n, r0 + 5, q0 + q]
-                        u0, u1, u2, u3, u4, u5 = u[0, q], u[1, q], u[2, q], u[3, q], u[4, q], u[5, q]
-                        for c in range(C):
-                            u0[c] = 4.0 * d0[c] - 5.0 * d2[c] + d4[c]
-                            u1[c] = -4.0 * (d1[c] + d2[c]) + d3[c] + d4[c]
-                            u2[c] = 4.0 * (d1[c] - d2[c]) - d3[c] + d4[c]
-                            u3[c] = 2.0 * (d3[c] - d1[c]) - d2[c] + d4[c]
-                            u4[c] = 2.0 * (d1[c] - d3[c]) - d2[c] + d4[c]
-                            u5[c] = 4.0 * d1[c] - 5.0 * d3[c] + d5[c]
+                        _bt6(d0, d1, d2, d3, d4, d5, u[0, q], u[1, q], u[2, q], u[3, q], u[4, q], u[5, q])
                     # V[i*6 + j] = (u[i] B)[j]: the same six-point transform along the tile's columns
                     for g in range(G):
                         c0 = g * Cg
@@ -127,19 +133,10 @@ def _winograd_input(xt, nb, G, ks, th, tw, workers, counter, V):
                         for i in range(6):
                             e0, e1, e2 = u[i, 0, c0:c0 + Cg], u[i, 1, c0:c0 + Cg], u[i, 2, c0:c0 + Cg]
                             e3, e4, e5 = u[i, 3, c0:c0 + Cg], u[i, 4, c0:c0 + Cg], u[i, 5, c0:c0 + Cg]
-                            v0 = V[i * 6, g, col, k0:k0 + Cg]
-                            v1 = V[i * 6 + 1, g, col, k0:k0 + Cg]
-                            v2 = V[i * 6 + 2, g, col, k0:k0 + Cg]
-                            v3 = V[i * 6 + 3, g, col, k0:k0 + Cg]
-                            v4 = V[i * 6 + 4, g, col, k0:k0 + Cg]
-                            v5 = V[i * 6 + 5, g, col, k0:k0 + Cg]
-                            for c in range(Cg):
-                                v0[c] = 4.0 * e0[c] - 5.0 * e2[c] + e4[c]
-                                v1[c] = -4.0 * (e1[c] + e2[c]) + e3[c] + e4[c]
-                                v2[c] = 4.0 * (e1[c] - e2[c]) - e3[c] + e4[c]
-                                v3[c] = 2.0 * (e3[c] - e1[c]) - e2[c] + e4[c]
-                                v4[c] = 2.0 * (e1[c] - e3[c]) - e2[c] + e4[c]
-                                v5[c] = 4.0 * e1[c] - 5.0 * e3[c] + e5[c]
+                            _bt6(e0, e1, e2, e3, e4, e5, V[i * 6, g, col, k0:k0 + Cg],
+                                 V[i * 6 + 1, g, col, k0:k0 + Cg], V[i * 6 + 2, g, col, k0:k0 + Cg],
+                                 V[i * 6 + 3, g, col, k0:k0 + Cg], V[i * 6 + 4, g, col, k0:k0 + Cg],
+                                 V[i * 6 + 5, g, col, k0:k0 + Cg])
 
 
 @njit(parallel=True, cache=True, nogil=True)
