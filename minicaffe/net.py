@@ -544,6 +544,17 @@ class Net:
             return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
         return OrderedDict(blobs)
 
+    def _readers(self):
+        """Blob name -> the set of indices of the layers that read it (the layer plans' common
+        input; the layer list does not change after construction)."""
+        if getattr(self, "_readers_map", None) is None:
+            readers = {}
+            for j, layer in enumerate(self.layers):
+                for b in set(layer.bottoms):
+                    readers.setdefault(b, set()).add(j)
+            self._readers_map = readers
+        return self._readers_map
+
     def _channels_last_plan(self):
         """Indices of the layers that write their top channels last: producers that can
         (``writes_channels_last``) whose top has readers, every one of which reads that layout in
@@ -551,15 +562,12 @@ class Net:
         key = id(self.blob_shapes)
         if getattr(self, "_layout_key", None) == key:
             return self._layout
-        readers = {}
-        for layer in self.layers:
-            for b in set(layer.bottoms):
-                readers.setdefault(b, []).append(layer)
+        readers = self._readers()
         plan = set()
         for i, layer in enumerate(self.layers):
             if not layer.writes_channels_last or len(layer.tops) != 1:
                 continue
-            rs = [r for r in readers.get(layer.tops[0], []) if r is not layer]
+            rs = [self.layers[j] for j in sorted(readers.get(layer.tops[0], ())) if j != i]
             if rs and all(r.reads_channels_last([self.blob_shapes[b] for b in r.bottoms]) for r in rs):
                 plan.add(i)
         self._layout_key, self._layout = key, frozenset(plan)
@@ -578,10 +586,7 @@ class Net:
         if getattr(self, "_chains_key", None) == key:
             return self._chains
         lay = self.layers
-        readers = {}
-        for j, layer in enumerate(lay):
-            for b in set(layer.bottoms):
-                readers.setdefault(b, set()).add(j)
+        readers = self._readers()
 
         def only_read_by(blob, idx):
             return blob not in fetch and readers.get(blob, set()) == set(idx)
