@@ -39,6 +39,9 @@ CASES = [
     ("1x1_b3_two_panels", (3, 7, 2, 3), (70, 7, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     ("dw_5x5_s2_b2_wide", (2, 40, 9, 12), (40, 1, 5, 5), (2, 2), (2, 2, 1, 2), (1, 1), 40),
     ("dw_3x3_s1_b1_nopad", (1, 17, 4, 6), (17, 1, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 17),
+    ("dw_5x5_s1_b1_48ch", (1, 48, 7, 7), (48, 1, 5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 48),
+    ("dw_5x5_s1_narrow_b2", (2, 20, 6, 3), (20, 1, 5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 20),
+    ("dw_7x3_s1_tails", (1, 19, 8, 9), (19, 1, 7, 3), (1, 1), (3, 3, 1, 1), (1, 1), 19),
     ("stem_3x3_s2_rgb_b2", (2, 3, 15, 13), (40, 3, 3, 3), (2, 2), (0, 1, 0, 1), (1, 1), 1),
 ]
 
@@ -62,7 +65,7 @@ def _supports(variant, xs, ws, stride, pad, dil, group):
         "depthwise-cl": C.depthwise_nhwc_applies(xs, ws, dil, group),
         "depthwise-cl-from-nchw": C.depthwise_nhwc_applies(xs, ws, dil, group),
         "cpu-cl": True,
-        "im2row-cl": C.im2row_applies(xs, ws, group) and C.direct_applies(xs, np.empty(ws), stride, pad, dil, group),
+        "taps-cl": C.taps_applies(xs, ws, group) and C.direct_applies(xs, np.empty(ws), stride, pad, dil, group),
     }[variant]
 
 
@@ -97,7 +100,7 @@ VARIANTS = {
     "depthwise-cl-from-nchw": lambda x, w, b, s, p, d, g, **k: _checked_cl(C.convolution_depthwise_nhwc_cpu(x, w, b, s,
                                                                                                            p, **k)),
     "cpu-cl": lambda x, w, b, s, p, d, g, **k: C.convolution_cpu(_cl(x), w, b, s, p, d, g, **k),
-    "im2row-cl": lambda x, w, b, s, p, d, g, **k: _checked_cl(C.convolution_im2row_nhwc_cpu(x, w, b, s, p, d, **k)),
+    "taps-cl": lambda x, w, b, s, p, d, g, **k: _checked_cl(C.convolution_taps_nhwc_cpu(x, w, b, s, p, d, **k)),
 }
 _CL_VARIANTS = [v for v in VARIANTS if v.endswith(("-cl", "-from-nchw"))]
 

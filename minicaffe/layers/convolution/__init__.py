@@ -31,9 +31,9 @@ from .nhwc import (
                      conv1x1_applies,
                      convolution_1x1_nhwc_cpu,
                      convolution_depthwise_nhwc_cpu,
-                     convolution_im2row_nhwc_cpu,
+                     convolution_taps_nhwc_cpu,
                      depthwise_nhwc_applies,
-                     im2row_applies,
+                     taps_applies,
 )
 from .reference import (
                      conv_out_size,
@@ -48,8 +48,8 @@ __all__ = [
     "conv_out_size", "convolution_1x1_cpu", "convolution_backward_cpu", "convolution_backward_reference",
     "convolution_cpu", "convolution_cuda", "convolution_depthwise_cpu", "convolution_direct_cpu",
     "convolution_gather_cpu", "direct_applies", "conv1x1_applies", "convolution_1x1_nhwc_cpu",
-    "convolution_depthwise_nhwc_cpu", "depthwise_nhwc_applies", "nhwc_applies", "convolution_im2row_nhwc_cpu",
-    "im2row_applies",
+    "convolution_depthwise_nhwc_cpu", "depthwise_nhwc_applies", "nhwc_applies", "convolution_taps_nhwc_cpu",
+    "taps_applies",
     "convolution_phase_cpu", "convolution_reference", "convolution_wide_cpu",
     "convolution_winograd_cpu", "winograd_applies", "winograd_filters",
 ]

@@ -34,9 +34,9 @@ from .nhwc import (
     convolution_1x1_nhwc_cpu,
     convolution_block_nhwc_cpu,
     convolution_depthwise_nhwc_cpu,
-    convolution_im2row_nhwc_cpu,
+    convolution_taps_nhwc_cpu,
     depthwise_nhwc_applies,
-    im2row_applies,
+    taps_applies,
 )
 from .reference import (
     conv_out_hw,
@@ -88,9 +88,9 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
         if group == 1:
             return convolution_1x1_nhwc_cpu(x, w, b, relu, relu_cap)
         return convolution_depthwise_nhwc_cpu(x, w, b, stride, pad, relu, relu_cap)
-    if channels_last and NHWC and im2row_applies(x.shape, w.shape, group) and direct_applies(
+    if channels_last and NHWC and taps_applies(x.shape, w.shape, group) and direct_applies(
             x.shape, w, stride, pad, dilation, group):
-        return convolution_im2row_nhwc_cpu(x, w, b, stride, pad, dilation, relu, relu_cap)
+        return convolution_taps_nhwc_cpu(x, w, b, stride, pad, dilation, relu, relu_cap)
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
     M, Cg, kh, kw = w.shape

@@ -24,6 +24,10 @@ from ...simd import (
     DW_R,
     MR,
     NR,
+    dw_rows_3s1,
+    dw_rows_3s2,
+    dw_rows_5s1,
+    dw_rows_5s2,
     dw_tile,
     dw_tile1,
     fetch_add,
@@ -77,20 +81,25 @@ def _tile_out_residual(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _gemm_rows(x2, offs, bp, b, lo, hi, workers, counter, y2):
-    # x2: (P, K) float32 rows (pixels, channels last), offs: arange(K), bp: (Pn, K*NR) packed weight
-    # panels, b: (Pn*NR,) bias zero-padded, y2: (P, M) -> y2 = clip(x2 @ W^T + b, lo, hi). Tasks
-    # (block of MR-row tiles, panel), block fastest so consecutive tasks share a panel; the last tile
-    # is shifted back to end at row P-1 (P >= MR), recomputing a few rows rather than narrowing. The
-    # tile adds the bias, clips and stores its rows itself.
-    P, K = x2.shape
-    M = y2.shape[1]
+def _gemm_rows(xf, offs, bp, b, lo, hi, geo, workers, counter, yf):
+    # The 1x1 product over output pixels, yf[pixel q's base + m] = clip(sum_k xf[q's input base +
+    # offs[k]] * W[m, k] + b[m], lo, hi). offs: (K,) int64, bp: (Pn, K*NR) packed weight panels, b:
+    # (Pn*NR,) bias zero-padded; geo: int64 (Ho, Wo, iHp, iWp, iC, sh, sw, oHp, oWp, ot, ol, in_rows,
+    # out_rows, N, M): output pixel q = (n, oh, ow) of N x Ho x Wo reads from input base
+    # ((n*iHp + oh*sh)*iWp + ow*sw)*iC (or q*K when in_rows: contiguous rows of K) and writes at
+    # ((n*oHp + oh + ot)*oWp + ow + ol)*M (or q*M when out_rows): a padded input read by taps
+    # (offs), an output stored into a zero-padded buffer. Tasks (block of MR-pixel tiles, panel),
+    # block fastest so consecutive tasks share a panel; the last tile is shifted back to end at the
+    # last pixel (P >= MR), recomputing a few rather than narrowing. The tile adds the bias, clips
+    # and stores its rows itself.
+    K = offs.shape[0]
+    Ho, Wo, iHp, iWp, iC, sh, sw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6]
+    oHp, oWp, ot, ol, in_rows, out_rows, N, M = geo[7], geo[8], geo[9], geo[10], geo[11], geo[12], geo[13], geo[14]
+    P = N * Ho * Wo
     Pn = bp.shape[0]
     ntiles = (P + MR - 1) // MR
     nblk = (ntiles + TILES_PER_TASK - 1) // TILES_PER_TASK
     total = nblk * Pn
-    xf = x2.reshape(P * K)
-    yf = y2.reshape(P * M)
     for _w in prange(workers):
         pix = np.empty(MR, dtype=np.int64)
         ypix = np.empty(MR, dtype=np.int64)
@@ -106,86 +115,113 @@ def _gemm_rows(x2, offs, bp, b, lo, hi, workers, counter, y2):
             bias = b[m0:m0 + NR]
             for ti in range(blk * TILES_PER_TASK, min(ntiles, (blk + 1) * TILES_PER_TASK)):
                 q0 = min(ti * MR, P - MR)
-                for p in range(MR):
-                    pix[p] = (q0 + p) * K
-                    ypix[p] = (q0 + p) * M + m0
+                if in_rows and out_rows:
+                    for p in range(MR):
+                        pix[p] = (q0 + p) * K
+                        ypix[p] = (q0 + p) * M + m0
+                else:
+                    n = q0 // (Ho * Wo)
+                    oh = (q0 - n * Ho * Wo) // Wo
+                    ow = q0 - (n * Ho + oh) * Wo
+                    for p in range(MR):
+                        pix[p] = (q0 + p) * K if in_rows else ((n * iHp + oh * sh) * iWp + ow * sw) * iC
+                        ypix[p] = ((q0 + p) * M if out_rows else ((n * oHp + oh + ot) * oWp + ow + ol) * M) + m0
+                        ow += 1
+                        if ow == Wo:
+                            ow = 0
+                            oh += 1
+                            if oh == Ho:
+                                oh = 0
+                                n += 1
                 _tile_out(xf, pix, offs, K, panel, bias, lo, hi, yf, ypix, mcount)
 
 
-@njit(cache=True, nogil=True)
-def _dw_pixel(src, r0, H, wt, b, oh, ow, sh, sw, pt, pl, c_from, lo, hi, yrow):
-    # one output pixel of _dw_row, channels c_from..C, taps outside the image skipped (the channel
-    # tails past the last full vector only: a function of its own, compiled once)
-    W, C = src.shape[1], src.shape[2]
-    kh, kw = wt.shape[0], wt.shape[1]
-    acc = yrow[ow]
-    for c in range(c_from, C):
-        acc[c] = b[c]
-    for i in range(max(0, pt - oh * sh), min(kh, H + pt - oh * sh)):
-        xrow = src[oh * sh + i - pt - r0]
-        for j in range(max(0, pl - ow * sw), min(kw, W + pl - ow * sw)):
-            xr = xrow[ow * sw + j - pl]
-            wr = wt[i, j]
-            for c in range(c_from, C):
-                acc[c] += xr[c] * wr[c]
-    for c in range(c_from, C):
-        v = acc[c]
-        v = lo if v < lo else v
-        acc[c] = hi if v > hi else v
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _dw_row(src, r0, H, wt, b, oh, sh, sw, pt, pl, lo, hi, yrow, toffs, wofs):
-    # One output row of a depthwise convolution along channel vectors. src: (R, W, C) holding rows
-    # r0 .. r0+R-1 of an image of H rows (every row a valid tap of this output row reads);
-    # wt: (kh, kw, C); yrow: (Wo, C). The pixels whose taps all fall inside the image in columns
-    # ("interior") run as register tiles of DW_R pixels x one channel vector (simd.dw_tile) over a
-    # table of the row's valid taps (toffs, wofs: scratch of 2*kh*kw); border pixels as one-pixel
-    # tiles over their own tap tables; the channels past the last full vector through _dw_pixel.
-    R, W, C = src.shape
-    kh, kw = wt.shape[0], wt.shape[1]
-    Wo = yrow.shape[0]
-    CV = C - C % SIMD_W
-    owa = min(Wo, (pl + sw - 1) // sw)
-    owb = max(owa, min(Wo, (W - kw + pl) // sw + 1))
-    nt = 0
-    for i in range(max(0, pt - oh * sh), min(kh, H + pt - oh * sh)):
-        for j in range(kw):
-            toffs[nt] = ((oh * sh + i - pt - r0) * W + j - pl) * C
-            wofs[nt] = (i * kw + j) * C
-            nt += 1
-    xf = src.reshape(R * W * C)
-    wf = wt.reshape(kh * kw * C)
-    yf = yrow.reshape(Wo * C)
-    # border pixels: their own table of the taps inside the image (second half of the scratch),
-    # one pixel x one channel vector per tile
-    bt = toffs[kh * kw:]
-    bw = wofs[kh * kw:]
-    for ow in range(Wo):
-        if owa <= ow < owb:
+@njit(parallel=True, cache=True, nogil=True)
+def _pad_nhwc(x, nchw, pt, pl, xp):
+    # x: (N, C, H, W) array (nchw) or (N, H, W, C) array -> xp: (N, Hp, Wp, C) channels last, x at
+    # (pt, pl), zeros elsewhere (NCHW -> NHWC when nchw); one padded row per task
+    N, Hp, Wp, C = xp.shape
+    H, W = (x.shape[2], x.shape[3]) if nchw else (x.shape[1], x.shape[2])
+    xpf = xp.reshape(xp.size)
+    xf = x.reshape(x.size)
+    for t in prange(N * Hp):
+        n = t // Hp
+        h = t - n * Hp - pt
+        d = t * Wp * C
+        if h < 0 or h >= H:
+            xpf[d:d + Wp * C] = 0.0
             continue
-        nb = 0
-        for i in range(max(0, pt - oh * sh), min(kh, H + pt - oh * sh)):
-            for j in range(max(0, pl - ow * sw), min(kw, W + pl - ow * sw)):
-                bt[nb] = ((oh * sh + i - pt - r0) * W + j - pl) * C
-                bw[nb] = (i * kw + j) * C
-                nb += 1
-        for c0 in range(0, CV, SIMD_W):
-            dw_tile1(xf, ow * sw * C + c0, sw * C, bt, bw, nb, wf, c0, b, lo, hi, yf, ow * C + c0, C)
-        if CV < C:
-            _dw_pixel(src, r0, H, wt, b, oh, ow, sh, sw, pt, pl, CV, lo, hi, yrow)
-    ow = owa
-    while ow < owb:
-        r = DW_R if ow + DW_R <= owb else 1
-        for c0 in range(0, CV, SIMD_W):
-            if r == DW_R:
-                dw_tile(xf, ow * sw * C + c0, sw * C, toffs, wofs, nt, wf, c0, b, lo, hi, yf, ow * C + c0, C)
-            else:
-                dw_tile1(xf, ow * sw * C + c0, sw * C, toffs, wofs, nt, wf, c0, b, lo, hi, yf, ow * C + c0, C)
-        if CV < C:
-            for q in range(r):
-                _dw_pixel(src, r0, H, wt, b, oh, ow + q, sh, sw, pt, pl, CV, lo, hi, yrow)
-        ow += r
+        xpf[d:d + pl * C] = 0.0
+        xpf[d + (pl + W) * C:d + Wp * C] = 0.0
+        d += pl * C
+        if nchw:
+            for c in range(C):
+                src = x[n, c, h]
+                for q in range(W):
+                    xpf[d + q * C + c] = src[q]
+        else:
+            src = (n * H + h) * W * C
+            xpf[d:d + W * C] = xf[src:src + W * C]
+
+
+def _padded_nhwc(x, Hp, Wp, pt, pl):
+    """x: (N, C, H, W) blob -> C-contiguous (N, Hp, Wp, C) float32, x at rows pt.., columns pl..,
+    zeros around (read from channels-last memory in place, else NCHW -> NHWC)."""
+    N, C = x.shape[:2]
+    xp = np.empty((N, Hp, Wp, C), dtype=np.float32)
+    if is_channels_last(x) and x.dtype == np.float32:
+        _pad_nhwc(nhwc_memory(x), False, pt, pl, xp)
+    else:
+        _pad_nhwc(np.ascontiguousarray(x, dtype=np.float32), True, pt, pl, xp)
+    return xp
+
+
+@njit(cache=True, nogil=True)
+def _dw_out_row(src, sb, rstep, kh, kw, sw, wf, bd, lo, hi, Wo, y, yb, toffs, wofs, ca, cb):
+    # One output row of a depthwise convolution on zero-padded channels-last rows: src: flat rows
+    # of rstep floats, pixels of C = bd.shape[0] channels; output pixel ow's first tap at
+    # src[sb + ow*sw*C]; wf: (kh*kw*C,) weights tap-major; y[yb + ow*C + c] gets its clipped sum.
+    # Tiles of DW_R pixels x one channel vector (the row's last tile shifted back to end at its
+    # last pixel, recomputing a few), through the column-sharing tiles for 3x3 / 5x5 kernels at
+    # stride 1 / 2, else (and for rows narrower than DW_R) through the tap table toffs / wofs
+    # (kh*kw entries: (i*Wp + j)*C and t*C); the channels past the last full vector one by one.
+    # Channels [ca, cb) only (ca a multiple of the vector width).
+    C = bd.shape[0]
+    CV = min(cb, C - C % SIMD_W)
+    nt = kh * kw
+    if Wo >= DW_R:
+        ow = 0
+        while True:
+            o = min(ow, Wo - DW_R)
+            xb = sb + o * sw * C
+            ob = yb + o * C
+            for c0 in range(ca, CV, SIMD_W):
+                if kw == 3 and sw == 1:
+                    dw_rows_3s1(src, xb + c0, rstep, C, kh, wf, c0, bd, lo, hi, y, ob + c0, C)
+                elif kw == 3 and sw == 2:
+                    dw_rows_3s2(src, xb + c0, rstep, C, kh, wf, c0, bd, lo, hi, y, ob + c0, C)
+                elif kw == 5 and sw == 1:
+                    dw_rows_5s1(src, xb + c0, rstep, C, kh, wf, c0, bd, lo, hi, y, ob + c0, C)
+                elif kw == 5 and sw == 2:
+                    dw_rows_5s2(src, xb + c0, rstep, C, kh, wf, c0, bd, lo, hi, y, ob + c0, C)
+                else:
+                    dw_tile(src, xb + c0, sw * C, toffs, wofs, nt, wf, c0, bd, lo, hi, y, ob + c0, C)
+            if o == Wo - DW_R:
+                break
+            ow += DW_R
+    else:
+        for o in range(Wo):
+            for c0 in range(ca, CV, SIMD_W):
+                dw_tile1(src, sb + o * sw * C + c0, sw * C, toffs, wofs, nt, wf, c0, bd, lo, hi, y, yb + o * C + c0,
+                         C)
+    for o in range(Wo):
+        for c in range(max(ca, CV), cb):
+            acc = bd[c]
+            for i in range(kh):
+                for j in range(kw):
+                    acc += src[sb + i * rstep + (o * sw + j) * C + c] * wf[(i * kw + j) * C + c]
+            acc = lo if acc < lo else acc
+            y[yb + o * C + c] = hi if acc > hi else acc
 
 
 def clip_bounds(relu, relu_cap):
@@ -232,72 +268,84 @@ def convolution_1x1_nhwc_cpu(x, w, b, relu=False, relu_cap=None):
 
 
 def _gemm_nhwc(xt, w, b, relu, relu_cap):
-    """xt: C-contiguous (N, H, W, K) rows, w: (M, ...) with K = its size per output channel, in the
-    rows' order -> (N, M, H, W) with (N, H, W, M) memory: rows @ W^T + b, activation fused."""
+    """xt: C-contiguous (N, H, W, K) rows, w: (M, K, 1, 1) -> (N, M, H, W) with (N, H, W, M) memory:
+    rows @ W^T + b, activation fused."""
     N, H, W, K = xt.shape
     M = w.shape[0]
-    P = N * H * W
-    bp = cached_transform(w, ("direct", 1), lambda wf: _pack_weights(wf, 1))[0]
     y = np.empty((N, H, W, M), dtype=np.float32)
-    small = P * M * K < PARALLEL_MACS
-    _gemm_rows(xt.reshape(P, K), _arange(K), bp, _padded_bias(b, bp.shape[0] * NR), *clip_bounds(relu, relu_cap),
-               1 if small else numba.get_num_threads(), np.zeros(1, np.int64), y.reshape(P, M))
+    _gemm_geo(xt, _arange(K), w, b, relu, relu_cap, (N, H, W, H, W, K, 1, 1), y, (H, W, 0, 0))
     return channels_last_view(y)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _im2row(x, Ho, Wo, kh, kw, sh, sw, pt, pl, dh, dw, rows):
-    # x: (N, C, H, W) -> rows: (N*Ho*Wo, C*kh*kw), one row per output pixel in the weights' OIHW
-    # (c, i, j) order, zeros where a tap falls in the padding; one (image, output row) per task
-    N, C, H, W = x.shape
-    for t in prange(N * Ho):
-        n = t // Ho
-        oh = t - n * Ho
-        for ow in range(Wo):
-            row = rows[t * Wo + ow]
-            k = 0
-            for c in range(C):
-                for i in range(kh):
-                    ih = oh * sh + i * dh - pt
-                    for j in range(kw):
-                        iw = ow * sw + j * dw - pl
-                        row[k] = x[n, c, ih, iw] if 0 <= ih < H and 0 <= iw < W else np.float32(0.0)
-                        k += 1
+def _gemm_geo(xp, offs, w, b, relu, relu_cap, geo_in, y, geo_out, key=("direct", 1), pack=None):
+    """The 1x1 GEMM kernel over output pixels (_gemm_rows). xp: the C-contiguous input, read at
+    offs from each pixel's base; geo_in = (N, Ho, Wo, iHp, iWp, iC, sh, sw) (contiguous rows of K
+    when iHp, iWp, iC, sh, sw = Ho, Wo, K, 1, 1); y: (N, oHp, oWp, M) output, geo_out = (oHp, oWp,
+    ot, ol) the pixels' place in it; w: (M, ...) packed by ``pack`` (default: its own order) and
+    cached under ``key``."""
+    N, Ho, Wo, iHp, iWp, iC, sh, sw = geo_in
+    oHp, oWp, ot, ol = geo_out
+    K = offs.shape[0]
+    M = w.shape[0]
+    bp = cached_transform(w, key, pack or (lambda wf: _pack_weights(wf, 1)))[0]
+    in_rows = (iHp, iWp, iC, sh, sw) == (Ho, Wo, K, 1, 1)
+    out_rows = (oHp, oWp, ot, ol) == (Ho, Wo, 0, 0)
+    geo = np.array((Ho, Wo, iHp, iWp, iC, sh, sw, oHp, oWp, ot, ol, in_rows, out_rows, N, M), dtype=np.int64)
+    small = N * Ho * Wo * M * K < PARALLEL_MACS
+    _gemm_rows(xp.reshape(xp.size), offs, bp, _padded_bias(b, bp.shape[0] * NR), *clip_bounds(relu, relu_cap),
+               geo, 1 if small else numba.get_num_threads(), np.zeros(1, np.int64), y.reshape(y.size))
 
 
-#: input-channel x tap count up to which a channels-last convolution of a small batch runs as rows
-#: of taps through the 1x1 GEMM (EfficientNet's 3x3 stem from RGB: 27) rather than the direct kernel
-IM2ROW_UP_TO = 32
-#: largest batch for that route: as fast as the direct kernel at batch 1 (0.50 ms for the stem), so
-#: a first small run need not compile the direct kernel; slower at batch 64 (35-45 vs 24 ms: the
-#: rows are a pass over memory)
-IM2ROW_MAX_BATCH = 4
+#: input-channel x tap count up to which a channels-last convolution runs as a 1x1 GEMM whose
+#: A operand is read through the taps (EfficientNet's 3x3 stem from RGB: 27) rather than through
+#: the direct kernel
+TAPS_UP_TO = 32
+
+_TAPS = {}
 
 
-def im2row_applies(x_shape, w_shape, group):
-    """An ungrouped convolution with at most IM2ROW_UP_TO taps per output (channels x kernel) on at
-    most IM2ROW_MAX_BATCH images: :func:`convolution_im2row_nhwc_cpu`."""
+def taps_applies(x_shape, w_shape, group):
+    """An ungrouped convolution with at most TAPS_UP_TO taps per output (channels x kernel):
+    :func:`convolution_taps_nhwc_cpu`."""
     M, Cg, kh, kw = w_shape
-    return group == 1 and Cg * kh * kw <= IM2ROW_UP_TO and x_shape[0] <= IM2ROW_MAX_BATCH
+    return group == 1 and Cg * kh * kw <= TAPS_UP_TO
 
 
-def convolution_im2row_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), relu=False,
-                                relu_cap=None):
-    """x: (N, C, H, W), w: (M, C, kh, kw) with few taps (:func:`im2row_applies`) -> (N, M, Ho, Wo)
-    with (N, Ho, Wo, M) memory: each output pixel's taps gathered into a row, the rows multiplied by
-    the weights through the 1x1 GEMM (bias, activation and channels-last stores in its tiles)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+def _pack_hwc(w):
+    # OIHW -> OHWI (a pixel's taps in channels-last order), then the GEMM's panels
+    return _pack_weights(np.ascontiguousarray(w.transpose(0, 2, 3, 1)), 1)
+
+
+def convolution_taps_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), relu=False,
+                              relu_cap=None):
+    """x: (N, C, H, W), w: (M, C, kh, kw) with few taps (:func:`taps_applies`) -> (N, M, Ho, Wo)
+    with (N, Ho, Wo, M) memory: the input copied once into a zero-padded channels-last array, then
+    the 1x1 GEMM with each output pixel's A row read through its taps' offsets there (an indirect
+    convolution: bias, activation and channels-last stores in its tiles)."""
     N, C, H, W = x.shape
     M, Cg, kh, kw = w.shape
     sh, sw = stride
     dh, dw = dilation
     pt, pb, pl, pr = pad
     Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad, dilation)
-    K = C * kh * kw
-    rows = np.empty((N * Ho * Wo, K), dtype=np.float32)
-    _im2row(x, Ho, Wo, kh, kw, sh, sw, pt, pl, dh, dw, rows)
-    # the rows' (c, i, j) order is the OIHW weights' own: their packed panels as they are
-    return _gemm_nhwc(rows.reshape(N, Ho, Wo, K), w, b, relu, relu_cap)
+    # padded just far enough for every tap of every output pixel: the kernel has no bounds checks
+    Hp = max(H + pt, (Ho - 1) * sh + (kh - 1) * dh + 1)
+    Wp = max(W + pl, (Wo - 1) * sw + (kw - 1) * dw + 1)
+    xp = _padded_nhwc(x, Hp, Wp, pt, pl)
+    key = (C, kh, kw, Wp, dh, dw)
+    offs = _TAPS.get(key)
+    if offs is None:
+        # tap (i, j, c) in OHWI order, relative to a pixel's base
+        ii, jj, cc = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(C), indexing="ij")
+        offs = ((ii * dh * Wp + jj * dw) * C + cc).reshape(-1).astype(np.int64)
+        offs.setflags(write=False)
+        if len(_TAPS) > 64:
+            _TAPS.clear()
+        _TAPS[key] = offs
+    y = np.empty((N, Ho, Wo, M), dtype=np.float32)
+    _gemm_geo(xp, offs, w, b, relu, relu_cap, (N, Ho, Wo, Hp, Wp, C, sh, sw), y, (Ho, Wo, 0, 0), ("taps-hwc",),
+              _pack_hwc)
+    return channels_last_view(y)
 
 
 def depthwise_nhwc_applies(x_shape, w_shape, dilation, group):
@@ -308,29 +356,87 @@ def depthwise_nhwc_applies(x_shape, w_shape, dilation, group):
 
 
 def convolution_depthwise_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), relu=False, relu_cap=None):
-    """x: (N, C, H, W) (channels-last memory read in place; NCHW copied once), w: (C, 1, kh, kw) ->
+    """x: (N, C, H, W) (channels-last memory read in place; NCHW converted), w: (C, 1, kh, kw) ->
     (N, C, Ho, Wo) with (N, Ho, Wo, C) memory; same values as :func:`convolution_reference` with
-    ``group == C``."""
-    xt = _as_nhwc(x)
-    N, H, W, C = xt.shape
+    ``group == C``: the input copied once into a zero-padded channels-last array, then
+    :func:`_depthwise_padded`."""
+    N, C, H, W = x.shape
     M, Cg, kh, kw = w.shape
     if M != C or Cg != 1:
         raise ValueError(f"not a depthwise convolution of {C} channels: weight {w.shape}")
-    sh, sw = stride
     pt, pb, pl, pr = pad
     Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad)
+    Hp, Wp = _padded_hw(H, W, Ho, Wo, kh, kw, stride, pad)
+    y = _depthwise_padded(_padded_nhwc(x, Hp, Wp, pt, pl), w, b, stride, Ho, Wo, relu, relu_cap)
+    return channels_last_view(y)
+
+
+def _padded_hw(H, W, Ho, Wo, kh, kw, stride, pad):
+    """The zero-padded input plane (Hp, Wp) every tap of every output pixel falls inside."""
+    return max(H + pad[0], (Ho - 1) * stride[0] + kh), max(W + pad[2], (Wo - 1) * stride[1] + kw)
+
+
+def _depthwise_padded(xp, w, b, stride, Ho, Wo, relu, relu_cap):
+    """xp: C-contiguous (N, Hp, Wp, C) zero-padded channels-last input (:func:`_padded_hw`), w: (C,
+    1, kh, kw) -> (N, Ho, Wo, C) float32: the depthwise convolution (bias, activation), on every
+    thread from tasks of (image, output rows, channels)."""
+    N, Hp, Wp, C = xp.shape
+    kh, kw = w.shape[2:]
     # OIHW (C, 1, kh, kw) -> (kh, kw, C): a tap's weights for all channels contiguous
     wt = cached_transform(w, ("dw-hwc",), lambda wf: np.ascontiguousarray(wf.reshape(C, kh * kw).T)
                           .reshape(kh, kw, C))
     y = np.empty((N, Ho, Wo, C), dtype=np.float32)
-    # the inverted-residual kernel with neither 1x1 stage: one compiled kernel serves both
-    workers = 1 if y.size * kh * kw < PARALLEL_MACS else numba.get_num_threads()
-    chunk = max(1, min(Ho, -(-N * Ho // (4 * workers))))
-    one = np.ones((1, NR), dtype=np.float32)
-    _block(xt, False, _arange(C), one, one[0], np.float32(0.0), np.float32(0.0), wt, _padded_bias(b, C), sh, sw,
-           pt, pl, *clip_bounds(relu, relu_cap), False, _arange(C), one, one[0], False, chunk, 1, chunk, workers,
-           np.zeros(1, np.int64), y)
-    return channels_last_view(y)
+    # the depthwise work is load-bound: it counts 4x its multiply-adds against the parallel threshold
+    workers = 1 if 4 * y.size * kh * kw < PARALLEL_MACS else numba.get_num_threads()
+    rows = max(1, min(Ho, -(-N * Ho // (4 * workers))))
+    tasks = N * -(-Ho // rows)
+    # too few (image, rows) tasks for the threads: split the channels too, in whole vectors
+    groups = 1 if tasks >= 4 * workers or workers == 1 else -(-4 * workers // tasks)
+    cg = -(-C // groups)
+    cg = min(C, -(-cg // SIMD_W) * SIMD_W)
+    _dw_padded(xp, wt, _padded_bias(b, C), stride[0], stride[1], *clip_bounds(relu, relu_cap), rows, cg, workers,
+               np.zeros(1, np.int64), y)
+    return y
+
+
+@njit(cache=True, nogil=True)
+def _dw_padded_worker(xp, wt, bd, sh, sw, lo, hi, rows, cg, counter, y):
+    # xp: (N, Hp, Wp, C) zero-padded, wt: (kh, kw, C), y: (N, Ho, Wo, C); tasks (image, chunk of
+    # ``rows`` output rows, group of cg channels) from the shared counter, channels fastest
+    N, Hp, Wp, C = xp.shape
+    Ho, Wo = y.shape[1], y.shape[2]
+    kh, kw = wt.shape[0], wt.shape[1]
+    nr = (Ho + rows - 1) // rows
+    ng = (C + cg - 1) // cg
+    total = N * nr * ng
+    xf = xp.reshape(xp.size)
+    yf = y.reshape(y.size)
+    wf = wt.reshape(wt.size)
+    rstep = Wp * C
+    toffs = np.empty(kh * kw, dtype=np.int64)
+    wofs = np.empty(kh * kw, dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            toffs[i * kw + j] = (i * Wp + j) * C
+            wofs[i * kw + j] = (i * kw + j) * C
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= total:
+            break
+        g = t % ng
+        r = t // ng
+        n = r // nr
+        o0 = (r - n * nr) * rows
+        for oh in range(o0, min(Ho, o0 + rows)):
+            _dw_out_row(xf, (n * Hp + oh * sh) * rstep, rstep, kh, kw, sw, wf, bd, lo, hi, Wo, yf,
+                        (n * Ho + oh) * Wo * C, toffs, wofs, g * cg, min(C, (g + 1) * cg))
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _dw_padded(xp, wt, bd, sh, sw, lo, hi, rows, cg, workers, counter, y):
+    # _dw_padded_worker on ``workers`` threads sharing the task counter
+    for _w in prange(workers):
+        _dw_padded_worker(xp, wt, bd, sh, sw, lo, hi, rows, cg, counter, y)
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,36 +452,51 @@ FUSE_EXPANDED_FROM = 1 << 20
 FUSE_HALO = 1.0
 
 
+def _band(rows, W, Wo, Ce, kh, kw, sh, sw, pl, d_row):
+    """Output rows per band (at most ``rows``, at least one) whose padded depthwise input rows and
+    d_row bytes of depthwise output per row fit EXPAND_BUFFER_BYTES."""
+    e_row = max(W + pl, (Wo - 1) * sw + kw) * Ce * 4
+    return min(rows, max(1, (EXPAND_BUFFER_BYTES - kh * e_row) // (sh * e_row + d_row) + 1))
+
+
 @njit(cache=True, nogil=True)
 def _block_worker(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, has_project,
-                  offs_p, bp_p, bpp, residual, band, rows_max, chunk, counter, y):
+                  offs_p, bp_p, bpp, residual, band, chunk, counter, y):
     # xt: (N, H, W, Cin) block input. Expansion (has_expand): offs_e = arange(Cin), bp_e: (Pe,
     # Cin*NR) packed 1x1 weights, be: (Pe*NR,) bias zero-padded, elo/ehi its clip. Depthwise: wt:
     # (kh, kw, Ce), bd: (Ce,), dlo/dhi. Projection (has_project): offs_p = arange(Ce), bp_p: (Pp,
     # Ce*NR), bpp: (Pp*NR,); residual: add xt (same shape as y). y: (N, Ho, Wo, Cout), Cout = Ce
     # without a projection. Tasks are (image, chunk of output rows) from a shared counter. A task
-    # walks its chunk in bands of ``band`` output rows: it expands the input rows the band's taps
-    # read into a per-thread buffer E (rows_max x W x Ce), keeping the rows the previous band
-    # already expanded (moved to the front), runs the depthwise rows on E (or on the input rows
-    # themselves without an expansion) into a band buffer D (or y), then projects D into y. One
+    # walks its chunk in bands of ``band`` output rows: the rows of the zero-padded depthwise input
+    # the band's taps read are in a per-thread buffer E ((band-1)*sh + kh rows of Wp >= pl + W
+    # pixels, the padding zeros), expanded there from the input rows (or copied, without an
+    # expansion), keeping the rows the previous band already has (moved to the front); the
+    # depthwise rows run on E into a band buffer D (or y), then D is projected into y. One
     # thread's loop over tasks; _block runs it on every thread.
     N, H, W, Cin = xt.shape
     Ho, Wo, Cout = y.shape[1], y.shape[2], y.shape[3]
     kh, kw, Ce = wt.shape[0], wt.shape[1], wt.shape[2]
     Pe = bp_e.shape[0]
     Pp = bp_p.shape[0]
+    Wp = max(W + pl, (Wo - 1) * sw + kw)
+    rows_max = (band - 1) * sh + kh
+    rstep = Wp * Ce
     nchunks = (Ho + chunk - 1) // chunk
     total = N * nchunks
     yf = y.reshape(N * Ho * Wo * Cout)
     rf = xt.reshape(N * H * W * Cin)
-    E = np.empty((rows_max if has_expand else 1, W, Ce), dtype=np.float32)
-    ef = E.reshape(E.size)
-    D = np.empty((band if has_project else 1, Wo, Ce), dtype=np.float32)
-    df = D.reshape(D.size)
+    wf = wt.reshape(kh * kw * Ce)
+    E = np.zeros(rows_max * rstep, dtype=np.float32)
+    D = np.empty((band if has_project else 1) * Wo * Ce, dtype=np.float32)
     pix = np.empty(MR, dtype=np.int64)
     ypix = np.empty(MR, dtype=np.int64)
-    toffs = np.empty(2 * kh * kw, dtype=np.int64)
-    wofs = np.empty(2 * kh * kw, dtype=np.int64)
+    ebase = np.empty(MR, dtype=np.int64)
+    toffs = np.empty(kh * kw, dtype=np.int64)
+    wofs = np.empty(kh * kw, dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            toffs[i * kw + j] = (i * Wp + j) * Ce
+            wofs[i * kw + j] = (i * kw + j) * Ce
     while True:
         t = fetch_add(counter, 0, 1)
         if t >= total:
@@ -385,44 +506,64 @@ def _block_worker(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt
         o1 = min(Ho, o0 + chunk)
         xf = xt[n].reshape(H * W * Cin)
         e0 = 0
-        e1 = 0                                   # image rows [e0, e1) are in E
+        e1 = 0                                   # padded rows [e0, e1) are in E
         for b0 in range(o0, o1, band):
             b1 = min(o1, b0 + band)
-            r0 = max(0, b0 * sh - pt)
-            r1 = min(H, (b1 - 1) * sh - pt + kh)
-            if has_expand:
-                start = r0
-                if e0 <= r0 < e1:
-                    # rows r0..e1 were expanded for the previous band: move them to the front
-                    # (ascending copy: the destination starts before the source)
-                    keep = (e1 - r0) * W * Ce
-                    src = (r0 - e0) * W * Ce
-                    for q in range(keep):
-                        ef[q] = ef[src + q]
-                    start = e1
-                e0 = r0
-                e1 = r1
-                # expand pixels [start*W, r1*W); the last tile shifts back into rows already
-                # in E (recomputing them: same values) rather than narrowing
-                p_lo = start * W
-                p_hi = r1 * W
-                if p_hi > p_lo:
-                    for ti in range((p_hi - p_lo + MR - 1) // MR):
-                        q0 = max(r0 * W, min(p_lo + ti * MR, p_hi - MR))
+            q0r = b0 * sh                        # the band's padded rows [q0r, q1r)
+            q1r = (b1 - 1) * sh + kh
+            start = q0r
+            if e0 <= q0r < e1:
+                # rows q0r..e1 are there from the previous band: move them to the front
+                # (ascending copy: the destination starts before the source)
+                keep = (e1 - q0r) * rstep
+                src = (q0r - e0) * rstep
+                for q in range(keep):
+                    E[q] = E[src + q]
+                start = e1
+            e0 = q0r
+            e1 = q1r
+            # rows above and below the image are padding: zeros (their pixels, the pad columns
+            # are never written)
+            for pr in range(start, q1r):
+                if pr < pt or pr >= pt + H:
+                    E[(pr - q0r) * rstep:(pr - q0r + 1) * rstep] = 0.0
+            ra = max(start - pt, 0)              # image rows [ra, rb) to bring in
+            rb = min(q1r - pt, H)
+            if rb > ra and has_expand:
+                # expand pixels [ra*W, rb*W); the last tile shifts back into rows already in E
+                # (recomputing them: same values) rather than narrowing
+                p_lo = ra * W
+                p_hi = rb * W
+                p_min = max(q0r - pt, 0) * W
+                for ti in range((p_hi - p_lo + MR - 1) // MR):
+                    q0 = max(p_min, min(p_lo + ti * MR, p_hi - MR))
+                    r = q0 // W
+                    c = q0 - r * W
+                    for p in range(MR):
+                        pix[p] = (q0 + p) * Cin
+                        ebase[p] = (r + pt - q0r) * rstep + (pl + c) * Ce
+                        c += 1
+                        if c == W:
+                            c = 0
+                            r += 1
+                    for pnl in range(Pe):
+                        m0 = pnl * NR
                         for p in range(MR):
-                            pix[p] = (q0 + p) * Cin
-                        for pnl in range(Pe):
-                            m0 = pnl * NR
-                            for p in range(MR):
-                                ypix[p] = (q0 + p - r0 * W) * Ce + m0
-                            _tile_out(xf, pix, offs_e, Cin, bp_e[pnl], be[m0:m0 + NR], elo, ehi, ef, ypix,
-                                      min(NR, Ce - m0))
+                            ypix[p] = ebase[p] + m0
+                        _tile_out(xf, pix, offs_e, Cin, bp_e[pnl], be[m0:m0 + NR], elo, ehi, E, ypix,
+                                  min(NR, Ce - m0))
+            elif rb > ra:
+                for r in range(ra, rb):
+                    dst = (r + pt - q0r) * rstep + pl * Ce
+                    src = r * W * Cin
+                    E[dst:dst + W * Ce] = xf[src:src + W * Cin]
             for oh in range(b0, b1):
-                dst = D[oh - b0] if has_project else y[n, oh]
-                # one call site, one compiled _dw_row: the source is E or the input rows
-                src = E if has_expand else xt[n]
-                _dw_row(src, r0 if has_expand else np.int64(0), H, wt, bd, oh, sh, sw, pt, pl, dlo, dhi, dst, toffs,
-                        wofs)
+                if has_project:
+                    _dw_out_row(E, (oh * sh - q0r) * rstep, rstep, kh, kw, sw, wf, bd, dlo, dhi, Wo, D,
+                                (oh - b0) * Wo * Ce, toffs, wofs, 0, Ce)
+                else:
+                    _dw_out_row(E, (oh * sh - q0r) * rstep, rstep, kh, kw, sw, wf, bd, dlo, dhi, Wo, yf,
+                                (n * Ho + oh) * Wo * Cout, toffs, wofs, 0, Ce)
             if has_project:
                 # the band's Wo*(b1-b0) >= MR pixels; the last tile shifts back
                 Pb = (b1 - b0) * Wo
@@ -438,20 +579,20 @@ def _block_worker(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt
                         lo = np.float32(-np.inf)
                         hi = np.float32(np.inf)
                         if residual:
-                            _tile_out_residual(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi, yf, ypix,
+                            _tile_out_residual(D, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi, yf, ypix,
                                                mc, rf)
                         else:
-                            _tile_out(df, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi, yf, ypix, mc)
+                            _tile_out(D, pix, offs_p, Ce, bp_p[pnl], bpp[m0:m0 + NR], lo, hi, yf, ypix, mc)
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _block(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, has_project, offs_p,
-           bp_p, bpp, residual, band, rows_max, chunk, workers, counter, y):
+           bp_p, bpp, residual, band, chunk, workers, counter, y):
     # _block_worker on ``workers`` threads sharing the task counter (the parallel region stays
     # small: Numba compiles a large prange body slowly)
     for _w in prange(workers):
         _block_worker(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, has_project,
-                      offs_p, bp_p, bpp, residual, band, rows_max, chunk, counter, y)
+                      offs_p, bp_p, bpp, residual, band, chunk, counter, y)
 
 
 def block_applies(x_shape, w_expand_shape, w_dw_shape, w_project_shape, stride, pad, dilation, residual):
@@ -500,10 +641,9 @@ def convolution_block_nhwc_cpu(x, expand, dw, project=None, residual=False):
     sh, sw = stride
     pt, pb, pl, pr = pad
     Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad)
-    # a band's expanded rows and depthwise rows fit the buffer; at least one output row per band
     e_row = W * Ce * 4 if we is not None else 0
     d_row = Wo * Ce * 4 if wp is not None else 0
-    band = min(Ho, max(1, (EXPAND_BUFFER_BYTES - kh * e_row) // (sh * e_row + d_row) + 1))
+    band = _band(Ho, W, Wo, Ce, kh, kw, sh, sw, pl, d_row)
     workers = numba.get_num_threads()
     macs = N * Ho * Wo * Ce * kh * kw + (N * H * W * Ce * C if we is not None else 0) + \
         (N * Ho * Wo * Ce * wp.shape[0] if wp is not None else 0)
@@ -515,20 +655,29 @@ def convolution_block_nhwc_cpu(x, expand, dw, project=None, residual=False):
     # chunks: enough tasks for dynamic scheduling, each several bands long (a chunk re-expands
     # only the rows it shares with the previous chunk)
     chunk = Ho if small else min(Ho, max(band, -(-Ho * N // (4 * workers))))
-    big = max(N * H * W * e_row, N * Ho * d_row) > FUSE_EXPANDED_FROM
+    big = max(N * H * e_row, N * Ho * d_row) > FUSE_EXPANDED_FROM
     if not big or (we is not None and (kh - sh) > FUSE_HALO * chunk * sh):
         # the intermediate tensors stay in cache anyway, or the chunks' overlapping rows would
-        # cost more expansion work than the fusion saves: the layers' kernels one after the other
-        y = x if we is None else convolution_1x1_nhwc_cpu(x, we, be_, erelu, ecap)
-        y = convolution_depthwise_nhwc_cpu(y, wd, bd, stride, pad, drelu, dcap)
+        # cost more expansion work than the fusion saves: the layers' kernels one after the other,
+        # the expansion storing into the zero-padded array the depthwise kernel reads
+        Hp, Wp = _padded_hw(H, W, Ho, Wo, kh, kw, stride, pad)
+        if we is None:
+            e = _padded_nhwc(x, Hp, Wp, pt, pl)
+        else:
+            e = np.empty((N, Hp, Wp, Ce), dtype=np.float32)
+            e[:, :pt] = 0.0
+            e[:, pt + H:] = 0.0
+            e[:, pt:pt + H, :pl] = 0.0
+            e[:, pt:pt + H, pl + W:] = 0.0
+            _gemm_geo(xt, _arange(C), we, be_, erelu, ecap, (N, H, W, H, W, C, 1, 1), e, (Hp, Wp, pt, pl))
+        y = _depthwise_padded(e, wd, bd, stride, Ho, Wo, drelu, dcap)
         if wp is None:
-            return y
-        y = convolution_1x1_nhwc_cpu(y, wp, bp_)
+            return channels_last_view(y)
+        y = _gemm_nhwc(y, wp, bp_, False, None)
         if residual:
             ym = nhwc_memory(y)
             np.add(ym, xt, out=ym)
         return y
-    rows_max = min(H, (band - 1) * sh + kh) if we is not None else 1
     one = np.ones((1, NR), dtype=np.float32)
     if we is not None:
         bpe = cached_transform(we, ("direct", 1), lambda wf: _pack_weights(wf, 1))[0]
@@ -547,7 +696,7 @@ def convolution_block_nhwc_cpu(x, expand, dw, project=None, residual=False):
     _block(
         xt, we is not None, _arange(C), bpe, bee, *clip_bounds(erelu, ecap),
         wt, _padded_bias(bd, Ce), sh, sw, pt, pl, *clip_bounds(drelu, dcap),
-        wp is not None, _arange(Ce), bpp, bpb, bool(residual), band, rows_max, chunk, workers,
+        wp is not None, _arange(Ce), bpp, bpb, bool(residual), band, chunk, workers,
         np.zeros(1, np.int64), y)
     return channels_last_view(y)
 
