@@ -147,9 +147,32 @@ def global_pooling_nhwc(x, method):
     (method 1) of each channel over the whole plane, reduced along contiguous channel vectors."""
     m = nhwc_memory(x)
     N, H, W, C = m.shape
-    rows = m.reshape(N, H * W, C)
-    y = rows.max(axis=1) if method == 0 else rows.sum(axis=1, dtype=np.float32) / np.float32(H * W)
-    return np.ascontiguousarray(y, dtype=np.float32).reshape(N, C, 1, 1)
+    y = np.empty((N, C), dtype=np.float32)
+    _global_pool_rows(m.reshape(N, H * W, C), method, y)
+    return y.reshape(N, C, 1, 1)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _global_pool_rows(rows, method, y):
+    # rows: (N, P, C) float32 -> y: (N, C): the max (method 0) or mean (1) over P, pixel by pixel in
+    # order along contiguous channel rows (a mean sums in float32, then divides; NaN propagates)
+    N, P, C = rows.shape
+    for n in prange(N):
+        acc = y[n]
+        acc[:] = rows[n, 0]
+        for p in range(1, P):
+            r = rows[n, p]
+            if method == 0:
+                for c in range(C):
+                    v = r[c]
+                    if v > acc[c] or v != v:         # a NaN stays, as numpy's max
+                        acc[c] = v
+            else:
+                for c in range(C):
+                    acc[c] += r[c]
+        if method != 0:
+            for c in range(C):
+                acc[c] /= np.float32(P)
 
 
 _pool_serial = serial_twin(_pool_cpu)

@@ -38,7 +38,7 @@ from ...simd import (
 )
 from ...simd import W as SIMD_W
 from ..base import channels_last_view, is_channels_last, nhwc_memory
-from .cache import cached_transform, fused_cap
+from .cache import cached_runner, cached_transform, fused_cap, runner_key
 from .direct import _pack_weights
 from .reference import conv_out_hw
 
@@ -264,7 +264,22 @@ def convolution_1x1_nhwc_cpu(x, w, b, relu=False, relu_cap=None):
     if w.shape[1:] != (C, 1, 1) or N * H * W < MR:
         raise ValueError(f"not a 1x1 convolution of {C} channels over >= {MR} pixels: weight {w.shape}, input "
                          f"{x.shape}")
-    return _gemm_nhwc(xt, w, b, relu, relu_cap)
+    run = cached_runner(runner_key((w, b), ("1x1", xt.shape, relu, relu_cap)), (w, b),
+                        lambda: _gemm_runner(xt.shape, w, b, relu, relu_cap))
+    return channels_last_view(run(xt))
+
+
+def _gemm_runner(shape, w, b, relu, relu_cap):
+    """convolution_1x1_nhwc_cpu for (N, H, W, K) inputs, prepared: xt -> y (N, H, W, M)."""
+    N, H, W, K = shape
+    M = w.shape[0]
+    args = _gemm_args(K, w, b, relu, relu_cap, (N, H, W, H, W, K, 1, 1), (H, W, 0, 0))
+
+    def run(xt):
+        y = np.empty((N, H, W, M), dtype=np.float32)
+        _run_gemm(args, xt, y)
+        return y
+    return run
 
 
 def _gemm_nhwc(xt, w, b, relu, relu_cap):
@@ -273,7 +288,7 @@ def _gemm_nhwc(xt, w, b, relu, relu_cap):
     N, H, W, K = xt.shape
     M = w.shape[0]
     y = np.empty((N, H, W, M), dtype=np.float32)
-    _gemm_geo(xt, _arange(K), w, b, relu, relu_cap, (N, H, W, H, W, K, 1, 1), y, (H, W, 0, 0))
+    _gemm_geo(xt, K, w, b, relu, relu_cap, (N, H, W, H, W, K, 1, 1), y, (H, W, 0, 0))
     return channels_last_view(y)
 
 
@@ -283,6 +298,14 @@ def _gemm_geo(xp, offs, w, b, relu, relu_cap, geo_in, y, geo_out, key=("direct",
     when iHp, iWp, iC, sh, sw = Ho, Wo, K, 1, 1); y: (N, oHp, oWp, M) output, geo_out = (oHp, oWp,
     ot, ol) the pixels' place in it; w: (M, ...) packed by ``pack`` (default: its own order) and
     cached under ``key``."""
+    _run_gemm(_gemm_args(offs, w, b, relu, relu_cap, geo_in, geo_out, key, pack), xp, y)
+
+
+def _gemm_args(offs, w, b, relu, relu_cap, geo_in, geo_out, key=("direct", 1), pack=None):
+    """:func:`_gemm_geo`'s kernel arguments but the input and output (offs: the tap offsets, or K
+    for contiguous rows of K)."""
+    if isinstance(offs, (int, np.integer)):
+        offs = _arange(int(offs))
     N, Ho, Wo, iHp, iWp, iC, sh, sw = geo_in
     oHp, oWp, ot, ol = geo_out
     K = offs.shape[0]
@@ -291,18 +314,19 @@ def _gemm_geo(xp, offs, w, b, relu, relu_cap, geo_in, y, geo_out, key=("direct",
     in_rows = (iHp, iWp, iC, sh, sw) == (Ho, Wo, K, 1, 1)
     out_rows = (oHp, oWp, ot, ol) == (Ho, Wo, 0, 0)
     geo = np.array((Ho, Wo, iHp, iWp, iC, sh, sw, oHp, oWp, ot, ol, in_rows, out_rows, N, M), dtype=np.int64)
-    small = N * Ho * Wo * M * K < PARALLEL_MACS
-    _gemm_rows(xp.reshape(xp.size), offs, bp, _padded_bias(b, bp.shape[0] * NR), *clip_bounds(relu, relu_cap),
-               geo, 1 if small else numba.get_num_threads(), np.zeros(1, np.int64), y.reshape(y.size))
+    workers = 1 if N * Ho * Wo * M * K < PARALLEL_MACS else numba.get_num_threads()
+    return offs, bp, _padded_bias(b, bp.shape[0] * NR), *clip_bounds(relu, relu_cap), geo, workers
+
+
+def _run_gemm(args, xp, y):
+    offs, bp, b, lo, hi, geo, workers = args
+    _gemm_rows(xp.reshape(xp.size), offs, bp, b, lo, hi, geo, workers, np.zeros(1, np.int64), y.reshape(y.size))
 
 
 #: input-channel x tap count up to which a channels-last convolution runs as a 1x1 GEMM whose
 #: A operand is read through the taps (EfficientNet's 3x3 stem from RGB: 27) rather than through
 #: the direct kernel
 TAPS_UP_TO = 32
-
-_TAPS = {}
-
 
 def taps_applies(x_shape, w_shape, group):
     """An ungrouped convolution with at most TAPS_UP_TO taps per output (channels x kernel):
@@ -322,7 +346,17 @@ def convolution_taps_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation
     with (N, Ho, Wo, M) memory: the input copied once into a zero-padded channels-last array, then
     the 1x1 GEMM with each output pixel's A row read through its taps' offsets there (an indirect
     convolution: bias, activation and channels-last stores in its tiles)."""
-    N, C, H, W = x.shape
+    nchw = not (is_channels_last(x) and x.dtype == np.float32)
+    run = cached_runner(runner_key((w, b), ("taps", x.shape, nchw, tuple(stride), tuple(pad), tuple(dilation), relu,
+                                           relu_cap)),
+                        (w, b), lambda: _taps_runner(x.shape, w, b, stride, pad, dilation, relu, relu_cap))
+    return channels_last_view(run(np.ascontiguousarray(x, dtype=np.float32) if nchw else nhwc_memory(x), nchw))
+
+
+def _taps_runner(shape, w, b, stride, pad, dilation, relu, relu_cap):
+    """convolution_taps_nhwc_cpu for (N, C, H, W) inputs, prepared: (x, nchw) -> y (N, Ho, Wo, M),
+    x the input's (N, C, H, W) array (nchw) or its (N, H, W, C) channels-last memory."""
+    N, C, H, W = shape
     M, Cg, kh, kw = w.shape
     sh, sw = stride
     dh, dw = dilation
@@ -331,21 +365,19 @@ def convolution_taps_nhwc_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation
     # padded just far enough for every tap of every output pixel: the kernel has no bounds checks
     Hp = max(H + pt, (Ho - 1) * sh + (kh - 1) * dh + 1)
     Wp = max(W + pl, (Wo - 1) * sw + (kw - 1) * dw + 1)
-    xp = _padded_nhwc(x, Hp, Wp, pt, pl)
-    key = (C, kh, kw, Wp, dh, dw)
-    offs = _TAPS.get(key)
-    if offs is None:
-        # tap (i, j, c) in OHWI order, relative to a pixel's base
-        ii, jj, cc = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(C), indexing="ij")
-        offs = ((ii * dh * Wp + jj * dw) * C + cc).reshape(-1).astype(np.int64)
-        offs.setflags(write=False)
-        if len(_TAPS) > 64:
-            _TAPS.clear()
-        _TAPS[key] = offs
-    y = np.empty((N, Ho, Wo, M), dtype=np.float32)
-    _gemm_geo(xp, offs, w, b, relu, relu_cap, (N, Ho, Wo, Hp, Wp, C, sh, sw), y, (Ho, Wo, 0, 0), ("taps-hwc",),
-              _pack_hwc)
-    return channels_last_view(y)
+    # tap (i, j, c) in OHWI order, relative to a pixel's base
+    ii, jj, cc = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(C), indexing="ij")
+    offs = ((ii * dh * Wp + jj * dw) * C + cc).reshape(-1).astype(np.int64)
+    args = _gemm_args(offs, w, b, relu, relu_cap, (N, Ho, Wo, Hp, Wp, C, sh, sw), (Ho, Wo, 0, 0), ("taps-hwc",),
+                      _pack_hwc)
+    xp = np.empty((N, Hp, Wp, C), dtype=np.float32)
+
+    def run(x, nchw):
+        _pad_nhwc(x, nchw, pt, pl, xp)
+        y = np.empty((N, Ho, Wo, M), dtype=np.float32)
+        _run_gemm(args, xp, y)
+        return y
+    return run
 
 
 def depthwise_nhwc_applies(x_shape, w_shape, dilation, group):
@@ -381,22 +413,35 @@ def _depthwise_padded(xp, w, b, stride, Ho, Wo, relu, relu_cap):
     1, kh, kw) -> (N, Ho, Wo, C) float32: the depthwise convolution (bias, activation), on every
     thread from tasks of (image, output rows, channels)."""
     N, Hp, Wp, C = xp.shape
-    kh, kw = w.shape[2:]
-    # OIHW (C, 1, kh, kw) -> (kh, kw, C): a tap's weights for all channels contiguous
-    wt = cached_transform(w, ("dw-hwc",), lambda wf: np.ascontiguousarray(wf.reshape(C, kh * kw).T)
-                          .reshape(kh, kw, C))
     y = np.empty((N, Ho, Wo, C), dtype=np.float32)
+    _run_depthwise(_depthwise_args(xp.shape, w, b, stride, Ho, Wo, relu, relu_cap), xp, y)
+    return y
+
+
+def _dw_hwc(w):
+    # OIHW (C, 1, kh, kw) -> (kh, kw, C): a tap's weights for all channels contiguous
+    C, _, kh, kw = w.shape
+    return cached_transform(w, ("dw-hwc",), lambda wf: np.ascontiguousarray(wf.reshape(C, kh * kw).T)
+                            .reshape(kh, kw, C))
+
+
+def _depthwise_args(shape, w, b, stride, Ho, Wo, relu, relu_cap):
+    """:func:`_depthwise_padded`'s kernel arguments for a padded input of ``shape`` but the arrays."""
+    N, Hp, Wp, C = shape
+    kh, kw = w.shape[2:]
     # the depthwise work is load-bound: it counts 4x its multiply-adds against the parallel threshold
-    workers = 1 if 4 * y.size * kh * kw < PARALLEL_MACS else numba.get_num_threads()
+    workers = 1 if 4 * N * Ho * Wo * C * kh * kw < PARALLEL_MACS else numba.get_num_threads()
     rows = max(1, min(Ho, -(-N * Ho // (4 * workers))))
     tasks = N * -(-Ho // rows)
     # too few (image, rows) tasks for the threads: split the channels too, in whole vectors
     groups = 1 if tasks >= 4 * workers or workers == 1 else -(-4 * workers // tasks)
     cg = -(-C // groups)
     cg = min(C, -(-cg // SIMD_W) * SIMD_W)
-    _dw_padded(xp, wt, _padded_bias(b, C), stride[0], stride[1], *clip_bounds(relu, relu_cap), rows, cg, workers,
-               np.zeros(1, np.int64), y)
-    return y
+    return _dw_hwc(w), _padded_bias(b, C), stride[0], stride[1], *clip_bounds(relu, relu_cap), rows, cg, workers
+
+
+def _run_depthwise(args, xp, y):
+    _dw_padded(xp, *args, np.zeros(1, np.int64), y)
 
 
 @njit(cache=True, nogil=True)
@@ -636,11 +681,25 @@ def convolution_block_nhwc_cpu(x, expand, dw, project=None, residual=False):
         raise ValueError(f"not an inverted-residual chain: input {x.shape}, weights "
                          f"{[None if a is None else a.shape for a in (we, wd, wp)]}, residual {residual}")
     xt = _as_nhwc(x)
-    N, H, W, C = xt.shape
+    arrays = (we, be_, wd, bd, wp, bp_)
+    key = runner_key(arrays, (xt.shape, erelu, ecap, tuple(stride), tuple(pad), drelu, dcap, bool(residual)))
+    run = cached_runner(key, arrays, lambda: _block_runner(xt.shape, expand, dw, project, residual))
+    return channels_last_view(run(xt))
+
+
+def _block_runner(shape, expand, dw, project, residual):
+    """The chain of :func:`convolution_block_nhwc_cpu` for inputs of ``shape`` (N, H, W, C), prepared:
+    a function xt -> y (N, Ho, Wo, Cout) that only runs the kernels (packed weights, geometry,
+    thread counts and the scratch arrays made here once)."""
+    we, be_, erelu, ecap = expand if expand is not None else (None, None, False, None)
+    wd, bd, stride, pad, drelu, dcap = dw
+    wp, bp_ = project if project is not None else (None, None)
+    N, H, W, C = shape
     Ce, _, kh, kw = wd.shape
     sh, sw = stride
     pt, pb, pl, pr = pad
     Ho, Wo = conv_out_hw(H, W, kh, kw, stride, pad)
+    Cout = wp.shape[0] if wp is not None else Ce
     e_row = W * Ce * 4 if we is not None else 0
     d_row = Wo * Ce * 4 if wp is not None else 0
     band = _band(Ho, W, Wo, Ce, kh, kw, sh, sw, pl, d_row)
@@ -659,25 +718,30 @@ def convolution_block_nhwc_cpu(x, expand, dw, project=None, residual=False):
     if not big or (we is not None and (kh - sh) > FUSE_HALO * chunk * sh):
         # the intermediate tensors stay in cache anyway, or the chunks' overlapping rows would
         # cost more expansion work than the fusion saves: the layers' kernels one after the other,
-        # the expansion storing into the zero-padded array the depthwise kernel reads
+        # the expansion storing into a zero-padded array (its borders written once, here) that
+        # the depthwise kernel reads
         Hp, Wp = _padded_hw(H, W, Ho, Wo, kh, kw, stride, pad)
-        if we is None:
-            e = _padded_nhwc(x, Hp, Wp, pt, pl)
-        else:
-            e = np.empty((N, Hp, Wp, Ce), dtype=np.float32)
-            e[:, :pt] = 0.0
-            e[:, pt + H:] = 0.0
-            e[:, pt:pt + H, :pl] = 0.0
-            e[:, pt:pt + H, pl + W:] = 0.0
-            _gemm_geo(xt, _arange(C), we, be_, erelu, ecap, (N, H, W, H, W, C, 1, 1), e, (Hp, Wp, pt, pl))
-        y = _depthwise_padded(e, wd, bd, stride, Ho, Wo, drelu, dcap)
-        if wp is None:
-            return channels_last_view(y)
-        y = _gemm_nhwc(y, wp, bp_, False, None)
-        if residual:
-            ym = nhwc_memory(y)
-            np.add(ym, xt, out=ym)
-        return y
+        e = np.zeros((N, Hp, Wp, Ce), dtype=np.float32)
+        gemm_e = None if we is None else _gemm_args(C, we, be_, erelu, ecap, (N, H, W, H, W, C, 1, 1),
+                                                     (Hp, Wp, pt, pl))
+        dw_args = _depthwise_args(e.shape, wd, bd, stride, Ho, Wo, drelu, dcap)
+        d = np.empty((N, Ho, Wo, Ce), dtype=np.float32) if wp is not None else None
+        gemm_p = None if wp is None else _gemm_args(Ce, wp, bp_, False, None, (N, Ho, Wo, Ho, Wo, Ce, 1, 1),
+                                                    (Ho, Wo, 0, 0))
+
+        def run(xt):
+            if gemm_e is None:
+                _pad_nhwc(xt, False, pt, pl, e)
+            else:
+                _run_gemm(gemm_e, xt, e)
+            y = np.empty((N, Ho, Wo, Cout), dtype=np.float32)
+            _run_depthwise(dw_args, e, y if wp is None else d)
+            if wp is not None:
+                _run_gemm(gemm_p, d, y)
+                if residual:
+                    np.add(y, xt, out=y)
+            return y
+        return run
     one = np.ones((1, NR), dtype=np.float32)
     if we is not None:
         bpe = cached_transform(we, ("direct", 1), lambda wf: _pack_weights(wf, 1))[0]
@@ -689,16 +753,15 @@ def convolution_block_nhwc_cpu(x, expand, dw, project=None, residual=False):
         bpb = _padded_bias(bp_, bpp.shape[0] * NR)
     else:
         bpp, bpb = one, one[0]
-    wt = cached_transform(wd, ("dw-hwc",), lambda wf: np.ascontiguousarray(wf.reshape(Ce, kh * kw).T)
-                          .reshape(kh, kw, Ce))
-    Cout = wp.shape[0] if wp is not None else Ce
-    y = np.empty((N, Ho, Wo, Cout), dtype=np.float32)
-    _block(
-        xt, we is not None, _arange(C), bpe, bee, *clip_bounds(erelu, ecap),
-        wt, _padded_bias(bd, Ce), sh, sw, pt, pl, *clip_bounds(drelu, dcap),
-        wp is not None, _arange(Ce), bpp, bpb, bool(residual), band, chunk, workers,
-        np.zeros(1, np.int64), y)
-    return channels_last_view(y)
+    wt = _dw_hwc(wd)
+    args = (we is not None, _arange(C), bpe, bee, *clip_bounds(erelu, ecap), wt, _padded_bias(bd, Ce), sh, sw, pt, pl,
+            *clip_bounds(drelu, dcap), wp is not None, _arange(Ce), bpp, bpb, bool(residual), band, chunk, workers)
+
+    def run(xt):
+        y = np.empty((N, Ho, Wo, Cout), dtype=np.float32)
+        _block(xt, *args, np.zeros(1, np.int64), y)
+        return y
+    return run
 
 
 def convolution_expand_depthwise_nhwc_cpu(x, w_expand, b_expand, w_dw, b_dw, stride=(1, 1), pad=(0, 0, 0, 0),
