@@ -58,6 +58,8 @@ MAX_BLOB_AXES = 32
 
 #: layers whose top may share memory with their bottom (so later in-place kernels must copy)
 _ALIASING_TYPES = {"Flatten", "Dropout"}
+#: kinds of :meth:`Net._steps` entries
+_LAYER, _CHAIN, _FUSED = 0, 1, 2
 
 
 def _fusable_activation(layer, blob):
@@ -469,33 +471,16 @@ class Net:
             params = {k: [to_device(a) for a in v] for k, v in self.params.items()}
         else:
             params = self.params
-        aliased = set()
         fuse = self.fuse_relu and backend == "cpu" and not keep_pre_activation
-        layout = self._channels_last_plan() if fuse and self.channels_last else ()
-        # inverted-residual chains run as one kernel: final layer index -> chain, and the layers
-        # that then do nothing
-        chains = (self._block_plan(i0, i1, fetch) if fuse and self.channels_last and fetch is not None
-                  and not self._hooks else {})
-        skipped = {k for c in chains.values() for k in c["members"][:-1]}
-        fused = -1                      # index of a ReLU whose work the previous layer did
-        for i in range(i0, i1 + 1):
-            layer = self.layers[i]
-            if layer.type == "Input":
-                continue
-            for hb, _ in self._hooks:
+        hooks = self._hooks
+        for i, layer, kind, arg in self._steps(i0, i1, fetch, fuse, keep_pre_activation):
+            for hb, _ in hooks:
                 if hb is not None:
                     hb(self, i, layer)
-            if i == fused:
+            if kind == _FUSED:          # a ReLU whose work the previous layer did
                 tops = [blobs[layer.tops[0]]]
-                for _, ha in self._hooks:
-                    if ha is not None:
-                        ha(self, i, layer, tops)
-                continue
-            if i in skipped:
-                continue
-            if i in chains:
-                c = chains[i]
-                lay = self.layers
+            elif kind == _CHAIN:
+                c, lay = arg, self.layers
                 ex, pr = c["expand"], c["project"]
                 tops = lay[c["dw"]].forward_block(
                     blobs[c["input"]], params[lay[c["dw"]].name], c["act"],
@@ -503,34 +488,20 @@ class Net:
                     expand_act=c["expand_act"], project=None if pr is None else lay[pr],
                     project_params=None if pr is None else params[lay[pr].name], residual=c["residual"])
                 blobs[layer.tops[0]] = tops[0]
-                continue
-            bottoms = [blobs[b] for b in layer.bottoms]
-            inplace = layer.inplace and layer.can_run_inplace
-            if inplace and keep_pre_activation:
-                pre = layer.tops[0] + PRE_SUFFIX
-                if pre not in blobs:
+            else:
+                inplace, extra, pre = arg
+                bottoms = [blobs[b] for b in layer.bottoms]
+                if pre is not None and pre not in blobs:
                     blobs[pre] = bottoms[0]
-                inplace = False
-            if inplace and layer.bottoms[0] in aliased:
-                inplace = False
-            extra = None
-            if fuse and layer.fuses_relu and i < i1 and len(layer.tops) == 1:
-                extra = _fusable_activation(self.layers[i + 1], layer.tops[0])
-                if extra is not None:
-                    fused = i + 1
-            if i in layout:
-                extra = {**(extra or {}), "channels_last": True}
-            try:
-                tops = layer.forward(bottoms, params.get(layer.name, []), backend, inplace=inplace, **(extra or {}))
-            except MinicaffeError:
-                raise
-            except (ValueError, IndexError) as e:
-                raise layer.err(f"forward failed on inputs {[tuple(b.shape) for b in bottoms]}: {e}") from e
-            for t, arr in zip(layer.tops, tops):
-                blobs[t] = arr
-                if layer.type in _ALIASING_TYPES and not layer.inplace:
-                    aliased.update((t, *layer.bottoms))
-            for _, ha in self._hooks:
+                try:
+                    tops = layer.forward(bottoms, params.get(layer.name, []), backend, inplace=inplace, **extra)
+                except MinicaffeError:
+                    raise
+                except (ValueError, IndexError) as e:
+                    raise layer.err(f"forward failed on inputs {[tuple(b.shape) for b in bottoms]}: {e}") from e
+                for t, arr in zip(layer.tops, tops):
+                    blobs[t] = arr
+            for _, ha in hooks:
                 if ha is not None:
                     ha(self, i, layer, tops)
         if backend == "cuda":
@@ -543,6 +514,56 @@ class Net:
         if fetch is not None:
             return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
         return OrderedDict(blobs)
+
+    def _steps(self, i0, i1, fetch, fuse, keep_pre_activation):
+        """The layers :meth:`forward` runs for layers i0..i1, decided once per set of blob shapes,
+        range, fetch list and options: (index, layer, kind, arg) with kind _LAYER (arg: inplace,
+        the fused-activation / layout keywords, the ``.pre`` blob to keep or None), _CHAIN (arg:
+        the chain, :meth:`_block_plan`; its other members are not listed) or _FUSED (a ReLU whose
+        work the previous layer did; listed only while hooks are attached, for their calls)."""
+        hooks = bool(self._hooks)
+        key = (id(self.blob_shapes), i0, i1, None if fetch is None else frozenset(fetch), fuse, self.channels_last,
+               keep_pre_activation, hooks)
+        cached = getattr(self, "_steps_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        layout = self._channels_last_plan() if fuse and self.channels_last else ()
+        # inverted-residual chains run as one kernel: final layer index -> chain, and the layers
+        # that then do nothing
+        chains = self._block_plan(i0, i1, fetch) if fuse and self.channels_last and fetch is not None and not hooks \
+            else {}
+        skipped = {k for c in chains.values() for k in c["members"][:-1]}
+        steps, aliased, fused = [], set(), -1
+        for i in range(i0, i1 + 1):
+            layer = self.layers[i]
+            if layer.type == "Input" or i in skipped:
+                continue
+            if i == fused:
+                if hooks:
+                    steps.append((i, layer, _FUSED, None))
+                continue
+            if i in chains:
+                steps.append((i, layer, _CHAIN, chains[i]))
+                continue
+            inplace = layer.inplace and layer.can_run_inplace
+            pre = None
+            if inplace and keep_pre_activation:
+                pre = layer.tops[0] + PRE_SUFFIX
+                inplace = False
+            if inplace and layer.bottoms[0] in aliased:
+                inplace = False
+            extra = {}
+            if fuse and layer.fuses_relu and i < i1 and len(layer.tops) == 1:
+                act = _fusable_activation(self.layers[i + 1], layer.tops[0])
+                if act is not None:
+                    extra, fused = dict(act), i + 1
+            if i in layout:
+                extra["channels_last"] = True
+            steps.append((i, layer, _LAYER, (inplace, extra, pre)))
+            if layer.type in _ALIASING_TYPES and not layer.inplace:
+                aliased.update((*layer.tops, *layer.bottoms))
+        self._steps_cache = (key, steps)
+        return steps
 
     def _readers(self):
         """Blob name -> the set of indices of the layers that read it (the layer plans' common
