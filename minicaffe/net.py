@@ -473,7 +473,14 @@ class Net:
             params = self.params
         fuse = self.fuse_relu and backend == "cpu" and not keep_pre_activation
         hooks = self._hooks
-        for i, layer, kind, arg in self._steps(i0, i1, fetch, fuse, keep_pre_activation):
+        steps = self._steps(i0, i1, fetch, fuse, keep_pre_activation)
+        prog = self._program(steps, i0, i1, fetch, fuse) if (i0 == 0 and fetch is not None and fuse
+                                                             and not hooks) else None
+        if prog is not None:
+            blobs.update(prog.run(blobs[self.input_names[0]]))
+            self.blobs = blobs
+            return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
+        for i, layer, kind, arg in steps:
             for hb, _ in hooks:
                 if hb is not None:
                     hb(self, i, layer)
@@ -564,6 +571,32 @@ class Net:
                 aliased.update((*layer.tops, *layer.bottoms))
         self._steps_cache = (key, steps)
         return steps
+
+    def _program(self, steps, i0, i1, fetch, fuse):
+        """The forward as one parallel region (:mod:`minicaffe.program`) for these steps, or None:
+        built once per steps, calling thread and thread count when every weight is frozen and every
+        step is a kernel it runs (``MINICAFFE_PROGRAM=0``: never)."""
+        if not self.channels_last or self.phase == "TRAIN" or os.environ.get("MINICAFFE_PROGRAM", "1") == "0":
+            return None
+        ids = []
+        for blobs in self.params.values():
+            for a in blobs:
+                if a.flags.writeable:
+                    return None
+                ids.append(id(a))
+        import threading
+
+        import numba
+
+        from . import program
+        # the steps' own key (shapes, range, fetch, options): steps are rebuilt only when it changes
+        key = (self._steps_cache[0], threading.get_ident(), numba.get_num_threads(), tuple(ids))
+        cache = self.__dict__.setdefault("_programs", {})
+        if key not in cache:
+            if len(cache) > 8:
+                cache.clear()
+            cache[key] = program.build(self, steps, fetch)
+        return cache[key]
 
     def _readers(self):
         """Blob name -> the set of indices of the layers that read it (the layer plans' common

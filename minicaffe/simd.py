@@ -242,6 +242,124 @@ def fetch_add(typingctx, counter, index, value):
     return sig, codegen
 
 
+@intrinsic
+def task_done(typingctx, counter, index):
+    """Atomically add 1 to ``counter[index]`` with release ordering: a finished task's writes are
+    visible to any thread that then reads the count with :func:`tasks_finished`."""
+    sig = types.void(counter, types.int64)
+
+    def codegen(context, builder, signature, args):
+        arr, idx = args
+        data = context.make_array(signature.args[0])(context, builder, arr).data
+        builder.atomic_rmw("add", builder.gep(data, [idx]), ir.Constant(_I64, 1), "release")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def wait_count(typingctx, counter, index, total):
+    """Spin (with the CPU's pause hint) until ``counter[index]`` (atomic, acquire) reaches
+    ``total``: the barrier between two kernels run in one parallel region, waiting for the tasks
+    some thread has taken, never for a thread that took none."""
+    sig = types.void(counter, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        arr, idx, total = args
+        data = context.make_array(signature.args[0])(context, builder, arr).data
+        ptr = builder.gep(data, [idx])
+        fn = builder.function
+        loop = fn.append_basic_block("wait_loop")
+        body = fn.append_basic_block("wait_body")
+        done = fn.append_basic_block("wait_done")
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        v = builder.load_atomic(ptr, "acquire", 8)
+        builder.cbranch(builder.icmp_signed("<", v, total), body, done)
+        builder.position_at_end(body)
+        mod = builder.module
+        pause = mod.globals.get("llvm.x86.sse2.pause") or ir.Function(
+            mod, ir.FunctionType(ir.VoidType(), []), name="llvm.x86.sse2.pause")
+        builder.call(pause, [])
+        builder.branch(loop)
+        builder.position_at_end(done)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def copy_floats(typingctx, dst, doff, src, soff, n):
+    """dst[doff:doff+n] = src[soff:soff+n] (float32 1-D arrays, not overlapping) as one
+    ``llvm.memcpy``: a copy loop over two arrays LLVM cannot prove distinct stays scalar, and a
+    slice assignment compiles its shape-mismatch error path. No bounds checks."""
+    sig = types.void(dst, types.int64, src, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        d, do, sr, so, n = args
+        D = context.make_array(signature.args[0])(context, builder, d).data
+        S = context.make_array(signature.args[2])(context, builder, sr).data
+        i8p = ir.IntType(8).as_pointer()
+        mod = builder.module
+        fn = mod.globals.get("llvm.memcpy.p0.p0.i64") or ir.Function(
+            mod, ir.FunctionType(ir.VoidType(), [i8p, i8p, _I64, ir.IntType(1)]), name="llvm.memcpy.p0.p0.i64")
+        builder.call(fn, [builder.bitcast(builder.gep(D, [do]), i8p), builder.bitcast(builder.gep(S, [so]), i8p),
+                          builder.mul(n, ir.Constant(_I64, 4)), ir.Constant(ir.IntType(1), 0)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def zero_floats(typingctx, dst, doff, n):
+    """dst[doff:doff+n] = 0 (float32 1-D array) as one ``llvm.memset``. No bounds checks."""
+    sig = types.void(dst, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        d, do, n = args
+        D = context.make_array(signature.args[0])(context, builder, d).data
+        i8p = ir.IntType(8).as_pointer()
+        mod = builder.module
+        fn = mod.globals.get("llvm.memset.p0.i64") or ir.Function(
+            mod, ir.FunctionType(ir.VoidType(), [i8p, ir.IntType(8), _I64, ir.IntType(1)]), name="llvm.memset.p0.i64")
+        builder.call(fn, [builder.bitcast(builder.gep(D, [do]), i8p), ir.Constant(ir.IntType(8), 0),
+                          builder.mul(n, ir.Constant(_I64, 4)), ir.Constant(ir.IntType(1), 0)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def view(typingctx, arr, shape):
+    """``arr``'s memory (a C-contiguous array) as a C-contiguous array of ``shape`` (a tuple of
+    ints whose product the caller guarantees is at most arr.size): ``reshape`` without its size
+    check, whose error message alone costs seconds of compilation in every kernel that reshapes."""
+    ndim = len(shape)
+    retty = types.Array(arr.dtype, ndim, "C")
+    sig = retty(arr, shape)
+
+    def codegen(context, builder, signature, args):
+        from numba.core import cgutils
+        from numba.np.arrayobj import populate_array
+        a, shp = args
+        src = context.make_array(signature.args[0])(context, builder, a)
+        out = context.make_array(retty)(context, builder)
+        dims = cgutils.unpack_tuple(builder, shp, ndim)
+        # the element size as a constant (not the source's runtime field): LLVM then knows the
+        # innermost stride and vectorises loops over the view
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(arr.dtype)))
+        strides, acc = [], itemsize
+        for d in reversed(dims):
+            strides.insert(0, acc)
+            acc = builder.mul(acc, d)
+        populate_array(out, data=src.data, shape=dims, strides=strides, itemsize=itemsize, meminfo=src.meminfo,
+                       parent=src.parent)
+        context.nrt.incref(builder, retty, out._getvalue())
+        return out._getvalue()
+
+    return sig, codegen
+
+
 @njit(cache=True, inline="always")
 def tile_task(t, nblk, P, G):
     """A dynamically scheduled tile kernel's task number -> (outer, group, panel, block): tasks run

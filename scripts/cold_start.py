@@ -70,6 +70,7 @@ def main(argv=None):
     spec = get_model(name)
     t = time.perf_counter()
     net = spec.load("cpu")
+    net.freeze()                  # as extraction loads it (features.load_model)
     stages["net load"] = time.perf_counter() - t
     current[0] = "resize kernels (decoders)"
     t = time.perf_counter()

@@ -261,16 +261,23 @@ def test_small_layers_serial_and_parallel_agree(threads):
 
 
 def _spy_on_chains(monkeypatch):
-    """-> a list that gets an entry for every fused-chain call of nhwc._block (one with a 1x1
-    stage: has_expand or has_project; a depthwise layer alone runs through it without them)."""
+    """-> a list that gets an entry for every run of a prepared chain whose kernels include the
+    fused one (nhwc "block" with a 1x1 stage: has_expand or has_project; a depthwise layer alone
+    runs without it). Runners are made afresh here: the test weights are not frozen."""
     from minicaffe.layers.convolution import nhwc
-    ran, kernel = [], nhwc._block
+    ran, make = [], nhwc._runner
 
-    def call(*a):
-        if a[1] or a[15]:
-            ran.append(1)
-        return kernel(*a)
-    monkeypatch.setattr(nhwc, "_block", call)
+    def spy(in_shape, out_shape, *ops):
+        run = make(in_shape, out_shape, *ops)
+        fused = any(kind == "block" and (args[1][0] or args[1][14]) for kind, args in ops)
+
+        def counted(x):
+            if fused:
+                ran.append(1)
+            return run(x)
+        counted.ops = run.ops
+        return counted
+    monkeypatch.setattr(nhwc, "_runner", spy)
     return ran
 
 

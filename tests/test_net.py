@@ -222,3 +222,34 @@ def test_inverted_residual_chains_run_as_one_kernel_unless_watched():
     net.remove_hook(h)
     assert "expand" in seen and "expand" in net.blobs
     assert_close(net.forward(x)["expand"], ref["expand"], 1e-5, "expand with every blob")
+
+
+def test_a_frozen_net_runs_as_one_program():
+    """Frozen weights, a fetch list and no hook: the whole forward of a channels-last net (stem,
+    chain with its residual sum, global pooling, inner product) runs as one executor program
+    (:mod:`minicaffe.program`), with the values of the NumPy reference; every forward hands out new
+    arrays (the previous results stay as they were); editable weights or a hook: layer by layer."""
+    side = 'layer { name: "side" type: "LRN" bottom: "expand" top: "side" lrn_param { local_size: 3 } }'
+    proto = MBCONV.replace(side, "")
+    x = np.random.default_rng(10).standard_normal((2, 3, 17, 15)).astype(np.float32)
+    net = minicaffe.Net(proto, None, seed=11)
+    ref = minicaffe.Net(proto, net.params, backend="numpy").forward(x)
+    net.freeze()
+    got = net.forward(x, fetch=["fc", "pool"])
+    assert [p for p in net._programs.values() if p is not None], "the forward did not run as a program"
+    for name in ("fc", "pool"):
+        assert_close(got[name], ref[name], 1e-5, f"program {name}")
+    first = {k: v.copy() for k, v in got.items()}
+    again = net.forward(2 * x, fetch=["fc", "pool"])
+    for name in ("fc", "pool"):
+        assert not np.shares_memory(again[name], got[name]), name
+        assert_close(got[name], first[name], 0.0, f"{name} of the first forward after a second")
+    net._programs.clear()
+    seen = []
+    h = net.add_hook(after=lambda n, i, layer, tops: seen.append(layer.name))
+    net.forward(x, fetch=["fc"])
+    net.remove_hook(h)
+    assert not net._programs and "pool" in seen
+    net.freeze(False)
+    assert_close(net.forward(x, fetch=["fc"])["fc"], ref["fc"], 1e-5, "editable weights")
+    assert not net._programs

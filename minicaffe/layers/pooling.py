@@ -17,6 +17,7 @@ import numpy as np
 from numba import cuda, njit, prange
 
 from ..backend import SERIAL_BELOW, blocks, device_empty, serial_twin
+from ..simd import fetch_add, task_done
 from .base import Layer, as_bool, hw_param, is_channels_last, nhwc_memory, register
 
 MAX, AVE = 0, 1
@@ -152,27 +153,50 @@ def global_pooling_nhwc(x, method):
     return y.reshape(N, C, 1, 1)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _global_pool_rows(rows, method, y):
-    # rows: (N, P, C) float32 -> y: (N, C): the max (method 0) or mean (1) over P, pixel by pixel in
-    # order along contiguous channel rows (a mean sums in float32, then divides; NaN propagates)
-    N, P, C = rows.shape
-    for n in prange(N):
-        acc = y[n]
-        acc[:] = rows[n, 0]
-        for p in range(1, P):
-            r = rows[n, p]
-            if method == 0:
-                for c in range(C):
-                    v = r[c]
-                    if v > acc[c] or v != v:         # a NaN stays, as numpy's max
-                        acc[c] = v
-            else:
-                for c in range(C):
-                    acc[c] += r[c]
-        if method != 0:
+@njit(cache=True, nogil=True)
+def _global_pool_task(rows, method, y, n):
+    # image n of rows: (N, P, C) float32 -> y[n]: (C,): the max (method 0) or mean (1) over P, pixel
+    # by pixel in order along contiguous channel rows (a mean sums in float32, then divides; NaN
+    # propagates)
+    P, C = rows.shape[1], rows.shape[2]
+    acc = y[n]
+    r0 = rows[n, 0]
+    for c in range(C):
+        acc[c] = r0[c]
+    for p in range(1, P):
+        r = rows[n, p]
+        if method == 0:
             for c in range(C):
-                acc[c] /= np.float32(P)
+                v = r[c]
+                if v > acc[c] or v != v:         # a NaN stays, as numpy's max
+                    acc[c] = v
+        else:
+            for c in range(C):
+                acc[c] += r[c]
+    if method != 0:
+        for c in range(C):
+            acc[c] /= np.float32(P)
+
+
+@njit(cache=True, nogil=True)
+def _global_pool_rows(rows, method, y):
+    # rows: (N, P, C) -> y: (N, C), image by image (one pass over memory: a parallel kernel's
+    # compilation would cost more than it saves)
+    for n in range(rows.shape[0]):
+        _global_pool_task(rows, method, y, n)
+
+
+@njit(cache=True, nogil=True)
+def _global_pool_worker(rows, method, y, counter):
+    # _global_pool_rows' images as tasks from counter[0] (counted in counter[1]); returns N
+    total = rows.shape[0]
+    while True:
+        n = fetch_add(counter, 0, 1)
+        if n >= total:
+            break
+        _global_pool_task(rows, method, y, n)
+        task_done(counter, 1)
+    return total
 
 
 _pool_serial = serial_twin(_pool_cpu)

@@ -10,6 +10,7 @@ import numpy as np
 from numba import cuda, njit, prange
 
 from ..backend import SERIAL_BELOW, blocks, device_empty, serial_twin
+from ..simd import fetch_add, task_done
 from .base import Layer, int_value, register
 
 
@@ -19,23 +20,43 @@ def softmax_reference(x, axis=1):
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
+@njit(cache=True, nogil=True)
+def _softmax_task(x, y, t):
+    # position t = (o, i) of x, y: (outer, C, inner)
+    O, C, I = x.shape
+    o = t // I
+    i = t % I
+    m = x[o, 0, i]
+    for c in range(1, C):
+        m = max(m, x[o, c, i])
+    s = 0.0
+    for c in range(C):
+        e = np.exp(x[o, c, i] - m)
+        y[o, c, i] = e
+        s += e
+    for c in range(C):
+        y[o, c, i] = y[o, c, i] / s
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _softmax3(x, y):
     # x, y: (outer, C, inner)
     O, C, I = x.shape
     for t in prange(O * I):
-        o = t // I
-        i = t % I
-        m = x[o, 0, i]
-        for c in range(1, C):
-            m = max(m, x[o, c, i])
-        s = 0.0
-        for c in range(C):
-            e = np.exp(x[o, c, i] - m)
-            y[o, c, i] = e
-            s += e
-        for c in range(C):
-            y[o, c, i] = y[o, c, i] / s
+        _softmax_task(x, y, t)
+
+
+@njit(cache=True, nogil=True)
+def _softmax_worker(x, y, counter):
+    # _softmax3's positions as tasks from counter[0] (counted in counter[1]); returns their count
+    total = x.shape[0] * x.shape[2]
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= total:
+            break
+        _softmax_task(x, y, t)
+        task_done(counter, 1)
+    return total
 
 
 def _as3(shape, axis):
