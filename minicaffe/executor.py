@@ -10,19 +10,19 @@ others take its tasks), the threads are woken once per run, not once per kernel,
 runs between kernels. A convolution layer's kernels form a small program
 (:mod:`minicaffe.layers.convolution.nhwc`); a whole net's, one (:mod:`minicaffe.program`).
 
-Arrays are held flat (float32 in ``F``, read-only int64 in ``I``); named slots are arrays the caller
-supplies at every run (a layer's input and output).
+The kernels get their arrays from tables of addresses and sizes (float32 arrays, int64 arrays):
+the program holds the arrays; named slots are arrays the caller supplies at every run (a layer's
+input and output).
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
-from numba.typed import List
 
 from .layers.convolution.nhwc_kernels import _block_worker, _dw_padded_worker, _gemm_worker, _pad_worker
 from .layers.pooling import _global_pool_worker
 from .layers.softmax import _softmax_worker
-from .simd import view, wait_count
+from .simd import at_address, wait_count
 from .threads import run_on_threads
 
 OP_PAD, OP_GEMM, OP_DW, OP_BLOCK, OP_POOL, OP_SOFTMAX = range(6)
@@ -30,94 +30,82 @@ OP_PAD, OP_GEMM, OP_DW, OP_BLOCK, OP_POOL, OP_SOFTMAX = range(6)
 NI = 32
 
 
-# One function per kernel kind, all of one signature (F, I, o, fp, c): o one ops row, fp its clip
-# bounds, c its counters -> the kernel's task count, run on this thread.
+@njit(cache=True, nogil=True, inline="always")
+def _f(FP, FS, i):
+    # float32 array i of the program, flat
+    return at_address(FP[i], (FS[i],), np.float32)
 
-@njit(cache=True, nogil=True)
-def _op_pad(F, I, o, fp, c):
-    # x, xp, nchw, N, C, H, W, Hp, Wp, pt, pl
-    N, C, H, W, Hp, Wp = o[4], o[5], o[6], o[7], o[8], o[9]
-    if o[3] == 1:
-        x4 = view(F[o[1]], (N, C, H, W))
-    else:
-        x4 = view(F[o[1]], (N, H, W, C))
-    return _pad_worker(x4, o[3] == 1, o[10], o[11], view(F[o[2]], (N, Hp, Wp, C)), c)
+
+@njit(cache=True, nogil=True, inline="always")
+def _i(IP, IS, i):
+    # int64 array i of the program
+    return at_address(IP[i], (IS[i],), np.int64)
 
 
 @njit(cache=True, nogil=True)
-def _op_gemm(F, I, o, fp, c):
-    # x, bp, b, y, res (-1: none), offs, geo, panels, panel size
-    yf = F[o[4]]
-    res = F[o[5]] if o[5] >= 0 else yf
-    return _gemm_worker(F[o[1]], I[o[6]], view(F[o[2]], (o[8], o[9])), F[o[3]], fp[0], fp[1], I[o[7]], c, yf, res,
-                        o[5] >= 0)
-
-
-@njit(cache=True, nogil=True)
-def _op_dw(F, I, o, fp, c):
-    # xp, wt, bd, y, N, Hp, Wp, C, Ho, Wo, kh, kw, sh, sw, rows, cg
-    N, Hp, Wp, C, Ho, Wo, kh, kw = o[5], o[6], o[7], o[8], o[9], o[10], o[11], o[12]
-    return _dw_padded_worker(view(F[o[1]], (N, Hp, Wp, C)), view(F[o[2]], (kh, kw, C)), F[o[3]], o[13], o[14], fp[0],
-                             fp[1], o[15], o[16], c, view(F[o[4]], (N, Ho, Wo, C)))
-
-
-@njit(cache=True, nogil=True)
-def _op_block(F, I, o, fp, c):
-    # x, bp_e, be, wt, bd, bp_p, bpp, y, offs_e, offs_p, has_expand, has_project, residual,
-    # N, H, W, Cin, Ho, Wo, Cout, kh, kw, Ce, Pe, Pp, sh, sw, pt, pl, band, chunk
-    N, H, W, Cin, Ho, Wo, Cout = o[14], o[15], o[16], o[17], o[18], o[19], o[20]
-    kh, kw, Ce, Pe, Pp = o[21], o[22], o[23], o[24], o[25]
-    return _block_worker(view(F[o[1]], (N, H, W, Cin)), o[11] == 1, I[o[9]], view(F[o[2]], (Pe, F[o[2]].size // Pe)),
-                         F[o[3]], fp[0], fp[1], view(F[o[4]], (kh, kw, Ce)), F[o[5]], o[26], o[27], o[28], o[29],
-                         fp[2], fp[3], o[12] == 1, I[o[10]], view(F[o[6]], (Pp, F[o[6]].size // Pp)), F[o[7]],
-                         o[13] == 1, o[30], o[31], c, view(F[o[8]], (N, Ho, Wo, Cout)))
-
-
-@njit(cache=True, nogil=True)
-def _op_pool(F, I, o, fp, c):
-    # x, y, N, P, C, method
-    N, P, C = o[3], o[4], o[5]
-    return _global_pool_worker(view(F[o[1]], (N, P, C)), o[6], view(F[o[2]], (N, C)), c)
-
-
-@njit(cache=True, nogil=True)
-def _op_softmax(F, I, o, fp, c):
-    # x, y, outer, C, inner
-    O, C, In = o[3], o[4], o[5]
-    return _softmax_worker(view(F[o[1]], (O, C, In)), view(F[o[2]], (O, C, In)), c)
-
-
-@njit(cache=True, nogil=True)
-def _program_worker(F, I, ops, fpar, counters):
-    # one thread's walk through the ops: F: float32 1-D arrays, I: int64 1-D arrays (read-only),
-    # ops: (n, NI) int64 rows (kind, indices into F / I, sizes), fpar: (n, 4) float32 clip bounds,
-    # counters: (n, 2) int64 zeros (tasks taken, tasks done). Every _op_* is called from two
-    # places: with one call site LLVM inlines them all here, and the kernels' tile loops, compiled
-    # inside one function that large, run 10-30% slower (the second calls, for an empty table,
-    # never run).
-    if ops.shape[0] == 0:
-        o, fp, c = ops[0], fpar[0], counters[0]
-        _op_pad(F, I, o, fp, c)
-        _op_gemm(F, I, o, fp, c)
-        _op_dw(F, I, o, fp, c)
-        _op_block(F, I, o, fp, c)
-        _op_pool(F, I, o, fp, c)
-        _op_softmax(F, I, o, fp, c)
-    for k in range(ops.shape[0]):
+def _program_worker(FP, FS, IP, IS, ops, fpar, counters):
+    # One thread's walk through the ops. FP, FS: the float32 arrays' addresses and sizes, IP, IS: the
+    # int64 arrays'; ops: (n, NI) int64 rows (kind, array numbers, sizes); fpar: (n, 4) float32
+    # clip bounds; counters: (n, 2) int64 zeros (tasks taken, tasks done). at_address(FP[i], shape,
+    # np.float32) is float32 array i in a kernel's shape. Each kernel is called from a second place
+    # too (never run: an empty table): with one call site LLVM inlines all of them here, and their
+    # tile loops, compiled inside one function that large, run 10-30% slower.
+    f32 = np.float32
+    n = ops.shape[0]
+    if n == 0:
+        # the same argument types as below (run-time values, not literals: no other specialisation)
+        zb, zf = n == 1, f32(n)
+        z1, z2, z3 = at_address(FP[n], (n,), f32), at_address(FP[n], (n, n), f32), at_address(FP[n], (n, n, n), f32)
+        z4, i1, c0 = at_address(FP[n], (n, n, n, n), f32), _i(IP, IS, n), counters[n]
+        _pad_worker(z4, zb, n, n, z4, c0)
+        _gemm_worker(z1, i1, z2, z1, zf, zf, i1, c0, z1, z1, zb)
+        _dw_padded_worker(z4, z3, z1, n, n, zf, zf, n, n, c0, z4)
+        _block_worker(z4, zb, i1, z2, z1, zf, zf, z3, z1, n, n, n, n, zf, zf, zb, i1, z2, z1, zb, n, n, c0, z4)
+        _global_pool_worker(z3, n, z2, c0)
+        _softmax_worker(z3, z3, c0)
+    for k in range(n):
         o, fp, c = ops[k], fpar[k], counters[k]
         kind = o[0]
         if kind == OP_PAD:
-            total = _op_pad(F, I, o, fp, c)
+            # x, xp, nchw, N, C, H, W, Hp, Wp, pt, pl
+            N, C, H, W, Hp, Wp = o[4], o[5], o[6], o[7], o[8], o[9]
+            if o[3] == 1:
+                x4 = at_address(FP[o[1]], (N, C, H, W), f32)
+            else:
+                x4 = at_address(FP[o[1]], (N, H, W, C), f32)
+            total = _pad_worker(x4, o[3] == 1, o[10], o[11], at_address(FP[o[2]], (N, Hp, Wp, C), f32), c)
         elif kind == OP_GEMM:
-            total = _op_gemm(F, I, o, fp, c)
+            # x, bp, b, y, res (-1: none), offs, geo, panels, panel size
+            yf = _f(FP, FS, o[4])
+            res = _f(FP, FS, o[5]) if o[5] >= 0 else yf
+            total = _gemm_worker(_f(FP, FS, o[1]), _i(IP, IS, o[6]), at_address(FP[o[2]], (o[8], o[9]), f32),
+                                 _f(FP, FS, o[3]), fp[0], fp[1], _i(IP, IS, o[7]), c, yf, res, o[5] >= 0)
         elif kind == OP_DW:
-            total = _op_dw(F, I, o, fp, c)
+            # xp, wt, bd, y, N, Hp, Wp, C, Ho, Wo, kh, kw, sh, sw, rows, cg
+            N, Hp, Wp, C, Ho, Wo, kh, kw = o[5], o[6], o[7], o[8], o[9], o[10], o[11], o[12]
+            total = _dw_padded_worker(at_address(FP[o[1]], (N, Hp, Wp, C), f32), at_address(FP[o[2]], (kh, kw, C), f32),
+                                      _f(FP, FS, o[3]), o[13], o[14], fp[0], fp[1], o[15], o[16], c,
+                                      at_address(FP[o[4]], (N, Ho, Wo, C), f32))
         elif kind == OP_BLOCK:
-            total = _op_block(F, I, o, fp, c)
+            # x, bp_e, be, wt, bd, bp_p, bpp, y, offs_e, offs_p, has_expand, has_project, residual,
+            # N, H, W, Cin, Ho, Wo, Cout, kh, kw, Ce, Pe, Pp, sh, sw, pt, pl, band, chunk
+            N, H, W, Cin, Ho, Wo, Cout = o[14], o[15], o[16], o[17], o[18], o[19], o[20]
+            kh, kw, Ce, Pe, Pp = o[21], o[22], o[23], o[24], o[25]
+            total = _block_worker(at_address(FP[o[1]], (N, H, W, Cin), f32), o[11] == 1, _i(IP, IS, o[9]),
+                                  at_address(FP[o[2]], (Pe, FS[o[2]] // Pe), f32), _f(FP, FS, o[3]), fp[0], fp[1],
+                                  at_address(FP[o[4]], (kh, kw, Ce), f32), _f(FP, FS, o[5]), o[26], o[27], o[28],
+                                  o[29], fp[2], fp[3], o[12] == 1, _i(IP, IS, o[10]),
+                                  at_address(FP[o[6]], (Pp, FS[o[6]] // Pp), f32), _f(FP, FS, o[7]), o[13] == 1,
+                                  o[30], o[31], c, at_address(FP[o[8]], (N, Ho, Wo, Cout), f32))
         elif kind == OP_POOL:
-            total = _op_pool(F, I, o, fp, c)
+            # x, y, N, P, C, method
+            N, P, C = o[3], o[4], o[5]
+            total = _global_pool_worker(at_address(FP[o[1]], (N, P, C), f32), o[6], at_address(FP[o[2]], (N, C), f32),
+                                        c)
         else:
-            total = _op_softmax(F, I, o, fp, c)
+            # OP_SOFTMAX: x, y, outer, C, inner
+            O, C, In = o[3], o[4], o[5]
+            total = _softmax_worker(at_address(FP[o[1]], (O, C, In), f32), at_address(FP[o[2]], (O, C, In), f32), c)
         wait_count(c, 1, total)
 
 
@@ -201,12 +189,13 @@ class Program:
                 raise ValueError(f"unknown kernel {kind!r}")
 
     def finish(self, workers):
-        """Freeze the tables; ``workers``: the threads :meth:`run` uses (1: the caller alone)."""
-        self.Fl = List(self.F)
-        self.Il = List()
-        for a in self.I or [np.zeros(1, dtype=np.int64)]:       # typed even when no kernel has one
-            a.setflags(write=False)
-            self.Il.append(a)
+        """Freeze the tables; ``workers``: the threads :meth:`run` uses (1: the caller alone). The
+        kernels get the arrays by address (the program holds them)."""
+        self.I = self.I or [np.zeros(1, dtype=np.int64)]
+        self.FP = np.array([a.ctypes.data for a in self.F], dtype=np.int64)
+        self.FS = np.array([a.size for a in self.F], dtype=np.int64)
+        self.IP = np.array([a.ctypes.data for a in self.I], dtype=np.int64)
+        self.IS = np.array([a.size for a in self.I], dtype=np.int64)
         self.ops = np.array(self.rows, dtype=np.int64).reshape(-1, NI)
         self.fp = np.array(self.fpar, dtype=np.float32).reshape(-1, 4)
         self.counters = np.zeros((len(self.rows), 2), dtype=np.int64)
@@ -215,9 +204,14 @@ class Program:
 
     # -- running
     def run(self, **arrays):
-        """Run every kernel with the slots' arrays (C-contiguous float32, any shape of the right
-        size) given by name."""
+        """Run every kernel with the slots' arrays (C-contiguous float32 of at least the size the
+        kernels use) given by name; they are referenced only during the call."""
         for name, a in arrays.items():
-            self.Fl[self.slots[name]] = a.reshape(a.size)
+            if a.dtype != np.float32 or not a.flags.c_contiguous:
+                raise ValueError(f"slot {name}: a program array must be contiguous float32, not {a.dtype}")
+            idx = self.slots[name]
+            self.FP[idx] = a.ctypes.data
+            self.FS[idx] = a.size
         self.counters[:] = 0
-        run_on_threads(_program_worker, (self.Fl, self.Il, self.ops, self.fp, self.counters), self.workers)
+        run_on_threads(_program_worker, (self.FP, self.FS, self.IP, self.IS, self.ops, self.fp, self.counters),
+                       self.workers)

@@ -360,6 +360,35 @@ def view(typingctx, arr, shape):
     return sig, codegen
 
 
+@intrinsic
+def at_address(typingctx, addr, shape, dtype):
+    """The C-contiguous array of ``shape`` and ``dtype`` (a NumPy scalar class) whose data starts
+    at the integer address ``addr``, owning nothing: the caller keeps the memory alive and in
+    bounds (how :mod:`minicaffe.executor` hands its kernels their arrays, from a table of
+    addresses)."""
+    ndim = len(shape)
+    dt = dtype.dtype
+    retty = types.Array(dt, ndim, "C")
+    sig = retty(addr, shape, dtype)
+
+    def codegen(context, builder, signature, args):
+        from numba.core import cgutils
+        from numba.np.arrayobj import populate_array
+        a, shp, _ = args
+        out = context.make_array(retty)(context, builder)
+        dims = cgutils.unpack_tuple(builder, shp, ndim)
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(dt)))
+        strides, acc = [], itemsize
+        for d in reversed(dims):
+            strides.insert(0, acc)
+            acc = builder.mul(acc, d)
+        data = builder.inttoptr(a, context.get_data_type(dt).as_pointer())
+        populate_array(out, data=data, shape=dims, strides=strides, itemsize=itemsize, meminfo=None, parent=None)
+        return out._getvalue()
+
+    return sig, codegen
+
+
 @njit(cache=True, inline="always")
 def tile_task(t, nblk, P, G):
     """A dynamically scheduled tile kernel's task number -> (outer, group, panel, block): tasks run
