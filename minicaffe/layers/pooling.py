@@ -154,49 +154,41 @@ def global_pooling_nhwc(x, method):
 
 
 @njit(cache=True, nogil=True)
-def _global_pool_task(rows, method, y, n):
-    # image n of rows: (N, P, C) float32 -> y[n]: (C,): the max (method 0) or mean (1) over P, pixel
-    # by pixel in order along contiguous channel rows (a mean sums in float32, then divides; NaN
-    # propagates)
-    P, C = rows.shape[1], rows.shape[2]
-    acc = y[n]
-    r0 = rows[n, 0]
-    for c in range(C):
-        acc[c] = r0[c]
-    for p in range(1, P):
-        r = rows[n, p]
-        if method == 0:
-            for c in range(C):
-                v = r[c]
-                if v > acc[c] or v != v:         # a NaN stays, as numpy's max
-                    acc[c] = v
-        else:
-            for c in range(C):
-                acc[c] += r[c]
-    if method != 0:
-        for c in range(C):
-            acc[c] /= np.float32(P)
-
-
-@njit(cache=True, nogil=True)
 def _global_pool_rows(rows, method, y):
-    # rows: (N, P, C) -> y: (N, C), image by image (one pass over memory: a parallel kernel's
-    # compilation would cost more than it saves)
-    for n in range(rows.shape[0]):
-        _global_pool_task(rows, method, y, n)
+    # rows: (N, P, C) -> y: (N, C), image by image on this thread (one pass over memory: a parallel
+    # kernel's compilation would cost more than it saves)
+    _global_pool_worker(rows, method, y, np.zeros(2, dtype=np.int64))
 
 
 @njit(cache=True, nogil=True)
 def _global_pool_worker(rows, method, y, counter):
-    # _global_pool_rows' images as tasks from counter[0] (counted in counter[1]); returns N
-    total = rows.shape[0]
+    # rows: (N, P, C) float32 -> y: (N, C): the max (method 0) or mean (1) over P, pixel by pixel in
+    # order along contiguous channel rows (a mean sums in float32, then divides; NaN propagates);
+    # images as tasks from counter[0] (counted in counter[1]); returns N
+    N, P, C = rows.shape
     while True:
         n = fetch_add(counter, 0, 1)
-        if n >= total:
+        if n >= N:
             break
-        _global_pool_task(rows, method, y, n)
+        acc = y[n]
+        r0 = rows[n, 0]
+        for c in range(C):
+            acc[c] = r0[c]
+        for p in range(1, P):
+            r = rows[n, p]
+            if method == 0:
+                for c in range(C):
+                    v = r[c]
+                    if v > acc[c] or v != v:         # a NaN stays, as numpy's max
+                        acc[c] = v
+            else:
+                for c in range(C):
+                    acc[c] += r[c]
+        if method != 0:
+            for c in range(C):
+                acc[c] /= np.float32(P)
         task_done(counter, 1)
-    return total
+    return N
 
 
 _pool_serial = serial_twin(_pool_cpu)

@@ -20,9 +20,10 @@ def softmax_reference(x, axis=1):
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _softmax_task(x, y, t):
-    # position t = (o, i) of x, y: (outer, C, inner)
+    # position t = (o, i) of x, y: (outer, C, inner) (inlined where used: no function of its own
+    # to compile)
     O, C, I = x.shape
     o = t // I
     i = t % I
