@@ -389,6 +389,43 @@ def at_address(typingctx, addr, shape, dtype):
     return sig, codegen
 
 
+@intrinsic
+def spin_while_equal(typingctx, counter, index, value, spins):
+    """Spin (pause hint) while ``counter[index]`` (atomic, acquire) equals ``value``, at most
+    ``spins`` times -> True when it changed: a thread waiting briefly for the next job without
+    sleeping (see :mod:`minicaffe.threads`)."""
+    sig = types.boolean(counter, types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        arr, idx, value, spins = args
+        data = context.make_array(signature.args[0])(context, builder, arr).data
+        ptr = builder.gep(data, [idx])
+        mod = builder.module
+        pause = mod.globals.get("llvm.x86.sse2.pause") or ir.Function(
+            mod, ir.FunctionType(ir.VoidType(), []), name="llvm.x86.sse2.pause")
+        fn = builder.function
+        loop = fn.append_basic_block("spin_loop")
+        body = fn.append_basic_block("spin_body")
+        done = fn.append_basic_block("spin_done")
+        entry = builder.block
+        builder.branch(loop)
+        builder.position_at_end(loop)
+        i = builder.phi(_I64)
+        i.add_incoming(ir.Constant(_I64, 0), entry)
+        v = builder.load_atomic(ptr, "acquire", 8)
+        same = builder.icmp_signed("==", v, value)
+        more = builder.icmp_signed("<", i, spins)
+        builder.cbranch(builder.and_(same, more), body, done)
+        builder.position_at_end(body)
+        builder.call(pause, [])
+        i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), body)
+        builder.branch(loop)
+        builder.position_at_end(done)
+        return builder.icmp_signed("!=", v, value)
+
+    return sig, codegen
+
+
 @njit(cache=True, inline="always")
 def tile_task(t, nblk, P, G):
     """A dynamically scheduled tile kernel's task number -> (outer, group, panel, block): tasks run
