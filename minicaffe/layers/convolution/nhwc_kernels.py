@@ -163,6 +163,19 @@ def _pad_worker(x, nchw, pt, pl, xp, counter):
     return total
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _tap_tables(kh, kw, Wp, C):
+    # a depthwise kernel's tap table on padded rows of Wp pixels of C channels: tap (i, j)'s offset
+    # from an output pixel's first input, (i*Wp + j)*C, and where its weights start, (i*kw + j)*C
+    toffs = np.empty(kh * kw, dtype=np.int64)
+    wofs = np.empty(kh * kw, dtype=np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            toffs[i * kw + j] = (i * Wp + j) * C
+            wofs[i * kw + j] = (i * kw + j) * C
+    return toffs, wofs
+
+
 @njit(cache=True, nogil=True)
 def _dw_out_row(src, sb, rstep, kh, kw, sw, wf, bd, lo, hi, Wo, y, yb, toffs, wofs, ca, cb):
     # One output row of a depthwise convolution on zero-padded channels-last rows: src: flat rows
@@ -226,12 +239,7 @@ def _dw_padded_worker(xp, wt, bd, sh, sw, lo, hi, rows, cg, counter, y):
     yf = view(y, (y.size,))
     wf = view(wt, (wt.size,))
     rstep = Wp * C
-    toffs = np.empty(kh * kw, dtype=np.int64)
-    wofs = np.empty(kh * kw, dtype=np.int64)
-    for i in range(kh):
-        for j in range(kw):
-            toffs[i * kw + j] = (i * Wp + j) * C
-            wofs[i * kw + j] = (i * kw + j) * C
+    toffs, wofs = _tap_tables(kh, kw, Wp, C)
     while True:
         t = fetch_add(counter, 0, 1)
         if t >= total:
@@ -280,12 +288,7 @@ def _block_worker(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt
     pix = np.empty(MR, dtype=np.int64)
     ypix = np.empty(MR, dtype=np.int64)
     ebase = np.empty(MR, dtype=np.int64)
-    toffs = np.empty(kh * kw, dtype=np.int64)
-    wofs = np.empty(kh * kw, dtype=np.int64)
-    for i in range(kh):
-        for j in range(kw):
-            toffs[i * kw + j] = (i * Wp + j) * Ce
-            wofs[i * kw + j] = (i * kw + j) * Ce
+    toffs, wofs = _tap_tables(kh, kw, Wp, Ce)
     while True:
         t = fetch_add(counter, 0, 1)
         if t >= total:
