@@ -474,8 +474,7 @@ class Net:
         fuse = self.fuse_relu and backend == "cpu" and not keep_pre_activation
         hooks = self._hooks
         steps = self._steps(i0, i1, fetch, fuse, keep_pre_activation)
-        prog = self._program(steps, i0, i1, fetch, fuse) if (i0 == 0 and fetch is not None and fuse
-                                                             and not hooks) else None
+        prog = self._program(steps, fetch) if i0 == 0 and fetch is not None and fuse and not hooks else None
         if prog is not None:
             blobs.update(prog.run(blobs[self.input_names[0]]))
             self.blobs = blobs
@@ -572,8 +571,8 @@ class Net:
         self._steps_cache = (key, steps)
         return steps
 
-    def _program(self, steps, i0, i1, fetch, fuse):
-        """The forward as one parallel region (:mod:`minicaffe.program`) for these steps, or None:
+    def _program(self, steps, fetch):
+        """The forward as one executor program (:mod:`minicaffe.program`) for these steps, or None:
         built once per steps, calling thread and thread count when every weight is frozen and every
         step is a kernel it runs (``MINICAFFE_PROGRAM=0``: never)."""
         if not self.channels_last or self.phase == "TRAIN" or os.environ.get("MINICAFFE_PROGRAM", "1") == "0":

@@ -22,15 +22,12 @@ import numpy as np
 from .executor import OP_PAD, OP_POOL, OP_SOFTMAX, Program
 from .layers.base import channels_last_view
 from .layers.convolution.cache import _frozen
-from .layers.convolution.direct import direct_applies
+from .layers.convolution.layer import nhwc_route
 from .layers.convolution.nhwc import (
     _gemm_args,
     block_runner,
-    conv1x1_applies,
     conv1x1_runner,
-    depthwise_nhwc_applies,
     depthwise_runner,
-    taps_applies,
     taps_runner,
 )
 from .simd import MR
@@ -108,13 +105,10 @@ def _chain(net, prog, c, fetch):
     if not cl:
         return "chain input not channels last"
     ex, pr = c["expand"], c["project"]
-    ea, act = c["expand_act"], c["act"]
-    e = None if ex is None else (params[lay[ex].name][0], _bias(lay[ex], params[lay[ex].name]), ea.get("relu", False),
-                                 ea.get("relu_cap"))
-    p = None if pr is None else (params[lay[pr].name][0], _bias(lay[pr], params[lay[pr].name]))
     dw = lay[c["dw"]]
-    d = (params[dw.name][0], _bias(dw, params[dw.name]), dw.stride, dw.pad, act.get("relu", False),
-         act.get("relu_cap"))
+    e, d, p = dw.block_stages(params[dw.name], c["act"], None if ex is None else lay[ex],
+                              None if ex is None else params[lay[ex].name], c["expand_act"],
+                              None if pr is None else lay[pr], None if pr is None else params[lay[pr].name])
     N, C, H, W = shape
     run = block_runner((N, H, W, C), e, d, p, c["residual"])
     top = lay[c["members"][-1]].tops[0]
@@ -140,15 +134,12 @@ def _layer(net, prog, layer, arg, fetch):
         relu, cap = extra.get("relu", False), extra.get("relu_cap")
         N, C, H, W = shape
         stride, pad, dil, group = layer.stride, layer.pad, layer.dilation, layer.group
-        from .layers.convolution.layer import NHWC
-        if not NHWC:
-            return "channels-last kernels off"
-        if (extra.get("channels_last") or cl) and conv1x1_applies(shape, w.shape, stride, pad, dil, group) and cl:
+        route = nhwc_route(shape, cl, w, stride, pad, dil, group, extra.get("channels_last", False))
+        if route == "1x1" and cl:         # (from NCHW the layer would copy its input first)
             run = conv1x1_runner((N, H, W, C), w, b, relu, cap)
-        elif (extra.get("channels_last") or cl) and depthwise_nhwc_applies(shape, w.shape, dil, group):
+        elif route == "depthwise":
             run = depthwise_runner(shape, not cl, w, b, stride, pad, relu, cap)
-        elif extra.get("channels_last") and taps_applies(shape, w.shape, group) and direct_applies(
-                shape, w, stride, pad, dil, group):
+        elif route == "taps":
             run = taps_runner(shape, not cl, w, b, stride, pad, dil, relu, cap)
         else:
             return "a convolution without a channels-last kernel"

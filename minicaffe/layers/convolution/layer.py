@@ -76,6 +76,20 @@ def nhwc_applies(x_shape, w_shape, stride, pad, dilation, group):
             or conv1x1_applies(x_shape, w_shape, stride, pad, dilation, group))
 
 
+def nhwc_route(x_shape, x_channels_last, w, stride, pad, dilation, group, channels_last):
+    """The channels-last kernel :func:`convolution_cpu` runs a layer with: "1x1", "depthwise",
+    "taps" (few taps through the 1x1 GEMM) or None (an NCHW kernel). x_channels_last: the input's
+    memory is channels last; channels_last: a channels-last output is asked for."""
+    if not NHWC:
+        return None
+    if (channels_last or x_channels_last) and nhwc_applies(x_shape, w.shape, stride, pad, dilation, group):
+        return "1x1" if group == 1 else "depthwise"
+    if channels_last and taps_applies(x_shape, w.shape, group) and direct_applies(x_shape, w, stride, pad, dilation,
+                                                                                    group):
+        return "taps"
+    return None
+
+
 def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), group=1, relu=False, relu_cap=None,
                     channels_last=False):
     """x: (N, C, H, W) -> (N, M, Ho, Wo); same contract as :func:`convolution_reference`
@@ -84,12 +98,12 @@ def convolution_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1, 1), g
     :func:`~minicaffe.layers.base.is_channels_last`) is read in place by the layers :func:`nhwc_applies`
     to, whose output is then channels last too; ``channels_last=True`` asks for a channels-last
     output where a kernel writes one (those layers, and the direct kernel)."""
-    if (channels_last or is_channels_last(x)) and NHWC and nhwc_applies(x.shape, w.shape, stride, pad, dilation, group):
-        if group == 1:
-            return convolution_1x1_nhwc_cpu(x, w, b, relu, relu_cap)
+    route = nhwc_route(x.shape, is_channels_last(x), w, stride, pad, dilation, group, channels_last)
+    if route == "1x1":
+        return convolution_1x1_nhwc_cpu(x, w, b, relu, relu_cap)
+    if route == "depthwise":
         return convolution_depthwise_nhwc_cpu(x, w, b, stride, pad, relu, relu_cap)
-    if channels_last and NHWC and taps_applies(x.shape, w.shape, group) and direct_applies(
-            x.shape, w, stride, pad, dilation, group):
+    if route == "taps":
         return convolution_taps_nhwc_cpu(x, w, b, stride, pad, dilation, relu, relu_cap)
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
@@ -207,13 +221,21 @@ class Convolution(Layer):
         """x: (N, C, H, W) -> [the chain's output] (see :meth:`block_fuses`): ``act``,
         ``expand_act``: the fused activations ({"relu", "relu_cap"}) of this layer and of the
         expansion; the projection has none; ``residual``: x is added to the projection."""
+        e, d, p = self.block_stages(params, act, expand, expand_params, expand_act, project, project_params)
+        return [convolution_block_nhwc_cpu(x, e, d, p, residual)]
+
+    def block_stages(self, params, act, expand=None, expand_params=None, expand_act=None, project=None,
+                     project_params=None):
+        """The chain's (expand, dw, project) arguments of
+        :func:`~minicaffe.layers.convolution.nhwc.convolution_block_nhwc_cpu` (arguments as
+        :meth:`forward_block`'s)."""
         def bias(layer, ps):
             return ps[1] if layer.bias_term else None
         e = None if expand is None else (expand_params[0], bias(expand, expand_params), expand_act.get("relu", False),
                                          expand_act.get("relu_cap"))
         p = None if project is None else (project_params[0], bias(project, project_params))
         d = (params[0], bias(self, params), self.stride, self.pad, act.get("relu", False), act.get("relu_cap"))
-        return [convolution_block_nhwc_cpu(x, e, d, p, residual)]
+        return e, d, p
 
     def forward(self, bottoms, params, backend, inplace=False, relu=False, relu_cap=None, channels_last=False):
         w = params[0]
