@@ -16,14 +16,16 @@ input and output).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from numba import njit
+from numba import cfunc, njit, types
 
 from .layers.convolution.nhwc_kernels import _block_worker, _dw_padded_worker, _gemm_worker, _pad_worker
 from .layers.pooling import _global_pool_worker
 from .layers.softmax import _softmax_worker
-from .simd import at_address, wait_count
-from .threads import run_on_threads
+from .simd import at_address, cycles, fetch_add, wait_count
+from .threads import CTL_SIZE, MAIL, pool
 
 OP_PAD, OP_GEMM, OP_DW, OP_BLOCK, OP_POOL, OP_SOFTMAX = range(6)
 #: int64 slots per op row
@@ -42,16 +44,28 @@ def _i(IP, IS, i):
     return at_address(IP[i], (IS[i],), np.int64)
 
 
-@njit(cache=True, nogil=True)
-def _program_worker(FP, FS, IP, IS, ops, fpar, counters):
-    # One thread's walk through the ops. FP, FS: the float32 arrays' addresses and sizes, IP, IS: the
-    # int64 arrays'; ops: (n, NI) int64 rows (kind, array numbers, sizes); fpar: (n, 4) float32
-    # clip bounds; counters: (n, 2) int64 zeros (tasks taken, tasks done). at_address(FP[i], shape,
-    # np.float32) is float32 array i in a kernel's shape. Each kernel is called from a second place
-    # too (never run: an empty table): with one call site LLVM inlines all of them here, and their
-    # tile loops, compiled inside one function that large, run 10-30% slower.
+def _program(ctl_address):
+    # One thread's walk through the ops (compiled as a C function: :func:`_program_address`). Its
+    # arrays come from the mailbox of the pool's ``ctl`` (at ctl_address): FP, FS: the float32
+    # arrays' addresses and sizes, IP, IS: the int64 arrays'; ops: (n, NI) int64 rows (kind, array
+    # numbers, sizes); fpar: (n, 4) float32 clip bounds; counters: (n + 1, 2) int64 zeros (tasks
+    # taken, tasks done; the last row numbers the threads); clock: (T, n + 1, 2) int64, the first T
+    # threads' time stamps (T = 0: none). at_address(FP[i], shape, np.float32) is float32 array i
+    # in a kernel's shape. Each kernel is called from a second place too (never run: an empty
+    # table): with one call site LLVM inlines all of them here, and their tile loops, compiled
+    # inside one function that large, run 10-30% slower.
+    ctl = at_address(ctl_address, (CTL_SIZE,), np.int64)
+    m = ctl[MAIL:MAIL + 12]
+    n = m[7]
+    FP, FS = at_address(m[0], (m[1],), np.int64), at_address(m[2], (m[1],), np.int64)
+    IP, IS = at_address(m[3], (m[4],), np.int64), at_address(m[5], (m[4],), np.int64)
+    ops, fpar = at_address(m[6], (n, NI), np.int64), at_address(m[8], (n, 4), np.float32)
+    counters, clock = at_address(m[9], (n + 1, 2), np.int64), at_address(m[10], (m[11], n + 1, 2), np.int64)
     f32 = np.float32
-    n = ops.shape[0]
+    tid = fetch_add(counters[n], 0, 1)
+    timed = tid < clock.shape[0]
+    if timed:
+        clock[tid, 0, 0] = cycles()
     if n == 0:
         # the same argument types as below (run-time values, not literals: no other specialisation)
         zb, zf = n == 1, f32(n)
@@ -106,7 +120,18 @@ def _program_worker(FP, FS, IP, IS, ops, fpar, counters):
             # OP_SOFTMAX: x, y, outer, C, inner
             O, C, In = o[3], o[4], o[5]
             total = _softmax_worker(at_address(FP[o[1]], (O, C, In), f32), at_address(FP[o[2]], (O, C, In), f32), c)
+        if timed:
+            clock[tid, k + 1, 0] = cycles()
         wait_count(c, 1, total)
+        if timed:
+            clock[tid, k + 1, 1] = cycles()
+
+
+@functools.cache
+def _program_address():
+    """The address of :func:`_program` compiled as ``void f(int64)`` (compiled, or read from
+    Numba's cache, on first use)."""
+    return cfunc(types.void(types.int64), cache=True, nogil=True, error_model="numpy")(_program).address
 
 
 class Program:
@@ -198,14 +223,21 @@ class Program:
         self.IS = np.array([a.size for a in self.I], dtype=np.int64)
         self.ops = np.array(self.rows, dtype=np.int64).reshape(-1, NI)
         self.fp = np.array(self.fpar, dtype=np.float32).reshape(-1, 4)
-        self.counters = np.zeros((len(self.rows), 2), dtype=np.int64)
+        self.counters = np.zeros((len(self.rows) + 1, 2), dtype=np.int64)   # the last: thread numbers
+        self.clock = np.zeros((0, len(self.rows) + 1, 2), dtype=np.int64)
         self.workers = workers
+        self._mail = np.array([self.FP.ctypes.data, len(self.F), self.FS.ctypes.data, self.IP.ctypes.data, len(self.I),
+                               self.IS.ctypes.data, self.ops.ctypes.data, len(self.ops), self.fp.ctypes.data,
+                               self.counters.ctypes.data, 0, 0], dtype=np.int64)
         return self
 
     # -- running
-    def run(self, **arrays):
-        """Run every kernel with the slots' arrays (C-contiguous float32 of at least the size the
-        kernels use) given by name; they are referenced only during the call."""
+    def run(self, arrays, clock=None):
+        """Run every kernel with the slots' arrays ``arrays`` (name -> C-contiguous float32 of at
+        least the size the kernels use; referenced only during the call). ``clock``: an int64
+        (T, kernels + 1, 2) array that receives the first T threads' time-stamp counter readings
+        (``[t, 0, 0]`` at the start, ``[t, k + 1, 0]`` when thread t finished its tasks of kernel k,
+        ``[t, k + 1, 1]`` when all of them were done), threads numbered as they start."""
         for name, a in arrays.items():
             if a.dtype != np.float32 or not a.flags.c_contiguous:
                 raise ValueError(f"slot {name}: a program array must be contiguous float32, not {a.dtype}")
@@ -213,5 +245,10 @@ class Program:
             self.FP[idx] = a.ctypes.data
             self.FS[idx] = a.size
         self.counters[:] = 0
-        run_on_threads(_program_worker, (self.FP, self.FS, self.IP, self.IS, self.ops, self.fp, self.counters),
-                       self.workers)
+        clock = self.clock if clock is None else clock
+        if clock.dtype != np.int64 or clock.ndim != 3 or clock.shape[1:] != (len(self.ops) + 1, 2) \
+                or not clock.flags.c_contiguous:
+            raise ValueError(f"clock: an int64 (threads, {len(self.ops) + 1}, 2) array, "
+                             f"not {clock.dtype} {clock.shape}")
+        self._mail[10], self._mail[11] = clock.ctypes.data, clock.shape[0]
+        pool().run(_program_address(), self._mail, self.workers)

@@ -55,7 +55,7 @@ class NetProgram:
     def run(self, x):
         """x: the net input (C-contiguous float32) -> {fetched blob: array}."""
         outs = {name: np.empty(self.blobs[name][3], dtype=np.float32) for name in self.fetch}
-        self.prog.run(**{self.input: x}, **outs)
+        self.prog.run({self.input: x, **outs})
         res = {}
         for name, a in outs.items():
             _, shape, cl, _ = self.blobs[name]

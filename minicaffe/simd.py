@@ -390,6 +390,21 @@ def at_address(typingctx, addr, shape, dtype):
 
 
 @intrinsic
+def cycles(typingctx):
+    """The CPU's time-stamp counter (``llvm.readcyclecounter``: constant-rate ticks on x86): the
+    per-kernel clock of a profiled program run, a few cycles to read."""
+    sig = types.int64()
+
+    def codegen(context, builder, signature, args):
+        mod = builder.module
+        fn = mod.globals.get("llvm.readcyclecounter") or ir.Function(
+            mod, ir.FunctionType(_I64, []), name="llvm.readcyclecounter")
+        return builder.call(fn, [])
+
+    return sig, codegen
+
+
+@intrinsic
 def spin_while_equal(typingctx, counter, index, value, spins):
     """Spin (pause hint) while ``counter[index]`` (atomic, acquire) equals ``value``, at most
     ``spins`` times -> True when it changed: a thread waiting briefly for the next job without

@@ -5,6 +5,7 @@ import pytest
 from conftest import assert_close
 
 import minicaffe
+from minicaffe import threads
 from minicaffe.errors import BackendError
 
 
@@ -239,6 +240,14 @@ def test_a_frozen_net_runs_as_one_program():
     assert [p for p in net._programs.values() if p is not None], "the forward did not run as a program"
     for name in ("fc", "pool"):
         assert_close(got[name], ref[name], 1e-5, f"program {name}")
+    pool = threads.pool()
+    pool.ctl[threads.WANT] = 2               # with two threads, the helper joins before it starts
+    try:
+        both = net.forward(x, fetch=["fc", "pool"])
+    finally:
+        pool.ctl[threads.WANT] = 0
+    for name in ("fc", "pool"):
+        assert_close(both[name], ref[name], 1e-5, f"program {name}, caller and helper")
     first = {k: v.copy() for k, v in got.items()}
     again = net.forward(2 * x, fetch=["fc", "pool"])
     for name in ("fc", "pool"):

@@ -21,8 +21,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ... import executor  # the module (not its names): executor imports the kernels beside this one
 from ...backend import SERIAL_BELOW
-from ...executor import Program
 from ...simd import MR, NR
 from ...simd import W as SIMD_W
 from ..base import channels_last_view, is_channels_last, nhwc_memory
@@ -350,7 +350,7 @@ def _runner(in_shape, out_shape, *ops):
     keeps the list for a whole-net program (:mod:`minicaffe.program`). Kinds: "pad" (x, nchw, pt,
     pl, xp), "gemm" (x, :func:`_gemm_args`, y, residual or None), "dw" (x, :func:`_depthwise_args`,
     y), "block" (x, the chain kernel's arguments (nhwc_kernels._block_worker), y)."""
-    prog = Program()
+    prog = executor.Program()
     x_idx, y_idx = prog.slot("x"), prog.slot("y")
     prog.emit(ops, x_idx, in_shape, y_idx, out_shape)
     workers = max(_pad_workers(a[4]) if k == "pad" else a[1][-1] for k, a in ops)
@@ -359,7 +359,7 @@ def _runner(in_shape, out_shape, *ops):
 
     def run(x):
         y = np.empty((N, Ho, Wo, M), dtype=np.float32)
-        prog.run(x=x, y=y)
+        prog.run({"x": x, "y": y})
         return y
     run.ops = list(ops)
     return run
