@@ -127,6 +127,37 @@ def _program(ctl_address):
             clock[tid, k + 1, 1] = cycles()
 
 
+#: the row positions of the arrays each kind of kernel writes and reads
+_WRITES = {OP_PAD: (2,), OP_GEMM: (4,), OP_DW: (4,), OP_BLOCK: (8,), OP_POOL: (2,), OP_SOFTMAX: (2,)}
+_READS = {OP_PAD: (1,), OP_GEMM: (1, 5), OP_DW: (1,), OP_BLOCK: (1,), OP_POOL: (1,), OP_SOFTMAX: (1,)}
+#: arena offsets are multiples of this many floats (a cache line)
+ALIGN = 16
+
+
+def plan_arena(sizes, lives):
+    """sizes: floats of each array, lives: (first, last) kernel of each (inclusive) -> (offsets,
+    arena size): arrays whose lives overlap get disjoint ranges. Largest first, each at the lowest
+    aligned offset clear of those placed whose lives overlap its own (the greedy-by-size plan of
+    inference runtimes' memory planners): the activations of a forward share a few buffers, so a
+    kernel writes into memory the previous kernels just used (in cache) rather than into memory
+    last touched a forward ago."""
+    order = sorted(range(len(sizes)), key=lambda j: -sizes[j])
+    placed = []                      # (offset, end, first, last)
+    offs = [0] * len(sizes)
+    for j in order:
+        n = -(-sizes[j] // ALIGN) * ALIGN
+        f, l = lives[j]
+        busy = sorted((o, e) for o, e, pf, pl in placed if pf <= l and f <= pl)
+        at = 0
+        for o, e in busy:
+            if at + n <= o:
+                break
+            at = max(at, e)
+        offs[j] = at
+        placed.append((at, at + n, f, l))
+    return offs, max((e for _, e, _, _ in placed), default=0)
+
+
 @functools.cache
 def _program_address():
     """The address of :func:`_program` compiled as ``void f(int64)`` (compiled, or read from
@@ -215,7 +246,9 @@ class Program:
 
     def finish(self, workers):
         """Freeze the tables; ``workers``: the threads :meth:`run` uses (1: the caller alone). The
-        kernels get the arrays by address (the program holds them)."""
+        kernels get the arrays by address (the program holds them). The arrays the kernels write
+        (other than slots) are placed in one arena (:func:`plan_arena`)."""
+        self._place_in_arena()
         self.I = self.I or [np.zeros(1, dtype=np.int64)]
         self.FP = np.array([a.ctypes.data for a in self.F], dtype=np.int64)
         self.FS = np.array([a.size for a in self.F], dtype=np.int64)
@@ -230,6 +263,27 @@ class Program:
                                self.IS.ctypes.data, self.ops.ctypes.data, len(self.ops), self.fp.ctypes.data,
                                self.counters.ctypes.data, 0, 0], dtype=np.int64)
         return self
+
+    def _place_in_arena(self):
+        # the written arrays' live ranges (first write .. last read, in kernels) -> views of one
+        # arena in which arrays live at the same time never overlap
+        slots = set(self.slots.values())
+        first, last = {}, {}
+        for k, row in enumerate(self.rows):
+            for pos in _WRITES[row[0]]:
+                i = int(row[pos])
+                if i not in slots:
+                    first.setdefault(i, k)
+                    last[i] = max(last.get(i, k), k)
+            for pos in _READS[row[0]]:
+                i = int(row[pos])
+                if i in first:
+                    last[i] = max(last[i], k)
+        ids = sorted(first)
+        offs, size = plan_arena([self.F[i].size for i in ids], [(first[i], last[i]) for i in ids])
+        self.arena = np.zeros(size, dtype=np.float32)
+        for i, o in zip(ids, offs):
+            self.F[i] = self.arena[o:o + self.F[i].size]
 
     # -- running
     def run(self, arrays, clock=None):

@@ -69,3 +69,23 @@ def test_the_gate_admits_up_to_its_limit_and_turns_late_helpers_away():
     first, second, late, left = _gate_story(ctl, gen)
     assert (first, second, late, left) == (True, False, False, 2)
     assert gen[0] == 1
+
+
+def test_the_arena_plan_never_overlaps_arrays_alive_at_once():
+    """executor.plan_arena: arrays whose kernel ranges overlap get disjoint, aligned ranges; arrays
+    that never live at once may share memory (so the arena is smaller than their sum)."""
+    from minicaffe.executor import ALIGN, plan_arena
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        n = int(rng.integers(1, 30))
+        sizes = [int(s) for s in rng.integers(1, 5000, n)]
+        firsts = rng.integers(0, 40, n)
+        lives = [(int(f), int(f + rng.integers(0, 6))) for f in firsts]
+        offs, size = plan_arena(sizes, lives)
+        for i in range(n):
+            assert offs[i] % ALIGN == 0 and offs[i] + sizes[i] <= size
+            for j in range(i):
+                if lives[i][0] <= lives[j][1] and lives[j][0] <= lives[i][1]:
+                    assert offs[i] + sizes[i] <= offs[j] or offs[j] + sizes[j] <= offs[i], (i, j, offs, lives)
+    offs, size = plan_arena([100, 100, 100], [(0, 1), (1, 2), (2, 3)])
+    assert offs[0] == offs[2] and size == 2 * 112

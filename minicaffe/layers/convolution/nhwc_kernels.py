@@ -96,7 +96,8 @@ def _gemm_worker(xf, offs, bp, b, lo, hi, geo, counter, yf, res, has_res):
     # added before the clip. Tasks (block of MR-pixel tiles, panel) from counter[0], block fastest
     # so consecutive tasks share a panel, each counted in counter[1] when done; the last tile is
     # shifted back to end at the last pixel (P >= MR), recomputing a few rather than narrowing. The
-    # tile adds the bias, clips and stores its rows itself. One thread's loop; returns the task count.
+    # tile adds the bias, clips and stores its rows itself. A padded output's border is zeroed.
+    # One thread's loop; returns the task count.
     K = offs.shape[0]
     N, Ho, Wo, M = geo[13], geo[0], geo[1], geo[14]
     P = N * Ho * Wo
@@ -104,12 +105,26 @@ def _gemm_worker(xf, offs, bp, b, lo, hi, geo, counter, yf, res, has_res):
     ntiles = (P + MR - 1) // MR
     nblk = (ntiles + TILES_PER_TASK - 1) // TILES_PER_TASK
     total = nblk * Pn
+    # a padded output's border (zeros the reader relies on) is written too, one task per padded
+    # row after the products: the buffer may hold other arrays between two runs
+    oHp, oWp, ot, ol = geo[7], geo[8], geo[9], geo[10]
+    border = 0 if geo[12] else N * oHp
     pix = np.empty(MR, dtype=np.int64)
     ypix = np.empty(MR, dtype=np.int64)
     while True:
         t = fetch_add(counter, 0, 1)
-        if t >= total:
+        if t >= total + border:
             break
+        if t >= total:
+            r = t - total
+            hr = r % oHp
+            if hr < ot or hr >= ot + Ho:
+                zero_floats(yf, r * oWp * M, oWp * M)
+            else:
+                zero_floats(yf, r * oWp * M, ol * M)
+                zero_floats(yf, (r * oWp + ol + Wo) * M, (oWp - ol - Wo) * M)
+            task_done(counter, 1)
+            continue
         blk = t % nblk
         pnl = t // nblk
         panel = bp[pnl]
@@ -126,7 +141,7 @@ def _gemm_worker(xf, offs, bp, b, lo, hi, geo, counter, yf, res, has_res):
                 _gemm_pixels(min(ti * MR, P - MR), K, geo, m0, pix, ypix)
                 _tile_out(xf, pix, offs, K, panel, bias, lo, hi, yf, ypix, mcount)
         task_done(counter, 1)
-    return total
+    return total + border
 
 
 @njit(cache=True, nogil=True)
