@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .executor import OP_PAD, OP_POOL, OP_SOFTMAX, Program
+from .executor import OP_POOL, OP_SOFTMAX, Program
 from .layers.base import channels_last_view
 from .layers.convolution.cache import _frozen
 from .layers.convolution.layer import nhwc_route
@@ -30,7 +30,6 @@ from .layers.convolution.nhwc import (
     depthwise_runner,
     taps_runner,
 )
-from .simd import MR
 
 
 class NetProgram:
@@ -152,8 +151,7 @@ def _layer(net, prog, layer, arg, fetch):
         y_idx = prog.new_blob(top, oshape, False, top in fetch)
         prog.prog.op([OP_POOL, x_idx, y_idx, N, H * W, C, layer.method])
     elif layer.type == "InnerProduct":
-        # through the 1x1 GEMM: the inputs as rows of K (at least MR of them: zero rows added
-        # below a smaller batch, their results dropped), the weights packed like a 1x1's
+        # through the 1x1 GEMM: the inputs as rows of K, the weights packed like a 1x1's
         w = ps[0]
         b = _bias(layer, ps)
         N = int(np.prod(shape[:layer._ax]))
@@ -162,14 +160,9 @@ def _layer(net, prog, layer, arg, fetch):
         if layer.transpose or (cl and np.prod(shape[2:]) != 1):
             return "inner product transposed or of a channels-last plane"
         relu, cap = extra.get("relu", False), extra.get("relu_cap")
-        rows = max(N, MR)
-        if rows > N:
-            xp = np.zeros(rows * K, dtype=np.float32)
-            prog.prog.op([OP_PAD, x_idx, prog.prog.f(xp), 0, 1, K, N, 1, rows, 1, 0, 0])
-            x_idx = prog.prog.f(xp)
-        args = _gemm_args(K, w.reshape(M, K, 1, 1), b, relu, cap, (1, rows, 1, rows, 1, K, 1, 1), (rows, 1, 0, 0))
-        y_idx = prog.new_blob(top, oshape, False, top in fetch, size=rows * M)
-        prog.prog.emit([("gemm", ("in", args, "out", None))], x_idx, shape, y_idx, (1, M, rows, 1))
+        args = _gemm_args(K, w.reshape(M, K, 1, 1), b, relu, cap, (1, N, 1, N, 1, K, 1, 1), (N, 1, 0, 0))
+        y_idx = prog.new_blob(top, oshape, False, top in fetch)
+        prog.prog.emit([("gemm", ("in", args, "out", None))], x_idx, shape, y_idx, (1, M, N, 1))
     elif layer.type == "Softmax":
         if cl and np.prod(shape[2:]) != 1:
             return "softmax over a channels-last plane"

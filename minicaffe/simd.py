@@ -90,7 +90,7 @@ def _counted_loop(builder, name, count, init):
     return i, values, close
 
 
-def _make_tile(mr, nv, store=False, residual=False, bstride=None):
+def _make_tile(mr, nv, store=False, residual=False, bstride=None, split=1):
     """An intrinsic with an mr x (nv * W) register block over k < K of
     acc[p, r] = sum_k xf[pix[p] + offs[k]] * bp[k * nr + r] (p < mr, r < nr = nv * W):
 
@@ -100,6 +100,9 @@ def _make_tile(mr, nv, store=False, residual=False, bstride=None):
       for ncount < nr): a layer's output pass (lo = -inf, hi = inf: no activation; a NaN stays NaN);
     - with ``residual`` too, ``tile(..., ypix, ncount, res)`` adds res[ypix[p] + r] before the clip
       (a residual sum fused into the output pass; res has y's layout).
+
+    ``split`` > 1 sums k in that many interleaved partial blocks, added at the end: a one-row
+    tile's accumulators would otherwise wait on each other's FMA latency every k.
 
     xf: float32 1-D (the A operand, read in place), pix: int64 1-D (mr row base indices into xf),
     offs: int64 1-D (K offsets), k_count: int64 (K), bp: float32 1-D packed B panel (K rows of
@@ -124,17 +127,35 @@ def _make_tile(mr, nv, store=False, residual=False, bstride=None):
         fn = builder.function
         zero = ir.Constant(vec, [0.0] * W)
         splat = ir.Constant(ir.VectorType(i32, W), [0] * W)
-        k, accs, close = _counted_loop(builder, "tile", k_v, [zero] * (mr * nv))
-        off = builder.load(builder.gep(O, [k]))
-        bb = builder.gep(B, [builder.mul(k, ir.Constant(i64, bstride))])
-        bvs = [builder.load(builder.bitcast(builder.gep(bb, [ir.Constant(i64, h * W)]), vptr), align=4)
-               for h in range(nv)]
-        new = []
-        for p in range(mr):
-            av = _splat(builder, builder.load(builder.gep(rows[p], [off])))
-            for h in range(nv):
-                new.append(builder.call(fma, [av, bvs[h], accs[p * nv + h]]))
-        close(new)
+        def step(k, accs):
+            off = builder.load(builder.gep(O, [k]))
+            bb = builder.gep(B, [builder.mul(k, ir.Constant(i64, bstride))])
+            bvs = [builder.load(builder.bitcast(builder.gep(bb, [ir.Constant(i64, h * W)]), vptr), align=4)
+                   for h in range(nv)]
+            new = []
+            for p in range(mr):
+                av = _splat(builder, builder.load(builder.gep(rows[p], [off])))
+                for h in range(nv):
+                    new.append(builder.call(fma, [av, bvs[h], accs[p * nv + h]]))
+            return new
+
+        na = mr * nv
+        if split == 1:
+            k, accs, close = _counted_loop(builder, "tile", k_v, [zero] * na)
+            close(step(k, accs))
+        else:
+            kq = builder.sdiv(k_v, ir.Constant(i64, split))
+            j, parts, close = _counted_loop(builder, "tile", kq, [zero] * (na * split))
+            base = builder.mul(j, ir.Constant(i64, split))
+            new = []
+            for q in range(split):
+                new += step(builder.add(base, ir.Constant(i64, q)), parts[q * na:(q + 1) * na])
+            close(new)
+            done = builder.mul(kq, ir.Constant(i64, split))
+            i, accs, close = _counted_loop(builder, "tile_rest", builder.sub(k_v, done), parts[:na])
+            close(step(builder.add(done, i), accs))
+            for q in range(1, split):
+                accs = [builder.fadd(a, b) for a, b in zip(accs, parts[q * na:(q + 1) * na])]
         if not store:
             Cs = context.make_array(signature.args[5])(context, builder, args[5]).data
             for p in range(mr):
@@ -225,6 +246,12 @@ indirect_tile_residual = _make_tile(MR, 2, store=True, residual=True)
 #: the same two for a panel whose used channels fit one vector (the layer's last): half the work
 indirect_tile_store_half = _make_tile(MR, 1, store=True, bstride=NR)
 indirect_tile_residual_half = _make_tile(MR, 1, store=True, residual=True, bstride=NR)
+#: one output pixel (the rows past a multiple of MR, an inner product of one row): the four
+#: forms above with k split four ways
+row_tile_store = _make_tile(1, 2, store=True, split=4)
+row_tile_residual = _make_tile(1, 2, store=True, residual=True, split=4)
+row_tile_store_half = _make_tile(1, 1, store=True, bstride=NR, split=4)
+row_tile_residual_half = _make_tile(1, 1, store=True, residual=True, bstride=NR, split=4)
 
 
 @intrinsic

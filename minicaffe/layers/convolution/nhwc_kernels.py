@@ -28,6 +28,10 @@ from ...simd import (
     indirect_tile_residual_half,
     indirect_tile_store,
     indirect_tile_store_half,
+    row_tile_residual,
+    row_tile_residual_half,
+    row_tile_store,
+    row_tile_store_half,
     task_done,
     view,
     zero_floats,
@@ -56,6 +60,20 @@ def _tile_out_residual(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res):
         indirect_tile_residual_half(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res)
     else:
         indirect_tile_residual(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _row_out(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res, has_res):
+    # _tile_out / _tile_out_residual for one pixel (pix, ypix: 1-element arrays)
+    if has_res:
+        if n <= SIMD_W:
+            row_tile_residual_half(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res)
+        else:
+            row_tile_residual(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res)
+    elif n <= SIMD_W:
+        row_tile_store_half(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n)
+    else:
+        row_tile_store(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -94,15 +112,16 @@ def _gemm_worker(xf, offs, bp, b, lo, hi, geo, counter, yf, res, has_res):
     # and writes at ((n*oHp + oh + ot)*oWp + ow + ol)*M (or q*M when out_rows): a padded input read
     # by taps (offs), an output stored into a zero-padded buffer; has_res: a residual of y's layout
     # added before the clip. Tasks (block of MR-pixel tiles, panel) from counter[0], block fastest
-    # so consecutive tasks share a panel, each counted in counter[1] when done; the last tile is
-    # shifted back to end at the last pixel (P >= MR), recomputing a few rather than narrowing. The
-    # tile adds the bias, clips and stores its rows itself. A padded output's border is zeroed.
+    # so consecutive tasks share a panel, each counted in counter[1] when done; the P % MR pixels
+    # after the last full tile go through a one-pixel tile each. The tile adds the bias, clips and
+    # stores its rows itself. A padded output's border is zeroed.
     # One thread's loop; returns the task count.
     K = offs.shape[0]
     N, Ho, Wo, M = geo[13], geo[0], geo[1], geo[14]
     P = N * Ho * Wo
     Pn = bp.shape[0]
-    ntiles = (P + MR - 1) // MR
+    nfull = P // MR
+    ntiles = (P + MR - 1) // MR          # the last: the P % MR pixels left, one at a time
     nblk = (ntiles + TILES_PER_TASK - 1) // TILES_PER_TASK
     total = nblk * Pn
     # a padded output's border (zeros the reader relies on) is written too, one task per padded
@@ -111,6 +130,8 @@ def _gemm_worker(xf, offs, bp, b, lo, hi, geo, counter, yf, res, has_res):
     border = 0 if geo[12] else N * oHp
     pix = np.empty(MR, dtype=np.int64)
     ypix = np.empty(MR, dtype=np.int64)
+    pix1 = np.empty(1, dtype=np.int64)
+    ypix1 = np.empty(1, dtype=np.int64)
     while True:
         t = fetch_add(counter, 0, 1)
         if t >= total + border:
@@ -131,15 +152,22 @@ def _gemm_worker(xf, offs, bp, b, lo, hi, geo, counter, yf, res, has_res):
         m0 = pnl * NR
         mcount = min(NR, M - m0)
         bias = b[m0:m0 + NR]
+        t1 = min(nfull, (blk + 1) * TILES_PER_TASK)
         # one loop per epilogue: a tile loop holding both runs ~40% slower
         if has_res:
-            for ti in range(blk * TILES_PER_TASK, min(ntiles, (blk + 1) * TILES_PER_TASK)):
-                _gemm_pixels(min(ti * MR, P - MR), K, geo, m0, pix, ypix)
+            for ti in range(blk * TILES_PER_TASK, t1):
+                _gemm_pixels(ti * MR, K, geo, m0, pix, ypix)
                 _tile_out_residual(xf, pix, offs, K, panel, bias, lo, hi, yf, ypix, mcount, res)
         else:
-            for ti in range(blk * TILES_PER_TASK, min(ntiles, (blk + 1) * TILES_PER_TASK)):
-                _gemm_pixels(min(ti * MR, P - MR), K, geo, m0, pix, ypix)
+            for ti in range(blk * TILES_PER_TASK, t1):
+                _gemm_pixels(ti * MR, K, geo, m0, pix, ypix)
                 _tile_out(xf, pix, offs, K, panel, bias, lo, hi, yf, ypix, mcount)
+        if ntiles > nfull and (blk + 1) * TILES_PER_TASK >= ntiles:
+            _gemm_pixels(nfull * MR, K, geo, m0, pix, ypix)
+            for p in range(P - nfull * MR):
+                pix1[0] = pix[p]
+                ypix1[0] = ypix[p]
+                _row_out(xf, pix1, offs, K, panel, bias, lo, hi, yf, ypix1, mcount, res, has_res)
         task_done(counter, 1)
     return total + border
 
