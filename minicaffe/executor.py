@@ -102,7 +102,7 @@ def _program(ctl_address):
                                       at_address(FP[o[4]], (N, Ho, Wo, C), f32))
         elif kind == OP_BLOCK:
             # x, bp_e, be, wt, bd, bp_p, bpp, y, offs_e, offs_p, has_expand, has_project, residual,
-            # N, H, W, Cin, Ho, Wo, Cout, kh, kw, Ce, Pe, Pp, sh, sw, pt, pl, band, chunk
+            # N, H, W, Cin, Ho, Wo, Cout, kh, kw, Ce, Pe, Pp, sh, sw, pt, pl, band, nchunks
             N, H, W, Cin, Ho, Wo, Cout = o[14], o[15], o[16], o[17], o[18], o[19], o[20]
             kh, kw, Ce, Pe, Pp = o[21], o[22], o[23], o[24], o[25]
             total = _block_worker(at_address(FP[o[1]], (N, H, W, Cin), f32), o[11] == 1, _i(IP, IS, o[9]),
@@ -235,12 +235,12 @@ class Program:
             elif kind == "block":
                 x, a, y = args
                 (has_e, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, has_p, offs_p, bp_p, bpp,
-                 residual, band, chunk, _workers) = a
+                 residual, band, nchunks, _workers) = a
                 kh, kw, Ce = wt.shape
                 self.op([OP_BLOCK, at(x), self.f(bp_e), self.f(be), self.f(wt), self.f(bd), self.f(bp_p), self.f(bpp),
                          at(y), self.i(offs_e), self.i(offs_p), int(has_e), int(has_p), int(residual), N,
                          in_shape[2], in_shape[3], in_shape[1], Ho, Wo, M, kh, kw, Ce, bp_e.shape[0], bp_p.shape[0],
-                         sh, sw, pt, pl, band, chunk], elo, ehi, dlo, dhi)
+                         sh, sw, pt, pl, band, nchunks], elo, ehi, dlo, dhi)
             else:
                 raise ValueError(f"unknown kernel {kind!r}")
 

@@ -391,7 +391,7 @@ def _block_runner(shape, expand, dw, project, residual):
         band = -(-N * Ho // (3 * workers))            # smaller bands: enough tasks for the threads
     # chunks: enough tasks for dynamic scheduling, each several bands long (a chunk re-expands
     # only the rows it shares with the previous chunk)
-    chunk = Ho if small else min(Ho, max(band, -(-Ho * N // (4 * workers))))
+    chunk = Ho if small else min(Ho, max(band, -(-Ho * N // ((4 if we is not None else 8) * workers))))
     big = max(N * H * e_row, N * Ho * d_row) > FUSE_EXPANDED_FROM
     if not big or (we is not None and (kh - sh) > FUSE_HALO * chunk * sh):
         # the intermediate tensors stay in cache anyway, or the chunks' overlapping rows would
@@ -425,9 +425,20 @@ def _block_runner(shape, expand, dw, project, residual):
         bpp, bpb = one, one[0]
     wt = _dw_hwc(wd)
     args = (we is not None, _arange(C), bpe, bee, *clip_bounds(erelu, ecap), wt, _padded_bias(bd, Ce), sh, sw, pt, pl,
-            *clip_bounds(drelu, dcap), wp is not None, _arange(Ce), bpp, bpb, bool(residual), band, chunk, workers)
+            *clip_bounds(drelu, dcap), wp is not None, _arange(Ce), bpp, bpb, bool(residual), band,
+            _chunks(N, Ho, chunk, workers), workers)
 
     return _runner((N, C, H, W), (N, Cout, Ho, Wo), ("block", ("in", args, "out")))
+
+
+def _chunks(N, Ho, chunk, workers):
+    """Chunks of about ``chunk`` output rows an image is split into: the tasks (N of them per
+    chunk) a multiple of the threads where the image has the rows, so that equal chunks end
+    together rather than one thread doing the last alone."""
+    n = -(-Ho // chunk)
+    while workers > 1 and (N * n) % workers and n < Ho:
+        n += 1
+    return n
 
 
 def convolution_expand_depthwise_nhwc_cpu(x, w_expand, b_expand, w_dw, b_dw, stride=(1, 1), pad=(0, 0, 0, 0),

@@ -317,12 +317,13 @@ def _dw_padded_worker(xp, wt, bd, sh, sw, lo, hi, rows, cg, counter, y):
 
 @njit(cache=True, nogil=True)
 def _block_worker(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt, pl, dlo, dhi, has_project,
-                  offs_p, bp_p, bpp, residual, band, chunk, counter, y):
+                  offs_p, bp_p, bpp, residual, band, nchunks, counter, y):
     # xt: (N, H, W, Cin) block input. Expansion (has_expand): offs_e = arange(Cin), bp_e: (Pe,
     # Cin*NR) packed 1x1 weights, be: (Pe*NR,) bias zero-padded, elo/ehi its clip. Depthwise: wt:
     # (kh, kw, Ce), bd: (Ce,), dlo/dhi. Projection (has_project): offs_p = arange(Ce), bp_p: (Pp,
     # Ce*NR), bpp: (Pp*NR,); residual: add xt (same shape as y). y: (N, Ho, Wo, Cout), Cout = Ce
-    # without a projection. Tasks are (image, chunk of output rows) from counter[0] (counted in
+    # without a projection. Tasks are (image, one of nchunks equal chunks of output rows) from
+    # counter[0] (counted in
     # counter[1] when done; the task count is returned). A task
     # walks its chunk in bands of ``band`` output rows: the rows of the zero-padded depthwise input
     # the band's taps read are in a per-thread buffer E ((band-1)*sh + kh rows of Wp >= pl + W
@@ -338,7 +339,6 @@ def _block_worker(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt
     Wp = max(W + pl, (Wo - 1) * sw + kw)
     rows_max = (band - 1) * sh + kh
     rstep = Wp * Ce
-    nchunks = (Ho + chunk - 1) // chunk
     total = N * nchunks
     yf = view(y, (y.size,))
     rf = view(xt, (xt.size,))
@@ -354,8 +354,8 @@ def _block_worker(xt, has_expand, offs_e, bp_e, be, elo, ehi, wt, bd, sh, sw, pt
         if t >= total:
             break
         n = t // nchunks
-        o0 = (t % nchunks) * chunk
-        o1 = min(Ho, o0 + chunk)
+        o0 = (t % nchunks) * Ho // nchunks
+        o1 = (t % nchunks + 1) * Ho // nchunks
         xf = view(xt[n], (H * W * Cin,))
         e0 = 0
         e1 = 0                                   # padded rows [e0, e1) are in E
