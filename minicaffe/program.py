@@ -133,7 +133,7 @@ def _layer(net, prog, layer, arg, fetch):
         relu, cap = extra.get("relu", False), extra.get("relu_cap")
         N, C, H, W = shape
         stride, pad, dil, group = layer.stride, layer.pad, layer.dilation, layer.group
-        route = nhwc_route(shape, cl, w, stride, pad, dil, group, extra.get("channels_last", False))
+        route = nhwc_route(shape, cl, w, stride, pad, dil, group, extra.get("channels_last", False), program=True)
         if route == "1x1" and cl:         # (from NCHW the layer would copy its input first)
             run = conv1x1_runner((N, H, W, C), w, b, relu, cap)
         elif route == "depthwise":

@@ -76,16 +76,17 @@ def nhwc_applies(x_shape, w_shape, stride, pad, dilation, group):
             or conv1x1_applies(x_shape, w_shape, stride, pad, dilation, group))
 
 
-def nhwc_route(x_shape, x_channels_last, w, stride, pad, dilation, group, channels_last):
+def nhwc_route(x_shape, x_channels_last, w, stride, pad, dilation, group, channels_last, program=False):
     """The channels-last kernel :func:`convolution_cpu` runs a layer with: "1x1", "depthwise",
     "taps" (few taps through the 1x1 GEMM) or None (an NCHW kernel). x_channels_last: the input's
-    memory is channels last; channels_last: a channels-last output is asked for."""
+    memory is channels last; channels_last: a channels-last output is asked for; program: for a
+    whole-forward program (the taps route at any batch)."""
     if not NHWC:
         return None
     if (channels_last or x_channels_last) and nhwc_applies(x_shape, w.shape, stride, pad, dilation, group):
         return "1x1" if group == 1 else "depthwise"
-    if channels_last and taps_applies(x_shape, w.shape, group) and direct_applies(x_shape, w, stride, pad, dilation,
-                                                                                    group):
+    if channels_last and taps_applies(x_shape, w.shape, group, x_shape[0] if program else None) \
+            and direct_applies(x_shape, w, stride, pad, dilation, group):
         return "taps"
     return None
 

@@ -141,17 +141,20 @@ def _gemm_args(offs, w, b, relu, relu_cap, geo_in, geo_out, key=("direct", 1), p
 #: 1x1 GEMM whose A operand is read through the taps (EfficientNet's 3x3 stem from RGB: 27)
 #: rather than through the direct kernel
 TAPS_UP_TO = 32
-#: largest batch for that route: at batch 1 it takes half the direct kernel's time (0.19 vs 0.35 ms
-#: for the stem), at batch 64 1.4x (20.8 vs 14.4 ms: the channels-last copy of the input is a
-#: pass over memory the direct kernel does not make)
+#: largest batch for that route in a layer-by-layer forward: at batch 1 it takes half the direct
+#: kernel's time (0.19 vs 0.35 ms for the stem), at batch 64 1.4x (20.8 vs 14.4 ms: the
+#: channels-last copy of the input is a pass over memory the direct kernel does not make). A
+#: whole-forward program takes it at any batch (the direct kernel is not one of its kernels, and a
+#: forward as one program gains more than the stem loses)
 TAPS_MAX_BATCH = 4
 
 
-def taps_applies(x_shape, w_shape, group):
+def taps_applies(x_shape, w_shape, group, max_batch=None):
     """An ungrouped convolution with at most TAPS_UP_TO taps per output (channels x kernel) on at
-    most TAPS_MAX_BATCH images: :func:`convolution_taps_nhwc_cpu`."""
+    most ``max_batch`` (default TAPS_MAX_BATCH) images: :func:`convolution_taps_nhwc_cpu`."""
     M, Cg, kh, kw = w_shape
-    return group == 1 and Cg * kh * kw <= TAPS_UP_TO and x_shape[0] <= TAPS_MAX_BATCH
+    return group == 1 and Cg * kh * kw <= TAPS_UP_TO and x_shape[0] <= (TAPS_MAX_BATCH if max_batch is None
+                                                                         else max_batch)
 
 
 def _pack_hwc(w):
