@@ -56,8 +56,9 @@ NHWC = os.environ.get("MINICAFFE_NHWC", "1") != "0"
 def winograd_applies(w, stride, dilation, group, x_shape):
     """Where :func:`convolution_cpu` uses Winograd F(4x4, 3x3): a square kernel of 2..6 (larger
     than 3 split into 3x3 pieces), stride 1, no dilation, not depthwise, enough channels for the
-    GEMMs to dominate the transforms, and enough images for the transformed filters (4x the
-    weights per 3x3 piece) to be read fewer times than they save (docs/benchmark.md)."""
+    GEMMs to dominate the transforms, and at least WINOGRAD_MIN_BATCH images (the transformed
+    filters are 4x the weights per 3x3 piece: read once a forward, they cost less than the
+    multiplications they save from batch 1 on; docs/benchmark.md)."""
     M, Cg, kh, kw = w.shape
     if not (kh == kw and 2 <= kh <= 6 and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1)
             and Cg >= 16 and M // group >= 16):
@@ -66,7 +67,7 @@ def winograd_applies(w, stride, dilation, group, x_shape):
 
 
 #: smallest batch routed to Winograd
-WINOGRAD_MIN_BATCH = 2
+WINOGRAD_MIN_BATCH = 1
 
 
 def nhwc_applies(x_shape, w_shape, stride, pad, dilation, group):
