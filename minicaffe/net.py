@@ -479,6 +479,9 @@ class Net:
             blobs.update(prog.run(blobs[self.input_names[0]]))
             self.blobs = blobs
             return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
+        if backend == "cpu":
+            from .threads import pool
+            pool().keep_numba_workers_off()
         for i, layer, kind, arg in steps:
             for hb, _ in hooks:
                 if hb is not None:

@@ -89,3 +89,20 @@ def test_the_arena_plan_never_overlaps_arrays_alive_at_once():
                     assert offs[i] + sizes[i] <= offs[j] or offs[j] + sizes[j] <= offs[i], (i, j, offs, lives)
     offs, size = plan_arena([100, 100, 100], [(0, 1), (1, 2), (2, 3)])
     assert offs[0] == offs[2] and size == 2 * 112
+
+
+def test_numba_workers_are_kept_off_the_callers_cpu():
+    """Pool.keep_numba_workers_off finds Numba's worker threads (threads of this process, not the
+    caller) and lets them run on every CPU of the process but the caller's."""
+    import os
+
+    import numba
+    if numba.get_num_threads() < 2 or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs and two Numba threads")
+    pool = threads.pool()
+    pool.keep_numba_workers_off()
+    import threading
+    tasks = {int(t) for t in os.listdir("/proc/self/task")}
+    assert pool.omp and set(pool.omp) <= tasks and threading.get_native_id() not in pool.omp
+    for tid in pool.omp:
+        assert os.sched_getaffinity(tid) == os.sched_getaffinity(0) - {pool.omp_cpu}
