@@ -307,6 +307,7 @@ class Program:
             roffs.append(at)
             at += -(-self.F[i].size // ALIGN) * ALIGN
         self.arena = _huge_zeros(at)
+        self.scratch = self.arena[:size]          # the written arrays' part
         for i, o in zip(ids, offs):
             self.F[i] = self.arena[o:o + self.F[i].size]
         for i, o in zip(rest, roffs):

@@ -250,7 +250,7 @@ def test_a_frozen_net_runs_as_one_program():
         assert_close(both[name], ref[name], 1e-5, f"program {name}, caller and helper")
     first = {k: v.copy() for k, v in got.items()}
     for p in net._programs.values():
-        p.prog.arena[:] = np.nan             # no kernel may rely on what the arena held before
+        p.prog.scratch[:] = np.nan           # no kernel may rely on what the arena held before
     again = net.forward(2 * x, fetch=["fc", "pool"])
     ref2 = minicaffe.Net(proto, net.params, backend="numpy").forward(2 * x)
     for name in ("fc", "pool"):
