@@ -272,8 +272,9 @@ def _depthwise_args(shape, w, b, stride, Ho, Wo, relu, relu_cap):
 # projection] [+ the block input] as one kernel, band by band, so the expanded and depthwise
 # tensors, the block's largest, never go to memory.
 
-#: bytes of expanded and depthwise rows one thread keeps (in its share of L2)
-EXPAND_BUFFER_BYTES = 384 << 10
+#: bytes of expanded and depthwise rows one thread keeps (most of its L2: fewer, taller bands,
+#: so fewer halo rows expanded twice)
+EXPAND_BUFFER_BYTES = 768 << 10
 #: fuse only when an intermediate tensor is larger than this (below, it stays in cache anyway)
 FUSE_EXPANDED_FROM = 1 << 20
 #: fuse only while a chunk's re-expanded overlap rows stay below this share of its rows
