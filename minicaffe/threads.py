@@ -156,12 +156,12 @@ def call_with(typingctx, fn_address, value):
     return sig, codegen
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def leave(ctl):
     atomic_add(ctl, LEFT, 1)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def open_gate(ctl, gen, helpers):
     """Caller, mailbox filled: let helpers in, wake those asleep, and enter (the first thread)."""
     atomic_store(ctl, LEFT, 0)
@@ -179,7 +179,7 @@ def open_gate(ctl, gen, helpers):
         spins += 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def close_gate(ctl):
     """Caller, its share done: shut the gate, then wait until every helper that entered has left
     (after the job's last barrier that is a few instructions each)."""
@@ -188,7 +188,7 @@ def close_gate(ctl):
         pause()
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def enter(ctl):
     """Helper: True when it may run the posted job (the gate is open and the job has fewer threads
     than its limit): it must then :func:`leave`."""
@@ -201,7 +201,7 @@ def enter(ctl):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def next_job(ctl, gen, seen, spins):
     """Helper: wait until the job number moves off ``seen`` -> the new number. Spins ``spins``
     pauses, then sleeps on the futex (counted in SLEEPERS, so a caller wakes only when someone
