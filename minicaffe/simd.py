@@ -90,7 +90,7 @@ def _counted_loop(builder, name, count, init):
     return i, values, close
 
 
-def _make_tile(mr, nv, store=False, residual=False, bstride=None, split=1):
+def _make_tile(mr, nv, store=False, residual=False, bstride=None, split=1, lanes=None):
     """An intrinsic with an mr x (nv * W) register block over k < K of
     acc[p, r] = sum_k xf[pix[p] + offs[k]] * bp[k * nr + r] (p < mr, r < nr = nv * W):
 
@@ -102,7 +102,9 @@ def _make_tile(mr, nv, store=False, residual=False, bstride=None, split=1):
       (a residual sum fused into the output pass; res has y's layout).
 
     ``split`` > 1 sums k in that many interleaved partial blocks, added at the end: a one-row
-    tile's accumulators would otherwise wait on each other's FMA latency every k.
+    tile's accumulators would otherwise wait on each other's FMA latency every k. ``lanes``: the
+    float lanes of each of the block's vectors instead of nv of W (e.g. (16, 8): 24 channels as a
+    512-bit and a 256-bit vector, so a layer of 24 or 40 channels computes no padding lanes).
 
     xf: float32 1-D (the A operand, read in place), pix: int64 1-D (mr row base indices into xf),
     offs: int64 1-D (K offsets), k_count: int64 (K), bp: float32 1-D packed B panel (K rows of
@@ -110,42 +112,60 @@ def _make_tile(mr, nv, store=False, residual=False, bstride=None, split=1):
     (mr x nr), bias: float32 1-D (nr), y: float32 1-D, ypix: int64 1-D (mr). No bounds checks: the
     caller guarantees every address is inside its array.
     """
-    nr = nv * W
+    lanes = tuple(lanes) if lanes is not None else (W,) * nv
+    nv = len(lanes)
+    col = [sum(lanes[:h]) for h in range(nv)]            # each vector's first channel
+    nr = sum(lanes)
     bstride = nr if bstride is None else bstride
+    vts = [ir.VectorType(_F32, L) for L in lanes]
+
+    def fma_of(builder, L):
+        name = f"llvm.fma.v{L}f32"
+        vt = ir.VectorType(_F32, L)
+        return builder.module.globals.get(name) or ir.Function(builder.module, ir.FunctionType(vt, [vt] * 3),
+                                                               name=name)
+
+    def splat(builder, x, L):
+        vt = ir.VectorType(_F32, L)
+        v = builder.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(_I32, L), [0] * L))
 
     def body(context, builder, signature, args):
         xf_v, pix_v, offs_v, k_v, bp_v = args[:5]
-        i64, i32, vec = _I64, _I32, _VEC
-        vptr = vec.as_pointer()
+        i64, i32 = _I64, _I32
         X = context.make_array(signature.args[0])(context, builder, xf_v).data
         Pix = context.make_array(signature.args[1])(context, builder, pix_v).data
         O = context.make_array(signature.args[2])(context, builder, offs_v).data
         B = context.make_array(signature.args[4])(context, builder, bp_v).data
         mod = builder.module
-        fma = _fma(builder)
+        fmas = [fma_of(builder, L) for L in lanes]
         rows = [builder.gep(X, [builder.load(builder.gep(Pix, [ir.Constant(i64, p)]))]) for p in range(mr)]
         fn = builder.function
-        zero = ir.Constant(vec, [0.0] * W)
-        splat = ir.Constant(ir.VectorType(i32, W), [0] * W)
+        zeros = [ir.Constant(vt, [0.0] * L) for vt, L in zip(vts, lanes)]
+
+        def vload(base, off, h):
+            return builder.load(builder.bitcast(builder.gep(base, [off]), vts[h].as_pointer()), align=4)
+
         def step(k, accs):
             off = builder.load(builder.gep(O, [k]))
             bb = builder.gep(B, [builder.mul(k, ir.Constant(i64, bstride))])
-            bvs = [builder.load(builder.bitcast(builder.gep(bb, [ir.Constant(i64, h * W)]), vptr), align=4)
-                   for h in range(nv)]
+            bvs = [vload(bb, ir.Constant(i64, col[h]), h) for h in range(nv)]
             new = []
             for p in range(mr):
-                av = _splat(builder, builder.load(builder.gep(rows[p], [off])))
+                a = builder.load(builder.gep(rows[p], [off]))
+                avs = {L: splat(builder, a, L) for L in set(lanes)}
                 for h in range(nv):
-                    new.append(builder.call(fma, [av, bvs[h], accs[p * nv + h]]))
+                    new.append(builder.call(fmas[h], [avs[lanes[h]], bvs[h], accs[p * nv + h]]))
             return new
 
         na = mr * nv
+        init = [zeros[idx % nv] for idx in range(na)]
         if split == 1:
-            k, accs, close = _counted_loop(builder, "tile", k_v, [zero] * na)
+            k, accs, close = _counted_loop(builder, "tile", k_v, init)
             close(step(k, accs))
         else:
             kq = builder.sdiv(k_v, ir.Constant(i64, split))
-            j, parts, close = _counted_loop(builder, "tile", kq, [zero] * (na * split))
+            j, parts, close = _counted_loop(builder, "tile", kq, init * split)
             base = builder.mul(j, ir.Constant(i64, split))
             new = []
             for q in range(split):
@@ -160,32 +180,33 @@ def _make_tile(mr, nv, store=False, residual=False, bstride=None, split=1):
             Cs = context.make_array(signature.args[5])(context, builder, args[5]).data
             for p in range(mr):
                 for h in range(nv):
-                    ptr = builder.bitcast(builder.gep(Cs, [ir.Constant(i64, p * nr + h * W)]), vptr)
+                    ptr = builder.bitcast(builder.gep(Cs, [ir.Constant(i64, p * nr + col[h])]), vts[h].as_pointer())
                     builder.store(accs[p * nv + h], ptr, align=4)
             return context.get_dummy_value()
         bias_v, lo_v, hi_v, y_v, ypix_v, n_v = args[5:11]
         Bias = context.make_array(signature.args[5])(context, builder, bias_v).data
         Y = context.make_array(signature.args[8])(context, builder, y_v).data
         Ypix = context.make_array(signature.args[9])(context, builder, ypix_v).data
-        lo, hi = _splat(builder, lo_v), _splat(builder, hi_v)
-        biases = [builder.load(builder.bitcast(builder.gep(Bias, [ir.Constant(i64, h * W)]), vptr), align=4)
-                  for h in range(nv)]
+        los = {L: splat(builder, lo_v, L) for L in set(lanes)}
+        his = {L: splat(builder, hi_v, L) for L in set(lanes)}
+        biases = [vload(Bias, ir.Constant(i64, col[h]), h) for h in range(nv)]
         offsets = []
         for p in range(mr):
             yo = builder.load(builder.gep(Ypix, [ir.Constant(i64, p)]))
-            offsets += [builder.add(yo, ir.Constant(i64, h * W)) for h in range(nv)]
-        ptrs = [builder.bitcast(builder.gep(Y, [o]), vptr) for o in offsets]
+            offsets += [builder.add(yo, ir.Constant(i64, col[h])) for h in range(nv)]
+        ptrs = [builder.bitcast(builder.gep(Y, [o]), vts[idx % nv].as_pointer()) for idx, o in enumerate(offsets)]
         if residual:
             R = context.make_array(signature.args[11])(context, builder, args[11]).data
-            rptrs = [builder.bitcast(builder.gep(R, [o]), vptr) for o in offsets]
+            rptrs = [builder.bitcast(builder.gep(R, [o]), vts[idx % nv].as_pointer()) for idx, o in enumerate(offsets)]
 
         def outputs(res):
             outs = []
             for idx in range(mr * nv):
+                L = lanes[idx % nv]
                 v = builder.fadd(accs[idx], biases[idx % nv])
                 if residual:
                     v = builder.fadd(v, res[idx])
-                outs.append(_clip(builder, v, lo, hi))
+                outs.append(_clip(builder, v, los[L], his[L]))
             return outs
 
         full = fn.append_basic_block("store_full")
@@ -200,23 +221,24 @@ def _make_tile(mr, nv, store=False, residual=False, bstride=None, split=1):
         # the panel's last channels are past the layer's: masked loads and stores leave the next
         # pixel (and the end of the array) alone
         builder.position_at_end(part)
-        i1v = ir.VectorType(ir.IntType(1), W)
-        mname = f"llvm.masked.store.v{W}f32.p0"
-        mstore = mod.globals.get(mname) or ir.Function(
-            mod, ir.FunctionType(ir.VoidType(), [vec, vptr, i32, i1v]), name=mname)
-        v64 = ir.VectorType(i64, W)
-        nb = builder.insert_element(ir.Constant(v64, ir.Undefined), n_v, ir.Constant(i32, 0))
-        nb = builder.shuffle_vector(nb, ir.Constant(v64, ir.Undefined), splat)
-        masks = [builder.icmp_signed("<", ir.Constant(v64, [h * W + q for q in range(W)]), nb) for h in range(nv)]
+        masks, mstores, mloads = [], [], []
+        for h, L in enumerate(lanes):
+            vt, i1v, v64 = vts[h], ir.VectorType(ir.IntType(1), L), ir.VectorType(i64, L)
+            mname = f"llvm.masked.store.v{L}f32.p0"
+            mstores.append(mod.globals.get(mname) or ir.Function(
+                mod, ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), i32, i1v]), name=mname))
+            lname = f"llvm.masked.load.v{L}f32.p0"
+            mloads.append(mod.globals.get(lname) or ir.Function(
+                mod, ir.FunctionType(vt, [vt.as_pointer(), i32, i1v, vt]), name=lname))
+            nb = builder.insert_element(ir.Constant(v64, ir.Undefined), n_v, ir.Constant(i32, 0))
+            nb = builder.shuffle_vector(nb, ir.Constant(v64, ir.Undefined), ir.Constant(ir.VectorType(i32, L), [0] * L))
+            masks.append(builder.icmp_signed("<", ir.Constant(v64, [col[h] + q for q in range(L)]), nb))
         res = None
         if residual:
-            lname = f"llvm.masked.load.v{W}f32.p0"
-            mload = mod.globals.get(lname) or ir.Function(
-                mod, ir.FunctionType(vec, [vptr, i32, i1v, vec]), name=lname)
-            res = [builder.call(mload, [rp, ir.Constant(i32, 4), masks[idx % nv], zero])
+            res = [builder.call(mloads[idx % nv], [rp, ir.Constant(i32, 4), masks[idx % nv], zeros[idx % nv]])
                    for idx, rp in enumerate(rptrs)]
         for idx, (v, ptr) in enumerate(zip(outputs(res), ptrs)):
-            builder.call(mstore, [v, ptr, ir.Constant(i32, 4), masks[idx % nv]])
+            builder.call(mstores[idx % nv], [v, ptr, ir.Constant(i32, 4), masks[idx % nv]])
         builder.branch(out)
         builder.position_at_end(out)
         return context.get_dummy_value()
