@@ -268,6 +268,13 @@ indirect_tile_residual = _make_tile(MR, 2, store=True, residual=True)
 #: the same two for a panel whose used channels fit one vector (the layer's last): half the work
 indirect_tile_store_half = _make_tile(MR, 1, store=True, bstride=NR)
 indirect_tile_residual_half = _make_tile(MR, 1, store=True, residual=True, bstride=NR)
+#: the same two for a panel whose used channels fit one and a half vectors, or half of one (24, 40
+#: channels with 512-bit vectors): no lanes computed for padding
+QW = W // 2
+indirect_tile_store_3q = _make_tile(MR, 0, store=True, bstride=NR, lanes=(W, QW))
+indirect_tile_residual_3q = _make_tile(MR, 0, store=True, residual=True, bstride=NR, lanes=(W, QW))
+indirect_tile_store_q = _make_tile(MR, 0, store=True, bstride=NR, lanes=(QW,))
+indirect_tile_residual_q = _make_tile(MR, 0, store=True, residual=True, bstride=NR, lanes=(QW,))
 #: one output pixel (the rows past a multiple of MR, an inner product of one row): the four
 #: forms above with k split four ways
 row_tile_store = _make_tile(1, 2, store=True, split=4)

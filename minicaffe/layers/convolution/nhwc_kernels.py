@@ -17,6 +17,7 @@ from ...simd import (
     DW_R7,
     MR,
     NR,
+    QW,
     copy_floats,
     dw7_rows_3s1,
     dw7_rows_3s2,
@@ -30,9 +31,13 @@ from ...simd import (
     dw_tile1,
     fetch_add,
     indirect_tile_residual,
+    indirect_tile_residual_3q,
     indirect_tile_residual_half,
+    indirect_tile_residual_q,
     indirect_tile_store,
+    indirect_tile_store_3q,
     indirect_tile_store_half,
+    indirect_tile_store_q,
     row_tile_residual,
     row_tile_residual_half,
     row_tile_store,
@@ -49,11 +54,15 @@ TILES_PER_TASK = 8
 
 @njit(cache=True, nogil=True, inline="always")
 def _tile_out(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n):
-    # one tile of a 1x1 product stored with bias and clip (simd.indirect_tile_store), the
-    # one-vector tile when the panel's used channels fit one vector (inlined: a call per tile
-    # would cost as much as a short tile)
-    if n <= SIMD_W:
+    # one tile of a 1x1 product stored with bias and clip (simd.indirect_tile_store), narrower
+    # tiles when the panel's used channels fit half a vector, one, or one and a half (inlined: a
+    # call per tile would cost as much as a short tile)
+    if n <= QW:
+        indirect_tile_store_q(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n)
+    elif n <= SIMD_W:
         indirect_tile_store_half(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n)
+    elif n <= SIMD_W + QW:
+        indirect_tile_store_3q(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n)
     else:
         indirect_tile_store(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n)
 
@@ -61,8 +70,12 @@ def _tile_out(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n):
 @njit(cache=True, nogil=True, inline="always")
 def _tile_out_residual(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res):
     # _tile_out adding res (y's layout) before the clip
-    if n <= SIMD_W:
+    if n <= QW:
+        indirect_tile_residual_q(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res)
+    elif n <= SIMD_W:
         indirect_tile_residual_half(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res)
+    elif n <= SIMD_W + QW:
+        indirect_tile_residual_3q(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res)
     else:
         indirect_tile_residual(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res)
 
