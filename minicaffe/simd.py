@@ -620,8 +620,10 @@ dw_rows_3s2 = _make_dw_rows(DW_R, 3, 2)
 dw_rows_5s1 = _make_dw_rows(DW_R, 5, 1)
 dw_rows_5s2 = _make_dw_rows(DW_R, 5, 2)
 #: the same, 7 pixels wide: rows of 7, 14, 28, 56, 112 pixels (EfficientNet's, MobileNet's) in
-#: whole tiles, fewer loads per multiply-add
+#: whole tiles, fewer loads per multiply-add. Only with 32 vector registers (AVX-512): a 5x5
+#: stride-2 tile holds 7 accumulators, 17 input columns and 5 weight vectors
 DW_R7 = 7
+DW7_ON = W == 16
 dw7_rows_3s1 = _make_dw_rows(DW_R7, 3, 1)
 dw7_rows_3s2 = _make_dw_rows(DW_R7, 3, 2)
 dw7_rows_5s1 = _make_dw_rows(DW_R7, 5, 1)

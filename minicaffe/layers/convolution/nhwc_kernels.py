@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit
 
 from ...simd import (
+    DW7_ON,
     DW_R,
     DW_R7,
     MR,
@@ -259,16 +260,16 @@ def _dw_out_row(src, sb, rstep, kh, kw, sw, wf, bd, lo, hi, Wo, y, yb, toffs, wo
     # One output row of a depthwise convolution on zero-padded channels-last rows: src: flat rows
     # of rstep floats, pixels of C = bd.shape[0] channels; output pixel ow's first tap at
     # src[sb + ow*sw*C]; wf: (kh*kw*C,) weights tap-major; y[yb + ow*C + c] gets its clipped sum.
-    # Tiles of DW_R7 pixels x one channel vector where the row is a multiple of DW_R7 wide, else
-    # of DW_R pixels (the row's last tile shifted back to end at its last pixel, recomputing a
-    # few), through the column-sharing tiles for 3x3 / 5x5 kernels at stride 1 / 2, else (and
-    # for rows narrower than DW_R) through the tap table toffs / wofs
-    # (kh*kw entries: (i*Wp + j)*C and t*C); the channels past the last full vector one by one.
+    # Tiles of DW_R7 pixels x one channel vector where the row is a multiple of DW_R7 wide (and the
+    # machine has the registers: DW7_ON), else of DW_R pixels (the row's last tile shifted back to
+    # end at its last pixel, recomputing a few), through the column-sharing tiles for 3x3 / 5x5
+    # kernels at stride 1 / 2, else (and for rows narrower than DW_R) through the tap table toffs /
+    # wofs (kh*kw entries: (i*Wp + j)*C and t*C); the channels past the last full vector one by one.
     # Channels [ca, cb) only (ca a multiple of the vector width).
     C = bd.shape[0]
     CV = min(cb, C - C % SIMD_W)
     nt = kh * kw
-    if Wo % DW_R7 == 0 and (kw == 3 or kw == 5) and sw <= 2:
+    if DW7_ON and Wo % DW_R7 == 0 and (kw == 3 or kw == 5) and sw <= 2:
         for o in range(0, Wo, DW_R7):
             xb = sb + o * sw * C
             ob = yb + o * C
