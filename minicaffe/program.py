@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .executor import OP_POOL, OP_SOFTMAX, Program
+from .executor import OP_DW, OP_PAD, OP_POOL, OP_SOFTMAX, Program
 from .layers.base import channels_last_view
 from .layers.convolution.cache import _frozen
 from .layers.convolution.layer import nhwc_route
@@ -42,6 +42,7 @@ class NetProgram:
         self.blobs = {}          # blob name -> (F index, logical shape, channels last, floats)
         self.input = None
         self.fetch = []
+        self.kernel_layers = []  # per kernel, the layer (or chain's layers) it computes
 
     def new_blob(self, name, shape, cl, fetched, size=None):
         """The array of blob ``name`` of logical shape (N, C, H, W) (memory (N, H, W, C) when cl;
@@ -81,14 +82,36 @@ def build(net, steps, fetch):
     prog.fetch = fetch
     for _i, layer, kind, arg in steps:
         # a reason not to run as a program (the net then runs layer by layer), or None
+        n0 = len(prog.prog.rows)
         why = _chain(net, prog, arg, fetch) if kind == 1 else _layer(net, prog, layer, arg, fetch) if kind == 0 \
             else "a fused activation is listed"
         if why is not None:
             return None
+        prog.kernel_layers += _kernel_layers(net, prog.prog.rows[n0:], kind, layer, arg)
     if any(b not in prog.blobs for b in fetch):
         return None
     prog.prog.finish(numba.get_num_threads())
     return prog
+
+
+def _kernel_layers(net, rows, kind, layer, arg):
+    """The layer each of a step's kernels computes: a layer's name; in a chain, its expansion, depthwise
+    and projection layers in kernel order (a fused chain's one kernel: all of them, joined by "+")."""
+    if kind != 1:
+        return [layer.name] * len(rows)
+    names = {k: None if arg[k] is None else net.layers[arg[k]].name for k in ("expand", "dw", "project")}
+    if len(rows) == 1:
+        return ["+".join(v for v in names.values() if v)]
+    out, seen_dw = [], False
+    for row in rows:
+        if row[0] == OP_DW:
+            seen_dw = True
+            out.append(names["dw"])
+        elif row[0] == OP_PAD:
+            out.append(names["dw"])
+        else:
+            out.append(names["project"] if seen_dw else names["expand"])
+    return out
 
 
 def _bias(layer, ps):

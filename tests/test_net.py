@@ -266,3 +266,25 @@ def test_a_frozen_net_runs_as_one_program():
     net.freeze(False)
     assert_close(net.forward(x, fetch=["fc"])["fc"], ref["fc"], 1e-5, "editable weights")
     assert not net._programs
+
+
+def test_kernel_clock_times_every_kernel_of_the_program(tmp_path, capsys):
+    """scripts/kernel_clock.py: one row per kernel of the forward's program, each naming the layers
+    it computes (the stem's padding copy and product, the chain's kernels), and the totals."""
+    import importlib.util
+    import os
+    side = 'layer { name: "side" type: "LRN" bottom: "expand" top: "side" lrn_param { local_size: 3 } }'
+    proto = tmp_path / "mb.prototxt"
+    proto.write_text(MBCONV.replace(side, ""))
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "kernel_clock.py")
+    spec = importlib.util.spec_from_file_location("kernel_clock", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "k.json"
+    mod.main(["--prototxt", str(proto), "--blob", "pool", "--iterations", "3", "--json", str(out)])
+    import json
+    rows = json.loads(out.read_text())["kernels"]
+    layers = [r["layers"] for r in rows]
+    assert layers[0] == "stem" and "fc" in layers and "pool" in layers, layers
+    assert any("dw" in name for name in layers) and all(r["median_us"] > 0 for r in rows)
+    assert "sum of kernel medians" in capsys.readouterr().out
