@@ -2,17 +2,18 @@
 
 A :class:`Program` holds kernels (the task loops of
 :mod:`minicaffe.layers.convolution.nhwc_kernels`, global pooling, softmax) with their arguments as
-rows of integers that index its arrays. :meth:`Program.run` calls one Numba function,
-:func:`_program_worker`, on every thread (:func:`minicaffe.threads.run_on_threads`): each thread
-takes tasks of kernel k from k's counter, then waits until all of k's tasks are *done* (counted as
-they finish) and moves on to kernel k + 1. A thread that has not started is never waited for (the
-others take its tasks), the threads are woken once per run, not once per kernel, and no Python
-runs between kernels. A convolution layer's kernels form a small program
+rows of integers that index its arrays. :meth:`Program.run` runs one compiled C function,
+:func:`_program`, on the calling thread and the helper threads of :mod:`minicaffe.threads`: each
+thread takes tasks of kernel k from k's counter, then waits until all of k's tasks are *done*
+(counted as they finish) and moves on to kernel k + 1. A thread that has not started is never
+waited for (the others take its tasks), the threads are woken once per run, not once per kernel,
+and no Python runs between kernels. A convolution layer's kernels form a small program
 (:mod:`minicaffe.layers.convolution.nhwc`); a whole net's, one (:mod:`minicaffe.program`).
 
 The kernels get their arrays from tables of addresses and sizes (float32 arrays, int64 arrays):
 the program holds the arrays; named slots are arrays the caller supplies at every run (a layer's
-input and output).
+input and output). The arrays the kernels write share one arena planned from their live ranges,
+and the arena and the other arrays (weights) sit in one buffer on huge pages.
 """
 from __future__ import annotations
 
