@@ -13,6 +13,8 @@ about layers; see ``minicaffe.layers.convolution.direct``.
 """
 from __future__ import annotations
 
+import os
+
 import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import njit, types
@@ -20,6 +22,15 @@ from numba.extending import intrinsic
 
 
 def _host_vector_width():
+    # MINICAFFE_SIMD_WIDTH=8 builds the AVX2-width kernels on an AVX-512 machine, to test them
+    # (scripts/check_simd_width.py). Numba's cache does not key kernels by it: such a run must
+    # use a cache directory of its own.
+    forced = os.environ.get("MINICAFFE_SIMD_WIDTH")
+    if forced is not None:
+        if forced not in ("8", "16") or not os.environ.get("NUMBA_CACHE_DIR"):
+            raise RuntimeError("MINICAFFE_SIMD_WIDTH takes 8 or 16 and needs NUMBA_CACHE_DIR set to a "
+                               "directory of its own (cached kernels are not keyed by the width)")
+        return int(forced)
     try:
         feats = llvm.get_host_cpu_features()
     except RuntimeError:

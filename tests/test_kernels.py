@@ -284,3 +284,15 @@ def test_concat_eltwise():
                      f"eltwise {op}")
     assert_close(eltwise.eltwise_reference(ys, eltwise.SUM, [0.5, -1.0, 2.0]), 0.5 * ys[0] - ys[1] + 2 * ys[2], 1e-6,
                  "sum")
+
+
+def test_forced_vector_width_needs_a_cache_of_its_own():
+    """MINICAFFE_SIMD_WIDTH (scripts/check_simd_width.py) refuses to run on the shared Numba cache,
+    whose kernels are not keyed by the width."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env["MINICAFFE_SIMD_WIDTH"] = "8"
+    r = subprocess.run([sys.executable, "-c", "import minicaffe.simd"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "NUMBA_CACHE_DIR" in r.stderr
