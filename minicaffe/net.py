@@ -13,11 +13,14 @@ backward pass) lives in :mod:`minicaffe.train`; ``set_phase``/``backward`` here 
 from __future__ import annotations
 
 import concurrent.futures
+import operator
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 
+import numba
 import numpy as np
 
 from . import runtime as _runtime
@@ -373,6 +376,9 @@ class Net:
                     a = blobs[i] = a.copy()       # own the memory: no other array can change it
                 forget(a)
                 a.flags.writeable = not frozen
+        # whole-forward programs hold copies of the weights: made again from the current values
+        self._programs = {}
+        self._last_program = None
 
     @property
     def frozen(self) -> bool:
@@ -580,24 +586,25 @@ class Net:
         step is a kernel it runs (``MINICAFFE_PROGRAM=0``: never)."""
         if not self.channels_last or self.phase == "TRAIN" or os.environ.get("MINICAFFE_PROGRAM", "1") == "0":
             return None
-        ids = []
-        for blobs in self.params.values():
-            for a in blobs:
-                if a.flags.writeable:
-                    return None
-                ids.append(id(a))
-        import threading
-
-        import numba
-
+        flat = [a for blobs in self.params.values() for a in blobs]
+        if any(a.flags.writeable for a in flat):
+            return None
+        thread, threads = threading.get_ident(), numba.get_num_threads()
+        last = self.__dict__.get("_last_program")
+        # the last forward's program when nothing it depends on changed: the same steps object (they
+        # are rebuilt when their key changes), thread, thread count and weight arrays
+        if last is not None and last[0] is steps and last[1] == thread and last[2] == threads \
+                and len(last[3]) == len(flat) and all(map(operator.is_, flat, last[3])):
+            return last[4]
         from . import program
         # the steps' own key (shapes, range, fetch, options): steps are rebuilt only when it changes
-        key = (self._steps_cache[0], threading.get_ident(), numba.get_num_threads(), tuple(ids))
+        key = (self._steps_cache[0], thread, threads, tuple(map(id, flat)))
         cache = self.__dict__.setdefault("_programs", {})
         if key not in cache:
             if len(cache) > 8:
                 cache.clear()
             cache[key] = program.build(self, steps, fetch)
+        self._last_program = (steps, thread, threads, flat, cache[key])
         return cache[key]
 
     def _readers(self):

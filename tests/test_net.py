@@ -266,6 +266,12 @@ def test_a_frozen_net_runs_as_one_program():
     net.freeze(False)
     assert_close(net.forward(x, fetch=["fc"])["fc"], ref["fc"], 1e-5, "editable weights")
     assert not net._programs
+    # weights edited, then frozen again: the program is made from the new values
+    net.params["project"][0][...] *= -1
+    net.freeze()
+    edited = minicaffe.Net(proto, net.params, backend="numpy").forward(x)
+    assert_close(net.forward(x, fetch=["fc"])["fc"], edited["fc"], 1e-5, "program after an edit and freeze")
+    assert net._programs
 
 
 def test_kernel_clock_times_every_kernel_of_the_program(tmp_path, capsys):
