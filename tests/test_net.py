@@ -238,6 +238,9 @@ def test_a_frozen_net_runs_as_one_program():
     net.freeze()
     got = net.forward(x, fetch=["fc", "pool"])
     assert [p for p in net._programs.values() if p is not None], "the forward did not run as a program"
+    # the net keeps its own copy of the input
+    assert not np.shares_memory(net.blobs["data"], x)
+    assert_close(net.blobs["data"], x, 0.0, "input copy")
     for name in ("fc", "pool"):
         assert_close(got[name], ref[name], 1e-5, f"program {name}")
     pool = threads.pool()
