@@ -14,6 +14,7 @@ about layers; see ``minicaffe.layers.convolution.direct``.
 from __future__ import annotations
 
 import os
+import platform
 
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -294,6 +295,20 @@ row_tile_store_half = _make_tile(1, 1, store=True, bstride=NR, split=4)
 row_tile_residual_half = _make_tile(1, 1, store=True, residual=True, bstride=NR, split=4)
 
 
+def element_ptr(context, builder, aty, arr, idx):
+    """In an intrinsic: the address of element ``idx`` of the 1-D array ``arr`` of Numba type aty."""
+    return builder.gep(context.make_array(aty)(context, builder, arr).data, [idx])
+
+
+def emit_pause(builder):
+    """In an intrinsic: the CPU's spin-wait hint (x86 ``pause``; nothing on other machines)."""
+    if platform.machine() in ("x86_64", "AMD64"):
+        mod = builder.module
+        fn = mod.globals.get("llvm.x86.sse2.pause") or ir.Function(
+            mod, ir.FunctionType(ir.VoidType(), []), name="llvm.x86.sse2.pause")
+        builder.call(fn, [])
+
+
 @intrinsic
 def fetch_add(typingctx, counter, index, value):
     """Atomically add ``value`` to ``counter[index]`` (int64 1-D array) and return the old value:
@@ -303,8 +318,7 @@ def fetch_add(typingctx, counter, index, value):
 
     def codegen(context, builder, signature, args):
         arr, idx, val = args
-        data = context.make_array(signature.args[0])(context, builder, arr).data
-        return builder.atomic_rmw("add", builder.gep(data, [idx]), val, "monotonic")
+        return builder.atomic_rmw("add", element_ptr(context, builder, signature.args[0], arr, idx), val, "monotonic")
 
     return sig, codegen
 
@@ -317,8 +331,8 @@ def task_done(typingctx, counter, index):
 
     def codegen(context, builder, signature, args):
         arr, idx = args
-        data = context.make_array(signature.args[0])(context, builder, arr).data
-        builder.atomic_rmw("add", builder.gep(data, [idx]), ir.Constant(_I64, 1), "release")
+        builder.atomic_rmw("add", element_ptr(context, builder, signature.args[0], arr, idx), ir.Constant(_I64, 1),
+                           "release")
         return context.get_dummy_value()
 
     return sig, codegen
@@ -333,8 +347,7 @@ def wait_count(typingctx, counter, index, total):
 
     def codegen(context, builder, signature, args):
         arr, idx, total = args
-        data = context.make_array(signature.args[0])(context, builder, arr).data
-        ptr = builder.gep(data, [idx])
+        ptr = element_ptr(context, builder, signature.args[0], arr, idx)
         fn = builder.function
         loop = fn.append_basic_block("wait_loop")
         body = fn.append_basic_block("wait_body")
@@ -344,10 +357,7 @@ def wait_count(typingctx, counter, index, total):
         v = builder.load_atomic(ptr, "acquire", 8)
         builder.cbranch(builder.icmp_signed("<", v, total), body, done)
         builder.position_at_end(body)
-        mod = builder.module
-        pause = mod.globals.get("llvm.x86.sse2.pause") or ir.Function(
-            mod, ir.FunctionType(ir.VoidType(), []), name="llvm.x86.sse2.pause")
-        builder.call(pause, [])
+        emit_pause(builder)
         builder.branch(loop)
         builder.position_at_end(done)
         return context.get_dummy_value()
@@ -467,43 +477,6 @@ def cycles(typingctx):
         fn = mod.globals.get("llvm.readcyclecounter") or ir.Function(
             mod, ir.FunctionType(_I64, []), name="llvm.readcyclecounter")
         return builder.call(fn, [])
-
-    return sig, codegen
-
-
-@intrinsic
-def spin_while_equal(typingctx, counter, index, value, spins):
-    """Spin (pause hint) while ``counter[index]`` (atomic, acquire) equals ``value``, at most
-    ``spins`` times -> True when it changed: a thread waiting briefly for the next job without
-    sleeping (see :mod:`minicaffe.threads`)."""
-    sig = types.boolean(counter, types.int64, types.int64, types.int64)
-
-    def codegen(context, builder, signature, args):
-        arr, idx, value, spins = args
-        data = context.make_array(signature.args[0])(context, builder, arr).data
-        ptr = builder.gep(data, [idx])
-        mod = builder.module
-        pause = mod.globals.get("llvm.x86.sse2.pause") or ir.Function(
-            mod, ir.FunctionType(ir.VoidType(), []), name="llvm.x86.sse2.pause")
-        fn = builder.function
-        loop = fn.append_basic_block("spin_loop")
-        body = fn.append_basic_block("spin_body")
-        done = fn.append_basic_block("spin_done")
-        entry = builder.block
-        builder.branch(loop)
-        builder.position_at_end(loop)
-        i = builder.phi(_I64)
-        i.add_incoming(ir.Constant(_I64, 0), entry)
-        v = builder.load_atomic(ptr, "acquire", 8)
-        same = builder.icmp_signed("==", v, value)
-        more = builder.icmp_signed("<", i, spins)
-        builder.cbranch(builder.and_(same, more), body, done)
-        builder.position_at_end(body)
-        builder.call(pause, [])
-        i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), body)
-        builder.branch(loop)
-        builder.position_at_end(done)
-        return builder.icmp_signed("!=", v, value)
 
     return sig, codegen
 

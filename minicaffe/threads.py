@@ -31,10 +31,13 @@ import platform
 import sys
 import threading
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
+
+from .simd import element_ptr, emit_pause
 
 __all__ = ["Pool", "pool", "available", "HELPER_SPINS"]
 
@@ -64,11 +67,6 @@ def available():
     return sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64", "aarch64")
 
 
-def _ptr(context, builder, aty, arr, idx):
-    data = context.make_array(aty)(context, builder, arr).data
-    return builder.gep(data, [idx])
-
-
 @intrinsic
 def atomic_add(typingctx, arr, index, value):
     """Atomically add ``value`` to ``arr[index]`` (a 1-D int32 / int64 array), sequentially
@@ -76,7 +74,7 @@ def atomic_add(typingctx, arr, index, value):
     sig = arr.dtype(arr, types.int64, arr.dtype)
 
     def codegen(context, builder, signature, args):
-        ptr = _ptr(context, builder, signature.args[0], args[0], args[1])
+        ptr = element_ptr(context, builder, signature.args[0], args[0], args[1])
         return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
 
     return sig, codegen
@@ -88,7 +86,7 @@ def atomic_load(typingctx, arr, index):
     sig = arr.dtype(arr, types.int64)
 
     def codegen(context, builder, signature, args):
-        ptr = _ptr(context, builder, signature.args[0], args[0], args[1])
+        ptr = element_ptr(context, builder, signature.args[0], args[0], args[1])
         return builder.load_atomic(ptr, "acquire", signature.args[0].dtype.bitwidth // 8)
 
     return sig, codegen
@@ -100,7 +98,7 @@ def atomic_store(typingctx, arr, index, value):
     sig = types.void(arr, types.int64, arr.dtype)
 
     def codegen(context, builder, signature, args):
-        ptr = _ptr(context, builder, signature.args[0], args[0], args[1])
+        ptr = element_ptr(context, builder, signature.args[0], args[0], args[1])
         builder.store_atomic(args[2], ptr, "release", signature.args[0].dtype.bitwidth // 8)
         return context.get_dummy_value()
 
@@ -113,11 +111,7 @@ def pause(typingctx):
     sig = types.void()
 
     def codegen(context, builder, signature, args):
-        if _X86:
-            mod = builder.module
-            fn = mod.globals.get("llvm.x86.sse2.pause") or ir.Function(
-                mod, ir.FunctionType(ir.VoidType(), []), name="llvm.x86.sse2.pause")
-            builder.call(fn, [])
+        emit_pause(builder)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -131,7 +125,7 @@ def _futex(typingctx, word, op, value):
 
     def codegen(context, builder, signature, args):
         w, op, value = args
-        ptr = _ptr(context, builder, signature.args[0], w, ir.Constant(_I64, 0))
+        ptr = element_ptr(context, builder, signature.args[0], w, ir.Constant(_I64, 0))
         mod = builder.module
         fn = mod.globals.get("syscall") or ir.Function(mod, ir.FunctionType(_I64, [_I64], var_arg=True),
                                                        name="syscall")
@@ -287,7 +281,6 @@ class Pool:
         them (CaffeNet at batch 1 after 0.1 s idle: 28 -> 17 ms median). They are found once, by
         a parallel loop that reports each thread's id. Nothing where :func:`available` is False
         or one thread runs."""
-        import numba
         if not available() or numba.get_num_threads() < 2:
             return
         if self.omp is None:

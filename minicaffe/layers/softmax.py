@@ -20,10 +20,9 @@ def softmax_reference(x, axis=1):
     return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _softmax_task(x, y, t):
-    # position t = (o, i) of x, y: (outer, C, inner) (inlined where used: no function of its own
-    # to compile)
+def _softmax_at(x, y, t):
+    # position t = (o, i) of x, y: (outer, C, inner); compiled for the CPU (_softmax_task, inlined
+    # where used: no function of its own to compile) and as a CUDA device function
     O, C, I = x.shape
     o = t // I
     i = t % I
@@ -37,6 +36,10 @@ def _softmax_task(x, y, t):
         s += e
     for c in range(C):
         y[o, c, i] = y[o, c, i] / s
+
+
+_softmax_task = njit(cache=True, nogil=True, inline="always")(_softmax_at)
+_softmax_device = cuda.jit(device=True)(_softmax_at)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -80,21 +83,8 @@ _softmax3_serial = serial_twin(_softmax3)
 @cuda.jit
 def _softmax_kernel(x, y):
     t = cuda.grid(1)
-    O, C, I = x.shape
-    if t >= O * I:
-        return
-    o = t // I
-    i = t % I
-    m = x[o, 0, i]
-    for c in range(1, C):
-        m = max(m, x[o, c, i])
-    s = 0.0
-    for c in range(C):
-        e = np.exp(x[o, c, i] - m)
-        y[o, c, i] = e
-        s += e
-    for c in range(C):
-        y[o, c, i] = y[o, c, i] / s
+    if t < x.shape[0] * x.shape[2]:
+        _softmax_device(x, y, t)
 
 
 def softmax_cuda(x, axis=1):
