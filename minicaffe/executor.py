@@ -260,12 +260,13 @@ class Program:
             else:
                 raise ValueError(f"unknown kernel {kind!r}")
 
-    def finish(self, workers):
+    def finish(self, workers, pack_weights=False):
         """Freeze the tables; ``workers``: the threads :meth:`run` uses (1: the caller alone). The
         kernels get the arrays by address (the program holds them). The arrays the kernels write
-        (other than slots) are placed in one arena (:func:`plan_arena`), the others (weights)
-        copied after it, in one buffer on huge pages."""
-        self._place_in_arena()
+        (other than slots) are placed in one arena (:func:`plan_arena`); with ``pack_weights`` (a
+        whole forward's program) the others (weights) are copied after it, all in one buffer on
+        huge pages."""
+        self._place_in_arena(pack_weights)
         self.I = self.I or [np.zeros(1, dtype=np.int64)]
         self.FP = np.array([a.ctypes.data for a in self.F], dtype=np.int64)
         self.FS = np.array([a.size for a in self.F], dtype=np.int64)
@@ -281,9 +282,9 @@ class Program:
                                self.counters.ctypes.data, 0, 0], dtype=np.int64)
         return self
 
-    def _place_in_arena(self):
+    def _place_in_arena(self, pack_weights):
         # the written arrays' live ranges (first write .. last read, in kernels) -> views of one
-        # arena in which arrays live at the same time never overlap; the rest copied after it
+        # arena in which arrays live at the same time never overlap
         slots = set(self.slots.values())
         first, last = {}, {}
         for k, row in enumerate(self.rows):
@@ -298,16 +299,16 @@ class Program:
                     last[i] = max(last[i], k)
         ids = sorted(first)
         offs, size = plan_arena([self.F[i].size for i in ids], [(first[i], last[i]) for i in ids])
-        # the other arrays (weights, tables) packed after the arena, all in one buffer on huge
-        # pages: a forward reads ~20 MB of weights (Lite0), thousands of 4 KB pages whose
-        # translations miss the TLB on every pass (Lite0 batch 1: 4.87 -> 4.64 ms back to back,
-        # 6.0 -> 5.45 ms after 0.1 s idle)
-        rest = [i for i in range(len(self.F)) if i not in first and i not in slots]
+        # a whole forward's other arrays (weights, tables) packed after the arena, all in one
+        # buffer on huge pages: its ~20 MB of weights (Lite0) in 4 KB pages miss the TLB on every
+        # pass. A layer's own program keeps its arrays where they are (a huge page per layer
+        # would cost 2 MB of memory each)
+        rest = [i for i in range(len(self.F)) if i not in first and i not in slots] if pack_weights else []
         roffs, at = [], size
         for i in rest:
             roffs.append(at)
             at += -(-self.F[i].size // ALIGN) * ALIGN
-        self.arena = _huge_zeros(at)
+        self.arena = _huge_zeros(at) if pack_weights else np.zeros(size, dtype=np.float32)
         self.scratch = self.arena[:size]          # the written arrays' part
         for i, o in zip(ids, offs):
             self.F[i] = self.arena[o:o + self.F[i].size]

@@ -90,7 +90,7 @@ def build(net, steps, fetch):
         prog.kernel_layers += _kernel_layers(net, prog.prog.rows[n0:], kind, layer, arg)
     if any(b not in prog.blobs for b in fetch):
         return None
-    prog.prog.finish(numba.get_num_threads())
+    prog.prog.finish(numba.get_num_threads(), pack_weights=True)
     return prog
 
 

@@ -86,7 +86,7 @@ def nhwc_route(x_shape, x_channels_last, w, stride, pad, dilation, group, channe
         return None
     if (channels_last or x_channels_last) and nhwc_applies(x_shape, w.shape, stride, pad, dilation, group):
         return "1x1" if group == 1 else "depthwise"
-    if channels_last and taps_applies(x_shape, w.shape, group, x_shape[0] if program else None) \
+    if channels_last and taps_applies(x_shape, w.shape, group, any_batch=program) \
             and direct_applies(x_shape, w, stride, pad, dilation, group):
         return "taps"
     return None

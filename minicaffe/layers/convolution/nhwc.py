@@ -149,12 +149,11 @@ TAPS_UP_TO = 32
 TAPS_MAX_BATCH = 4
 
 
-def taps_applies(x_shape, w_shape, group, max_batch=None):
+def taps_applies(x_shape, w_shape, group, any_batch=False):
     """An ungrouped convolution with at most TAPS_UP_TO taps per output (channels x kernel) on at
-    most ``max_batch`` (default TAPS_MAX_BATCH) images: :func:`convolution_taps_nhwc_cpu`."""
+    most TAPS_MAX_BATCH images (any number with ``any_batch``): :func:`convolution_taps_nhwc_cpu`."""
     M, Cg, kh, kw = w_shape
-    return group == 1 and Cg * kh * kw <= TAPS_UP_TO and x_shape[0] <= (TAPS_MAX_BATCH if max_batch is None
-                                                                         else max_batch)
+    return group == 1 and Cg * kh * kw <= TAPS_UP_TO and (any_batch or x_shape[0] <= TAPS_MAX_BATCH)
 
 
 def _pack_hwc(w):
