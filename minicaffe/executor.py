@@ -24,12 +24,17 @@ import numpy as np
 from numba import cfunc, njit, types
 
 from .layers.convolution.nhwc_kernels import _block_worker, _dw_padded_worker, _gemm_worker, _pad_worker
-from .layers.pooling import _global_pool_worker
+from .layers.convolution.winograd import _winograd_gemms_worker, _winograd_input_worker, _winograd_output_worker
+from .layers.inner_product import _fc_rows_worker
+from .layers.pooling import _global_pool_worker, _pool_nhwc_worker
 from .layers.softmax import _softmax_worker
 from .simd import at_address, cycles, fetch_add, wait_count
 from .threads import CTL_SIZE, MAIL, pool
 
-OP_PAD, OP_GEMM, OP_DW, OP_BLOCK, OP_POOL, OP_SOFTMAX = range(6)
+OP_PAD, OP_GEMM, OP_DW, OP_BLOCK, OP_POOL, OP_SOFTMAX, OP_WPOOL, OP_WIN_IN, OP_WIN_GEMM, OP_WIN_OUT, OP_FC = range(11)
+#: the kernels' names, by kind
+OP_NAMES = ("pad", "gemm", "dw", "block", "pool", "softmax", "window-pool", "winograd-in", "winograd-gemm",
+            "winograd-out", "fc")
 #: int64 slots per op row
 NI = 32
 
@@ -79,6 +84,11 @@ def _program(ctl_address):
         _block_worker(z4, zb, i1, z2, z1, zf, zf, z3, z1, n, n, n, n, zf, zf, zb, i1, z2, z1, zb, n, n, c0, z4)
         _global_pool_worker(z3, n, z2, c0)
         _softmax_worker(z3, z3, c0)
+        _pool_nhwc_worker(z4, n, n, n, n, n, n, n, z1, z1, i1, c0)
+        _winograd_input_worker(z4, n, n, n, n, n, c0, z4)
+        _winograd_gemms_worker(z4, z4, i1, c0, z4)
+        _winograd_output_worker(z4, z1, zf, zf, n, n, n, i1, c0, z1)
+        _fc_rows_worker(z2, z2, z1, zf, zf, z2, c0)
     for k in range(n):
         o, fp, c = ops[k], fpar[k], counters[k]
         kind = o[0]
@@ -118,10 +128,35 @@ def _program(ctl_address):
             N, P, C = o[3], o[4], o[5]
             total = _global_pool_worker(at_address(FP[o[1]], (N, P, C), f32), o[6], at_address(FP[o[2]], (N, C), f32),
                                         c)
-        else:
-            # OP_SOFTMAX: x, y, outer, C, inner
+        elif kind == OP_SOFTMAX:
+            # x, y, outer, C, inner
             O, C, In = o[3], o[4], o[5]
             total = _softmax_worker(at_address(FP[o[1]], (O, C, In), f32), at_address(FP[o[2]], (O, C, In), f32), c)
+        elif kind == OP_WPOOL:
+            # x, y, N, H, W, C, method, kh, kw, sh, sw, ph, pw, geo, lrn
+            N, H, W, C = o[3], o[4], o[5], o[6]
+            total = _pool_nhwc_worker(at_address(FP[o[1]], (N, H, W, C), f32), o[7], o[8], o[9], o[10], o[11], o[12],
+                                      o[13], _f(FP, FS, o[15]), _f(FP, FS, o[2]), _i(IP, IS, o[14]), c)
+        elif kind == OP_WIN_IN:
+            # xt, V, N, Hp, Wp, C, G, ks, th, tw, R, K
+            N, G, R = o[3], o[7], o[11]
+            total = _winograd_input_worker(at_address(FP[o[1]], (N, o[4], o[5], o[6]), f32), N, G, o[8], o[9], o[10],
+                                           c, at_address(FP[o[2]], (36, G, R, o[12]), f32))
+        elif kind == OP_WIN_GEMM:
+            # V, Up, offs, Mt, G, R, K, P, Mg
+            G, R, K = o[5], o[6], o[7]
+            total = _winograd_gemms_worker(at_address(FP[o[1]], (36, G, R, K), f32),
+                                           at_address(FP[o[2]], (36, G, o[8], FS[o[2]] // (36 * G * o[8])), f32),
+                                           _i(IP, IS, o[3]), c, at_address(FP[o[4]], (36, G, R, o[9]), f32))
+        elif kind == OP_WIN_OUT:
+            # Mt, b, y, geo, N, th, tw, G, R, Mg
+            total = _winograd_output_worker(at_address(FP[o[1]], (36, o[8], o[9], o[10]), f32), _f(FP, FS, o[2]),
+                                            fp[0], fp[1], o[5], o[6], o[7], _i(IP, IS, o[4]), c, _f(FP, FS, o[3]))
+        else:
+            # OP_FC: x, w, b, y, N, K, M
+            N, K, M = o[5], o[6], o[7]
+            total = _fc_rows_worker(at_address(FP[o[1]], (N, K), f32), at_address(FP[o[2]], (M, K), f32),
+                                    _f(FP, FS, o[3]), fp[0], fp[1], at_address(FP[o[4]], (N, M), f32), c)
         if timed:
             clock[tid, k + 1, 0] = cycles()
         wait_count(c, 1, total)
@@ -130,8 +165,12 @@ def _program(ctl_address):
 
 
 #: the row positions of the arrays each kind of kernel writes and reads
-_WRITES = {OP_PAD: (2,), OP_GEMM: (4,), OP_DW: (4,), OP_BLOCK: (8,), OP_POOL: (2,), OP_SOFTMAX: (2,)}
-_READS = {OP_PAD: (1,), OP_GEMM: (1, 5), OP_DW: (1,), OP_BLOCK: (1,), OP_POOL: (1,), OP_SOFTMAX: (1,)}
+_WRITES = {OP_PAD: (2,), OP_GEMM: (4,), OP_DW: (4,), OP_BLOCK: (8,), OP_POOL: (2,), OP_SOFTMAX: (2,), OP_WPOOL: (2,),
+           OP_WIN_IN: (2,), OP_WIN_GEMM: (4,), OP_WIN_OUT: (3,), OP_FC: (4,)}
+_READS = {OP_PAD: (1,), OP_GEMM: (1, 5), OP_DW: (1,), OP_BLOCK: (1,), OP_POOL: (1,), OP_SOFTMAX: (1,), OP_WPOOL: (1,),
+          OP_WIN_IN: (1,), OP_WIN_GEMM: (1,), OP_WIN_OUT: (1,), OP_FC: (1,)}
+
+
 def _huge_zeros(n):
     """A zeroed float32 array of n elements in its own anonymous mapping, 2 MB-aligned and advised
     as huge pages where the kernel offers them (a forward then walks a few page-table entries for
@@ -191,6 +230,7 @@ class Program:
         self.rows, self.fpar = [], []
         self.slots = {}
         self._keep = []          # the arrays indexed by id: alive, so no other array takes their id
+        self._shared = set()     # F indices of arrays used in place (Program.f(shared=True))
 
     # -- building
     def slot(self, name):
@@ -199,16 +239,20 @@ class Program:
         self.slots[name] = idx
         return idx
 
-    def f(self, a):
+    def f(self, a, shared=False):
         """F index of the float32 C-contiguous array ``a`` (one index per array object; a read-only
-        array is copied, the kernels' arrays being writeable)."""
+        array is copied, the kernels' arrays being writeable). ``shared``: an array the kernels
+        only read, used where it is (never copied, nor packed with the others: an inner
+        product's 100 MB of weights are not held twice)."""
         key = id(a)
         if key not in self._fids:
             if a.dtype != np.float32 or not a.flags.c_contiguous:
                 raise ValueError(f"a program array must be contiguous float32, not {a.dtype} {a.shape}")
             self._fids[key] = len(self.F)
-            self.F.append((a if a.flags.writeable else a.copy()).reshape(a.size))
+            self.F.append((a if a.flags.writeable or shared else a.copy()).reshape(a.size))
             self._keep.append(a)
+            if shared:
+                self._shared.add(self._fids[key])
         return self._fids[key]
 
     def i(self, a):
@@ -303,7 +347,8 @@ class Program:
         # buffer on huge pages: its ~20 MB of weights (Lite0) in 4 KB pages miss the TLB on every
         # pass. A layer's own program keeps its arrays where they are (a huge page per layer
         # would cost 2 MB of memory each)
-        rest = [i for i in range(len(self.F)) if i not in first and i not in slots] if pack_weights else []
+        rest = [i for i in range(len(self.F)) if i not in first and i not in slots and i not in self._shared] \
+            if pack_weights else []
         roffs, at = [], size
         for i in rest:
             roffs.append(at)

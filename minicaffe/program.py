@@ -19,17 +19,36 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from .executor import OP_DW, OP_PAD, OP_POOL, OP_SOFTMAX, Program
+from .executor import (
+    OP_DW,
+    OP_FC,
+    OP_PAD,
+    OP_POOL,
+    OP_SOFTMAX,
+    OP_WIN_GEMM,
+    OP_WIN_IN,
+    OP_WIN_OUT,
+    OP_WPOOL,
+    Program,
+)
 from .layers.base import channels_last_view
-from .layers.convolution.cache import _frozen
-from .layers.convolution.layer import nhwc_route
+from .layers.convolution import layer as conv_layer
+from .layers.convolution.cache import _frozen, cached_transform
+from .layers.convolution.direct import direct_applies
+from .layers.convolution.layer import nhwc_route, winograd_applies
 from .layers.convolution.nhwc import (
     _gemm_args,
+    _padded_bias,
     block_runner,
+    clip_bounds,
     conv1x1_runner,
     depthwise_runner,
     taps_runner,
 )
+from .layers.convolution.winograd import WINOGRAD_BUDGET, _pack_panels, _winograd_filters_uncached
+from .layers.inner_product import ROWS_MAX_BATCH, ROWS_MR
+from .layers.lrn import ACROSS
+from .simd import MR
 
 
 class NetProgram:
@@ -43,6 +62,7 @@ class NetProgram:
         self.input = None
         self.fetch = []
         self.kernel_layers = []  # per kernel, the layer (or chain's layers) it computes
+        self.absorbed = set()    # layers whose work a previous kernel did (an LRN after its pool)
 
     def new_blob(self, name, shape, cl, fetched, size=None):
         """The array of blob ``name`` of logical shape (N, C, H, W) (memory (N, H, W, C) when cl;
@@ -83,6 +103,9 @@ def build(net, steps, fetch):
     for _i, layer, kind, arg in steps:
         # a reason not to run as a program (the net then runs layer by layer), or None
         n0 = len(prog.prog.rows)
+        if layer.name in prog.absorbed:
+            prog.kernel_layers[-1] += "+" + layer.name
+            continue
         why = _chain(net, prog, arg, fetch) if kind == 1 else _layer(net, prog, layer, arg, fetch) if kind == 0 \
             else "a fused activation is listed"
         if why is not None:
@@ -163,18 +186,31 @@ def _layer(net, prog, layer, arg, fetch):
             run = depthwise_runner(shape, not cl, w, b, stride, pad, relu, cap)
         elif route == "taps":
             run = taps_runner(shape, not cl, w, b, stride, pad, dil, relu, cap)
+        elif conv_layer.WINOGRAD and winograd_applies(w, stride, dil, group, shape):
+            return _winograd(net, prog, x_idx, shape, cl, w, b, pad, group, relu, cap, top, fetch)
+        elif group == 1 and direct_applies(shape, w, stride, pad, dil, group):
+            # the direct convolution channels last: the 1x1 GEMM reading each output pixel's taps
+            # (kh x kw x C) from a zero-padded channels-last copy of the input
+            run = taps_runner(shape, not cl, w, b, stride, pad, dil, relu, cap)
         else:
             return "a convolution without a channels-last kernel"
         y_idx = prog.new_blob(top, oshape, True, top in fetch)
         prog.prog.emit(run.ops, x_idx, shape, y_idx, oshape)
-    elif layer.type == "Pooling":
-        if not (getattr(layer, "global_pooling", False) and layer.method in (0, 1) and cl):
-            return "pooling other than global on a channels-last blob"
+    elif layer.type == "Pooling" and getattr(layer, "global_pooling", False):
+        if not (layer.method in (0, 1) and cl):
+            return "global pooling other than MAX / AVE of a channels-last blob"
         N, C, H, W = shape
         y_idx = prog.new_blob(top, oshape, False, top in fetch)
         prog.prog.op([OP_POOL, x_idx, y_idx, N, H * W, C, layer.method])
+    elif layer.type in ("Pooling", "LRN"):
+        return _window_pool(net, prog, layer, x_idx, shape, cl, top, oshape, fetch)
+    elif layer.type == "Dropout":
+        # the identity at test time: its top is its bottom's array
+        if top != layer.bottoms[0]:
+            if top in fetch:
+                return "a fetched blob made by a Dropout that does not run in place"
+            prog.blobs[top] = prog.blobs[layer.bottoms[0]]
     elif layer.type == "InnerProduct":
-        # through the 1x1 GEMM: the inputs as rows of K, the weights packed like a 1x1's
         w = ps[0]
         b = _bias(layer, ps)
         N = int(np.prod(shape[:layer._ax]))
@@ -183,9 +219,20 @@ def _layer(net, prog, layer, arg, fetch):
         if layer.transpose or (cl and np.prod(shape[2:]) != 1):
             return "inner product transposed or of a channels-last plane"
         relu, cap = extra.get("relu", False), extra.get("relu_cap")
-        args = _gemm_args(K, w.reshape(M, K, 1, 1), b, relu, cap, (1, N, 1, N, 1, K, 1, 1), (N, 1, 0, 0))
         y_idx = prog.new_blob(top, oshape, False, top in fetch)
-        prog.prog.emit([("gemm", ("in", args, "out", None))], x_idx, shape, y_idx, (1, M, N, 1))
+        if w.size >= FC_ROWS_FROM and M >= ROWS_MR:
+            # large weights (CaffeNet's fc6: 144 MB) are streamed once a forward as they are, by
+            # blocks of rows that meet every input while in cache; beyond ROWS_MAX_BATCH inputs the
+            # layer-by-layer forward's BLAS product is faster
+            if N > ROWS_MAX_BATCH or not w.flags.c_contiguous or w.dtype != np.float32:
+                return "an inner product with large weights over a large batch"
+            lo, hi = clip_bounds(relu, cap)
+            prog.prog.op([OP_FC, x_idx, prog.prog.f(w, shared=True), prog.prog.f(_padded_bias(b, M)), y_idx, N, K, M],
+                         lo, hi)
+        else:
+            # through the 1x1 GEMM: the inputs as rows of K, the weights packed like a 1x1's
+            args = _gemm_args(K, w.reshape(M, K, 1, 1), b, relu, cap, (1, N, 1, N, 1, K, 1, 1), (N, 1, 0, 0))
+            prog.prog.emit([("gemm", ("in", args, "out", None))], x_idx, shape, y_idx, (1, M, N, 1))
     elif layer.type == "Softmax":
         if cl and np.prod(shape[2:]) != 1:
             return "softmax over a channels-last plane"
@@ -195,4 +242,76 @@ def _layer(net, prog, layer, arg, fetch):
         prog.prog.op([OP_SOFTMAX, x_idx, y_idx, O, C, In])
     else:
         return f"a {layer.type} layer"
+    return None
+
+
+#: weights (floats) from which an inner product streams its weights in place (OP_FC) instead of
+#: through the 1x1 GEMM's packed copy
+FC_ROWS_FROM = 1 << 22
+
+
+def _winograd(net, prog, x_idx, shape, cl, w, b, pad, group, relu, cap, top, fetch):
+    """Emit a Winograd F(4x4, 3x3) convolution (:mod:`minicaffe.layers.convolution.winograd`) with a
+    channels-last output: the input padded to whole tiles channels last, the tile transform, the
+    36 x group products, the output transform (bias, activation) -> None, or why it cannot."""
+    N, C, H, W = shape
+    M, Cg, k, _ = w.shape
+    ks = -(-k // 3)
+    S = ks * ks
+    pt, pb, pl, pr = pad
+    Ho, Wo = H + pt + pb - k + 1, W + pl + pr - k + 1
+    th, tw = (Ho + 3) // 4, (Wo + 3) // 4
+    R, K, Mg = N * th * tw, S * Cg, M // group
+    if 36 * C * S * th * tw * 4 * N > WINOGRAD_BUDGET:
+        return "a Winograd convolution larger than one chunk"
+    if R < MR:
+        return "a Winograd convolution of fewer than MR tiles"
+    Hp, Wp = 4 * th + 2 + 3 * (ks - 1), 4 * tw + 2 + 3 * (ks - 1)
+    p = prog.prog
+    xt = p.f(np.empty((N, Hp, Wp, C), dtype=np.float32))
+    V = p.f(np.empty((36, group, R, K), dtype=np.float32))
+    Mt = p.f(np.empty((36, group, R, Mg), dtype=np.float32))
+    Up = cached_transform(w, ("winograd-panels", group), lambda wf: _pack_panels(_winograd_filters_uncached(wf, group)))
+    p.op([OP_PAD, x_idx, xt, int(not cl), N, C, H, W, Hp, Wp, pt, pl])
+    p.op([OP_WIN_IN, xt, V, N, Hp, Wp, C, group, ks, th, tw, R, K])
+    p.op([OP_WIN_GEMM, V, p.f(Up), p.i(np.arange(K)), Mt, group, R, K, Up.shape[2], Mg])
+    y_idx = prog.new_blob(top, net.blob_shapes[top], True, top in fetch)
+    geo = p.i((Ho, Wo, Ho, Wo, 0, 0, 0))
+    p.op([OP_WIN_OUT, Mt, p.f(_padded_bias(b, M)), y_idx, geo, N, th, tw, group, R, Mg], *clip_bounds(relu, cap))
+    return None
+
+
+def _window_pool(net, prog, layer, x_idx, shape, cl, top, oshape, fetch):
+    """Emit a windowed Pooling (MAX / AVE) or an across-channel LRN on a blob, channels last (an LRN:
+    a 1x1 pool followed by the normalisation) -> None, or why it cannot. The output is stored NCHW
+    where an inner product reads it."""
+    N, C, H, W = shape
+    if layer.type == "LRN":
+        if layer.region != ACROSS:
+            return "an LRN within channels"
+        method, (kh, kw), (sh, sw), (ph, pw) = 0, (1, 1), (1, 1), (0, 0)
+        lrn = (layer.size, layer.alpha, layer.beta, layer.k)
+    else:
+        if layer.method not in (0, 1):
+            return f"pooling method {layer.method}"
+        method = layer.method
+        (kh, kw), (sh, sw), (ph, pw) = layer.geometry(shape)
+        lrn = (0, 0, 0, 0)
+        # a pool whose one reader is an across-channel LRN (CaffeNet's pool1 -> norm1) normalises
+        # each pooled pixel as it is made: one pass, the pooled blob never stored
+        readers = net._readers().get(top, set())
+        if len(readers) == 1 and top not in fetch:
+            nxt = net.layers[next(iter(readers))]
+            if nxt.type == "LRN" and nxt.region == ACROSS and list(nxt.bottoms) == [top] and len(nxt.tops) == 1:
+                lrn = (nxt.size, nxt.alpha, nxt.beta, nxt.k)
+                prog.absorbed.add(nxt.name)
+                top = nxt.tops[0]
+    if not cl:
+        return "a windowed pooling or LRN of an NCHW blob"
+    Ho, Wo = oshape[2], oshape[3]
+    nchw = any(net.layers[j].type == "InnerProduct" for j in net._readers().get(top, ()))
+    y_idx = prog.new_blob(top, oshape, not nchw, top in fetch)
+    p = prog.prog
+    geo = p.i((Ho, Wo, Ho, Wo, 0, 0, int(nchw)))
+    p.op([OP_WPOOL, x_idx, y_idx, N, H, W, C, method, kh, kw, sh, sw, ph, pw, geo, p.f(np.array(lrn, np.float32))])
     return None

@@ -22,7 +22,6 @@ import time
 
 import numpy as np
 
-KINDS = ("pad", "gemm", "dw", "block", "pool", "softmax")
 
 
 def _tsc_hz():
@@ -68,6 +67,7 @@ def main(argv=None):
     from minicaffe.runtime import auto_tune
     auto_tune()
     import minicaffe
+    from minicaffe.executor import OP_NAMES
     net = minicaffe.Net(args.prototxt, None, seed=0)
     net.freeze()
     shape = (args.batch,) + tuple(net.input_shapes[net.input_names[0]][1:])
@@ -101,8 +101,8 @@ def main(argv=None):
     for k in range(n):
         label = prog.kernel_layers[k]
         med = float(np.median(us[:, k]))
-        fl = _flops(net, label, args.batch) if KINDS[P.ops[k, 0]] in ("gemm", "dw", "block") else 0
-        rows.append({"kernel": k, "kind": KINDS[P.ops[k, 0]], "layers": label, "median_us": med,
+        fl = _flops(net, label, args.batch) if OP_NAMES[P.ops[k, 0]] in ("gemm", "dw", "block", "winograd-gemm", "fc") else 0
+        rows.append({"kernel": k, "kind": OP_NAMES[P.ops[k, 0]], "layers": label, "median_us": med,
                      "min_us": float(us[:, k].min()), "gflops": fl / med / 1e3 if fl else None,
                      "wait_us": [float(np.median(w[:, k])) if w[:, k].min() >= 0 else None for w in waits]})
     print(f"{os.path.basename(args.prototxt)}  batch {args.batch}  {args.iterations} forwards"

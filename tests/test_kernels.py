@@ -207,6 +207,46 @@ def test_pool(case):
     assert_close(P.pooling_cpu(x, method, k, s, p, out_hw), ref, 1e-6, f"pool cpu {name}")
 
 
+@pytest.mark.parametrize("case", POOL, ids=[c[0] for c in POOL])
+@pytest.mark.parametrize("out", ["nhwc", "padded", "nchw"])
+def test_pool_channels_last(case, out):
+    """The channels-last pool kernel of whole-forward programs: every window rule of the NCHW one,
+    stored channels last, inside a zero border (garbage before) or NCHW."""
+    name, xs, method, k, s, p, ceil = case
+    x = rnd(np.random.default_rng(2), *xs)
+    out_hw = (pool_out_size(xs[2], k[0], s[0], p[0], ceil), pool_out_size(xs[3], k[1], s[1], p[1], ceil))
+    ref = P.pooling_reference(x, method, k, s, p, out_hw)
+    pad = (2, 1, 1, 3) if out == "padded" else (0, 0, 0, 0)
+    N, Cc = xs[:2]
+    Ho, Wo = out_hw
+    shape = (N, Cc, Ho, Wo) if out == "nchw" else (N, Ho + pad[0] + pad[1], Wo + pad[2] + pad[3], Cc)
+    y = P.pooling_nhwc_cpu(x.transpose(0, 2, 3, 1), method, k, s, p, out_hw, nchw_out=out == "nchw", out_pad=pad,
+                           out=np.full(shape, np.nan, dtype=np.float32))
+    if out == "nchw":
+        assert_close(y, ref, 1e-6, f"pool channels last -> NCHW {name}")
+        return
+    assert_close(y[:, pad[0]:pad[0] + Ho, pad[2]:pad[2] + Wo].transpose(0, 3, 1, 2), ref, 1e-6,
+                 f"pool channels last {name}")
+    border = y.copy()
+    border[:, pad[0]:pad[0] + Ho, pad[2]:pad[2] + Wo] = 0
+    assert not border.any(), f"pool channels last {name}: the zero border is not zero"
+
+
+@pytest.mark.parametrize("case", [c for c in LRN if c[6] == 0], ids=[c[0] for c in LRN if c[6] == 0])
+@pytest.mark.parametrize("pool", [False, True])
+def test_pool_lrn_channels_last(case, pool):
+    """An across-channel LRN alone (a 1x1 pool) and after a MAX pool in one channels-last pass."""
+    name, xs, size, alpha, beta, k, region = case
+    xs = (xs[0], xs[1], xs[2] + 4, xs[3] + 3)
+    x = rnd(np.random.default_rng(3), *xs, scale=3.0)
+    kern, stride = ((3, 3), (2, 2)) if pool else ((1, 1), (1, 1))
+    out_hw = (pool_out_size(xs[2], kern[0], stride[0], 0), pool_out_size(xs[3], kern[1], stride[1], 0))
+    pooled = P.pooling_reference(x, 0, kern, stride, (0, 0), out_hw)
+    ref = L.lrn_reference(pooled, size, alpha, beta, k, region)
+    y = P.pooling_nhwc_cpu(x.transpose(0, 2, 3, 1), 0, kern, stride, (0, 0), out_hw, lrn=(size, alpha, beta, k))
+    assert_close(y.transpose(0, 3, 1, 2), ref, 2e-6, f"pool {pool} + lrn channels last {name}")
+
+
 def lrn_naive(x, size, alpha, beta, k, region):
     N, Cc, H, W = x.shape
     y = np.zeros_like(x, dtype=np.float64)

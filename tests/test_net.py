@@ -277,6 +277,73 @@ def test_a_frozen_net_runs_as_one_program():
     assert net._programs
 
 
+ALEXLIKE = """input: "data" input_shape { dim: 1 dim: 3 dim: 55 dim: 53 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 32 kernel_size: 7 stride: 2 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "norm1" type: "LRN" bottom: "pool1" top: "norm1" lrn_param { local_size: 5 alpha: 0.01 beta: 0.75 } }
+layer { name: "conv2" type: "Convolution" bottom: "norm1" top: "conv2"
+        convolution_param { num_output: 48 kernel_size: 5 pad: 2 group: 2 } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3" convolution_param { num_output: 40 kernel_size: 3 pad: 1 } }
+layer { name: "relu3" type: "ReLU" bottom: "conv3" top: "conv3" }
+layer { name: "norm3" type: "LRN" bottom: "conv3" top: "norm3" lrn_param { local_size: 3 alpha: 0.5 beta: 0.6 k: 2 } }
+layer { name: "pool3" type: "Pooling" bottom: "norm3" top: "pool3" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "fc4" type: "InnerProduct" bottom: "pool3" top: "fc4" inner_product_param { num_output: 40 } }
+layer { name: "relu4" type: "ReLU" bottom: "fc4" top: "fc4" }
+layer { name: "drop4" type: "Dropout" bottom: "fc4" top: "fc4" }
+layer { name: "fc5" type: "InnerProduct" bottom: "fc4" top: "fc5" inner_product_param { num_output: 10 } }
+layer { name: "prob" type: "Softmax" bottom: "fc5" top: "prob" }
+"""
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("fc_rows", [False, True])
+def test_a_caffenet_like_net_runs_as_one_program(monkeypatch, batch, fc_rows):
+    """CaffeNet's layers in a whole-forward program: a strided convolution from RGB (direct,
+    channels last), MAX pool + LRN in one pass, Winograd convolutions (5x5 in groups, 3x3), an LRN
+    before an AVE pool (AlexNet's order), inner products (through the 1x1 GEMM, or streaming their
+    weights in place: ``fc_rows``), Dropout, Softmax. Every fetched blob equals the NumPy
+    reference's, whatever the arena held before; a fetched pool keeps its LRN apart."""
+    from minicaffe import program
+    if fc_rows:
+        monkeypatch.setattr(program, "FC_ROWS_FROM", 0)
+    x = np.random.default_rng(12).standard_normal((batch, 3, 55, 53)).astype(np.float32)
+    net = minicaffe.Net(ALEXLIKE, None, seed=13)
+    ref = minicaffe.Net(ALEXLIKE, net.params, backend="numpy").forward(x)
+    net.freeze()
+    for fetch in (["prob", "fc4", "norm1", "conv2"], ["pool1", "pool3", "prob"]):
+        got = net.forward(x, fetch=fetch)
+        progs = [p for p in net._programs.values() if p is not None]
+        assert progs, f"the forward did not run as a program ({fetch})"
+        kinds = {k for p in progs for k in p.kernel_layers}
+        assert ("pool1+norm1" in kinds) == ("pool1" not in fetch), kinds
+        for name in fetch:
+            assert_close(got[name], ref[name], 2e-5, f"program {name}, batch {batch}")
+        for p in progs:
+            p.prog.scratch[:] = np.nan
+        again = net.forward(x, fetch=fetch)
+        for name in fetch:
+            assert_close(again[name], ref[name], 2e-5, f"program {name} on a NaN arena, batch {batch}")
+        net._programs.clear()
+
+
+def test_an_inner_product_with_large_weights_over_a_large_batch_runs_layer_by_layer(monkeypatch):
+    """Beyond ROWS_MAX_BATCH images an inner product whose weights stream in place would be slower
+    than BLAS: that net runs layer by layer, with the same values."""
+    from minicaffe import program
+    from minicaffe.layers.inner_product import ROWS_MAX_BATCH
+    monkeypatch.setattr(program, "FC_ROWS_FROM", 0)
+    x = np.random.default_rng(14).standard_normal((ROWS_MAX_BATCH + 1, 3, 55, 53)).astype(np.float32)
+    net = minicaffe.Net(ALEXLIKE, None, seed=15)
+    ref = minicaffe.Net(ALEXLIKE, net.params, backend="numpy").forward(x)
+    net.freeze()
+    got = net.forward(x, fetch=["prob"])
+    assert not [p for p in net._programs.values() if p is not None]
+    assert_close(got["prob"], ref["prob"], 2e-5, "layer by layer")
+
+
 def test_kernel_clock_times_every_kernel_of_the_program(tmp_path, capsys):
     """scripts/kernel_clock.py: one row per kernel of the forward's program, each naming the layers
     it computes (the stem's padding copy and product, the chain's kernels), and the totals."""

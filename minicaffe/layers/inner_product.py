@@ -15,6 +15,7 @@ import numpy as np
 from numba import cuda, float32, njit, prange
 
 from ..backend import device_empty, to_device
+from ..simd import fetch_add, task_done
 from .base import Layer, as_bool, register
 from .convolution.cache import fused_cap
 
@@ -70,73 +71,95 @@ def _dots8(xa, w0, w1, w2, w3, w4, w5, w6, w7, out):
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=True)
 def _fc_rows(x, w, b, has_bias, relu, cap, y):
-    # x: (N, K), w: (M, K) -> y: (N, M), M >= ROWS_MR. Each task takes ROWS_MR weight rows (the last
-    # block shifted back to end at M) and, k-chunk by k-chunk, meets every input with them while
-    # they are in L1: the weights stream from memory once per batch. Inputs go two at a time, so
-    # each weight vector loaded feeds two multiply-adds. fastmath lets LLVM vectorise the dot
-    # products along k (the summation order differs from BLAS's).
+    # x: (N, K), w: (M, K) -> y: (N, M), M >= ROWS_MR: _fc_block for every block of ROWS_MR weight rows
+    M = w.shape[0]
+    lo = np.float32(0.0) if relu else np.float32(-np.inf)
+    hi = cap if relu else np.float32(np.inf)
+    bb = b if has_bias else np.zeros(M, dtype=np.float32)
+    for t in prange((M + ROWS_MR - 1) // ROWS_MR):
+        _fc_block(x, w, bb, lo, hi, y, t)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _fc_rows_worker(x, w, b, lo, hi, y, counter):
+    # _fc_rows on any number of threads: blocks of weight rows from counter[0] (counted in
+    # counter[1]); b: (M,) (zeros for no bias), the activation as clip bounds lo, hi. One thread's
+    # loop, returns the task count.
+    total = (w.shape[0] + ROWS_MR - 1) // ROWS_MR
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= total:
+            break
+        _fc_block(x, w, b, lo, hi, y, t)
+        task_done(counter, 1)
+    return total
+
+
+@njit(cache=True, nogil=True, inline="always", fastmath=True)
+def _fc_block(x, w, b, lo, hi, y, t):
+    # Block t of y (N, M) = clip(x (N, K) @ w (M, K)^T + b, lo, hi): ROWS_MR weight rows (the last
+    # block shifted back to end at M) meet every input, k-chunk by k-chunk, while they are in L1:
+    # the weights stream from memory once per batch. Inputs go two at a time, so each weight
+    # vector loaded feeds two multiply-adds. fastmath lets LLVM vectorise the dot products along k
+    # (the summation order differs from BLAS's).
     N, K = x.shape
     M = w.shape[0]
-    for t in prange((M + ROWS_MR - 1) // ROWS_MR):
-        j = min(t * ROWS_MR, M - ROWS_MR)
-        acc = np.zeros((N, ROWS_MR), dtype=np.float32)
-        for k0 in range(0, K, _KC):
-            k1 = min(K, k0 + _KC)
-            w0, w1, w2, w3 = w[j, k0:k1], w[j + 1, k0:k1], w[j + 2, k0:k1], w[j + 3, k0:k1]
-            w4, w5, w6, w7 = w[j + 4, k0:k1], w[j + 5, k0:k1], w[j + 6, k0:k1], w[j + 7, k0:k1]
-            for n in range(0, N - 1, 2):
-                xa = x[n, k0:k1]
-                xb = x[n + 1, k0:k1]
-                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
-                t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = np.float32(0.0)
-                for k in range(k1 - k0):
-                    a = xa[k]
-                    c = xb[k]
-                    v0, v1, v2, v3 = w0[k], w1[k], w2[k], w3[k]
-                    v4, v5, v6, v7 = w4[k], w5[k], w6[k], w7[k]
-                    s0 += v0 * a
-                    s1 += v1 * a
-                    s2 += v2 * a
-                    s3 += v3 * a
-                    s4 += v4 * a
-                    s5 += v5 * a
-                    s6 += v6 * a
-                    s7 += v7 * a
-                    t0 += v0 * c
-                    t1 += v1 * c
-                    t2 += v2 * c
-                    t3 += v3 * c
-                    t4 += v4 * c
-                    t5 += v5 * c
-                    t6 += v6 * c
-                    t7 += v7 * c
-                r = acc[n]
-                r[0] += s0
-                r[1] += s1
-                r[2] += s2
-                r[3] += s3
-                r[4] += s4
-                r[5] += s5
-                r[6] += s6
-                r[7] += s7
-                r = acc[n + 1]
-                r[0] += t0
-                r[1] += t1
-                r[2] += t2
-                r[3] += t3
-                r[4] += t4
-                r[5] += t5
-                r[6] += t6
-                r[7] += t7
-            if N % 2:
-                _dots8(x[N - 1, k0:k1], w0, w1, w2, w3, w4, w5, w6, w7, acc[N - 1])
-        for r8 in range(ROWS_MR):
-            bias = b[j + r8] if has_bias else np.float32(0.0)
-            for n in range(N):
-                v = acc[n, r8] + bias
-                if relu:
-                    v = min(max(v, np.float32(0.0)), cap)
-                y[n, j + r8] = v
+    j = min(t * ROWS_MR, M - ROWS_MR)
+    acc = np.zeros((N, ROWS_MR), dtype=np.float32)
+    for k0 in range(0, K, _KC):
+        k1 = min(K, k0 + _KC)
+        w0, w1, w2, w3 = w[j, k0:k1], w[j + 1, k0:k1], w[j + 2, k0:k1], w[j + 3, k0:k1]
+        w4, w5, w6, w7 = w[j + 4, k0:k1], w[j + 5, k0:k1], w[j + 6, k0:k1], w[j + 7, k0:k1]
+        for n in range(0, N - 1, 2):
+            xa = x[n, k0:k1]
+            xb = x[n + 1, k0:k1]
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+            t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = np.float32(0.0)
+            for k in range(k1 - k0):
+                a = xa[k]
+                c = xb[k]
+                v0, v1, v2, v3 = w0[k], w1[k], w2[k], w3[k]
+                v4, v5, v6, v7 = w4[k], w5[k], w6[k], w7[k]
+                s0 += v0 * a
+                s1 += v1 * a
+                s2 += v2 * a
+                s3 += v3 * a
+                s4 += v4 * a
+                s5 += v5 * a
+                s6 += v6 * a
+                s7 += v7 * a
+                t0 += v0 * c
+                t1 += v1 * c
+                t2 += v2 * c
+                t3 += v3 * c
+                t4 += v4 * c
+                t5 += v5 * c
+                t6 += v6 * c
+                t7 += v7 * c
+            r = acc[n]
+            r[0] += s0
+            r[1] += s1
+            r[2] += s2
+            r[3] += s3
+            r[4] += s4
+            r[5] += s5
+            r[6] += s6
+            r[7] += s7
+            r = acc[n + 1]
+            r[0] += t0
+            r[1] += t1
+            r[2] += t2
+            r[3] += t3
+            r[4] += t4
+            r[5] += t5
+            r[6] += t6
+            r[7] += t7
+        if N % 2:
+            _dots8(x[N - 1, k0:k1], w0, w1, w2, w3, w4, w5, w6, w7, acc[N - 1])
+    for r8 in range(ROWS_MR):
+        bias = b[j + r8]
+        for n in range(N):
+            y[n, j + r8] = min(max(acc[n, r8] + bias, lo), hi)
 
 
 @njit(parallel=True, cache=True, nogil=True)

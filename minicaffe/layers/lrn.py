@@ -89,6 +89,30 @@ def _lrn_across(x, size, alpha, beta, k, y):
 _lrn_across_serial = serial_twin(_lrn_across, fastmath=True)
 
 
+@njit(cache=True, inline="always")
+def _lrn_vector(v, sq, s, size, a, kk, beta):
+    # v: (C,) one pixel's channels (channels last) -> v * (kk + a * sum of the window's squares)^-beta,
+    # in place, the window summed in ascending channel order from zero as _lrn_across does (the
+    # zeros past either end add nothing); sq: (C + size - 1,) scratch whose first and last
+    # (size - 1) / 2 entries are zero, s: (C,) scratch. Every loop runs along the channels.
+    C = v.shape[0]
+    pre = (size - 1) // 2
+    for c in range(C):
+        sq[pre + c] = v[c] * v[c]
+        s[c] = np.float32(0.0)
+    for j in range(size):
+        for c in range(C):
+            s[c] += sq[c + j]
+    if beta == 0.75:
+        for c in range(C):
+            r = np.float32(1.0) / np.sqrt(kk + a * s[c])
+            v[c] = v[c] * (r * np.sqrt(r))
+    else:
+        nb = np.float32(-beta)
+        for c in range(C):
+            v[c] = v[c] * (kk + a * s[c]) ** nb
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _lrn_within(x, size, alpha, beta, y):
     N, C, H, W = x.shape

@@ -19,6 +19,8 @@ from numba import cuda, njit, prange
 from ..backend import SERIAL_BELOW, blocks, device_empty, serial_twin
 from ..simd import fetch_add, task_done
 from .base import Layer, as_bool, hw_param, is_channels_last, nhwc_memory, register
+from .convolution.nhwc_kernels import zero_border_row
+from .lrn import _lrn_vector
 
 MAX, AVE = 0, 1
 
@@ -189,6 +191,99 @@ def _global_pool_worker(rows, method, y, counter):
                 acc[c] /= np.float32(P)
         task_done(counter, 1)
     return N
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"arcp", "contract", "afn"})
+def _pool_nhwc_worker(x, method, kh, kw, sh, sw, ph, pw, lrn, yf, geo, counter):
+    # x: (N, H, W, C) channels last -> yf: the (N, C, Ho, Wo) pooled blob, then (lrn[0] = size > 0)
+    # across-channel LRN with alpha lrn[1], beta lrn[2], k lrn[3] applied to each pooled pixel's
+    # channels (a pool + LRN pair in one pass; kernel 1, stride 1: the LRN alone). geo: int64 (Ho,
+    # Wo, oHp, oWp, ot, ol, nchw): stored NCHW when nchw (an inner product's input), else channels
+    # last at (ot, ol) of an (N, oHp, oWp, C) array whose zero border is written too (a padded
+    # input for the next convolution). Windows as _pool_cpu's (MAX clipped to the image, AVE divided
+    # by the window clipped to the padded image), every loop along a pixel's contiguous channels.
+    # Tasks: output rows, then the border's rows, from counter[0] (counted in counter[1]); one
+    # thread's loop, returns the task count.
+    N, H, W, C = x.shape
+    Ho, Wo, oHp, oWp, ot, ol, nchw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6]
+    size = int(lrn[0])
+    a, kk, beta = np.float32(lrn[1] / max(size, 1)), np.float32(lrn[3]), lrn[2]
+    rows = N * Ho
+    border = 0 if nchw or (oHp, oWp, ot, ol) == (Ho, Wo, 0, 0) else N * oHp
+    acc = np.empty(C, dtype=np.float32)
+    sq = np.zeros(C + max(size, 1) - 1, dtype=np.float32)
+    s = np.empty(C, dtype=np.float32)
+    xf = x.reshape(x.size)
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= rows + border:
+            break
+        if t >= rows:
+            zero_border_row(yf, t - rows, oHp, oWp, ot, ol, Ho, Wo, C)
+            task_done(counter, 1)
+            continue
+        n = t // Ho
+        oh = t - n * Ho
+        hs = oh * sh - ph
+        he = min(hs + kh, H + ph)
+        h0, h1 = max(hs, 0), min(he, H)
+        for ow in range(Wo):
+            ws = ow * sw - pw
+            we = min(ws + kw, W + pw)
+            w0, w1 = max(ws, 0), min(we, W)
+            if method == MAX:
+                for c in range(C):
+                    acc[c] = np.float32(-3.402823466e38)
+                for i in range(h0, h1):
+                    for j in range(w0, w1):
+                        r = xf[((n * H + i) * W + j) * C:((n * H + i) * W + j + 1) * C]
+                        for c in range(C):
+                            acc[c] = max(acc[c], r[c])
+            else:
+                for c in range(C):
+                    acc[c] = np.float32(0.0)
+                for i in range(h0, h1):
+                    for j in range(w0, w1):
+                        r = xf[((n * H + i) * W + j) * C:((n * H + i) * W + j + 1) * C]
+                        for c in range(C):
+                            acc[c] += r[c]
+                div = np.float32((he - hs) * (we - ws))
+                for c in range(C):
+                    acc[c] = acc[c] / div
+            if size > 0:
+                _lrn_vector(acc, sq, s, size, a, kk, beta)
+            if nchw:
+                for c in range(C):
+                    yf[((n * C + c) * Ho + oh) * Wo + ow] = acc[c]
+            else:
+                d = ((n * oHp + oh + ot) * oWp + ow + ol) * C
+                for c in range(C):
+                    yf[d + c] = acc[c]
+        task_done(counter, 1)
+    return rows + border
+
+
+def pooling_nhwc_cpu(x, method, kernel, stride, pad, out_hw, lrn=None, nchw_out=False, out_pad=(0, 0, 0, 0),
+                     out=None):
+    """x: (N, H, W, C) channels-last array -> the pooled (N, C, Ho, Wo) blob as an (N, Ho, Wo, C)
+    array (pooling_reference's windows), or (N, C, Ho, Wo) when ``nchw_out``; ``lrn``: (size,
+    alpha, beta, k) of an across-channel LRN applied to the pooled values (the pool -> LRN pair);
+    ``out_pad`` (top, bottom, left, right): the channels-last output stored inside a zero border
+    of that size (``out``: the array to store into, whatever it holds). On the calling thread (a
+    whole-forward program runs the same kernel on all)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    N, H, W, C = x.shape
+    Ho, Wo = out_hw
+    pt, pb, pl, pr = out_pad
+    shape = (N, C, Ho, Wo) if nchw_out else (N, Ho + pt + pb, Wo + pl + pr, C)
+    y = np.empty(shape, dtype=np.float32) if out is None else out
+    if y.shape != shape or y.dtype != np.float32 or not y.flags.c_contiguous:
+        raise ValueError(f"out: a C-contiguous float32 array of shape {shape}")
+    geo = np.array((Ho, Wo, Ho + pt + pb, Wo + pl + pr, pt, pl, int(nchw_out)), dtype=np.int64)
+    lrn_arr = np.array((0, 0, 0, 0) if lrn is None else lrn, dtype=np.float32)
+    _pool_nhwc_worker(x, method, kernel[0], kernel[1], stride[0], stride[1], pad[0], pad[1], lrn_arr,
+                      y.reshape(-1), geo, np.zeros(2, dtype=np.int64))
+    return y
 
 
 _pool_serial = serial_twin(_pool_cpu)

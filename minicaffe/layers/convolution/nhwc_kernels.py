@@ -96,6 +96,18 @@ def _row_out(xf, pix, offs, K, panel, bias, lo, hi, y, ypix, n, res, has_res):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def zero_border_row(yf, r, oHp, oWp, ot, ol, Ho, Wo, M):
+    # padded row r of an (N, oHp, oWp, M) array holding an (N, Ho, Wo, M) one at (ot, ol): its zero
+    # border (the whole row above or below the image, else the columns either side of it)
+    hr = r % oHp
+    if hr < ot or hr >= ot + Ho:
+        zero_floats(yf, r * oWp * M, oWp * M)
+    else:
+        zero_floats(yf, r * oWp * M, ol * M)
+        zero_floats(yf, (r * oWp + ol + Wo) * M, (oWp - ol - Wo) * M)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _gemm_pixels(q0, K, geo, m0, pix, ypix):
     # the input bases (pix) and output indices + m0 (ypix) of output pixels q0 .. q0+MR-1 (geo: see
     # _gemm_worker)
@@ -156,13 +168,7 @@ def _gemm_worker(xf, offs, bp, b, lo, hi, geo, counter, yf, res, has_res):
         if t >= total + border:
             break
         if t >= total:
-            r = t - total
-            hr = r % oHp
-            if hr < ot or hr >= ot + Ho:
-                zero_floats(yf, r * oWp * M, oWp * M)
-            else:
-                zero_floats(yf, r * oWp * M, ol * M)
-                zero_floats(yf, (r * oWp + ol + Wo) * M, (oWp - ol - Wo) * M)
+            zero_border_row(yf, t - total, oHp, oWp, ot, ol, Ho, Wo, M)
             task_done(counter, 1)
             continue
         blk = t % nblk

@@ -13,8 +13,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ...simd import MR, NR, fetch_add, indirect_tile, tile_task
+from ...simd import MR, NR, fetch_add, indirect_tile, task_done, tile_task
 from .cache import cached_transform, fused_cap
+from .nhwc_kernels import zero_border_row
 
 
 def winograd_filters(w, group=1):
@@ -98,115 +99,158 @@ def _bt6(d0, d1, d2, d3, d4, d5, o0, o1, o2, o3, o4, o5):
         o5[c] = 4.0 * d1[c] - 5.0 * d3[c] + d5[c]
 
 
+
+@njit(cache=True, nogil=True, inline="always")
+def _task_columns(rows, tw):
+    # tile columns per task of the transforms: whole rows of tiles when there are many rows (a
+    # batch), else parts of rows, so that a batch-1 layer of 4-7 tile rows still makes ~16 tasks
+    # for the threads to share
+    return tw if rows >= 16 else max(1, (rows * tw) // 16)
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _winograd_input(xt, nb, G, ks, th, tw, workers, counter, V):
+    # _winograd_input_worker on ``workers`` threads (counter: int64[2] zeros)
+    for _w in prange(workers):
+        _winograd_input_worker(xt, nb, G, ks, th, tw, counter, V)
+
+
+@njit(cache=True, nogil=True)
+def _winograd_input_worker(xt, nb, G, ks, th, tw, counter, V):
     # xt: (nb, Hp, Wp, C) padded NHWC -> V: (36, G, nb*th*tw, ks*ks*Cg) = B^T d B of every 6x6 tile
     # of every 3x3 piece (offset 3*(s // ks), 3*(s % ks)); columns (image, tile row, tile column), K
     # axis (piece, channel in group). Every operation runs along a contiguous vector of channels.
+    # Tasks: rows of tiles (or parts of rows, _task_columns) from counter[0] (counted in
+    # counter[1]); one thread's loop, returns the task count.
     C = xt.shape[3]
     Cg = C // G
     S = ks * ks
     T = th * tw
-    total = nb * th
-    for _w in prange(workers):
-        while True:
-            t = fetch_add(counter, 0, 1)
-            if t >= total:
-                break
-            n = t // th
-            a = t % th
-            u = np.empty((6, 6, C), dtype=np.float32)
-            for bt in range(tw):
-                col = n * T + a * tw + bt
-                for s in range(S):
-                    r0 = 4 * a + 3 * (s // ks)
-                    q0 = 4 * bt + 3 * (s % ks)
-                    # u[i, q] = (B^T d)[i] for column q of the tile: six input rows combined
-                    for q in range(6):
-                        d0, d1, d2 = xt[n, r0, q0 + q], xt[n, r0 + 1, q0 + q], xt[n, r0 + 2, q0 + q]
-                        d3, d4, d5 = xt[n, r0 + 3, q0 + q], xt[n, r0 + 4, q0 + q], xt[n, r0 + 5, q0 + q]
-                        _bt6(d0, d1, d2, d3, d4, d5, u[0, q], u[1, q], u[2, q], u[3, q], u[4, q], u[5, q])
-                    # V[i*6 + j] = (u[i] B)[j]: the same six-point transform along the tile's columns
-                    for g in range(G):
-                        c0 = g * Cg
-                        k0 = s * Cg
-                        for i in range(6):
-                            e0, e1, e2 = u[i, 0, c0:c0 + Cg], u[i, 1, c0:c0 + Cg], u[i, 2, c0:c0 + Cg]
-                            e3, e4, e5 = u[i, 3, c0:c0 + Cg], u[i, 4, c0:c0 + Cg], u[i, 5, c0:c0 + Cg]
-                            _bt6(e0, e1, e2, e3, e4, e5, V[i * 6, g, col, k0:k0 + Cg],
-                                 V[i * 6 + 1, g, col, k0:k0 + Cg], V[i * 6 + 2, g, col, k0:k0 + Cg],
-                                 V[i * 6 + 3, g, col, k0:k0 + Cg], V[i * 6 + 4, g, col, k0:k0 + Cg],
-                                 V[i * 6 + 5, g, col, k0:k0 + Cg])
+    cols = _task_columns(nb * th, tw)
+    parts = -(-tw // cols)
+    total = nb * th * parts
+    u = np.empty((6, 6, C), dtype=np.float32)
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= total:
+            break
+        n = t // (th * parts)
+        a = t // parts - n * th
+        b0 = (t % parts) * cols
+        for bt in range(b0, min(tw, b0 + cols)):
+            col = n * T + a * tw + bt
+            for s in range(S):
+                r0 = 4 * a + 3 * (s // ks)
+                q0 = 4 * bt + 3 * (s % ks)
+                # u[i, q] = (B^T d)[i] for column q of the tile: six input rows combined
+                for q in range(6):
+                    d0, d1, d2 = xt[n, r0, q0 + q], xt[n, r0 + 1, q0 + q], xt[n, r0 + 2, q0 + q]
+                    d3, d4, d5 = xt[n, r0 + 3, q0 + q], xt[n, r0 + 4, q0 + q], xt[n, r0 + 5, q0 + q]
+                    _bt6(d0, d1, d2, d3, d4, d5, u[0, q], u[1, q], u[2, q], u[3, q], u[4, q], u[5, q])
+                # V[i*6 + j] = (u[i] B)[j]: the same six-point transform along the tile's columns
+                for g in range(G):
+                    c0 = g * Cg
+                    k0 = s * Cg
+                    for i in range(6):
+                        e0, e1, e2 = u[i, 0, c0:c0 + Cg], u[i, 1, c0:c0 + Cg], u[i, 2, c0:c0 + Cg]
+                        e3, e4, e5 = u[i, 3, c0:c0 + Cg], u[i, 4, c0:c0 + Cg], u[i, 5, c0:c0 + Cg]
+                        _bt6(e0, e1, e2, e3, e4, e5, V[i * 6, g, col, k0:k0 + Cg],
+                             V[i * 6 + 1, g, col, k0:k0 + Cg], V[i * 6 + 2, g, col, k0:k0 + Cg],
+                             V[i * 6 + 3, g, col, k0:k0 + Cg], V[i * 6 + 4, g, col, k0:k0 + Cg],
+                             V[i * 6 + 5, g, col, k0:k0 + Cg])
+        task_done(counter, 1)
+    return total
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _winograd_output(Mt, b, has_bias, relu, cap, n0, nb, th, tw, workers, counter, y):
-    # Mt: (36, G, nb*th*tw, Mg) -> y[n0:n0+nb]: (N, M, Ho, Wo) = A^T m A (+ bias, then max(0, .)
-    # when relu), the last tile row / column cropped to Ho x Wo. The transform runs along
-    # contiguous vectors of output channels; the NHWC -> NCHW reorder happens in the final store.
+def _winograd_output(Mt, b, relu, cap, n0, nb, th, tw, workers, counter, y):
+    # _winograd_output_worker on ``workers`` threads into images n0.. of y: (N, M, Ho, Wo) NCHW
+    # (b: (M,), zeros for no bias; counter: int64[2] zeros)
+    N, M, Ho, Wo = y.shape
+    lo = np.float32(0.0) if relu else np.float32(-np.inf)
+    hi = cap if relu else np.float32(np.inf)
+    geo = np.array((Ho, Wo, Ho, Wo, 0, 0, 1), dtype=np.int64)
+    yf = y.reshape(y.size)[n0 * M * Ho * Wo:]
+    for _w in prange(workers):
+        _winograd_output_worker(Mt, b, lo, hi, nb, th, tw, geo, counter, yf)
+
+
+@njit(cache=True, nogil=True)
+def _winograd_output_worker(Mt, b, lo, hi, nb, th, tw, geo, counter, yf):
+    # Mt: (36, G, nb*th*tw, Mg), b: (M,) -> the (nb, M, Ho, Wo) output min(max(A^T m A + b, lo), hi),
+    # the last tile row / column cropped to Ho x Wo. geo: int64 (Ho, Wo, oHp, oWp, ot, ol, nchw):
+    # yf holds it NCHW when nchw, else channels last at (ot, ol) of an (nb, oHp, oWp, M) array whose
+    # zero border is written too (the next convolution's padded input). The transform runs along
+    # contiguous vectors of output channels. Tasks: rows of tiles (or parts of rows,
+    # _task_columns), then the border's rows, from
+    # counter[0] (counted in counter[1]); one thread's loop, returns the task count.
     G, Mg = Mt.shape[1], Mt.shape[3]
     M = G * Mg
-    Ho, Wo = y.shape[2], y.shape[3]
+    Ho, Wo, oHp, oWp, ot, ol, nchw = geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6]
     T = th * tw
-    total = nb * th
-    for _w in prange(workers):
-        while True:
-            t = fetch_add(counter, 0, 1)
-            if t >= total:
-                break
-            n = t // th
-            a = t % th
-            sv = np.empty((4, 6, Mg), dtype=np.float32)
-            o = np.empty((4, 4, M), dtype=np.float32)
-            for bt in range(tw):
-                col = n * T + a * tw + bt
-                for g in range(G):
-                    # sv[i, j] = (A^T m)[i] for column j of the tile
-                    for j in range(6):
-                        m0, m1, m2 = Mt[j, g, col], Mt[6 + j, g, col], Mt[12 + j, g, col]
-                        m3, m4, m5 = Mt[18 + j, g, col], Mt[24 + j, g, col], Mt[30 + j, g, col]
-                        s0, s1, s2, s3 = sv[0, j], sv[1, j], sv[2, j], sv[3, j]
-                        for m in range(Mg):
-                            s0[m] = m0[m] + m1[m] + m2[m] + m3[m] + m4[m]
-                            s1[m] = m1[m] - m2[m] + 2.0 * (m3[m] - m4[m])
-                            s2[m] = m1[m] + m2[m] + 4.0 * (m3[m] + m4[m])
-                            s3[m] = m1[m] - m2[m] + 8.0 * (m3[m] - m4[m]) + m5[m]
-                    for i in range(4):
-                        e0, e1, e2 = sv[i, 0], sv[i, 1], sv[i, 2]
-                        e3, e4, e5 = sv[i, 3], sv[i, 4], sv[i, 5]
-                        o0 = o[i, 0, g * Mg:(g + 1) * Mg]
-                        o1 = o[i, 1, g * Mg:(g + 1) * Mg]
-                        o2 = o[i, 2, g * Mg:(g + 1) * Mg]
-                        o3 = o[i, 3, g * Mg:(g + 1) * Mg]
-                        bg = b[g * Mg:(g + 1) * Mg]
-                        for m in range(Mg):
-                            bias = bg[m] if has_bias else np.float32(0.0)
-                            r0 = e0[m] + e1[m] + e2[m] + e3[m] + e4[m] + bias
-                            r1 = e1[m] - e2[m] + 2.0 * (e3[m] - e4[m]) + bias
-                            r2 = e1[m] + e2[m] + 4.0 * (e3[m] + e4[m]) + bias
-                            r3 = e1[m] - e2[m] + 8.0 * (e3[m] - e4[m]) + e5[m] + bias
-                            if relu:
-                                r0 = min(max(r0, np.float32(0.0)), cap)
-                                r1 = min(max(r1, np.float32(0.0)), cap)
-                                r2 = min(max(r2, np.float32(0.0)), cap)
-                                r3 = min(max(r3, np.float32(0.0)), cap)
-                            o0[m] = r0
-                            o1[m] = r1
-                            o2[m] = r2
-                            o3[m] = r3
-                # store the 4x4 tile, NHWC -> NCHW
-                ni = n0 + n
+    cols = _task_columns(nb * th, tw)
+    parts = -(-tw // cols)
+    total = nb * th * parts
+    border = 0 if nchw or (oHp, oWp, ot, ol) == (Ho, Wo, 0, 0) else nb * oHp
+    sv = np.empty((4, 6, Mg), dtype=np.float32)
+    o = np.empty((4, 4, M), dtype=np.float32)
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= total + border:
+            break
+        if t >= total:
+            zero_border_row(yf, t - total, oHp, oWp, ot, ol, Ho, Wo, M)
+            task_done(counter, 1)
+            continue
+        n = t // (th * parts)
+        a = t // parts - n * th
+        b0 = (t % parts) * cols
+        for bt in range(b0, min(tw, b0 + cols)):
+            col = n * T + a * tw + bt
+            for g in range(G):
+                # sv[i, j] = (A^T m)[i] for column j of the tile
+                for j in range(6):
+                    m0, m1, m2 = Mt[j, g, col], Mt[6 + j, g, col], Mt[12 + j, g, col]
+                    m3, m4, m5 = Mt[18 + j, g, col], Mt[24 + j, g, col], Mt[30 + j, g, col]
+                    s0, s1, s2, s3 = sv[0, j], sv[1, j], sv[2, j], sv[3, j]
+                    for m in range(Mg):
+                        s0[m] = m0[m] + m1[m] + m2[m] + m3[m] + m4[m]
+                        s1[m] = m1[m] - m2[m] + 2.0 * (m3[m] - m4[m])
+                        s2[m] = m1[m] + m2[m] + 4.0 * (m3[m] + m4[m])
+                        s3[m] = m1[m] - m2[m] + 8.0 * (m3[m] - m4[m]) + m5[m]
                 for i in range(4):
-                    oh = 4 * a + i
-                    if oh >= Ho:
+                    e0, e1, e2 = sv[i, 0], sv[i, 1], sv[i, 2]
+                    e3, e4, e5 = sv[i, 3], sv[i, 4], sv[i, 5]
+                    o0 = o[i, 0, g * Mg:(g + 1) * Mg]
+                    o1 = o[i, 1, g * Mg:(g + 1) * Mg]
+                    o2 = o[i, 2, g * Mg:(g + 1) * Mg]
+                    o3 = o[i, 3, g * Mg:(g + 1) * Mg]
+                    bg = b[g * Mg:(g + 1) * Mg]
+                    for m in range(Mg):
+                        bias = bg[m]
+                        o0[m] = min(max(e0[m] + e1[m] + e2[m] + e3[m] + e4[m] + bias, lo), hi)
+                        o1[m] = min(max(e1[m] - e2[m] + 2.0 * (e3[m] - e4[m]) + bias, lo), hi)
+                        o2[m] = min(max(e1[m] + e2[m] + 4.0 * (e3[m] + e4[m]) + bias, lo), hi)
+                        o3[m] = min(max(e1[m] - e2[m] + 8.0 * (e3[m] - e4[m]) + e5[m] + bias, lo), hi)
+            # store the 4x4 tile: NHWC -> NCHW, or a channels-last row of M at a time
+            for i in range(4):
+                oh = 4 * a + i
+                if oh >= Ho:
+                    break
+                for j in range(4):
+                    ow = 4 * bt + j
+                    if ow >= Wo:
                         break
-                    for j in range(4):
-                        ow = 4 * bt + j
-                        if ow >= Wo:
-                            break
-                        oij = o[i, j]
+                    oij = o[i, j]
+                    if nchw:
                         for m in range(M):
-                            y[ni, m, oh, ow] = oij[m]
+                            yf[((n * M + m) * Ho + oh) * Wo + ow] = oij[m]
+                    else:
+                        d = ((n * oHp + oh + ot) * oWp + ow + ol) * M
+                        for m in range(M):
+                            yf[d + m] = oij[m]
+        task_done(counter, 1)
+    return total + border
 
 
 def _winograd_filters_uncached(w, group=1):
@@ -240,16 +284,26 @@ def _pack_panels(U):
     return out.reshape(T36, G, P, K * NR)
 
 
+
+
 #: rows (tiles) of a Winograd GEMM per task
 GEMM_TILES_PER_TASK = 8
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def _winograd_gemms(V, Up, offs, workers, counter, Mt):
+    # _winograd_gemms_worker on ``workers`` threads (counter: int64[2] zeros)
+    for _w in prange(workers):
+        _winograd_gemms_worker(V, Up, offs, counter, Mt)
+
+
+@njit(cache=True, nogil=True)
+def _winograd_gemms_worker(V, Up, offs, counter, Mt):
     # The 36 x G products Mt[k, g] (R, Mg) = V[k, g] (R, K) @ U[k, g] (K, Mg) with the register-
     # blocked tile (MR rows x NR channels; Up: U in NR-channel panels). Tasks (position, group,
-    # panel, block of row tiles) are taken from a shared counter by ``workers`` threads as they
-    # finish. Rows >= MR: the last tile of a product is shifted back to end at row R.
+    # panel, block of row tiles) from counter[0] (counted in counter[1]), so consecutive tasks
+    # share a panel. Rows >= MR: the last tile of a product is shifted back to end at row R. One
+    # thread's loop, returns the task count.
     T36, G, R, K = V.shape
     P = Up.shape[2]
     Mg = Mt.shape[3]
@@ -257,29 +311,30 @@ def _winograd_gemms(V, Up, offs, workers, counter, Mt):
     nblk = (ntiles + GEMM_TILES_PER_TASK - 1) // GEMM_TILES_PER_TASK
     total = T36 * G * P * nblk
     vf = V.reshape(V.size)
-    for _w in prange(workers):
-        cs = np.empty(MR * NR, dtype=np.float32)
-        pix = np.empty(MR, dtype=np.int64)
-        while True:
-            t = fetch_add(counter, 0, 1)
-            if t >= total:
-                break
-            k, g, pnl, blk = tile_task(t, nblk, P, G)
-            panel = Up[k, g, pnl]
-            base = (k * G + g) * R * K
-            m0 = pnl * NR
-            mcount = min(NR, Mg - m0)
-            out = Mt[k, g]
-            for ti in range(blk * GEMM_TILES_PER_TASK, min(ntiles, (blk + 1) * GEMM_TILES_PER_TASK)):
-                r0 = min(ti * MR, R - MR)
-                for p in range(MR):
-                    pix[p] = base + (r0 + p) * K
-                indirect_tile(vf, pix, offs, K, panel, cs)
-                for p in range(MR):
-                    dst = out[r0 + p, m0:m0 + mcount]
-                    src = cs[p * NR:p * NR + mcount]
-                    for mm in range(mcount):
-                        dst[mm] = src[mm]
+    cs = np.empty(MR * NR, dtype=np.float32)
+    pix = np.empty(MR, dtype=np.int64)
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= total:
+            break
+        k, g, pnl, blk = tile_task(t, nblk, P, G)
+        panel = Up[k, g, pnl]
+        base = (k * G + g) * R * K
+        m0 = pnl * NR
+        mcount = min(NR, Mg - m0)
+        out = Mt[k, g]
+        for ti in range(blk * GEMM_TILES_PER_TASK, min(ntiles, (blk + 1) * GEMM_TILES_PER_TASK)):
+            r0 = min(ti * MR, R - MR)
+            for p in range(MR):
+                pix[p] = base + (r0 + p) * K
+            indirect_tile(vf, pix, offs, K, panel, cs)
+            for p in range(MR):
+                dst = out[r0 + p, m0:m0 + mcount]
+                src = cs[p * NR:p * NR + mcount]
+                for mm in range(mcount):
+                    dst[mm] = src[mm]
+        task_done(counter, 1)
+    return total
 
 
 #: bytes allowed for the transformed input (and, as much again, the products) of one chunk
@@ -332,12 +387,12 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1, relu=False, rel
             V = np.empty((36, group, cur * T, S * Cg), dtype=np.float32)
             Mt = np.empty((36, group, cur * T, Mg), dtype=np.float32)
         _pad_nhwc(x, n0, cur, pt, pl, xt)
-        _winograd_input(xt, cur, group, ks, th, tw, workers, np.zeros(1, np.int64), V)
+        _winograd_input(xt, cur, group, ks, th, tw, workers, np.zeros(2, np.int64), V)
         if own:
-            _winograd_gemms(V, Up, offs, workers, np.zeros(1, np.int64), Mt)
+            _winograd_gemms(V, Up, offs, workers, np.zeros(2, np.int64), Mt)
         else:
             for g in range(group):
                 np.matmul(V[:, g], U[:, g], out=Mt[:, g])       # 36 x (tiles, S*Cg) @ (S*Cg, Mg)
-        _winograd_output(Mt, bb, has_bias, relu, fused_cap(relu_cap), n0, cur, th, tw, workers,
-                         np.zeros(1, np.int64), y)
+        _winograd_output(Mt, bb, relu, fused_cap(relu_cap), n0, cur, th, tw, workers,
+                         np.zeros(2, np.int64), y)
     return y
