@@ -23,7 +23,6 @@ import time
 import numpy as np
 
 
-
 def _tsc_hz():
     from numba import njit
 
@@ -101,7 +100,8 @@ def main(argv=None):
     for k in range(n):
         label = prog.kernel_layers[k]
         med = float(np.median(us[:, k]))
-        fl = _flops(net, label, args.batch) if OP_NAMES[P.ops[k, 0]] in ("gemm", "dw", "block", "winograd-gemm", "fc") else 0
+        products = ("gemm", "dw", "block", "winograd-gemm", "fc")
+        fl = _flops(net, label, args.batch) if OP_NAMES[P.ops[k, 0]] in products else 0
         rows.append({"kernel": k, "kind": OP_NAMES[P.ops[k, 0]], "layers": label, "median_us": med,
                      "min_us": float(us[:, k].min()), "gflops": fl / med / 1e3 if fl else None,
                      "wait_us": [float(np.median(w[:, k])) if w[:, k].min() >= 0 else None for w in waits]})

@@ -281,15 +281,20 @@ ALEXLIKE = """input: "data" input_shape { dim: 1 dim: 3 dim: 55 dim: 53 }
 layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
         convolution_param { num_output: 32 kernel_size: 7 stride: 2 } }
 layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
-layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
-layer { name: "norm1" type: "LRN" bottom: "pool1" top: "norm1" lrn_param { local_size: 5 alpha: 0.01 beta: 0.75 } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "norm1" type: "LRN" bottom: "pool1" top: "norm1"
+        lrn_param { local_size: 5 alpha: 0.01 beta: 0.75 } }
 layer { name: "conv2" type: "Convolution" bottom: "norm1" top: "conv2"
         convolution_param { num_output: 48 kernel_size: 5 pad: 2 group: 2 } }
 layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
-layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3" convolution_param { num_output: 40 kernel_size: 3 pad: 1 } }
+layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3"
+        convolution_param { num_output: 40 kernel_size: 3 pad: 1 } }
 layer { name: "relu3" type: "ReLU" bottom: "conv3" top: "conv3" }
-layer { name: "norm3" type: "LRN" bottom: "conv3" top: "norm3" lrn_param { local_size: 3 alpha: 0.5 beta: 0.6 k: 2 } }
-layer { name: "pool3" type: "Pooling" bottom: "norm3" top: "pool3" pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "norm3" type: "LRN" bottom: "conv3" top: "norm3"
+        lrn_param { local_size: 3 alpha: 0.5 beta: 0.6 k: 2 } }
+layer { name: "pool3" type: "Pooling" bottom: "norm3" top: "pool3"
+        pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
 layer { name: "fc4" type: "InnerProduct" bottom: "pool3" top: "fc4" inner_product_param { num_output: 40 } }
 layer { name: "relu4" type: "ReLU" bottom: "fc4" top: "fc4" }
 layer { name: "drop4" type: "Dropout" bottom: "fc4" top: "fc4" }
