@@ -93,12 +93,12 @@ def _program(ctl_address):
         o, fp, c = ops[k], fpar[k], counters[k]
         kind = o[0]
         if kind == OP_PAD:
-            # x, xp, nchw, N, C, H, W, Hp, Wp, pt, pl
+            # x, xp, nchw, N, C, H, W, Hp, Wp, pt, pl, the first float of x read (a chunk's images)
             N, C, H, W, Hp, Wp = o[4], o[5], o[6], o[7], o[8], o[9]
             if o[3] == 1:
-                x4 = at_address(FP[o[1]], (N, C, H, W), f32)
+                x4 = at_address(FP[o[1]] + 4 * o[12], (N, C, H, W), f32)
             else:
-                x4 = at_address(FP[o[1]], (N, H, W, C), f32)
+                x4 = at_address(FP[o[1]] + 4 * o[12], (N, H, W, C), f32)
             total = _pad_worker(x4, o[3] == 1, o[10], o[11], at_address(FP[o[2]], (N, Hp, Wp, C), f32), c)
         elif kind == OP_GEMM:
             # x, bp, b, y, res (-1: none), offs, geo, panels, panel size
@@ -149,9 +149,10 @@ def _program(ctl_address):
                                            at_address(FP[o[2]], (36, G, o[8], FS[o[2]] // (36 * G * o[8])), f32),
                                            _i(IP, IS, o[3]), c, at_address(FP[o[4]], (36, G, R, o[9]), f32))
         elif kind == OP_WIN_OUT:
-            # Mt, b, y, geo, N, th, tw, G, R, Mg
+            # Mt, b, y, geo, N, th, tw, G, R, Mg, the first float of y written (a chunk's images)
             total = _winograd_output_worker(at_address(FP[o[1]], (36, o[8], o[9], o[10]), f32), _f(FP, FS, o[2]),
-                                            fp[0], fp[1], o[5], o[6], o[7], _i(IP, IS, o[4]), c, _f(FP, FS, o[3]))
+                                            fp[0], fp[1], o[5], o[6], o[7], _i(IP, IS, o[4]), c,
+                                            at_address(FP[o[3]] + 4 * o[11], (FS[o[3]] - o[11],), f32))
         else:
             # OP_FC: x, w, b, y, N, K, M
             N, K, M = o[5], o[6], o[7]

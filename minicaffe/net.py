@@ -483,8 +483,10 @@ class Net:
         prog = self._program(steps, fetch) if i0 == 0 and fetch is not None and fuse and not hooks else None
         if prog is not None:
             blobs.update(prog.run(blobs[self.input_names[0]]))
-            self.blobs = blobs
-            return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
+            if prog.rest == len(steps):
+                self.blobs = blobs
+                return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
+            steps = steps[prog.rest:]       # the rest layer by layer, from the program's blobs
         if backend == "cpu":
             from .threads import pool
             pool().keep_numba_workers_off()

@@ -62,6 +62,7 @@ class NetProgram:
         self.input = None
         self.fetch = []
         self.kernel_layers = []  # per kernel, the layer (or chain's layers) it computes
+        self.rest = 0            # the first planned step it does not run (all: their number)
         self.absorbed = set()    # layers whose work a previous kernel did (an LRN after its pool)
 
     def new_blob(self, name, shape, cl, fetched, size=None):
@@ -89,32 +90,63 @@ class NetProgram:
 
 def build(net, steps, fetch):
     """A :class:`NetProgram` for ``net``'s planned ``steps`` (from its single input) and the blobs
-    ``fetch``, or None when a step is not one it runs or a weight is not frozen."""
+    ``fetch``, or None when its first step is not one it runs or a weight is not frozen. When a
+    later step is not (an inner product over more images than its in-place route takes, a layer it
+    has no kernel for), the program covers the steps before it (``rest``: the first step left to
+    the layer-by-layer forward) and also returns the blobs the remaining steps read."""
     if len(net.input_names) != 1 or not all(_frozen(a) for ps in net.params.values() for a in ps):
         return None
-    prog = NetProgram()
     name = net.input_names[0]
     fetch = list(dict.fromkeys(fetch))
     if name in fetch:
         return None
+    end = len(steps)
+    while True:
+        # the blobs the steps after ``end`` read: returned too (made again if an earlier step then
+        # turns out not to run, e.g. a returned blob that only an alias would make)
+        later = [b for _i, layer, kind, arg in steps[end:] for b in ([arg["input"]] if kind == 1 else layer.bottoms)]
+        want = list(dict.fromkeys(fetch + later))
+        prog, done = _emit(net, steps[:end], name, want)
+        if done == 0:
+            return None
+        if done == end:
+            break
+        end = done
+    prog.fetch = [b for b in want if b in prog.blobs and b != name]
+    if end == len(steps) and any(b not in prog.blobs for b in fetch):
+        return None
+    prog.rest = end
+    prog.prog.finish(numba.get_num_threads(), pack_weights=True)
+    return prog
+
+
+def _emit(net, steps, name, fetch):
+    """-> (a NetProgram of ``steps`` up to the first it cannot run, how many it runs)."""
+    prog = NetProgram()
     prog.input = name
     prog.new_blob(name, net.blob_shapes[name], False, True)
-    prog.fetch = fetch
-    for _i, layer, kind, arg in steps:
-        # a reason not to run as a program (the net then runs layer by layer), or None
-        n0 = len(prog.prog.rows)
+    for done, (_i, layer, kind, arg) in enumerate(steps):
+        n0, made = len(prog.prog.rows), set(prog.blobs)
         if layer.name in prog.absorbed:
             prog.kernel_layers[-1] += "+" + layer.name
             continue
+        # a reason not to run this step in the program, or None
         why = _chain(net, prog, arg, fetch) if kind == 1 else _layer(net, prog, layer, arg, fetch) if kind == 0 \
             else "a fused activation is listed"
         if why is not None:
-            return None
+            _drop_from(prog, n0, made)
+            return prog, done
         prog.kernel_layers += _kernel_layers(net, prog.prog.rows[n0:], kind, layer, arg)
-    if any(b not in prog.blobs for b in fetch):
-        return None
-    prog.prog.finish(numba.get_num_threads(), pack_weights=True)
-    return prog
+    return prog, len(steps)
+
+
+def _drop_from(prog, n0, made):
+    # a step that could not be run may have emitted kernels or named blobs before it found why:
+    # drop them (the program then neither runs nor returns them)
+    del prog.prog.rows[n0:], prog.prog.fpar[n0:]
+    for b in set(prog.blobs) - made:
+        del prog.blobs[b]
+        prog.prog.slots.pop(b, None)
 
 
 def _kernel_layers(net, rows, kind, layer, arg):
@@ -219,13 +251,14 @@ def _layer(net, prog, layer, arg, fetch):
         if layer.transpose or (cl and np.prod(shape[2:]) != 1):
             return "inner product transposed or of a channels-last plane"
         relu, cap = extra.get("relu", False), extra.get("relu_cap")
+        in_place = w.size >= FC_ROWS_FROM and M >= ROWS_MR
+        # large weights (CaffeNet's fc6: 144 MB) are streamed once a forward as they are, by blocks of
+        # rows that meet every input while in cache; beyond ROWS_MAX_BATCH inputs BLAS's product
+        # (the layer-by-layer forward's) is faster
+        if in_place and (N > ROWS_MAX_BATCH or not w.flags.c_contiguous or w.dtype != np.float32):
+            return "an inner product with large weights over a large batch"
         y_idx = prog.new_blob(top, oshape, False, top in fetch)
-        if w.size >= FC_ROWS_FROM and M >= ROWS_MR:
-            # large weights (CaffeNet's fc6: 144 MB) are streamed once a forward as they are, by
-            # blocks of rows that meet every input while in cache; beyond ROWS_MAX_BATCH inputs the
-            # layer-by-layer forward's BLAS product is faster
-            if N > ROWS_MAX_BATCH or not w.flags.c_contiguous or w.dtype != np.float32:
-                return "an inner product with large weights over a large batch"
+        if in_place:
             lo, hi = clip_bounds(relu, cap)
             prog.prog.op([OP_FC, x_idx, prog.prog.f(w, shared=True), prog.prog.f(_padded_bias(b, M)), y_idx, N, K, M],
                          lo, hi)
@@ -252,8 +285,9 @@ FC_ROWS_FROM = 1 << 22
 
 def _winograd(net, prog, x_idx, shape, cl, w, b, pad, group, relu, cap, top, fetch):
     """Emit a Winograd F(4x4, 3x3) convolution (:mod:`minicaffe.layers.convolution.winograd`) with a
-    channels-last output: the input padded to whole tiles channels last, the tile transform, the
-    36 x group products, the output transform (bias, activation) -> None, or why it cannot."""
+    channels-last output, chunk of images by chunk (WINOGRAD_BUDGET bytes of transformed input
+    each): the input padded to whole tiles channels last, the tile transform, the 36 x group
+    products, the output transform (bias, activation) -> None, or why it cannot."""
     N, C, H, W = shape
     M, Cg, k, _ = w.shape
     ks = -(-k // 3)
@@ -261,23 +295,26 @@ def _winograd(net, prog, x_idx, shape, cl, w, b, pad, group, relu, cap, top, fet
     pt, pb, pl, pr = pad
     Ho, Wo = H + pt + pb - k + 1, W + pl + pr - k + 1
     th, tw = (Ho + 3) // 4, (Wo + 3) // 4
-    R, K, Mg = N * th * tw, S * Cg, M // group
-    if 36 * C * S * th * tw * 4 * N > WINOGRAD_BUDGET:
-        return "a Winograd convolution larger than one chunk"
-    if R < MR:
-        return "a Winograd convolution of fewer than MR tiles"
+    T, K, Mg = th * tw, S * Cg, M // group
+    nb = int(max(1, min(N, WINOGRAD_BUDGET // (36 * C * S * T * 4))))
+    if min(nb, N - (N - 1) // nb * nb) * T < MR:
+        return "a Winograd chunk of fewer than MR tiles"
     Hp, Wp = 4 * th + 2 + 3 * (ks - 1), 4 * tw + 2 + 3 * (ks - 1)
     p = prog.prog
-    xt = p.f(np.empty((N, Hp, Wp, C), dtype=np.float32))
-    V = p.f(np.empty((36, group, R, K), dtype=np.float32))
-    Mt = p.f(np.empty((36, group, R, Mg), dtype=np.float32))
+    xt = p.f(np.empty((nb, Hp, Wp, C), dtype=np.float32))
+    V = p.f(np.empty((36, group, nb * T, K), dtype=np.float32))
+    Mt = p.f(np.empty((36, group, nb * T, Mg), dtype=np.float32))
     Up = cached_transform(w, ("winograd-panels", group), lambda wf: _pack_panels(_winograd_filters_uncached(wf, group)))
-    p.op([OP_PAD, x_idx, xt, int(not cl), N, C, H, W, Hp, Wp, pt, pl])
-    p.op([OP_WIN_IN, xt, V, N, Hp, Wp, C, group, ks, th, tw, R, K])
-    p.op([OP_WIN_GEMM, V, p.f(Up), p.i(np.arange(K)), Mt, group, R, K, Up.shape[2], Mg])
+    up, offs, bias = p.f(Up), p.i(np.arange(K)), p.f(_padded_bias(b, M))
     y_idx = prog.new_blob(top, net.blob_shapes[top], True, top in fetch)
     geo = p.i((Ho, Wo, Ho, Wo, 0, 0, 0))
-    p.op([OP_WIN_OUT, Mt, p.f(_padded_bias(b, M)), y_idx, geo, N, th, tw, group, R, Mg], *clip_bounds(relu, cap))
+    for n0 in range(0, N, nb):
+        cur = min(nb, N - n0)
+        R = cur * T
+        p.op([OP_PAD, x_idx, xt, int(not cl), cur, C, H, W, Hp, Wp, pt, pl, n0 * C * H * W])
+        p.op([OP_WIN_IN, xt, V, cur, Hp, Wp, C, group, ks, th, tw, R, K])
+        p.op([OP_WIN_GEMM, V, up, offs, Mt, group, R, K, Up.shape[2], Mg])
+        p.op([OP_WIN_OUT, Mt, bias, y_idx, geo, cur, th, tw, group, R, Mg, n0 * Ho * Wo * M], *clip_bounds(relu, cap))
     return None
 
 

@@ -303,17 +303,20 @@ layer { name: "prob" type: "Softmax" bottom: "fc5" top: "prob" }
 """
 
 
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch,chunks", [(1, False), (3, False), (3, True)])
 @pytest.mark.parametrize("fc_rows", [False, True])
-def test_a_caffenet_like_net_runs_as_one_program(monkeypatch, batch, fc_rows):
+def test_a_caffenet_like_net_runs_as_one_program(monkeypatch, batch, chunks, fc_rows):
     """CaffeNet's layers in a whole-forward program: a strided convolution from RGB (direct,
     channels last), MAX pool + LRN in one pass, Winograd convolutions (5x5 in groups, 3x3), an LRN
     before an AVE pool (AlexNet's order), inner products (through the 1x1 GEMM, or streaming their
-    weights in place: ``fc_rows``), Dropout, Softmax. Every fetched blob equals the NumPy
-    reference's, whatever the arena held before; a fetched pool keeps its LRN apart."""
+    weights in place: ``fc_rows``), Dropout, Softmax; ``chunks``: the Winograd layers one image at
+    a time. Every fetched blob equals the NumPy reference's, whatever the arena held before; a
+    fetched pool keeps its LRN apart."""
     from minicaffe import program
     if fc_rows:
         monkeypatch.setattr(program, "FC_ROWS_FROM", 0)
+    if chunks:
+        monkeypatch.setattr(program, "WINOGRAD_BUDGET", 1)
     x = np.random.default_rng(12).standard_normal((batch, 3, 55, 53)).astype(np.float32)
     net = minicaffe.Net(ALEXLIKE, None, seed=13)
     ref = minicaffe.Net(ALEXLIKE, net.params, backend="numpy").forward(x)
@@ -324,6 +327,8 @@ def test_a_caffenet_like_net_runs_as_one_program(monkeypatch, batch, fc_rows):
         assert progs, f"the forward did not run as a program ({fetch})"
         kinds = {k for p in progs for k in p.kernel_layers}
         assert ("pool1+norm1" in kinds) == ("pool1" not in fetch), kinds
+        # pad, transform, products, output transform for each chunk of images
+        assert progs[0].kernel_layers.count("conv2") == 4 * (batch if chunks else 1), progs[0].kernel_layers
         for name in fetch:
             assert_close(got[name], ref[name], 2e-5, f"program {name}, batch {batch}")
         for p in progs:
@@ -334,9 +339,10 @@ def test_a_caffenet_like_net_runs_as_one_program(monkeypatch, batch, fc_rows):
         net._programs.clear()
 
 
-def test_an_inner_product_with_large_weights_over_a_large_batch_runs_layer_by_layer(monkeypatch):
+def test_a_program_ends_where_a_step_is_not_one_of_its_kernels(monkeypatch):
     """Beyond ROWS_MAX_BATCH images an inner product whose weights stream in place would be slower
-    than BLAS: that net runs layer by layer, with the same values."""
+    than BLAS: the program runs the layers before it (and returns what the rest reads), the rest
+    runs layer by layer, with the same values; fetched blobs from either part are returned."""
     from minicaffe import program
     from minicaffe.layers.inner_product import ROWS_MAX_BATCH
     monkeypatch.setattr(program, "FC_ROWS_FROM", 0)
@@ -344,9 +350,12 @@ def test_an_inner_product_with_large_weights_over_a_large_batch_runs_layer_by_la
     net = minicaffe.Net(ALEXLIKE, None, seed=15)
     ref = minicaffe.Net(ALEXLIKE, net.params, backend="numpy").forward(x)
     net.freeze()
-    got = net.forward(x, fetch=["prob"])
-    assert not [p for p in net._programs.values() if p is not None]
-    assert_close(got["prob"], ref["prob"], 2e-5, "layer by layer")
+    got = net.forward(x, fetch=["prob", "conv2"])
+    progs = [p for p in net._programs.values() if p is not None]
+    assert progs and progs[0].kernel_layers[-1] == "pool3", progs and progs[0].kernel_layers
+    assert set(progs[0].fetch) == {"conv2", "pool3"}, progs[0].fetch
+    for name in ("prob", "conv2"):
+        assert_close(got[name], ref[name], 2e-5, f"{name}, program then layer by layer")
 
 
 def test_kernel_clock_times_every_kernel_of_the_program(tmp_path, capsys):
