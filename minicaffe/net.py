@@ -19,6 +19,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from itertools import chain
 
 import numba
 import numpy as np
@@ -100,6 +101,13 @@ def load_net_definition(prototxt):
             text = f.read().decode("utf-8", "replace")
         return msg, path, text
     return parse(prototxt), None, str(prototxt)
+
+
+#: run a frozen net's forward as one executor program where it can (:meth:`Net._program`);
+#: ``MINICAFFE_PROGRAM=0`` in the environment before the import: never (layer by layer)
+PROGRAMS = os.environ.get("MINICAFFE_PROGRAM", "1") != "0"
+#: an array's WRITEABLE flag (a C-level getter, mapped over the weights)
+_WRITEABLE = operator.attrgetter("flags.writeable")
 
 
 class Net:
@@ -379,6 +387,7 @@ class Net:
         # whole-forward programs hold copies of the weights: made again from the current values
         self._programs = {}
         self._last_program = None
+        self._fast = None
 
     @property
     def frozen(self) -> bool:
@@ -438,6 +447,11 @@ class Net:
         """
         if self.tune_runtime and _runtime.tuning() is None:
             _runtime.auto_tune()
+        if fetch is not None and data is not None and not inputs and start is None and end is None \
+                and not keep_pre_activation and self.__dict__.get("_fast") is not None:
+            out = self._forward_again(data, fetch)
+            if out is not None:
+                return out
         if data is not None:
             if not self.input_names:
                 raise ModelError(f"{self._where()}: the net declares no input")
@@ -485,6 +499,8 @@ class Net:
             blobs.update(prog.run(blobs[self.input_names[0]]))
             if prog.rest == len(steps):
                 self.blobs = blobs
+                if start is None and end is None and len(blobs) == len(prog.fetch) + 1 and len(inputs) == 1:
+                    self._fast = (steps, list(fetch), blobs[self.input_names[0]].shape, id(self.blob_shapes), prog)
                 return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
             steps = steps[prog.rest:]       # the rest layer by layer, from the program's blobs
         if backend == "cpu":
@@ -582,22 +598,43 @@ class Net:
         self._steps_cache = (key, steps)
         return steps
 
+    def _forward_again(self, data, fetch):
+        """The forward of :meth:`forward` when it repeats the last whole-net program forward: the
+        same fetch list, input shape and planned steps, no hooks, and the program still valid
+        (:meth:`_program`) -> its blobs, or None (then the full path runs). After an idle pause
+        every Python operation of a forward misses the caches: this path runs few of them."""
+        steps, fetch_list, shape, shapes_id, prog = self._fast
+        if (self._hooks or type(data) is not np.ndarray or data.shape != shape or id(self.blob_shapes) != shapes_id
+                or (fetch is not fetch_list and list(fetch) != fetch_list) or not self.fuse_relu
+                or self.backend != "cpu" or self._program(steps, fetch) is not prog):
+            return None
+        # always a private float32 copy: the net's blob, never the caller's array
+        x = np.array(data, dtype=np.float32, order="C", copy=True)
+        out = prog.run(x)
+        self.blobs = blobs = OrderedDict(((self.input_names[0], x),))
+        blobs.update(out)
+        return OrderedDict((k, out[k]) for k in fetch_list)
+
     def _program(self, steps, fetch):
         """The forward as one executor program (:mod:`minicaffe.program`) for these steps, or None:
         built once per steps, calling thread and thread count when every weight is frozen and every
-        step is a kernel it runs (``MINICAFFE_PROGRAM=0``: never)."""
-        if not self.channels_last or self.phase == "TRAIN" or os.environ.get("MINICAFFE_PROGRAM", "1") == "0":
-            return None
-        flat = [a for blobs in self.params.values() for a in blobs]
-        if any(a.flags.writeable for a in flat):
+        step is a kernel it runs (:data:`PROGRAMS` False: never)."""
+        if not self.channels_last or self.phase == "TRAIN" or not PROGRAMS:
             return None
         thread, threads = threading.get_ident(), numba.get_num_threads()
         last = self.__dict__.get("_last_program")
         # the last forward's program when nothing it depends on changed: the same steps object (they
-        # are rebuilt when their key changes), thread, thread count and weight arrays
-        if last is not None and last[0] is steps and last[1] == thread and last[2] == threads \
-                and len(last[3]) == len(flat) and all(map(operator.is_, flat, last[3])):
-            return last[4]
+        # are rebuilt when their key changes), thread, thread count and weight arrays, all still
+        # read-only (iterated in C: map / chain, no Python loop over ~130 arrays)
+        if last is not None and last[0] is steps and last[1] == thread and last[2] == threads:
+            flat = last[3]
+            n = sum(map(len, self.params.values()))
+            if n == len(flat) and all(map(operator.is_, chain.from_iterable(self.params.values()), flat)) \
+                    and not any(map(_WRITEABLE, flat)):
+                return last[4]
+        flat = [a for blobs in self.params.values() for a in blobs]
+        if any(a.flags.writeable for a in flat):
+            return None
         from . import program
         # the steps' own key (shapes, range, fetch, options): steps are rebuilt only when it changes
         key = (self._steps_cache[0], thread, threads, tuple(map(id, flat)))
@@ -736,6 +773,7 @@ class Net:
                             f"{layer.name!r} would need parameter {i} of shape {tuple(shp)}, the weights are "
                             f"{tuple(a.shape)}")
         self.blob_shapes = new
+        self._fast = None        # the repeated-forward path is for the previous shapes
 
     def summary(self):
         """Rows of (layer name, type, top shapes, parameter shapes)."""

@@ -64,6 +64,7 @@ class NetProgram:
         self.kernel_layers = []  # per kernel, the layer (or chain's layers) it computes
         self.rest = 0            # the first planned step it does not run (all: their number)
         self.absorbed = set()    # layers whose work a previous kernel did (an LRN after its pool)
+        self._outs = None        # per fetched blob: name, floats, blob floats, array shape, channels last
 
     def new_blob(self, name, shape, cl, fetched, size=None):
         """The array of blob ``name`` of logical shape (N, C, H, W) (memory (N, H, W, C) when cl;
@@ -75,16 +76,22 @@ class NetProgram:
 
     def run(self, x):
         """x: the net input (C-contiguous float32) -> {fetched blob: array}."""
-        outs = {name: np.empty(self.blobs[name][3], dtype=np.float32) for name in self.fetch}
-        self.prog.run({self.input: x, **outs})
+        if self._outs is None:
+            # in the order of the program's slots (Program.run_slots): the input's first
+            assert next(iter(self.prog.slots)) == self.input and set(self.prog.slots) == {self.input, *self.fetch}
+            self._outs = []
+            for name in list(self.prog.slots)[1:]:
+                _, shape, cl, size = self.blobs[name]
+                N, C = shape[0], shape[1]
+                self._outs.append((name, size, int(np.prod(shape)), (N,) + tuple(shape[2:]) + (C,) if cl else shape,
+                                   cl))
+        arrays = [x]
         res = {}
-        for name, a in outs.items():
-            _, shape, cl, _ = self.blobs[name]
-            if cl:
-                N, C, H, W = shape
-                res[name] = channels_last_view(a.reshape(N, H, W, C))
-            else:
-                res[name] = a[:int(np.prod(shape))].reshape(shape)
+        for name, size, n, shape, cl in self._outs:
+            a = np.empty(size, dtype=np.float32)
+            arrays.append(a)
+            res[name] = channels_last_view(a.reshape(shape)) if cl else a[:n].reshape(shape)
+        self.prog.run_slots(arrays)
         return res
 
 

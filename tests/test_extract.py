@@ -120,7 +120,10 @@ def test_pre_relu_flag_and_post_relu(env, capsys):
     assert rc == 0, err
     pre, post = read("pre.h5")["fc6.pre"], read("post.h5")["fc6"]
     assert (pre < 0).any(), "pre-ReLU features must keep negative values"
-    assert_close(post, np.maximum(pre, 0), 0, "fc6 == relu(fc6.pre)")
+    # the pre-ReLU blob is kept by a layer-by-layer forward, the post-ReLU one comes from a
+    # whole-forward program whose kernels sum in other orders: equal to float32 rounding
+    assert_close(post, np.maximum(pre, 0), 1e-5, "fc6 == relu(fc6.pre)")
+    assert not post[pre < -1e-4 * np.abs(pre).max()].any(), "a negative pre-ReLU value was not zeroed"
 
 
 def test_bad_inputs_are_listed_and_the_run_finishes(env, capsys, tmp_path):

@@ -339,6 +339,44 @@ def test_a_caffenet_like_net_runs_as_one_program(monkeypatch, batch, chunks, fc_
         net._programs.clear()
 
 
+def test_a_repeated_program_forward_sees_every_change():
+    """The repeated-forward path (``Net._forward_again``) runs only while nothing the program was
+    made for has changed: another fetch list, input shape, a hook, a weight array replaced by
+    another read-only one or made writeable again each take the full path, with their values."""
+    net = minicaffe.Net(ALEXLIKE, None, seed=16)
+    net.freeze()
+    x = np.random.default_rng(17).standard_normal((2, 3, 55, 53)).astype(np.float32)
+    ref = minicaffe.Net(ALEXLIKE, net.params, backend="numpy").forward(x)
+    first = net.forward(x, fetch=["prob"])
+    assert net._fast is not None
+    again = net.forward(x, fetch=["prob"])
+    assert not np.shares_memory(first["prob"], again["prob"]) and not np.shares_memory(net.blobs["data"], x)
+    assert_close(again["prob"], ref["prob"], 2e-5, "repeated forward")
+    assert list(net.forward(x, fetch=["fc5", "conv2"])) == ["fc5", "conv2"]
+    assert_close(net.forward(x[:1], fetch=["prob"])["prob"], ref["prob"][:1], 2e-5, "another batch")
+    seen = []
+    h = net.add_hook(after=lambda n, i, layer, tops: seen.append(layer.name))
+    net.forward(x, fetch=["prob"])
+    net.remove_hook(h)
+    assert "conv1" in seen
+    # a weight array replaced (read-only, as frozen weights are): the program is made again
+    net.forward(x, fetch=["prob"])
+    assert net._fast is not None and net._fast[2] == x.shape
+    w = -net.params["fc5"][0]
+    w.flags.writeable = False
+    net.params["fc5"][0] = w
+    flipped = minicaffe.Net(ALEXLIKE, net.params, backend="numpy").forward(x)
+    net.forward(x, fetch=["prob"])
+    assert_close(net.forward(x, fetch=["prob"])["prob"], flipped["prob"], 2e-5, "a replaced weight array")
+    # a weight array made writeable behind freeze()'s back and edited: no program
+    assert net._fast is not None and net._fast[2] == x.shape
+    a = net.params["fc4"][1]
+    a.flags.writeable = True
+    a += 1.0
+    edited = minicaffe.Net(ALEXLIKE, net.params, backend="numpy").forward(x)
+    assert_close(net.forward(x, fetch=["prob"])["prob"], edited["prob"], 2e-5, "a weight edited in place")
+
+
 def test_a_program_ends_where_a_step_is_not_one_of_its_kernels(monkeypatch):
     """Beyond ROWS_MAX_BATCH images an inner product whose weights stream in place would be slower
     than BLAS: the program runs the layers before it (and returns what the rest reads), the rest
