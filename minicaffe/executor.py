@@ -29,7 +29,7 @@ from .layers.inner_product import _fc_rows_worker
 from .layers.pooling import _global_pool_worker, _pool_nhwc_worker
 from .layers.softmax import _softmax_worker
 from .simd import at_address, cycles, fetch_add, wait_count
-from .threads import CTL_SIZE, MAIL, pool
+from .threads import CTL_SIZE, MAIL, call_kernel, pool
 
 OP_PAD, OP_GEMM, OP_DW, OP_BLOCK, OP_POOL, OP_SOFTMAX, OP_WPOOL, OP_WIN_IN, OP_WIN_GEMM, OP_WIN_OUT, OP_FC = range(11)
 #: the kernels' names, by kind
@@ -37,6 +37,8 @@ OP_NAMES = ("pad", "gemm", "dw", "block", "pool", "softmax", "window-pool", "win
             "winograd-out", "fc")
 #: int64 slots per op row
 NI = 32
+#: int64 values of a program's mailbox (at the pool's ctl[MAIL:])
+MAIL_SIZE = 13
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -51,23 +53,32 @@ def _i(IP, IS, i):
     return at_address(IP[i], (IS[i],), np.int64)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _tables(ctl_address):
+    # a program's tables, from the mailbox of the pool's ``ctl`` (at ctl_address); see _program
+    ctl = at_address(ctl_address, (CTL_SIZE,), np.int64)
+    m = ctl[MAIL:MAIL + MAIL_SIZE]
+    n = m[7]
+    FP, FS = at_address(m[0], (m[1],), np.int64), at_address(m[2], (m[1],), np.int64)
+    IP, IS = at_address(m[3], (m[4],), np.int64), at_address(m[5], (m[4],), np.int64)
+    ops, fpar = at_address(m[6], (n, NI), np.int64), at_address(m[8], (n, 4), np.float32)
+    counters = at_address(m[9], (n + 1, 2), np.int64)
+    return m, n, FP, FS, IP, IS, ops, fpar, counters
+
+
 def _program(ctl_address):
     # One thread's walk through the ops (compiled as a C function: :func:`_program_address`). Its
     # arrays come from the mailbox of the pool's ``ctl`` (at ctl_address): FP, FS: the float32
     # arrays' addresses and sizes, IP, IS: the int64 arrays'; ops: (n, NI) int64 rows (kind, array
     # numbers, sizes); fpar: (n, 4) float32 clip bounds; counters: (n + 1, 2) int64 zeros (tasks
     # taken, tasks done; the last row numbers the threads); clock: (T, n + 1, 2) int64, the first T
-    # threads' time stamps (T = 0: none). at_address(FP[i], shape, np.float32) is float32 array i
-    # in a kernel's shape. Each kernel is called from a second place too (never run: an empty
-    # table): with one call site LLVM inlines all of them here, and their tile loops, compiled
-    # inside one function that large, run 10-30% slower.
-    ctl = at_address(ctl_address, (CTL_SIZE,), np.int64)
-    m = ctl[MAIL:MAIL + 12]
-    n = m[7]
-    FP, FS = at_address(m[0], (m[1],), np.int64), at_address(m[2], (m[1],), np.int64)
-    IP, IS = at_address(m[3], (m[4],), np.int64), at_address(m[5], (m[4],), np.int64)
-    ops, fpar = at_address(m[6], (n, NI), np.int64), at_address(m[8], (n, 4), np.float32)
-    counters, clock = at_address(m[9], (n + 1, 2), np.int64), at_address(m[10], (m[11], n + 1, 2), np.int64)
+    # threads' time stamps (T = 0: none); the address of :func:`_more_kernels` (0: none used).
+    # at_address(FP[i], shape, np.float32) is float32 array i in a kernel's shape. Each kernel is
+    # called from a second place too (never run: an empty table): with one call site LLVM inlines
+    # all of them here, and their tile loops, compiled inside one function that large, run 10-30%
+    # slower.
+    m, n, FP, FS, IP, IS, ops, fpar, counters = _tables(ctl_address)
+    clock = at_address(m[10], (m[11], n + 1, 2), np.int64)
     f32 = np.float32
     tid = fetch_add(counters[n], 0, 1)
     timed = tid < clock.shape[0]
@@ -84,11 +95,6 @@ def _program(ctl_address):
         _block_worker(z4, zb, i1, z2, z1, zf, zf, z3, z1, n, n, n, n, zf, zf, zb, i1, z2, z1, zb, n, n, c0, z4)
         _global_pool_worker(z3, n, z2, c0)
         _softmax_worker(z3, z3, c0)
-        _pool_nhwc_worker(z4, n, n, n, n, n, n, n, z1, z1, i1, c0)
-        _winograd_input_worker(z4, n, n, n, n, n, c0, z4)
-        _winograd_gemms_worker(z4, z4, i1, c0, z4)
-        _winograd_output_worker(z4, z1, zf, zf, n, n, n, i1, c0, z1)
-        _fc_rows_worker(z2, z2, z1, zf, zf, z2, c0)
     for k in range(n):
         o, fp, c = ops[k], fpar[k], counters[k]
         kind = o[0]
@@ -132,37 +138,62 @@ def _program(ctl_address):
             # x, y, outer, C, inner
             O, C, In = o[3], o[4], o[5]
             total = _softmax_worker(at_address(FP[o[1]], (O, C, In), f32), at_address(FP[o[2]], (O, C, In), f32), c)
-        elif kind == OP_WPOOL:
-            # x, y, N, H, W, C, method, kh, kw, sh, sw, ph, pw, geo, lrn
-            N, H, W, C = o[3], o[4], o[5], o[6]
-            total = _pool_nhwc_worker(at_address(FP[o[1]], (N, H, W, C), f32), o[7], o[8], o[9], o[10], o[11], o[12],
-                                      o[13], _f(FP, FS, o[15]), _f(FP, FS, o[2]), _i(IP, IS, o[14]), c)
-        elif kind == OP_WIN_IN:
-            # xt, V, N, Hp, Wp, C, G, ks, th, tw, R, K
-            N, G, R = o[3], o[7], o[11]
-            total = _winograd_input_worker(at_address(FP[o[1]], (N, o[4], o[5], o[6]), f32), N, G, o[8], o[9], o[10],
-                                           c, at_address(FP[o[2]], (36, G, R, o[12]), f32))
-        elif kind == OP_WIN_GEMM:
-            # V, Up, offs, Mt, G, R, K, P, Mg
-            G, R, K = o[5], o[6], o[7]
-            total = _winograd_gemms_worker(at_address(FP[o[1]], (36, G, R, K), f32),
-                                           at_address(FP[o[2]], (36, G, o[8], FS[o[2]] // (36 * G * o[8])), f32),
-                                           _i(IP, IS, o[3]), c, at_address(FP[o[4]], (36, G, R, o[9]), f32))
-        elif kind == OP_WIN_OUT:
-            # Mt, b, y, geo, N, th, tw, G, R, Mg, the first float of y written (a chunk's images)
-            total = _winograd_output_worker(at_address(FP[o[1]], (36, o[8], o[9], o[10]), f32), _f(FP, FS, o[2]),
-                                            fp[0], fp[1], o[5], o[6], o[7], _i(IP, IS, o[4]), c,
-                                            at_address(FP[o[3]] + 4 * o[11], (FS[o[3]] - o[11],), f32))
         else:
-            # OP_FC: x, w, b, y, N, K, M
-            N, K, M = o[5], o[6], o[7]
-            total = _fc_rows_worker(at_address(FP[o[1]], (N, K), f32), at_address(FP[o[2]], (M, K), f32),
-                                    _f(FP, FS, o[3]), fp[0], fp[1], at_address(FP[o[4]], (N, M), f32), c)
+            # the kernels of NCHW-born nets (CaffeNet): in their own C function (compiled only for
+            # a program that has them)
+            total = call_kernel(m[12], ctl_address, k)
         if timed:
             clock[tid, k + 1, 0] = cycles()
         wait_count(c, 1, total)
         if timed:
             clock[tid, k + 1, 1] = cycles()
+
+
+def _more_kernels(ctl_address, k):
+    # Kernel k of the program in the mailbox at ctl_address (see _program), one of the kinds
+    # OP_WPOOL .. OP_FC, on this thread -> its task count (compiled as a C function:
+    # :func:`_more_kernels_address`). k < 0: never run (each kernel's second call site, as in
+    # _program).
+    m, n, FP, FS, IP, IS, ops, fpar, counters = _tables(ctl_address)
+    f32 = np.float32
+    if k < 0:
+        zf = f32(n)
+        z1, z2 = at_address(FP[n], (n,), f32), at_address(FP[n], (n, n), f32)
+        z4, i1, c0 = at_address(FP[n], (n, n, n, n), f32), _i(IP, IS, n), counters[n]
+        _pool_nhwc_worker(z4, n, n, n, n, n, n, n, z1, z1, i1, c0)
+        _winograd_input_worker(z4, n, n, n, n, n, c0, z4)
+        _winograd_gemms_worker(z4, z4, i1, c0, z4)
+        _winograd_output_worker(z4, z1, zf, zf, n, n, n, i1, c0, z1)
+        _fc_rows_worker(z2, z2, z1, zf, zf, z2, c0)
+    o, fp, c = ops[k], fpar[k], counters[k]
+    kind = o[0]
+    if kind == OP_WPOOL:
+        # x, y, N, H, W, C, method, kh, kw, sh, sw, ph, pw, geo, lrn
+        N, H, W, C = o[3], o[4], o[5], o[6]
+        total = _pool_nhwc_worker(at_address(FP[o[1]], (N, H, W, C), f32), o[7], o[8], o[9], o[10], o[11], o[12],
+                                  o[13], _f(FP, FS, o[15]), _f(FP, FS, o[2]), _i(IP, IS, o[14]), c)
+    elif kind == OP_WIN_IN:
+        # xt, V, N, Hp, Wp, C, G, ks, th, tw, R, K
+        N, G, R = o[3], o[7], o[11]
+        total = _winograd_input_worker(at_address(FP[o[1]], (N, o[4], o[5], o[6]), f32), N, G, o[8], o[9], o[10],
+                                       c, at_address(FP[o[2]], (36, G, R, o[12]), f32))
+    elif kind == OP_WIN_GEMM:
+        # V, Up, offs, Mt, G, R, K, P, Mg
+        G, R, K = o[5], o[6], o[7]
+        total = _winograd_gemms_worker(at_address(FP[o[1]], (36, G, R, K), f32),
+                                       at_address(FP[o[2]], (36, G, o[8], FS[o[2]] // (36 * G * o[8])), f32),
+                                       _i(IP, IS, o[3]), c, at_address(FP[o[4]], (36, G, R, o[9]), f32))
+    elif kind == OP_WIN_OUT:
+        # Mt, b, y, geo, N, th, tw, G, R, Mg, the first float of y written (a chunk's images)
+        total = _winograd_output_worker(at_address(FP[o[1]], (36, o[8], o[9], o[10]), f32), _f(FP, FS, o[2]),
+                                        fp[0], fp[1], o[5], o[6], o[7], _i(IP, IS, o[4]), c,
+                                        at_address(FP[o[3]] + 4 * o[11], (FS[o[3]] - o[11],), f32))
+    else:
+        # OP_FC: x, w, b, y, N, K, M
+        N, K, M = o[5], o[6], o[7]
+        total = _fc_rows_worker(at_address(FP[o[1]], (N, K), f32), at_address(FP[o[2]], (M, K), f32),
+                                _f(FP, FS, o[3]), fp[0], fp[1], at_address(FP[o[4]], (N, M), f32), c)
+    return total
 
 
 #: the row positions of the arrays each kind of kernel writes and reads
@@ -212,6 +243,13 @@ def plan_arena(sizes, lives):
         offs[j] = at
         placed.append((at, at + n, f, l))
     return offs, max((e for _, e, _, _ in placed), default=0)
+
+
+@functools.cache
+def _more_kernels_address():
+    """The address of :func:`_more_kernels` compiled as ``int64 f(int64, int64)``."""
+    return cfunc(types.int64(types.int64, types.int64), cache=True, nogil=True,
+                 error_model="numpy")(_more_kernels).address
 
 
 @functools.cache
@@ -323,9 +361,10 @@ class Program:
         self.clock = np.zeros((0, len(self.rows) + 1, 2), dtype=np.int64)
         self.workers = workers
         self._slot_order = list(self.slots.values())
+        more = _more_kernels_address() if any(r[0] >= OP_WPOOL for r in self.rows) else 0
         self._mail = np.array([self.FP.ctypes.data, len(self.F), self.FS.ctypes.data, self.IP.ctypes.data, len(self.I),
                                self.IS.ctypes.data, self.ops.ctypes.data, len(self.ops), self.fp.ctypes.data,
-                               self.counters.ctypes.data, 0, 0], dtype=np.int64)
+                               self.counters.ctypes.data, 0, 0, more], dtype=np.int64)
         return self
 
     def _place_in_arena(self, pack_weights):

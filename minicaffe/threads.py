@@ -150,6 +150,19 @@ def call_with(typingctx, fn_address, value):
     return sig, codegen
 
 
+@intrinsic
+def call_kernel(typingctx, fn_address, a, b):
+    """Call the C function at ``fn_address`` (``int64 f(int64, int64)``) with ``a``, ``b`` -> its
+    result (as :func:`call_with`, a call through an address)."""
+    sig = types.int64(types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        fty = ir.FunctionType(_I64, [_I64, _I64])
+        return builder.call(builder.inttoptr(args[0], fty.as_pointer()), [args[1], args[2]])
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
 def leave(ctl):
     atomic_add(ctl, LEFT, 1)
