@@ -172,8 +172,11 @@ def convolution_direct_cpu(x, w, b, stride=(1, 1), pad=(0, 0, 0, 0), dilation=(1
     # padded just far enough for every tap of every output pixel: the kernel has no bounds checks
     Hp = max(H + pt, (Ho - 1) * sh + (kh - 1) * dh + 1)
     Wp = max(W + pl, (Wo - 1) * sw + (kw - 1) * dw + 1)
-    xp = np.empty((N, C, Hp, Wp), dtype=np.float32)
-    (_pad_planes if x.size >= PARALLEL_PAD_FROM else _pad_planes_serial)(x, pt, pl, xp)
+    if (Hp, Wp, pt, pl) == (H, W, 0, 0):
+        xp = x                # every tap falls inside the image (CaffeNet's conv1): no padded copy
+    else:
+        xp = np.empty((N, C, Hp, Wp), dtype=np.float32)
+        (_pad_planes if x.size >= PARALLEL_PAD_FROM else _pad_planes_serial)(x, pt, pl, xp)
     offs = _tap_offsets(Cg, kh, kw, Hp, Wp, dh, dw)
     bp = cached_transform(w, ("direct", group), lambda wf: _pack_weights(wf, group))
     has_bias = b is not None
