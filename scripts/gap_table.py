@@ -58,6 +58,35 @@ def minicaffe_times(net, batch, iterations):
     return OrderedDict((row["name"], row["median_ms"]) for row in run["layers"]), run["forward_ms"]["median_ms"]
 
 
+def minicaffe_program_times(net, batch, iterations):
+    """minicaffe's per-layer times in the forward users run (frozen weights, a fetch list: one
+    executor program, scripts/kernel_clock.py): each kernel's median under the first layer it
+    computes (a pool with its LRN: under the pool), the layers a program leaves to the
+    layer-by-layer forward (CaffeNet's inner products past batch 16) from the hook profiler; the
+    total: the program's median run plus those layers."""
+    from kernel_clock import measure
+    shape = (batch,) + tuple(net.input_shapes[net.input_names[0]][1:])
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    measured = measure(net, x, [net.layers[-1].tops[0]], iterations)
+    if measured is None:
+        return minicaffe_times(net, batch, iterations)
+    prog, us, walls, _ = measured
+    times = OrderedDict()
+    for k, label in enumerate(prog.kernel_layers):
+        first = label.split("+")[0]
+        times[first] = times.get(first, 0.0) + float(np.median(us[:, k])) / 1e3
+    total = float(np.median(walls)) * 1e3
+    steps = net._steps_cache[1]
+    if prog.rest < len(steps):
+        rest = [layer.name for layer in net.layers[steps[prog.rest][0]:]]
+        layered, _ = minicaffe_times(net, batch, iterations)
+        for name in rest:
+            if name in layered:
+                times[name] = layered[name]
+                total += layered[name]
+    return times, total
+
+
 def openvino_times(onnx_path, input_name, shape, threads, batch, iterations, names):
     import openvino as ov
     core = ov.Core()
@@ -130,6 +159,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=10)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--layer-by-layer", action="store_true",
+                    help="time minicaffe layer by layer with the hook profiler (python -m minicaffe.profile) "
+                         "instead of the one-program forward extraction and the benchmark run")
     ap.add_argument("--json", metavar="OUT")
     a = ap.parse_args(argv)
     from minicaffe.runtime import auto_tune
@@ -153,7 +185,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = os.path.join(tmp, "net.onnx")
         export_onnx(net, onnx_path)
-        mc, mc_total = minicaffe_times(net, a.batch, a.iterations)
+        mc, mc_total = (minicaffe_times if a.layer_by_layer else minicaffe_program_times)(net, a.batch,
+                                                                                          a.iterations)
         out["minicaffe"] = (mc, mc_total)
         try:
             ov, ov_total, kinds = openvino_times(onnx_path, inp, shape, a.threads, a.batch, a.iterations, set(names))

@@ -51,6 +51,39 @@ def _flops(net, names, batch):
     return total
 
 
+def measure(net, x, fetch, iterations, gap=0.0):
+    """Run the frozen ``net``'s program for input ``x`` and blobs ``fetch`` ``iterations`` times
+    (after ``gap`` s idle each) with its kernel clock -> (the NetProgram, us: (iterations, kernels)
+    each kernel's time (from the first thread's end of the previous kernel to its end of this one),
+    wall times in s, waits: per thread (iterations, kernels) us spent at each barrier), or None
+    when the forward does not run as a program."""
+    for _ in range(3):
+        net.forward(x, fetch=fetch)
+    progs = [p for p in net.__dict__.get("_programs", {}).values() if p is not None]
+    if not progs:
+        return None
+    prog = progs[-1]
+    P = prog.prog
+    n = len(P.ops)
+    hz = _tsc_hz()
+    clocks, walls = [], []
+    for _ in range(iterations):
+        if gap:
+            time.sleep(gap)
+        clock = np.zeros((2, n + 1, 2), dtype=np.int64)
+        outs = {name: np.empty(prog.blobs[name][3], dtype=np.float32) for name in prog.fetch}
+        t = time.perf_counter()
+        P.run({prog.input: x, **outs}, clock=clock)
+        walls.append(time.perf_counter() - t)
+        clocks.append(clock)
+    C = np.array(clocks)                             # (iterations, threads, kernels + 1, 2)
+    ends = C[:, 0, 1:, 1]
+    starts = np.concatenate([C[:, 0, :1, 0], ends[:, :-1]], axis=1)
+    us = (ends - starts) / hz * 1e6
+    waits = [(C[:, t, 1:, 1] - C[:, t, 1:, 0]) / hz * 1e6 for t in range(2)]
+    return prog, us, walls, waits
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prototxt", default="minicaffe/data/models/efficientnet-lite0.deploy.prototxt")
@@ -72,30 +105,12 @@ def main(argv=None):
     shape = (args.batch,) + tuple(net.input_shapes[net.input_names[0]][1:])
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     fetch = [args.blob, net.layers[-1].tops[0]]
-    for _ in range(3):
-        net.forward(x, fetch=fetch)
-    progs = [p for p in net.__dict__.get("_programs", {}).values() if p is not None]
-    if not progs:
+    measured = measure(net, x, fetch, args.iterations, args.gap)
+    if measured is None:
         ap.error(f"{args.prototxt}: this net does not run as one program (see minicaffe/program.py)")
-    prog = progs[-1]
+    prog, us, walls, waits = measured
     P = prog.prog
     n = len(P.ops)
-    hz = _tsc_hz()
-    clocks, walls = [], []
-    for _ in range(args.iterations):
-        if args.gap:
-            time.sleep(args.gap)
-        clock = np.zeros((2, n + 1, 2), dtype=np.int64)
-        outs = {name: np.empty(prog.blobs[name][3], dtype=np.float32) for name in prog.fetch}
-        t = time.perf_counter()
-        P.run({prog.input: x, **outs}, clock=clock)
-        walls.append(time.perf_counter() - t)
-        clocks.append(clock)
-    C = np.array(clocks)                             # (iterations, threads, kernels + 1, 2)
-    ends = C[:, 0, 1:, 1]
-    starts = np.concatenate([C[:, 0, :1, 0], ends[:, :-1]], axis=1)
-    us = (ends - starts) / hz * 1e6
-    waits = [(C[:, t, 1:, 1] - C[:, t, 1:, 0]) / hz * 1e6 for t in range(2)]
     rows = []
     for k in range(n):
         label = prog.kernel_layers[k]
