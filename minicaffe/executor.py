@@ -25,16 +25,17 @@ from numba import cfunc, njit, types
 
 from .layers.convolution.nhwc_kernels import _block_worker, _dw_padded_worker, _gemm_worker, _pad_worker
 from .layers.convolution.winograd import _winograd_gemms_worker, _winograd_input_worker, _winograd_output_worker
-from .layers.inner_product import _fc_rows_worker
+from .layers.inner_product import _bias_transpose_worker, _fc_rows_worker, _pack_columns_worker
 from .layers.pooling import _global_pool_worker, _pool_nhwc_worker
 from .layers.softmax import _softmax_worker
 from .simd import at_address, cycles, fetch_add, wait_count
 from .threads import CTL_SIZE, MAIL, call_kernel, pool
 
-OP_PAD, OP_GEMM, OP_DW, OP_BLOCK, OP_POOL, OP_SOFTMAX, OP_WPOOL, OP_WIN_IN, OP_WIN_GEMM, OP_WIN_OUT, OP_FC = range(11)
+(OP_PAD, OP_GEMM, OP_DW, OP_BLOCK, OP_POOL, OP_SOFTMAX, OP_WPOOL, OP_WIN_IN, OP_WIN_GEMM, OP_WIN_OUT, OP_FC, OP_PACKT,
+ OP_BIAST) = range(13)
 #: the kernels' names, by kind
 OP_NAMES = ("pad", "gemm", "dw", "block", "pool", "softmax", "window-pool", "winograd-in", "winograd-gemm",
-            "winograd-out", "fc")
+            "winograd-out", "fc", "pack-columns", "bias-transpose")
 #: int64 slots per op row
 NI = 32
 #: int64 values of a program's mailbox (at the pool's ctl[MAIL:])
@@ -107,10 +108,11 @@ def _program(ctl_address):
                 x4 = at_address(FP[o[1]] + 4 * o[12], (N, H, W, C), f32)
             total = _pad_worker(x4, o[3] == 1, o[10], o[11], at_address(FP[o[2]], (N, Hp, Wp, C), f32), c)
         elif kind == OP_GEMM:
-            # x, bp, b, y, res (-1: none), offs, geo, panels, panel size
+            # x, bp, b, y, res (-1: none), offs, geo, panels, panel size, first float of bp's panels
             yf = _f(FP, FS, o[4])
             res = _f(FP, FS, o[5]) if o[5] >= 0 else yf
-            total = _gemm_worker(_f(FP, FS, o[1]), _i(IP, IS, o[6]), at_address(FP[o[2]], (o[8], o[9]), f32),
+            total = _gemm_worker(_f(FP, FS, o[1]), _i(IP, IS, o[6]),
+                                 at_address(FP[o[2]] + 4 * o[10], (o[8], o[9]), f32),
                                  _f(FP, FS, o[3]), fp[0], fp[1], _i(IP, IS, o[7]), c, yf, res, o[5] >= 0)
         elif kind == OP_DW:
             # xp, wt, bd, y, N, Hp, Wp, C, Ho, Wo, kh, kw, sh, sw, rows, cg
@@ -151,7 +153,7 @@ def _program(ctl_address):
 
 def _more_kernels(ctl_address, k):
     # Kernel k of the program in the mailbox at ctl_address (see _program), one of the kinds
-    # OP_WPOOL .. OP_FC, on this thread -> its task count (compiled as a C function:
+    # from OP_WPOOL on, on this thread -> its task count (compiled as a C function:
     # :func:`_more_kernels_address`). k < 0: never run (each kernel's second call site, as in
     # _program).
     m, n, FP, FS, IP, IS, ops, fpar, counters = _tables(ctl_address)
@@ -165,6 +167,8 @@ def _more_kernels(ctl_address, k):
         _winograd_gemms_worker(z4, z4, i1, c0, z4)
         _winograd_output_worker(z4, z1, zf, zf, n, n, n, i1, c0, z1)
         _fc_rows_worker(z2, z2, z1, zf, zf, z2, c0)
+        _pack_columns_worker(z2, n, z1, c0)
+        _bias_transpose_worker(z2, z1, zf, zf, z2, c0)
     o, fp, c = ops[k], fpar[k], counters[k]
     kind = o[0]
     if kind == OP_WPOOL:
@@ -188,6 +192,14 @@ def _more_kernels(ctl_address, k):
         total = _winograd_output_worker(at_address(FP[o[1]], (36, o[8], o[9], o[10]), f32), _f(FP, FS, o[2]),
                                         fp[0], fp[1], o[5], o[6], o[7], _i(IP, IS, o[4]), c,
                                         at_address(FP[o[3]] + 4 * o[11], (FS[o[3]] - o[11],), f32))
+    elif kind == OP_PACKT:
+        # x, bp, N, K, kc
+        total = _pack_columns_worker(at_address(FP[o[1]], (o[3], o[4]), f32), o[5], _f(FP, FS, o[2]), c)
+    elif kind == OP_BIAST:
+        # yt, b, y, M, N
+        M, N = o[4], o[5]
+        total = _bias_transpose_worker(at_address(FP[o[1]], (M, N), f32), _f(FP, FS, o[2]), fp[0], fp[1],
+                                       at_address(FP[o[3]], (N, M), f32), c)
     else:
         # OP_FC: x, w, b, y, N, K, M
         N, K, M = o[5], o[6], o[7]
@@ -198,9 +210,10 @@ def _more_kernels(ctl_address, k):
 
 #: the row positions of the arrays each kind of kernel writes and reads
 _WRITES = {OP_PAD: (2,), OP_GEMM: (4,), OP_DW: (4,), OP_BLOCK: (8,), OP_POOL: (2,), OP_SOFTMAX: (2,), OP_WPOOL: (2,),
-           OP_WIN_IN: (2,), OP_WIN_GEMM: (4,), OP_WIN_OUT: (3,), OP_FC: (4,)}
-_READS = {OP_PAD: (1,), OP_GEMM: (1, 5), OP_DW: (1,), OP_BLOCK: (1,), OP_POOL: (1,), OP_SOFTMAX: (1,), OP_WPOOL: (1,),
-          OP_WIN_IN: (1,), OP_WIN_GEMM: (1,), OP_WIN_OUT: (1,), OP_FC: (1,)}
+           OP_WIN_IN: (2,), OP_WIN_GEMM: (4,), OP_WIN_OUT: (3,), OP_FC: (4,), OP_PACKT: (2,), OP_BIAST: (3,)}
+_READS = {OP_PAD: (1,), OP_GEMM: (1, 2, 5), OP_DW: (1,), OP_BLOCK: (1,), OP_POOL: (1,), OP_SOFTMAX: (1,),
+          OP_WPOOL: (1,), OP_WIN_IN: (1,), OP_WIN_GEMM: (1,), OP_WIN_OUT: (1,), OP_FC: (1,), OP_PACKT: (1,),
+          OP_BIAST: (1,)}
 
 
 def _huge_zeros(n):

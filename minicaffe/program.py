@@ -20,8 +20,11 @@ import numba
 import numpy as np
 
 from .executor import (
+    OP_BIAST,
     OP_DW,
     OP_FC,
+    OP_GEMM,
+    OP_PACKT,
     OP_PAD,
     OP_POOL,
     OP_SOFTMAX,
@@ -48,7 +51,7 @@ from .layers.convolution.nhwc import (
 from .layers.convolution.winograd import WINOGRAD_BUDGET, _pack_panels, _winograd_filters_uncached
 from .layers.inner_product import ROWS_MAX_BATCH, ROWS_MR
 from .layers.lrn import ACROSS
-from .simd import MR
+from .simd import MR, NR
 
 
 class NetProgram:
@@ -259,13 +262,14 @@ def _layer(net, prog, layer, arg, fetch):
             return "inner product transposed or of a channels-last plane"
         relu, cap = extra.get("relu", False), extra.get("relu_cap")
         in_place = w.size >= FC_ROWS_FROM and M >= ROWS_MR
-        # large weights (CaffeNet's fc6: 144 MB) are streamed once a forward as they are, by blocks of
-        # rows that meet every input while in cache; beyond ROWS_MAX_BATCH inputs BLAS's product
-        # (the layer-by-layer forward's) is faster
-        if in_place and (N > ROWS_MAX_BATCH or not w.flags.c_contiguous or w.dtype != np.float32):
-            return "an inner product with large weights over a large batch"
+        if in_place and (not w.flags.c_contiguous or w.dtype != np.float32):
+            return "an inner product whose weights are not contiguous float32"
         y_idx = prog.new_blob(top, oshape, False, top in fetch)
-        if in_place:
+        if in_place and N > ROWS_MAX_BATCH:
+            _fc_columns(prog.prog, x_idx, w, b, N, K, M, relu, cap, y_idx)
+        elif in_place:
+            # large weights (CaffeNet's fc6: 144 MB) are streamed once a forward as they are, by
+            # blocks of rows that meet every input while in cache
             lo, hi = clip_bounds(relu, cap)
             prog.prog.op([OP_FC, x_idx, prog.prog.f(w, shared=True), prog.prog.f(_padded_bias(b, M)), y_idx, N, K, M],
                          lo, hi)
@@ -285,9 +289,30 @@ def _layer(net, prog, layer, arg, fetch):
     return None
 
 
-#: weights (floats) from which an inner product streams its weights in place (OP_FC) instead of
-#: through the 1x1 GEMM's packed copy
+#: weights (floats) from which an inner product reads its weights in place (OP_FC, or over more than
+#: ROWS_MAX_BATCH inputs :func:`_fc_columns`) instead of through the 1x1 GEMM's packed copy
 FC_ROWS_FROM = 1 << 22
+#: rows of K per product of :func:`_fc_columns` (its panel of inputs, K_CHUNK x NR floats, stays in L2)
+K_CHUNK = 2048
+
+
+def _fc_columns(p, x_idx, w, b, N, K, M, relu, cap, y_idx):
+    """Emit an inner product of N inputs (rows of K) with weights w (M, K) read in place: the inputs
+    packed as the tile kernel's B operand (x^T in panels of NR inputs, chunk of K_CHUNK rows by
+    chunk), then, chunk by chunk, y^T (M, N) (+)= w[:, chunk] x^T[chunk] through the 1x1 GEMM with
+    each weight row as an A row (the first chunk stores, the others add), then y = clip(y^T^T + b)."""
+    P = -(-N // NR)
+    bp = p.f(np.empty(K * P * NR, dtype=np.float32))
+    yt = p.f(np.empty(M * N, dtype=np.float32))
+    p.op([OP_PACKT, x_idx, bp, N, K, K_CHUNK])
+    w_idx, zeros = p.f(w, shared=True), p.f(np.zeros(P * NR, dtype=np.float32))
+    # "pixels": the M weight rows (row m's taps at m*K + k), "channels": the N inputs
+    geo = p.i((M, 1, M, 1, K, 1, 1, M, 1, 0, 0, 0, 1, 1, N))
+    for k0 in range(0, K, K_CHUNK):
+        k1 = min(K, k0 + K_CHUNK)
+        p.op([OP_GEMM, w_idx, bp, zeros, yt, -1 if k0 == 0 else yt, p.i(np.arange(k0, k1)), geo, P, (k1 - k0) * NR,
+              k0 * P * NR])
+    p.op([OP_BIAST, yt, p.f(_padded_bias(b, M)), y_idx, M, N], *clip_bounds(relu, cap))
 
 
 def _winograd(net, prog, x_idx, shape, cl, w, b, pad, group, relu, cap, top, fetch):

@@ -377,23 +377,50 @@ def test_a_repeated_program_forward_sees_every_change():
     assert_close(net.forward(x, fetch=["prob"])["prob"], edited["prob"], 2e-5, "a weight edited in place")
 
 
-def test_a_program_ends_where_a_step_is_not_one_of_its_kernels(monkeypatch):
-    """Beyond ROWS_MAX_BATCH images an inner product whose weights stream in place would be slower
-    than BLAS: the program runs the layers before it (and returns what the rest reads), the rest
-    runs layer by layer, with the same values; fetched blobs from either part are returned."""
-    from minicaffe import program
-    from minicaffe.layers.inner_product import ROWS_MAX_BATCH
-    monkeypatch.setattr(program, "FC_ROWS_FROM", 0)
-    x = np.random.default_rng(14).standard_normal((ROWS_MAX_BATCH + 1, 3, 55, 53)).astype(np.float32)
-    net = minicaffe.Net(ALEXLIKE, None, seed=15)
-    ref = minicaffe.Net(ALEXLIKE, net.params, backend="numpy").forward(x)
+def test_a_program_ends_where_a_step_is_not_one_of_its_kernels():
+    """A step a program has no kernel for (an LRN within channels): the program runs the layers
+    before it (and returns what the rest reads), the rest runs layer by layer, with the same
+    values; fetched blobs from either part are returned."""
+    proto = ALEXLIKE.replace("lrn_param { local_size: 3 alpha: 0.5 beta: 0.6 k: 2 }",
+                             "lrn_param { local_size: 3 alpha: 0.5 beta: 0.6 norm_region: WITHIN_CHANNEL }")
+    assert proto != ALEXLIKE
+    x = np.random.default_rng(14).standard_normal((2, 3, 55, 53)).astype(np.float32)
+    net = minicaffe.Net(proto, None, seed=15)
+    ref = minicaffe.Net(proto, net.params, backend="numpy").forward(x)
     net.freeze()
     got = net.forward(x, fetch=["prob", "conv2"])
     progs = [p for p in net._programs.values() if p is not None]
-    assert progs and progs[0].kernel_layers[-1] == "pool3", progs and progs[0].kernel_layers
-    assert set(progs[0].fetch) == {"conv2", "pool3"}, progs[0].fetch
+    assert progs and progs[0].kernel_layers[-1] == "conv3", progs and progs[0].kernel_layers
+    assert set(progs[0].fetch) == {"conv2", "conv3"}, progs[0].fetch
     for name in ("prob", "conv2"):
         assert_close(got[name], ref[name], 2e-5, f"{name}, program then layer by layer")
+
+
+def test_an_inner_product_over_a_large_batch_reads_its_weights_in_place(monkeypatch):
+    """Past ROWS_MAX_BATCH inputs an inner product with large weights runs in the program as
+    products of its weight rows (in place) with the inputs packed chunk of K by chunk (the last
+    chunk partial, the last panel of inputs partial), then bias, ReLU and the transpose: the
+    values of the NumPy reference."""
+    from minicaffe import program
+    from minicaffe.layers.inner_product import ROWS_MAX_BATCH
+    monkeypatch.setattr(program, "FC_ROWS_FROM", 0)
+    monkeypatch.setattr(program, "K_CHUNK", 512)
+    x = np.random.default_rng(18).standard_normal((ROWS_MAX_BATCH + 1, 3, 55, 53)).astype(np.float32)
+    net = minicaffe.Net(ALEXLIKE, None, seed=19)
+    ref = minicaffe.Net(ALEXLIKE, net.params, backend="numpy").forward(x)
+    net.freeze()
+    got = net.forward(x, fetch=["prob", "fc4"])
+    progs = [p for p in net._programs.values() if p is not None]
+    assert progs and progs[0].rest == len(net._steps_cache[1]), "not one program"
+    K = int(np.prod(net.blob_shapes["pool3"][1:]))
+    assert K % 512, K
+    # the inputs packed, a product per chunk of K, the transpose
+    assert progs[0].kernel_layers.count("fc4") == 2 + -(-K // 512), progs[0].kernel_layers
+    for p in progs:
+        p.prog.scratch[:] = np.nan
+    got = net.forward(x, fetch=["prob", "fc4"])
+    for name in ("prob", "fc4"):
+        assert_close(got[name], ref[name], 2e-5, f"{name}, batch {ROWS_MAX_BATCH + 1}")
 
 
 def test_kernel_clock_times_every_kernel_of_the_program(tmp_path, capsys):

@@ -15,7 +15,7 @@ import numpy as np
 from numba import cuda, float32, njit, prange
 
 from ..backend import device_empty, to_device
-from ..simd import fetch_add, task_done
+from ..simd import NR, fetch_add, task_done
 from .base import Layer, as_bool, register
 from .convolution.cache import fused_cap
 
@@ -160,6 +160,57 @@ def _fc_block(x, w, b, lo, hi, y, t):
         bias = b[j + r8]
         for n in range(N):
             y[n, j + r8] = min(max(acc[n, r8] + bias, lo), hi)
+
+
+@njit(cache=True, nogil=True)
+def _pack_columns_worker(x, kc, bp, counter):
+    # x: (N, K) -> bp: x^T as the 1x1 GEMM's B operand (minicaffe.simd.indirect_tile), chunk of kc
+    # rows of K by chunk: chunk c (rows k0 = c*kc .. k1) holds its panels of NR inputs, each
+    # (k1 - k0) x NR row-major, zeros past N; chunks follow one another in bp. Tasks (chunk, panel)
+    # from counter[0] (counted in counter[1]); one thread's loop, returns the task count.
+    N, K = x.shape
+    P = (N + NR - 1) // NR
+    C = (K + kc - 1) // kc
+    total = C * P
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= total:
+            break
+        c = t // P
+        p = t - c * P
+        k0 = c * kc
+        k1 = min(K, k0 + kc)
+        base = k0 * P * NR + p * (k1 - k0) * NR
+        n1 = min(NR, N - p * NR)
+        for kk in range(k1 - k0):
+            row = bp[base + kk * NR:base + (kk + 1) * NR]
+            for j in range(n1):
+                row[j] = x[p * NR + j, k0 + kk]
+            for j in range(n1, NR):
+                row[j] = np.float32(0.0)
+        task_done(counter, 1)
+    return total
+
+
+@njit(cache=True, nogil=True)
+def _bias_transpose_worker(yt, b, lo, hi, y, counter):
+    # yt: (M, N) -> y: (N, M) = clip(yt^T + b, lo, hi) in blocks of 32 x 32 (both sides read and
+    # written a cache line at a time); tasks: blocks from counter[0] (counted in counter[1]); one
+    # thread's loop, returns the task count
+    M, N = yt.shape
+    nbm = (M + 31) // 32
+    total = nbm * ((N + 31) // 32)
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= total:
+            break
+        m0 = (t % nbm) * 32
+        n0 = (t // nbm) * 32
+        for n in range(n0, min(N, n0 + 32)):
+            for m in range(m0, min(M, m0 + 32)):
+                y[n, m] = min(max(yt[m, n] + b[m], lo), hi)
+        task_done(counter, 1)
+    return total
 
 
 @njit(parallel=True, cache=True, nogil=True)
