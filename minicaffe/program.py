@@ -48,7 +48,7 @@ from .layers.convolution.nhwc import (
     depthwise_runner,
     taps_runner,
 )
-from .layers.convolution.winograd import WINOGRAD_BUDGET, _pack_panels, _winograd_filters_uncached
+from .layers.convolution.winograd import WINOGRAD_BUDGET, _pack_panels, _winograd_filters_uncached, winograd_plan
 from .layers.inner_product import ROWS_MAX_BATCH, ROWS_MR
 from .layers.lrn import ACROSS
 from .simd import MR, NR
@@ -322,16 +322,11 @@ def _winograd(net, prog, x_idx, shape, cl, w, b, pad, group, relu, cap, top, fet
     products, the output transform (bias, activation) -> None, or why it cannot."""
     N, C, H, W = shape
     M, Cg, k, _ = w.shape
-    ks = -(-k // 3)
-    S = ks * ks
+    ks, Ho, Wo, th, tw, Hp, Wp, nb = winograd_plan(shape, w.shape, pad, WINOGRAD_BUDGET)
     pt, pb, pl, pr = pad
-    Ho, Wo = H + pt + pb - k + 1, W + pl + pr - k + 1
-    th, tw = (Ho + 3) // 4, (Wo + 3) // 4
-    T, K, Mg = th * tw, S * Cg, M // group
-    nb = int(max(1, min(N, WINOGRAD_BUDGET // (36 * C * S * T * 4))))
+    T, K, Mg = th * tw, ks * ks * Cg, M // group
     if min(nb, N - (N - 1) // nb * nb) * T < MR:
         return "a Winograd chunk of fewer than MR tiles"
-    Hp, Wp = 4 * th + 2 + 3 * (ks - 1), 4 * tw + 2 + 3 * (ks - 1)
     p = prog.prog
     xt = p.f(np.empty((nb, Hp, Wp, C), dtype=np.float32))
     V = p.f(np.empty((36, group, nb * T, K), dtype=np.float32))

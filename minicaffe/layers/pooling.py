@@ -19,7 +19,7 @@ from numba import cuda, njit, prange
 from ..backend import SERIAL_BELOW, blocks, device_empty, serial_twin
 from ..simd import fetch_add, task_done
 from .base import Layer, as_bool, hw_param, is_channels_last, nhwc_memory, register
-from .convolution.nhwc_kernels import zero_border_row
+from .convolution.nhwc_kernels import next_task
 from .lrn import _lrn_vector
 
 MAX, AVE = 0, 1
@@ -215,13 +215,9 @@ def _pool_nhwc_worker(x, method, kh, kw, sh, sw, ph, pw, lrn, yf, geo, counter):
     s = np.empty(C, dtype=np.float32)
     xf = x.reshape(x.size)
     while True:
-        t = fetch_add(counter, 0, 1)
-        if t >= rows + border:
+        t = next_task(counter, rows, border, yf, oHp, oWp, ot, ol, Ho, Wo, C)
+        if t < 0:
             break
-        if t >= rows:
-            zero_border_row(yf, t - rows, oHp, oWp, ot, ol, Ho, Wo, C)
-            task_done(counter, 1)
-            continue
         n = t // Ho
         oh = t - n * Ho
         hs = oh * sh - ph

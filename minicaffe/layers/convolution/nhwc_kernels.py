@@ -108,6 +108,21 @@ def zero_border_row(yf, r, oHp, oWp, ot, ol, Ho, Wo, M):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def next_task(counter, total, border, yf, oHp, oWp, ot, ol, Ho, Wo, M):
+    # The next task of a kernel with ``total`` tasks whose padded output's ``border`` rows are tasks
+    # total .. total + border - 1 (see zero_border_row; done here, counted in counter[1]) -> its
+    # number, or -1 when every task is taken
+    while True:
+        t = fetch_add(counter, 0, 1)
+        if t >= total + border:
+            return -1
+        if t < total:
+            return t
+        zero_border_row(yf, t - total, oHp, oWp, ot, ol, Ho, Wo, M)
+        task_done(counter, 1)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _gemm_pixels(q0, K, geo, m0, pix, ypix):
     # the input bases (pix) and output indices + m0 (ypix) of output pixels q0 .. q0+MR-1 (geo: see
     # _gemm_worker)
@@ -164,13 +179,9 @@ def _gemm_worker(xf, offs, bp, b, lo, hi, geo, counter, yf, res, has_res):
     pix1 = np.empty(1, dtype=np.int64)
     ypix1 = np.empty(1, dtype=np.int64)
     while True:
-        t = fetch_add(counter, 0, 1)
-        if t >= total + border:
+        t = next_task(counter, total, border, yf, oHp, oWp, ot, ol, Ho, Wo, M)
+        if t < 0:
             break
-        if t >= total:
-            zero_border_row(yf, t - total, oHp, oWp, ot, ol, Ho, Wo, M)
-            task_done(counter, 1)
-            continue
         blk = t % nblk
         pnl = t // nblk
         panel = bp[pnl]

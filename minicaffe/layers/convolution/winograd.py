@@ -15,7 +15,7 @@ from numba import njit, prange
 
 from ...simd import MR, NR, fetch_add, indirect_tile, task_done, tile_task
 from .cache import cached_transform, fused_cap
-from .nhwc_kernels import zero_border_row
+from .nhwc_kernels import next_task
 
 
 def winograd_filters(w, group=1):
@@ -108,6 +108,14 @@ def _task_columns(rows, tw):
     return tw if rows >= 16 else max(1, (rows * tw) // 16)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _tile_row_task(t, th, parts, cols):
+    # a transform's task t -> (image, row of tiles, first tile column): rows of th tiles per image,
+    # each in ``parts`` parts of ``cols`` tiles
+    n = t // (th * parts)
+    return n, t // parts - n * th, (t % parts) * cols
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _winograd_input(xt, nb, G, ks, th, tw, workers, counter, V):
     # _winograd_input_worker on ``workers`` threads (counter: int64[2] zeros)
@@ -134,9 +142,7 @@ def _winograd_input_worker(xt, nb, G, ks, th, tw, counter, V):
         t = fetch_add(counter, 0, 1)
         if t >= total:
             break
-        n = t // (th * parts)
-        a = t // parts - n * th
-        b0 = (t % parts) * cols
+        n, a, b0 = _tile_row_task(t, th, parts, cols)
         for bt in range(b0, min(tw, b0 + cols)):
             col = n * T + a * tw + bt
             for s in range(S):
@@ -195,16 +201,10 @@ def _winograd_output_worker(Mt, b, lo, hi, nb, th, tw, geo, counter, yf):
     sv = np.empty((4, 6, Mg), dtype=np.float32)
     o = np.empty((4, 4, M), dtype=np.float32)
     while True:
-        t = fetch_add(counter, 0, 1)
-        if t >= total + border:
+        t = next_task(counter, total, border, yf, oHp, oWp, ot, ol, Ho, Wo, M)
+        if t < 0:
             break
-        if t >= total:
-            zero_border_row(yf, t - total, oHp, oWp, ot, ol, Ho, Wo, M)
-            task_done(counter, 1)
-            continue
-        n = t // (th * parts)
-        a = t // parts - n * th
-        b0 = (t % parts) * cols
+        n, a, b0 = _tile_row_task(t, th, parts, cols)
         for bt in range(b0, min(tw, b0 + cols)):
             col = n * T + a * tw + bt
             for g in range(G):
@@ -342,6 +342,22 @@ def _winograd_gemms_worker(V, Up, offs, counter, Mt):
 WINOGRAD_BUDGET = 24 << 20
 
 
+def winograd_plan(x_shape, w_shape, pad, budget=None):
+    """x: (N, C, H, W), w: (M, C/group, k, k) -> (ks, Ho, Wo, th, tw, Hp, Wp, nb): 3x3 pieces per
+    side, the output size, rows and columns of 4x4 tiles, the padded input (whole 6x6 tiles for
+    every piece's offset: the tile loops need no bounds checks) and the images per chunk (``budget``
+    bytes of transformed input, default WINOGRAD_BUDGET)."""
+    N, C, H, W = x_shape
+    k = w_shape[2]
+    ks = -(-k // 3)
+    pt, pb, pl, pr = pad
+    Ho, Wo = H + pt + pb - k + 1, W + pl + pr - k + 1
+    th, tw = (Ho + 3) // 4, (Wo + 3) // 4
+    budget = WINOGRAD_BUDGET if budget is None else budget
+    nb = int(max(1, min(N, budget // max(1, 36 * C * ks * ks * th * tw * 4))))
+    return ks, Ho, Wo, th, tw, 4 * th + 2 + 3 * (ks - 1), 4 * tw + 2 + 3 * (ks - 1), nb
+
+
 def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1, relu=False, relu_cap=None):
     """x: (N, C, H, W), w: (M, C/group, k, k) -> (N, M, Ho, Wo); stride-1 convolution by Winograd
     F(4x4, 3x3) (same contract as :func:`convolution_reference` for those layers; ``relu=True``
@@ -357,11 +373,9 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1, relu=False, rel
     x = np.ascontiguousarray(x, dtype=np.float32)
     N, C, H, W = x.shape
     M, Cg, k, _ = w.shape
-    ks = -(-k // 3)
+    ks, Ho, Wo, th, tw, Hp, Wp, nb = winograd_plan(x.shape, w.shape, pad)
     S = ks * ks
     pt, pb, pl, pr = pad
-    Ho, Wo = H + pt + pb - k + 1, W + pl + pr - k + 1
-    th, tw = (Ho + 3) // 4, (Wo + 3) // 4
     T = th * tw
     Mg = M // group
     # the products through minicaffe's own tile kernel (one thread pool, dynamic scheduling) when
@@ -376,10 +390,7 @@ def convolution_winograd_cpu(x, w, b, pad=(1, 1, 1, 1), group=1, relu=False, rel
         U = winograd_filters(w, group)
     has_bias = b is not None
     bb = np.ascontiguousarray(b, dtype=np.float32) if has_bias else np.zeros(M, np.float32)
-    nb = int(max(1, min(N, WINOGRAD_BUDGET // max(1, 36 * C * S * T * 4))))
     y = np.empty((N, M, Ho, Wo), dtype=np.float32)
-    # padded to whole 6x6 tiles for every piece's offset: the tile loops need no bounds checks
-    Hp, Wp = 4 * th + 2 + 3 * (ks - 1), 4 * tw + 2 + 3 * (ks - 1)
     xt = np.empty((nb, Hp, Wp, C), dtype=np.float32)
     V = Mt = None
     for n0 in range(0, N, nb):
