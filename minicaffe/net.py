@@ -151,6 +151,9 @@ class Net:
         self.name = str(self.proto.get("name", "net"))
         self._build_layers()
         self.blob_shapes = self._infer_shapes(self.input_shapes)
+        # the plans made for these shapes are keyed by this token (not by id() of the dict: a
+        # freed dict's id comes back for the next one)
+        self._shapes_token = object()
         self.params: OrderedDict[str, list[np.ndarray]] = OrderedDict()
         self.weights_path = None
         self.weights_sha1 = None
@@ -500,7 +503,7 @@ class Net:
             if prog.rest == len(steps):
                 self.blobs = blobs
                 if start is None and end is None and len(blobs) == len(prog.fetch) + 1 and len(inputs) == 1:
-                    self._fast = (steps, list(fetch), blobs[self.input_names[0]].shape, id(self.blob_shapes), prog)
+                    self._fast = (steps, list(fetch), blobs[self.input_names[0]].shape, self._shapes_token, prog)
                 return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
             steps = steps[prog.rest:]       # the rest layer by layer, from the program's blobs
         if backend == "cpu":
@@ -555,7 +558,7 @@ class Net:
         the chain, :meth:`_block_plan`; its other members are not listed) or _FUSED (a ReLU whose
         work the previous layer did; listed only while hooks are attached, for their calls)."""
         hooks = bool(self._hooks)
-        key = (id(self.blob_shapes), i0, i1, None if fetch is None else frozenset(fetch), fuse, self.channels_last,
+        key = (self._shapes_token, i0, i1, None if fetch is None else frozenset(fetch), fuse, self.channels_last,
                keep_pre_activation, hooks)
         cached = getattr(self, "_steps_cache", None)
         if cached is not None and cached[0] == key:
@@ -604,7 +607,7 @@ class Net:
         (:meth:`_program`) -> its blobs, or None (then the full path runs). After an idle pause
         every Python operation of a forward misses the caches: this path runs few of them."""
         steps, fetch_list, shape, shapes_id, prog = self._fast
-        if (self._hooks or type(data) is not np.ndarray or data.shape != shape or id(self.blob_shapes) != shapes_id
+        if (self._hooks or type(data) is not np.ndarray or data.shape != shape or self._shapes_token is not shapes_id
                 or (fetch is not fetch_list and list(fetch) != fetch_list) or not self.fuse_relu
                 or self.backend != "cpu" or self._program(steps, fetch) is not prog):
             return None
@@ -661,7 +664,7 @@ class Net:
         """Indices of the layers that write their top channels last: producers that can
         (``writes_channels_last``) whose top has readers, every one of which reads that layout in
         place. Computed once per set of blob shapes."""
-        key = id(self.blob_shapes)
+        key = self._shapes_token
         if getattr(self, "_layout_key", None) == key:
             return self._layout
         readers = self._readers()
@@ -684,7 +687,7 @@ class Net:
         chain: members (indices, in order), input (blob), expand / dw / project (indices or None),
         expand_act / act (the fused activations), residual."""
         fetch = frozenset(fetch)
-        key = (id(self.blob_shapes), i0, i1, fetch)
+        key = (self._shapes_token, i0, i1, fetch)
         if getattr(self, "_chains_key", None) == key:
             return self._chains
         lay = self.layers
@@ -773,6 +776,7 @@ class Net:
                             f"{layer.name!r} would need parameter {i} of shape {tuple(shp)}, the weights are "
                             f"{tuple(a.shape)}")
         self.blob_shapes = new
+        self._shapes_token = object()
         self._fast = None        # the repeated-forward path is for the previous shapes
 
     def summary(self):

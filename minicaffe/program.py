@@ -79,6 +79,8 @@ class NetProgram:
 
     def run(self, x):
         """x: the net input (C-contiguous float32) -> {fetched blob: array}."""
+        if x.shape != self.blobs[self.input][1]:
+            raise RuntimeError(f"a program made for input {self.blobs[self.input][1]} was given {x.shape}")
         if self._outs is None:
             # in the order of the program's slots (Program.run_slots): the input's first
             assert next(iter(self.prog.slots)) == self.input and set(self.prog.slots) == {self.input, *self.fetch}

@@ -377,6 +377,20 @@ def test_a_repeated_program_forward_sees_every_change():
     assert_close(net.forward(x, fetch=["prob"])["prob"], edited["prob"], 2e-5, "a weight edited in place")
 
 
+def test_programs_follow_the_input_shape():
+    """Batches of changing size, with and without ``end``: every forward runs the plan of its own
+    shapes (plans are keyed by a token per set of shapes, never by the id of a freed dict)."""
+    net = minicaffe.Net(ALEXLIKE, None, seed=20)
+    net.freeze()
+    ref = minicaffe.Net(ALEXLIKE, net.params, backend="numpy")
+    rng = np.random.default_rng(21)
+    for n in (2, 1, 3, 1, 2, 3):
+        x = rng.standard_normal((n, 3, 55, 53)).astype(np.float32)
+        want = ref.forward(x)
+        assert_close(net.forward(x, fetch=["prob"])["prob"], want["prob"], 2e-5, f"batch {n}")
+        assert_close(net.forward(x, end="fc5", fetch=["fc5"])["fc5"], want["fc5"], 2e-5, f"batch {n}, end")
+
+
 def test_a_program_ends_where_a_step_is_not_one_of_its_kernels():
     """A step a program has no kernel for (an LRN within channels): the program runs the layers
     before it (and returns what the rest reads), the rest runs layer by layer, with the same
