@@ -46,6 +46,53 @@ _KC = 512
 
 
 @njit(cache=True, inline="always", fastmath=True)
+def _quad(x, n, k0, k1, w0, w1, w2, w3, acc, r0):
+    # acc[n + i, r0 + r] += x[n + i, k0:k1] . w_r (i, r < 4): 16 dot products in one pass over k
+    xa, xb, xc, xd = x[n, k0:k1], x[n + 1, k0:k1], x[n + 2, k0:k1], x[n + 3, k0:k1]
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0.0)
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = np.float32(0.0)
+    for k in range(k1 - k0):
+        a, b, c, d = xa[k], xb[k], xc[k], xd[k]
+        v0, v1, v2, v3 = w0[k], w1[k], w2[k], w3[k]
+        s00 += v0 * a
+        s01 += v1 * a
+        s02 += v2 * a
+        s03 += v3 * a
+        s10 += v0 * b
+        s11 += v1 * b
+        s12 += v2 * b
+        s13 += v3 * b
+        s20 += v0 * c
+        s21 += v1 * c
+        s22 += v2 * c
+        s23 += v3 * c
+        s30 += v0 * d
+        s31 += v1 * d
+        s32 += v2 * d
+        s33 += v3 * d
+    r = acc[n]
+    r[r0] += s00
+    r[r0 + 1] += s01
+    r[r0 + 2] += s02
+    r[r0 + 3] += s03
+    r = acc[n + 1]
+    r[r0] += s10
+    r[r0 + 1] += s11
+    r[r0 + 2] += s12
+    r[r0 + 3] += s13
+    r = acc[n + 2]
+    r[r0] += s20
+    r[r0 + 1] += s21
+    r[r0 + 2] += s22
+    r[r0 + 3] += s23
+    r = acc[n + 3]
+    r[r0] += s30
+    r[r0 + 1] += s31
+    r[r0 + 2] += s32
+    r[r0 + 3] += s33
+
+
+@njit(cache=True, inline="always", fastmath=True)
 def _dots8(xa, w0, w1, w2, w3, w4, w5, w6, w7, out):
     # out[0:8] += the dot products of one input chunk with eight weight-row chunks
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
@@ -110,7 +157,13 @@ def _fc_block(x, w, b, lo, hi, y, t):
         k1 = min(K, k0 + _KC)
         w0, w1, w2, w3 = w[j, k0:k1], w[j + 1, k0:k1], w[j + 2, k0:k1], w[j + 3, k0:k1]
         w4, w5, w6, w7 = w[j + 4, k0:k1], w[j + 5, k0:k1], w[j + 6, k0:k1], w[j + 7, k0:k1]
-        for n in range(0, N - 1, 2):
+        # four inputs at a time against four rows (16 sums: each vector loaded feeds four
+        # multiply-adds), then the rest in pairs against all eight rows
+        n4 = N - N % 4
+        for n in range(0, n4, 4):
+            _quad(x, n, k0, k1, w0, w1, w2, w3, acc, 0)
+            _quad(x, n, k0, k1, w4, w5, w6, w7, acc, 4)
+        for n in range(n4, N - 1, 2):
             xa = x[n, k0:k1]
             xb = x[n + 1, k0:k1]
             s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
@@ -154,7 +207,7 @@ def _fc_block(x, w, b, lo, hi, y, t):
             r[5] += t5
             r[6] += t6
             r[7] += t7
-        if N % 2:
+        if (N - n4) % 2:
             _dots8(x[N - 1, k0:k1], w0, w1, w2, w3, w4, w5, w6, w7, acc[N - 1])
     for r8 in range(ROWS_MR):
         bias = b[j + r8]
