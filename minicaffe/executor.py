@@ -1,19 +1,24 @@
-"""Run a sequence of channels-last kernels on all threads in one go.
+"""Run a sequence of kernels on all threads in one go.
 
 A :class:`Program` holds kernels (the task loops of
-:mod:`minicaffe.layers.convolution.nhwc_kernels`, global pooling, softmax) with their arguments as
-rows of integers that index its arrays. :meth:`Program.run` runs one compiled C function,
-:func:`_program`, on the calling thread and the helper threads of :mod:`minicaffe.threads`: each
-thread takes tasks of kernel k from k's counter, then waits until all of k's tasks are *done*
-(counted as they finish) and moves on to kernel k + 1. A thread that has not started is never
-waited for (the others take its tasks), the threads are woken once per run, not once per kernel,
-and no Python runs between kernels. A convolution layer's kernels form a small program
-(:mod:`minicaffe.layers.convolution.nhwc`); a whole net's, one (:mod:`minicaffe.program`).
+:mod:`minicaffe.layers.convolution.nhwc_kernels`, of the Winograd transforms and products, of
+windowed and global pooling (with a following LRN), of the inner products and softmax) with their
+arguments as rows of integers that index its arrays. :meth:`Program.run` runs one compiled C
+function, :func:`_program`, on the calling thread and the helper threads of
+:mod:`minicaffe.threads`: each thread takes tasks of kernel k from k's counter, then waits until
+all of k's tasks are *done* (counted as they finish) and moves on to kernel k + 1. A thread that
+has not started is never waited for (the others take its tasks), the threads are woken once per
+run, not once per kernel, and no Python runs between kernels. A convolution layer's kernels form a
+small program (:mod:`minicaffe.layers.convolution.nhwc`); a whole net's, one
+(:mod:`minicaffe.program`). The kernels of NCHW-born nets (CaffeNet) sit in a second C function,
+:func:`_more_kernels`, that :func:`_program` calls through its address: compiled only for programs
+that use them.
 
 The kernels get their arrays from tables of addresses and sizes (float32 arrays, int64 arrays):
 the program holds the arrays; named slots are arrays the caller supplies at every run (a layer's
 input and output). The arrays the kernels write share one arena planned from their live ranges,
-and the arena and the other arrays (weights) sit in one buffer on huge pages.
+and the arena and the other arrays (weights; not those used in place, an inner product's) sit in
+one buffer on huge pages.
 """
 from __future__ import annotations
 

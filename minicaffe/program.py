@@ -1,18 +1,21 @@
 """A frozen net's forward as one executor program: every kernel in one pass over the threads.
 
-Layer by layer, a forward of a channels-last net (EfficientNet-Lite0: ~45 kernels of 30-300 us at
-batch 1) wakes the helper threads once per kernel, with Python in between. :func:`build` strings
-the same kernels, with the same arguments and in the same order, into one
-:class:`~minicaffe.executor.Program` (:class:`NetProgram`): a forward then wakes the helpers once,
-runs no Python between kernels, and a helper that wakes late leaves its share to the others. The
-values are those of the layer-by-layer forward, bit for bit (the inner product, through the 1x1
-GEMM, sums in another order: within 1e-6).
+Layer by layer, a forward (EfficientNet-Lite0: ~45 kernels of 30-300 us at batch 1; CaffeNet: ~25
+OpenMP regions and BLAS calls) wakes threads once per kernel, with Python in between. :func:`build`
+strings the kernels into one :class:`~minicaffe.executor.Program` (:class:`NetProgram`): a forward
+then wakes the helpers once, runs no Python between kernels, and a helper that wakes late leaves
+its share to the others. Channels-last nets run the same kernels as layer by layer, bit for bit;
+CaffeNet-style nets run channels last from their first convolution: the direct convolution
+through the taps GEMM, Winograd with channels-last transforms, pool + LRN in one pass, inner
+products reading their weights in place (values within float32 rounding of the layer-by-layer
+forward's, which sums in other orders).
 
 It covers the planned steps (:meth:`minicaffe.Net._steps`) of one input shape and fetch list when
-the weights are frozen and every step is a kernel it knows: the channels-last convolutions and
-chains of :mod:`minicaffe.layers.convolution.nhwc`, global pooling of a channels-last blob, inner
-products (as 1x1 GEMMs) and softmax; otherwise :func:`build` returns None and the net runs layer by
-layer.
+the weights are frozen, up to the first step it has no kernel for (:attr:`NetProgram.rest`; the net
+runs the rest layer by layer from the blobs the program returns): convolutions (1x1, depthwise, few
+taps, Winograd, any other ungrouped one), inverted-residual chains, windowed and global pooling,
+across-channel LRN, inner products, Dropout (at test time) and softmax. :func:`build` returns None
+when not even the first step is one of them.
 """
 from __future__ import annotations
 
