@@ -7,7 +7,10 @@ for Caffe weights (PyTorch and TF exports may need one; the converters say where
 Implementations: ``inner_product_reference`` (NumPy ``x @ W.T``), ``inner_product_cpu`` (BLAS
 GEMM/GEMV through NumPy, bias added by a Numba kernel; small batches stream the weights once
 through ``inner_product_rows_cpu``), ``inner_product_cuda`` (a shared-memory tiled matrix product,
-in the style of Numba's documentation example).
+in the style of Numba's documentation example). A whole-forward program (:mod:`minicaffe.program`)
+runs the rows kernel (``_fc_rows_worker``) up to 16 inputs, and past that ``_pack_columns_worker``
+(the inputs as the 1x1 GEMM's B panels), the GEMM over the weight rows in place and
+``_bias_transpose_worker``.
 """
 from __future__ import annotations
 

@@ -6,8 +6,10 @@ window would start inside the bottom padding (``(Ho-1)*stride >= H + pad``). ``r
 (later Caffe) is honoured. MAX windows are clipped to the image; AVE divides by the window size
 clipped to the *padded* image (Caffe counts padding cells, but not cells beyond the padding).
 ``global_pooling`` pools the whole plane. Implementations: ``pooling_reference`` (NumPy, a loop
-over output positions), ``pooling_cpu`` (Numba, prange over N*C), ``pooling_cuda`` (a thread per
-output). STOCHASTIC pooling (a training-time method) is not implemented.
+over output positions), ``pooling_cpu`` (Numba, prange over N*C), ``pooling_nhwc_cpu`` (channels
+last along channel vectors, optionally followed by an across-channel LRN in the same pass: the task
+loop a whole-forward program runs), ``pooling_cuda`` (a thread per output). STOCHASTIC pooling (a
+training-time method) is not implemented.
 """
 from __future__ import annotations
 

@@ -2,10 +2,12 @@
 
 Shapes: ``x: (N, C, H, W)``, weight ``(M, C/group, k, k)``, output ``(N, M, Ho, Wo)``. The input
 is reordered to NHWC once per chunk so that both tile transforms run along contiguous channel
-vectors; the products summed over channels run as 36 GEMMs (one per tile position) through
-NumPy's BLAS; the output transform adds the bias (and an optional ReLU) and writes NCHW. Filter
-transforms are cached per weight array and checked against the current values on every use. Not
-for strided, dilated or depthwise convolutions.
+vectors; the products summed over channels run as 36 GEMMs per group (one per tile position)
+through the register-blocked tile of :mod:`minicaffe.simd` (NumPy's BLAS below MR tiles); the output
+transform adds the bias (and an optional ReLU) and writes NCHW, or channels last (the ``*_worker``
+task loops, which a whole-forward program runs). Filter transforms are cached per weight array and
+checked against the current values on every use. Not for strided, dilated or depthwise
+convolutions.
 """
 from __future__ import annotations
 
