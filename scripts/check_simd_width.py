@@ -14,7 +14,7 @@ import sys
 import tempfile
 
 TESTS = ["tests/test_conv_variants.py", "tests/test_kernels.py", "tests/test_net.py", "tests/test_efficientnet.py",
-         "tests/test_threads.py"]
+         "tests/test_threads.py", "tests/test_program_kernels.py"]
 
 
 def main(argv=None):
