@@ -340,7 +340,7 @@ def _winograd_gemms_worker(V, Up, offs, counter, Mt):
 
 
 #: bytes allowed for the transformed input (and, as much again, the products) of one chunk: larger
-#: chunks run no faster (CaffeNet at batch 64: 24 and 48 MB within 1%) and hold more memory
+#: chunks run no faster and hold more memory
 WINOGRAD_BUDGET = 24 << 20
 
 
