@@ -14,13 +14,14 @@ runs the rows kernel (``_fc_rows_worker``) up to 16 inputs, and past that ``_pac
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import cuda, float32, njit, prange
 
 from ..backend import device_empty, to_device
 from ..simd import NR, fetch_add, task_done
 from .base import Layer, as_bool, register
-from .convolution.cache import fused_cap
+from .convolution.cache import clip_bounds, fused_cap
 
 
 def inner_product_reference(x, w, b, transpose=False):
@@ -73,26 +74,19 @@ def _quad(x, n, k0, k1, w0, w1, w2, w3, acc, r0):
         s31 += v1 * d
         s32 += v2 * d
         s33 += v3 * d
-    r = acc[n]
-    r[r0] += s00
-    r[r0 + 1] += s01
-    r[r0 + 2] += s02
-    r[r0 + 3] += s03
-    r = acc[n + 1]
-    r[r0] += s10
-    r[r0 + 1] += s11
-    r[r0 + 2] += s12
-    r[r0 + 3] += s13
-    r = acc[n + 2]
-    r[r0] += s20
-    r[r0 + 1] += s21
-    r[r0 + 2] += s22
-    r[r0 + 3] += s23
-    r = acc[n + 3]
-    r[r0] += s30
-    r[r0 + 1] += s31
-    r[r0 + 2] += s32
-    r[r0 + 3] += s33
+    _add4(acc[n], r0, s00, s01, s02, s03)
+    _add4(acc[n + 1], r0, s10, s11, s12, s13)
+    _add4(acc[n + 2], r0, s20, s21, s22, s23)
+    _add4(acc[n + 3], r0, s30, s31, s32, s33)
+
+
+@njit(cache=True, inline="always")
+def _add4(row, r0, a, b, c, d):
+    # row[r0:r0 + 4] += (a, b, c, d): four finished dot products into a block's sums
+    row[r0] += a
+    row[r0 + 1] += b
+    row[r0 + 2] += c
+    row[r0 + 3] += d
 
 
 @njit(cache=True, inline="always", fastmath=True)
@@ -109,14 +103,8 @@ def _dots8(xa, w0, w1, w2, w3, w4, w5, w6, w7, out):
         s5 += w5[k] * a
         s6 += w6[k] * a
         s7 += w7[k] * a
-    out[0] += s0
-    out[1] += s1
-    out[2] += s2
-    out[3] += s3
-    out[4] += s4
-    out[5] += s5
-    out[6] += s6
-    out[7] += s7
+    _add4(out, 0, s0, s1, s2, s3)
+    _add4(out, 4, s4, s5, s6, s7)
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=True)
@@ -192,24 +180,10 @@ def _fc_block(x, w, b, lo, hi, y, t):
                 t5 += v5 * c
                 t6 += v6 * c
                 t7 += v7 * c
-            r = acc[n]
-            r[0] += s0
-            r[1] += s1
-            r[2] += s2
-            r[3] += s3
-            r[4] += s4
-            r[5] += s5
-            r[6] += s6
-            r[7] += s7
-            r = acc[n + 1]
-            r[0] += t0
-            r[1] += t1
-            r[2] += t2
-            r[3] += t3
-            r[4] += t4
-            r[5] += t5
-            r[6] += t6
-            r[7] += t7
+            _add4(acc[n], 0, s0, s1, s2, s3)
+            _add4(acc[n], 4, s4, s5, s6, s7)
+            _add4(acc[n + 1], 0, t0, t1, t2, t3)
+            _add4(acc[n + 1], 4, t4, t5, t6, t7)
         if (N - n4) % 2:
             _dots8(x[N - 1, k0:k1], w0, w1, w2, w3, w4, w5, w6, w7, acc[N - 1])
     for r8 in range(ROWS_MR):
@@ -270,20 +244,10 @@ def _bias_transpose_worker(yt, b, lo, hi, y, counter):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _bias_transpose(yt, b, has_bias, relu, cap, y):
-    # yt: (M, N) -> y: (N, M) = yt^T + b (then the fused activation); blocks of 32 x 32 so both
-    # sides are read and written a cache line at a time
-    M, N = yt.shape
-    nbm = (M + 31) // 32
-    for t in prange(nbm * ((N + 31) // 32)):
-        m0 = (t % nbm) * 32
-        n0 = (t // nbm) * 32
-        for n in range(n0, min(N, n0 + 32)):
-            for m in range(m0, min(M, m0 + 32)):
-                v = yt[m, n] + b[m] if has_bias else yt[m, n]
-                if relu:
-                    v = min(max(v, np.float32(0.0)), cap)
-                y[n, m] = v
+def _bias_transpose(yt, b, lo, hi, workers, counter, y):
+    # _bias_transpose_worker on ``workers`` threads (counter: int64[2] zeros)
+    for _w in prange(workers):
+        _bias_transpose_worker(yt, b, lo, hi, y, counter)
 
 
 def inner_product_rows_cpu(x, w, b, transpose=False, relu=False, relu_cap=None):
@@ -322,7 +286,8 @@ def inner_product_cpu(x, w, b, transpose=False, relu=False, relu_cap=None):
     # transposed right operand), then one pass writes y (N, M) = the transpose + bias + activation
     yt = np.matmul(w, x.T)
     y = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
-    _bias_transpose(yt, b if b is not None else np.zeros(1, np.float32), b is not None, relu, fused_cap(relu_cap), y)
+    _bias_transpose(yt, b if b is not None else np.zeros(w.shape[0], np.float32), *clip_bounds(relu, relu_cap),
+                    numba.get_num_threads(), np.zeros(2, np.int64), y)
     return y
 
 

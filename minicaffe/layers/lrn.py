@@ -73,17 +73,21 @@ def _lrn_across(x, size, alpha, beta, k, y):
             src = x3[n, cc]
             for i in range(P):
                 s[i] += src[i] * src[i]
-        xc = x3[n, c]
-        dst = y3[n, c]
-        if beta == 0.75:
-            # t^-0.75 as r*sqrt(r), r = 1/sqrt(t): two square roots instead of pow()
-            for i in range(P):
-                r = np.float32(1.0) / np.sqrt(kk + a * s[i])
-                dst[i] = xc[i] * (r * np.sqrt(r))
-        else:
-            nb = np.float32(-beta)
-            for i in range(P):
-                dst[i] = xc[i] * (kk + a * s[i]) ** nb
+        _lrn_scale(x3[n, c], s, a, kk, beta, y3[n, c])
+
+
+@njit(cache=True, inline="always")
+def _lrn_scale(x, s, a, kk, beta, y):
+    # y = x * (kk + a * s)^-beta, elementwise along 1-D arrays of one length (y may be x); beta
+    # 0.75 as r*sqrt(r), r = 1/sqrt(t): two square roots instead of pow()
+    if beta == 0.75:
+        for i in range(x.shape[0]):
+            r = np.float32(1.0) / np.sqrt(kk + a * s[i])
+            y[i] = x[i] * (r * np.sqrt(r))
+    else:
+        nb = np.float32(-beta)
+        for i in range(x.shape[0]):
+            y[i] = x[i] * (kk + a * s[i]) ** nb
 
 
 _lrn_across_serial = serial_twin(_lrn_across, fastmath=True)
@@ -103,14 +107,7 @@ def _lrn_vector(v, sq, s, size, a, kk, beta):
     for j in range(size):
         for c in range(C):
             s[c] += sq[c + j]
-    if beta == 0.75:
-        for c in range(C):
-            r = np.float32(1.0) / np.sqrt(kk + a * s[c])
-            v[c] = v[c] * (r * np.sqrt(r))
-    else:
-        nb = np.float32(-beta)
-        for c in range(C):
-            v[c] = v[c] * (kk + a * s[c]) ** nb
+    _lrn_scale(v, s, a, kk, beta, v)
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -21,7 +21,7 @@ from numba import cuda, njit, prange
 from ..backend import SERIAL_BELOW, blocks, device_empty, serial_twin
 from ..simd import fetch_add, task_done
 from .base import Layer, as_bool, hw_param, is_channels_last, nhwc_memory, register
-from .convolution.nhwc_kernels import next_task
+from .convolution.nhwc_kernels import next_task, store_pixel
 from .lrn import _lrn_vector
 
 MAX, AVE = 0, 1
@@ -250,13 +250,7 @@ def _pool_nhwc_worker(x, method, kh, kw, sh, sw, ph, pw, lrn, yf, geo, counter):
                     acc[c] = acc[c] / div
             if size > 0:
                 _lrn_vector(acc, sq, s, size, a, kk, beta)
-            if nchw:
-                for c in range(C):
-                    yf[((n * C + c) * Ho + oh) * Wo + ow] = acc[c]
-            else:
-                d = ((n * oHp + oh + ot) * oWp + ow + ol) * C
-                for c in range(C):
-                    yf[d + c] = acc[c]
+            store_pixel(acc, yf, n, oh, ow, nchw, Ho, Wo, oHp, oWp, ot, ol)
         task_done(counter, 1)
     return rows + border
 

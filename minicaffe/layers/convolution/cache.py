@@ -117,3 +117,11 @@ def cached_runner(key, arrays, make):
 def fused_cap(relu_cap):
     """The fused activation's upper bound as the kernels take it (float32; inf: plain ReLU)."""
     return np.float32(np.inf if relu_cap is None else relu_cap)
+
+
+def clip_bounds(relu, relu_cap):
+    """The fused activation as float32 clip bounds (lo, hi): none (-inf, inf), ReLU (0, inf) or
+    ReLU6 / Clip(0, cap) (0, cap)."""
+    if not relu:
+        return np.float32(-np.inf), np.float32(np.inf)
+    return np.float32(0.0), fused_cap(relu_cap)

@@ -26,7 +26,7 @@ from ...backend import SERIAL_BELOW
 from ...simd import MR, NR
 from ...simd import W as SIMD_W
 from ..base import channels_last_view, is_channels_last, nhwc_memory
-from .cache import cached_runner, cached_transform, fused_cap, runner_key
+from .cache import cached_runner, cached_transform, clip_bounds, runner_key
 from .direct import _pack_weights
 from .reference import conv_out_hw
 
@@ -55,14 +55,6 @@ def _pad_workers(xp):
     """Threads for a padding copy into xp: all from PARALLEL_MACS elements (a copy is cheap work)."""
     return numba.get_num_threads() if xp.size >= PARALLEL_MACS else 1
 
-
-
-def clip_bounds(relu, relu_cap):
-    """The fused activation as float32 clip bounds (lo, hi): none (-inf, inf), ReLU (0, inf) or
-    ReLU6 / Clip(0, cap) (0, cap)."""
-    if not relu:
-        return np.float32(-np.inf), np.float32(np.inf)
-    return np.float32(0.0), fused_cap(relu_cap)
 
 
 def _padded_bias(b, n):

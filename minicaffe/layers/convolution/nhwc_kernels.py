@@ -108,6 +108,20 @@ def zero_border_row(yf, r, oHp, oWp, ot, ol, Ho, Wo, M):
 
 
 @njit(cache=True, nogil=True, inline="always")
+def store_pixel(v, yf, n, oh, ow, nchw, Ho, Wo, oHp, oWp, ot, ol):
+    # v: (C,) one output pixel's channels -> image n's pixel (oh, ow) of yf: an (N, C, Ho, Wo) NCHW
+    # array when nchw, else an (N, oHp, oWp, C) channels-last one holding the output at (ot, ol)
+    C = v.shape[0]
+    if nchw:
+        for c in range(C):
+            yf[((n * C + c) * Ho + oh) * Wo + ow] = v[c]
+    else:
+        d = ((n * oHp + oh + ot) * oWp + ow + ol) * C
+        for c in range(C):
+            yf[d + c] = v[c]
+
+
+@njit(cache=True, nogil=True, inline="always")
 def next_task(counter, total, border, yf, oHp, oWp, ot, ol, Ho, Wo, M):
     # The next task of a kernel with ``total`` tasks whose padded output's ``border`` rows are tasks
     # total .. total + border - 1 (see zero_border_row; done here, counted in counter[1]) -> its

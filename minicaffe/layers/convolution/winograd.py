@@ -17,7 +17,7 @@ from numba import njit, prange
 
 from ...simd import MR, NR, fetch_add, indirect_tile, task_done, tile_task
 from .cache import cached_transform, fused_cap
-from .nhwc_kernels import next_task
+from .nhwc_kernels import next_task, store_pixel
 
 
 def winograd_filters(w, group=1):
@@ -243,14 +243,7 @@ def _winograd_output_worker(Mt, b, lo, hi, nb, th, tw, geo, counter, yf):
                     ow = 4 * bt + j
                     if ow >= Wo:
                         break
-                    oij = o[i, j]
-                    if nchw:
-                        for m in range(M):
-                            yf[((n * M + m) * Ho + oh) * Wo + ow] = oij[m]
-                    else:
-                        d = ((n * oHp + oh + ot) * oWp + ow + ol) * M
-                        for m in range(M):
-                            yf[d + m] = oij[m]
+                    store_pixel(o[i, j], yf, n, oh, ow, nchw, Ho, Wo, oHp, oWp, ot, ol)
         task_done(counter, 1)
     return total + border
 
