@@ -376,7 +376,6 @@ class Program:
         self.ops = np.array(self.rows, dtype=np.int64).reshape(-1, NI)
         self.fp = np.array(self.fpar, dtype=np.float32).reshape(-1, 4)
         self.counters = np.zeros((len(self.rows) + 1, 2), dtype=np.int64)   # the last: thread numbers
-        self.clock = np.zeros((0, len(self.rows) + 1, 2), dtype=np.int64)
         self.workers = workers
         self._slot_order = list(self.slots.values())
         more = _more_kernels_address() if any(r[0] >= OP_WPOOL for r in self.rows) else 0
@@ -430,9 +429,7 @@ class Program:
         for idx, a in zip(self._slot_order, arrays):
             FP[idx] = a.ctypes.data
             FS[idx] = a.size
-        self.counters.fill(0)
-        self._mail[10] = self._mail[11] = 0
-        pool().run(_program_address(), self._mail, self.workers)
+        self._launch(0, 0)
 
     def run(self, arrays, clock=None):
         """Run every kernel with the slots' arrays ``arrays`` (name -> C-contiguous float32 of at
@@ -446,11 +443,18 @@ class Program:
             idx = self.slots[name]
             self.FP[idx] = a.ctypes.data
             self.FS[idx] = a.size
-        self.counters[:] = 0
-        clock = self.clock if clock is None else clock
+        if clock is None:
+            self._launch(0, 0)
+            return
         if clock.dtype != np.int64 or clock.ndim != 3 or clock.shape[1:] != (len(self.ops) + 1, 2) \
                 or not clock.flags.c_contiguous:
             raise ValueError(f"clock: an int64 (threads, {len(self.ops) + 1}, 2) array, "
                              f"not {clock.dtype} {clock.shape}")
-        self._mail[10], self._mail[11] = clock.ctypes.data, clock.shape[0]
+        self._launch(clock.ctypes.data, clock.shape[0])
+
+    def _launch(self, clock_address, timed):
+        # run the kernels on the slots set, the first ``timed`` threads stamping the clock at
+        # clock_address (0, 0: none)
+        self.counters.fill(0)
+        self._mail[10], self._mail[11] = clock_address, timed
         pool().run(_program_address(), self._mail, self.workers)

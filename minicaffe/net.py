@@ -502,8 +502,8 @@ class Net:
             blobs.update(prog.run(blobs[self.input_names[0]]))
             if prog.rest == len(steps):
                 self.blobs = blobs
-                if start is None and end is None and len(blobs) == len(prog.fetch) + 1 and len(inputs) == 1:
-                    self._fast = (steps, list(fetch), blobs[self.input_names[0]].shape, self._shapes_token, prog)
+                if start is None and end is None and len(inputs) == 1:
+                    self._fast = (steps, list(fetch), blobs[self.input_names[0]].shape, prog)
                 return OrderedDict((k, blobs[k]) for k in fetch if k in blobs)
             steps = steps[prog.rest:]       # the rest layer by layer, from the program's blobs
         if backend == "cpu":
@@ -606,8 +606,9 @@ class Net:
         same fetch list, input shape and planned steps, no hooks, and the program still valid
         (:meth:`_program`) -> its blobs, or None (then the full path runs). After an idle pause
         every Python operation of a forward misses the caches: this path runs few of them."""
-        steps, fetch_list, shape, shapes_id, prog = self._fast
-        if (self._hooks or type(data) is not np.ndarray or data.shape != shape or self._shapes_token is not shapes_id
+        # (a new set of blob shapes, freeze() and freeze(False) drop the record: _reshape, freeze)
+        steps, fetch_list, shape, prog = self._fast
+        if (self._hooks or type(data) is not np.ndarray or data.shape != shape
                 or (fetch is not fetch_list and list(fetch) != fetch_list) or not self.fuse_relu
                 or self.backend != "cpu" or self._program(steps, fetch) is not prog):
             return None

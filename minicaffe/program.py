@@ -70,7 +70,8 @@ class NetProgram:
         self.kernel_layers = []  # per kernel, the layer (or chain's layers) it computes
         self.rest = 0            # the first planned step it does not run (all: their number)
         self.absorbed = set()    # layers whose work a previous kernel did (an LRN after its pool)
-        self._outs = None        # per fetched blob: name, floats, blob floats, array shape, channels last
+        self._outs = []          # per returned blob, in slot order: name, floats, blob floats, array shape,
+                                 # channels last (finish)
 
     def new_blob(self, name, shape, cl, fetched, size=None):
         """The array of blob ``name`` of logical shape (N, C, H, W) (memory (N, H, W, C) when cl;
@@ -80,19 +81,21 @@ class NetProgram:
         self.blobs[name] = (idx, tuple(shape), cl, size)
         return idx
 
+    def finish(self):
+        """Freeze the program (all threads, weights packed) and plan the arrays :meth:`run` hands
+        out, in the order of the program's slots (:meth:`~minicaffe.executor.Program.run_slots`):
+        the input's first."""
+        self.prog.finish(numba.get_num_threads(), pack_weights=True)
+        assert next(iter(self.prog.slots)) == self.input and set(self.prog.slots) == {self.input, *self.fetch}
+        for name in list(self.prog.slots)[1:]:
+            _, shape, cl, size = self.blobs[name]
+            N, C = shape[0], shape[1]
+            self._outs.append((name, size, int(np.prod(shape)), (N,) + tuple(shape[2:]) + (C,) if cl else shape, cl))
+
     def run(self, x):
         """x: the net input (C-contiguous float32) -> {fetched blob: array}."""
         if x.shape != self.blobs[self.input][1]:
             raise RuntimeError(f"a program made for input {self.blobs[self.input][1]} was given {x.shape}")
-        if self._outs is None:
-            # in the order of the program's slots (Program.run_slots): the input's first
-            assert next(iter(self.prog.slots)) == self.input and set(self.prog.slots) == {self.input, *self.fetch}
-            self._outs = []
-            for name in list(self.prog.slots)[1:]:
-                _, shape, cl, size = self.blobs[name]
-                N, C = shape[0], shape[1]
-                self._outs.append((name, size, int(np.prod(shape)), (N,) + tuple(shape[2:]) + (C,) if cl else shape,
-                                   cl))
         arrays = [x]
         res = {}
         for name, size, n, shape, cl in self._outs:
@@ -131,7 +134,7 @@ def build(net, steps, fetch):
     if end == len(steps) and any(b not in prog.blobs for b in fetch):
         return None
     prog.rest = end
-    prog.prog.finish(numba.get_num_threads(), pack_weights=True)
+    prog.finish()
     return prog
 
 
@@ -231,13 +234,12 @@ def _layer(net, prog, layer, arg, fetch):
             run = conv1x1_runner((N, H, W, C), w, b, relu, cap)
         elif route == "depthwise":
             run = depthwise_runner(shape, not cl, w, b, stride, pad, relu, cap)
-        elif route == "taps":
-            run = taps_runner(shape, not cl, w, b, stride, pad, dil, relu, cap)
         elif conv_layer.WINOGRAD and winograd_applies(w, stride, dil, group, shape):
             return _winograd(net, prog, x_idx, shape, cl, w, b, pad, group, relu, cap, top, fetch)
         elif group == 1 and direct_applies(shape, w, stride, pad, dil, group):
-            # the direct convolution channels last: the 1x1 GEMM reading each output pixel's taps
-            # (kh x kw x C) from a zero-padded channels-last copy of the input
+            # the direct convolution channels last (the "taps" route, and any other ungrouped
+            # layer): the 1x1 GEMM reading each output pixel's taps (kh x kw x C) from a
+            # zero-padded channels-last copy of the input
             run = taps_runner(shape, not cl, w, b, stride, pad, dil, relu, cap)
         else:
             return "a convolution without a channels-last kernel"
@@ -366,6 +368,9 @@ def _window_pool(net, prog, layer, x_idx, shape, cl, top, oshape, fetch):
         method = layer.method
         (kh, kw), (sh, sw), (ph, pw) = layer.geometry(shape)
         lrn = (0, 0, 0, 0)
+    if not cl:
+        return "a windowed pooling or LRN of an NCHW blob"
+    if layer.type == "Pooling":
         # a pool whose one reader is an across-channel LRN (CaffeNet's pool1 -> norm1) normalises
         # each pooled pixel as it is made: one pass, the pooled blob never stored
         readers = net._readers().get(top, set())
@@ -375,8 +380,6 @@ def _window_pool(net, prog, layer, x_idx, shape, cl, top, oshape, fetch):
                 lrn = (nxt.size, nxt.alpha, nxt.beta, nxt.k)
                 prog.absorbed.add(nxt.name)
                 top = nxt.tops[0]
-    if not cl:
-        return "a windowed pooling or LRN of an NCHW blob"
     Ho, Wo = oshape[2], oshape[3]
     nchw = any(net.layers[j].type == "InnerProduct" for j in net._readers().get(top, ()))
     y_idx = prog.new_blob(top, oshape, not nchw, top in fetch)
